@@ -1,0 +1,89 @@
+"""Audio conversion and resampling.
+
+PCM16 little-endian mono is the wire format; float32 in [-1, 1] is the working
+format. Resampling uses soxr (libsoxr), streamed so chunk boundaries leave no
+seams.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from pipeline.engines.base import FloatAudio
+from pipeline.errors import AudioFormatError
+
+SUPPORTED_SAMPLE_RATES: tuple[int, ...] = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+"""Rates accepted for input and output audio."""
+
+PIPELINE_SAMPLE_RATE = 16000
+"""Rate of the audio the VAD and STT see."""
+
+
+def check_sample_rate(rate: int) -> int:
+    if rate not in SUPPORTED_SAMPLE_RATES:
+        supported = ", ".join(str(r) for r in SUPPORTED_SAMPLE_RATES)
+        raise AudioFormatError(f"unsupported sample rate {rate} Hz (supported: {supported})")
+    return rate
+
+
+def pcm16_to_float(data: bytes) -> FloatAudio:
+    """Little-endian PCM16 bytes to float32 samples. Raises AudioFormatError."""
+    if len(data) % 2:
+        raise AudioFormatError(f"PCM16 needs an even number of bytes, got {len(data)}")
+    samples = np.frombuffer(data, dtype="<i2")
+    return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+
+
+def float_to_pcm16(audio: FloatAudio) -> bytes:
+    """Float32 samples to little-endian PCM16 bytes, clipping to [-1, 1]."""
+    clipped = np.clip(audio, -1.0, 1.0)
+    return (clipped * 32767.0).round().astype("<i2").tobytes()
+
+
+def duration_ms(samples: int, sample_rate: int) -> float:
+    return samples * 1000.0 / sample_rate
+
+
+class StreamResampler:
+    """Streaming mono resampler; identity when the rates match."""
+
+    def __init__(self, in_rate: int, out_rate: int) -> None:
+        self.in_rate = in_rate
+        self.out_rate = out_rate
+        self._stream = (
+            None
+            if in_rate == out_rate
+            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+        )
+
+    def process(self, audio: FloatAudio, *, last: bool = False) -> FloatAudio:
+        if self._stream is None:
+            return audio
+        out = self._stream.resample_chunk(np.ascontiguousarray(audio, dtype=np.float32), last=last)
+        return np.asarray(out, dtype=np.float32)
+
+    def flush(self) -> FloatAudio:
+        return self.process(np.zeros(0, dtype=np.float32), last=True)
+
+
+def resample(audio: FloatAudio, in_rate: int, out_rate: int) -> FloatAudio:
+    """Resample a whole signal."""
+    if in_rate == out_rate:
+        return audio
+    out = soxr.resample(np.ascontiguousarray(audio, dtype=np.float32), in_rate, out_rate)
+    return np.asarray(out, dtype=np.float32)
+
+
+def read_wav_mono(path: str | Path) -> tuple[FloatAudio, int]:
+    """Read a WAV (any common rate and sample format, mono or stereo) as mono float32."""
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = data.mean(axis=1).astype(np.float32)
+    return mono, int(rate)
+
+
+def write_wav(path: str | Path, audio: FloatAudio, sample_rate: int) -> None:
+    soundfile.write(str(path), audio, sample_rate, subtype="PCM_16")

@@ -1,0 +1,1 @@
+"""Engine interfaces and implementations."""

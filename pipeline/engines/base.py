@@ -1,0 +1,84 @@
+"""The engine seams: one Protocol per stage.
+
+Every implementation (embedded CPU, production GPU, the `bench` doubles) satisfies
+these. Engines are async at the edge; CPU-bound work runs in the engine's own
+worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+FloatAudio = npt.NDArray[np.float32]
+"""Mono float32 samples in [-1, 1]."""
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    """The recognised text, stripped; empty when nothing was recognised."""
+    audio_ms: float
+    """Duration of the audio that was transcribed."""
+    elapsed_ms: float
+    """Wall time the engine took."""
+
+
+class STTEngine(Protocol):
+    """Speech to text on 16 kHz mono float32 audio."""
+
+    name: str
+
+    async def transcribe(self, audio: FloatAudio) -> Transcript:
+        """Transcribe a whole utterance. Raises STTError."""
+        ...
+
+
+class LLMEngine(Protocol):
+    """A streaming chat model."""
+
+    name: str
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[str]:
+        """Yield text deltas as the model produces them.
+
+        The returned object is an async generator: closing it (``aclose()``) or
+        cancelling the task that iterates it stops generation promptly (closing
+        the HTTP stream for remote engines). Raises LLMError subclasses.
+        """
+        ...
+
+
+class TTSEngine(Protocol):
+    """Text to speech, streamed in chunks."""
+
+    name: str
+    sample_rate: int
+    """Rate of the float32 chunks the engine yields."""
+
+    def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[FloatAudio]:
+        """Yield mono float32 audio chunks for ``text`` as they are produced.
+
+        Cancelling the iterating task stops synthesis after at most the chunk in
+        progress. Raises TTSError.
+        """
+        ...
+
+    def voices(self) -> Sequence[str]:
+        """Names accepted as ``voice``."""
+        ...

@@ -1,0 +1,114 @@
+"""Events a conversation emits. The adapters translate them to wire messages.
+
+Names mirror the protocol messages (docs/protocol.md) so the mapping is one to one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ResponseStatus(enum.Enum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    audio_start_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    audio_end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    """A partial transcript of the turn in progress (replaces the previous one)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptFinal:
+    text: str
+    audio_start_ms: float
+    audio_end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnIgnored:
+    """A detected turn that gets no reply, and why (nothing is dropped silently)."""
+
+    reason: str
+    audio_start_ms: float
+    audio_end_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTextDelta:
+    response_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseAudioDelta:
+    response_id: str
+    seq: int
+    audio: bytes
+    """PCM16 little-endian mono at ``sample_rate``."""
+    sample_rate: int
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseAudioClear:
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    status: ResponseStatus
+    text: str
+    """Everything the model generated."""
+    text_heard: str
+    """What the caller heard; this is what history keeps."""
+    audio_ms: float
+    """Reply audio generated."""
+    played_ms: float
+    """Reply audio the caller played (reported by the client, or estimated)."""
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    code: str
+    message: str
+    fatal: bool = False
+    """True when the session cannot continue."""
+    response_id: str | None = None
+
+
+Event = (
+    SpeechStarted
+    | SpeechStopped
+    | TranscriptDelta
+    | TranscriptFinal
+    | TurnIgnored
+    | ResponseCreated
+    | ResponseTextDelta
+    | ResponseAudioDelta
+    | ResponseAudioClear
+    | ResponseDone
+    | ErrorEvent
+)
