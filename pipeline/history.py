@@ -1,0 +1,107 @@
+"""Conversation history, truncated to what the caller actually heard (sans-I/O).
+
+When the caller barges in, the assistant's reply stops mid-way. The history must
+hold the part that was played, not the part that was generated, or the LLM will
+believe it said things the caller never heard. `heard_text` computes that part from
+the chunk timeline; `History` keeps the turns the LLM sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pipeline.engines.base import ChatMessage
+
+__all__ = ["History", "SpokenChunk", "heard_text"]
+
+
+class History:
+    """The system prompt and the user/assistant turns, oldest first."""
+
+    def __init__(self, system_prompt: str, *, max_turns: int = 50) -> None:
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        self.system_prompt = system_prompt
+        self.max_turns = max_turns
+        """Messages kept besides the system prompt (a turn is one message); beyond it
+        the oldest user turn goes, with the assistant's reply to it."""
+        self._turns: list[ChatMessage] = []
+
+    def add_user(self, text: str) -> None:
+        """Add what the caller said.
+
+        When the last turn is also the user's (the reply in between was never heard),
+        the text joins it: the LLM sees one user turn, as the caller experienced it.
+        Empty text is ignored.
+        """
+        text = text.strip()
+        if not text:
+            return
+        if self._turns and self._turns[-1]["role"] == "user":
+            merged = f"{self._turns[-1]['content']} {text}"
+            self._turns[-1] = ChatMessage(role="user", content=merged)
+        else:
+            self._turns.append(ChatMessage(role="user", content=text))
+        self._trim()
+
+    def add_assistant(self, text: str) -> None:
+        """Add what the caller heard of a reply; nothing when nothing was heard."""
+        text = text.strip()
+        if not text:
+            return
+        self._turns.append(ChatMessage(role="assistant", content=text))
+        self._trim()
+
+    def messages(self) -> list[ChatMessage]:
+        """The system prompt, then the turns; a fresh list the caller may keep."""
+        system = ChatMessage(role="system", content=self.system_prompt)
+        return [system, *(ChatMessage(role=m["role"], content=m["content"]) for m in self._turns)]
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def _trim(self) -> None:
+        # A user turn goes with the reply to it, so the oldest turn left is a user's
+        # (or the assistant's greeting, which has no user turn before it).
+        while len(self._turns) > self.max_turns:
+            dropped = self._turns.pop(0)
+            if dropped["role"] == "user" and self._turns and self._turns[0]["role"] == "assistant":
+                self._turns.pop(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SpokenChunk:
+    text: str
+    """Display text of the chunk."""
+    start_ms: float
+    """Where this chunk's audio starts in the response's audio timeline."""
+    end_ms: float
+    """Where it ends."""
+
+
+def heard_text(chunks: Sequence[SpokenChunk], played_ms: float) -> str:
+    """The part of a reply the caller heard when playback stopped at ``played_ms``.
+
+    A chunk that ended by ``played_ms`` was heard whole; nothing after the chunk
+    being played was heard (a stop in a silent gap between chunks keeps exactly the
+    chunks before it). Of the chunk being played the caller heard the fraction of its
+    words that its elapsed time gives, rounded down: a word counts as heard only once
+    its share of the chunk's audio has played in full, so the LLM is never told the
+    caller heard a word that was cut off.
+    """
+    if played_ms <= 0:
+        return ""
+    heard: list[str] = []
+    for chunk in sorted(chunks, key=lambda c: c.start_ms):
+        if chunk.end_ms <= played_ms:
+            heard.append(chunk.text)
+            continue
+        if chunk.start_ms < played_ms:
+            words = chunk.text.split()
+            fraction = (played_ms - chunk.start_ms) / (chunk.end_ms - chunk.start_ms)
+            # The epsilon: float error (2.9999999999999996) must not cost a word.
+            heard.append(" ".join(words[: math.floor(fraction * len(words) + 1e-9)]))
+        break
+    return " ".join(" ".join(heard).split())
