@@ -1,0 +1,116 @@
+"""Speech to text with faster-whisper (CTranslate2), on one dedicated worker thread.
+
+Dropping speech is worse than transcribing noise here: the VAD and turn detector
+upstream already decided this audio is an utterance. faster-whisper by default
+skips a 30 s window when ``no_speech_prob > 0.6`` and the average log-probability
+is below -1.0, which happens on short or quiet questions (the whole turn then
+comes back empty with no error). We pass ``no_speech_threshold=None`` so no
+window is ever skipped, and ``log_prob_threshold=None`` so a low-confidence
+decode is not re-run at random temperatures (that only costs latency). The
+temperature fallback stays for repetition loops (compression ratio above 2.4),
+and it always returns a decode, never nothing. Set ``no_speech_threshold`` to
+restore faster-whisper's skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
+from pipeline.engines.base import FloatAudio, Transcript
+from pipeline.errors import ModelLoadError, STTError
+from pipeline.models import whisper_model_dir
+
+
+class WhisperSTT:
+    """faster-whisper on 16 kHz mono float32 utterances."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 2,
+        beam_size: int = 1,
+        language: str | None = "en",
+        temperatures: tuple[float, ...] = (0.0, 0.2, 0.4),
+        no_speech_threshold: float | None = None,
+    ) -> None:
+        from faster_whisper import WhisperModel
+
+        model_or_path = str(model) if model is not None else str(whisper_model_dir())
+        self.name = f"faster-whisper:{_short_name(model)}"
+        self.beam_size = beam_size
+        self.language = language
+        self.temperatures = temperatures
+        self.no_speech_threshold = no_speech_threshold
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+        try:
+            # Loaded on the worker thread: the model only ever lives on that thread.
+            self._model: Any = self._executor.submit(
+                WhisperModel,
+                model_or_path,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=1,
+            ).result()
+        except Exception as error:
+            self._executor.shutdown(wait=True)
+            raise ModelLoadError(f"cannot load Whisper model {model_or_path!r}: {error}") from error
+
+    async def transcribe(self, audio: FloatAudio) -> Transcript:
+        """Transcribe a whole utterance. Raises STTError."""
+        if audio.ndim != 1:
+            raise STTError(f"{self.name}: expected mono audio, got shape {audio.shape}")
+        if self._model is None:
+            raise STTError(f"{self.name}: engine is closed", transient=False)
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            text = await loop.run_in_executor(self._executor, self._transcribe_blocking, samples)
+        except Exception as error:
+            raise STTError(f"{self.name}: transcription failed: {error}") from error
+        return Transcript(
+            text=text,
+            audio_ms=duration_ms(len(samples), PIPELINE_SAMPLE_RATE),
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def _transcribe_blocking(self, samples: FloatAudio) -> str:
+        if samples.size == 0:
+            return ""
+        segments, _info = self._model.transcribe(
+            samples,
+            language=self.language,
+            beam_size=self.beam_size,
+            temperature=list(self.temperatures),
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+            no_speech_threshold=self.no_speech_threshold,
+            log_prob_threshold=None,
+        )
+        # `segments` is lazy: the decoding happens while iterating, so here.
+        text = " ".join(segment.text.strip() for segment in segments).strip()
+        # Silence decodes to a lone "." or "..."; text without a letter or digit is nothing.
+        return text if any(char.isalnum() for char in text) else ""
+
+    def close(self) -> None:
+        """Wait for the transcription in progress, then release the model."""
+        self._executor.shutdown(wait=True)
+        self._model = None
+
+
+def _short_name(model: str | Path | None) -> str:
+    if model is None:
+        return "tiny.en"
+    return Path(model).name if isinstance(model, Path) or "/" in str(model) else str(model)
