@@ -1,0 +1,1 @@
+"""VoiceForge adapters: server, protocol, SDK, CLI."""

@@ -1,0 +1,161 @@
+"""``voiceforge serve`` and ``voiceforge talk``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import VoiceForgeError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agent.config import Settings
+    from agent.profiles import build_engines
+    from agent.server import create_app
+
+    settings = Settings.from_env()
+    if args.host is not None:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    if args.profile is not None:
+        settings.profile = args.profile
+    settings.validate()
+
+    def progress(line: str) -> None:
+        print(f"[voiceforge] {line}", flush=True)
+
+    progress(f"profile {settings.profile}: loading models")
+    engines = build_engines(settings, progress)
+    app = create_app(settings, engines)
+    # Bind first so port 0 works and the address printed is the one in use.
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    port = sock.getsockname()[1]
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    progress(f"ready: connect to ws://{shown_host}:{port}/ws")
+    progress(f"health http://{shown_host}:{port}/healthz, metrics http://{shown_host}:{port}/metrics")
+    progress(f"try it: voiceforge talk question.wav --url ws://{shown_host}:{port}/ws")
+    config = uvicorn.Config(
+        app,
+        ws_max_size=settings.hard_max_frame_bytes,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+async def _talk(args: argparse.Namespace) -> int:
+    from agent.client import VoiceForgeClient
+    from pipeline.audio import SUPPORTED_SAMPLE_RATES, read_wav_mono, write_wav
+    from pipeline.events import (
+        ErrorEvent,
+        ResponseAudioDelta,
+        ResponseDone,
+        ResponseTextDelta,
+        TranscriptFinal,
+        TurnIgnored,
+    )
+
+    audio, rate = read_wav_mono(args.wav)
+    api_key = os.environ.get("VOICEFORGE_API_KEY")
+    async with await VoiceForgeClient.connect(args.url, api_key=api_key) as client:
+        rate_to_use = rate if rate in SUPPORTED_SAMPLE_RATES else 16000
+        await client.update_session(input_sample_rate=rate_to_use, output_sample_rate=24000)
+        print(f"connected: session {client.session_id}; streaming {args.wav} "
+              f"({len(audio) / rate:.1f}s at {rate} Hz) in real time")
+        client.start_reporting()
+        silence = np.zeros(int(rate_to_use * 0.02), dtype=np.float32)
+
+        async def microphone() -> None:
+            await client.stream_audio(audio, rate)
+            # Keep the line open with silence, as a microphone would.
+            while True:
+                await client.stream_audio(np.tile(silence, 10), rate_to_use)
+
+        mic = asyncio.create_task(microphone())
+        reply: list[bytes] = []
+        text = ""
+        out_rate = int(client.session["output_sample_rate"])
+        deadline = time.monotonic() + len(audio) / rate + args.timeout
+        exit_code = 1
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    event = await client.next_event(deadline - time.monotonic())
+                except TimeoutError:
+                    break
+                if event is None:
+                    print("connection closed by the server", file=sys.stderr)
+                    break
+                if isinstance(event, TranscriptFinal):
+                    print(f"you:   {event.text}")
+                elif isinstance(event, ResponseTextDelta):
+                    text += event.delta
+                elif isinstance(event, ResponseAudioDelta):
+                    reply.append(event.audio)
+                    out_rate = event.sample_rate
+                elif isinstance(event, TurnIgnored):
+                    print(f"turn ignored: {event.reason}")
+                elif isinstance(event, ErrorEvent):
+                    print(f"error {event.code}: {event.message}", file=sys.stderr)
+                elif isinstance(event, ResponseDone):
+                    print(f"agent: {text.strip()}")
+                    print(f"status: {event.status.value}")
+                    for name, value in event.timings.items():
+                        print(f"  {name:36s} {value:8.0f}")
+                    exit_code = 0 if event.status.value == "completed" else 1
+                    break
+            else:
+                print("timed out waiting for a reply", file=sys.stderr)
+        finally:
+            mic.cancel()
+            await asyncio.gather(mic, return_exceptions=True)
+    pcm = b"".join(reply)
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    write_wav(args.out, samples, out_rate)
+    print(f"reply audio: {len(samples) / out_rate:.2f}s written to {args.out}")
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voiceforge", description="VoiceForge voice agent")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the agent server")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument("--profile", default=None, help="engine profile (default: embedded)")
+    talk = commands.add_parser("talk", help="be a caller: send a WAV, hear the reply")
+    talk.add_argument("wav", type=Path, help="speech to send (any common rate, mono or stereo)")
+    talk.add_argument("--url", default="ws://127.0.0.1:8000/ws")
+    talk.add_argument("--out", type=Path, default=Path("reply.wav"), help="where to save the reply")
+    talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return asyncio.run(_talk(args))
+    except VoiceForgeError as exc:
+        print(f"voiceforge: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"voiceforge: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The Python SDK: a caller on the VoiceForge protocol.
+
+    async with await VoiceForgeClient.connect("ws://127.0.0.1:8000/ws") as client:
+        await client.update_session(output_sample_rate=24000)
+        streamer = asyncio.create_task(client.stream_audio(samples, 16000))
+        async for event in client.events():
+            ...
+
+``PlaybackClock`` plays reply audio at real-time pace (without a speaker), drops
+audio of cleared responses and reports ``output_audio.played``, as a real client
+must for history to match what was heard. Used by ``voiceforge talk``, the tests
+and the load generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from agent.protocol import (
+    SUBPROTOCOL,
+    ConversationText,
+    InputAudioAppend,
+    OutputAudioPlayed,
+    ResponseCancel,
+    ServerMessage,
+    SessionCreated,
+    SessionUpdate,
+    SessionUpdated,
+    decode_server_frame,
+    encode_client_message,
+)
+from pipeline.audio import float_to_pcm16, read_wav_mono
+from pipeline.engines.base import FloatAudio
+from pipeline.errors import VoiceForgeError
+from pipeline.events import (
+    ErrorEvent,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseDone,
+    SpeechStopped,
+)
+
+__all__ = ["ClientError", "PlaybackClock", "VoiceForgeClient"]
+
+
+class ClientError(VoiceForgeError):
+    """The server refused something the client asked for."""
+
+
+@dataclass(slots=True)
+class _ResponsePlayback:
+    received_ms: float = 0.0
+    buffer_end: float | None = None
+    """Wall time at which the audio received so far will have finished playing."""
+    frozen_played_ms: float | None = None
+    """Set by a clear: playback stopped there."""
+
+
+@dataclass(slots=True)
+class PlaybackClock:
+    """Plays responses in real time on the wall clock, with no speaker.
+
+    A delta that arrives after the buffer ran dry restarts playback and counts
+    as an underrun (the caller would have heard a gap).
+    """
+
+    responses: dict[str, _ResponsePlayback] = field(default_factory=dict)
+    underruns: int = 0
+    dropped_after_clear: int = 0
+
+    def receive(self, response_id: str, duration_ms: float, now: float) -> bool:
+        """Queue a delta; False when its response was cleared (the audio is dropped)."""
+        state = self.responses.setdefault(response_id, _ResponsePlayback())
+        if state.frozen_played_ms is not None:
+            self.dropped_after_clear += 1
+            return False
+        if state.buffer_end is None:
+            state.buffer_end = now
+        elif state.buffer_end < now:
+            self.underruns += 1
+            state.buffer_end = now
+        state.buffer_end += duration_ms / 1000.0
+        state.received_ms += duration_ms
+        return True
+
+    def played_ms(self, response_id: str, now: float) -> float:
+        state = self.responses.get(response_id)
+        if state is None or state.buffer_end is None:
+            return 0.0
+        if state.frozen_played_ms is not None:
+            return state.frozen_played_ms
+        return state.received_ms - max(0.0, state.buffer_end - now) * 1000.0
+
+    def clear(self, response_id: str, now: float) -> float:
+        """Flush the buffer of ``response_id``; returns what had been played."""
+        state = self.responses.setdefault(response_id, _ResponsePlayback())
+        played = self.played_ms(response_id, now)
+        state.frozen_played_ms = played
+        return played
+
+    def is_playing(self, response_id: str, now: float) -> bool:
+        state = self.responses.get(response_id)
+        return (
+            state is not None
+            and state.frozen_played_ms is None
+            and state.buffer_end is not None
+            and state.buffer_end > now
+        )
+
+
+class VoiceForgeClient:
+    """An async connection to ``/ws``."""
+
+    def __init__(self, connection: ClientConnection, created: SessionCreated) -> None:
+        self._ws = connection
+        self.created = created
+        self.session: dict[str, Any] = dict(created.session)
+        self.playback = PlaybackClock()
+        self._events: asyncio.Queue[ServerMessage | None] = asyncio.Queue(maxsize=10_000)
+        self._waiters: list[asyncio.Future[ServerMessage]] = []
+        self._reader = asyncio.create_task(self._read())
+        self._reporter: asyncio.Task[None] | None = None
+        self._sent_audio_ms = 0.0
+        self._send_times: list[tuple[float, float]] = []
+        self.first_audio_at: dict[str, float] = {}
+        self.speech_end_sent_at: float | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        open_timeout: float = 30.0,
+        max_size: int | None = 16 * 1024 * 1024,
+    ) -> VoiceForgeClient:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        connection = await websockets.connect(
+            url,
+            additional_headers=headers,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            open_timeout=open_timeout,
+            max_size=max_size,
+        )
+        first = decode_server_frame(await connection.recv(decode=False))
+        if not isinstance(first, SessionCreated):
+            await connection.close()
+            raise ClientError(f"expected session.created, got {type(first).__name__}")
+        return cls(connection, first)
+
+    async def __aenter__(self) -> VoiceForgeClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def session_id(self) -> str:
+        return self.created.session_id
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send(self, message: Any) -> None:
+        await self._ws.send(encode_client_message(message))
+
+    async def update_session(self, **fields: Any) -> dict[str, Any]:
+        """Send ``session.update`` and wait for the server's answer."""
+        waiter = self._wait_for((SessionUpdated, ErrorEvent))
+        await self._send(SessionUpdate(fields))
+        answer = await asyncio.wait_for(waiter, 30)
+        if isinstance(answer, ErrorEvent):
+            raise ClientError(f"{answer.code}: {answer.message}")
+        assert isinstance(answer, SessionUpdated)
+        self.session = dict(answer.session)
+        return self.session
+
+    async def send_audio(self, audio: FloatAudio | bytes, sample_rate: int | None = None) -> None:
+        """Send one chunk of PCM (float32 samples or PCM16 bytes) at the session's input rate."""
+        rate = sample_rate or int(self.session["input_sample_rate"])
+        pcm = audio if isinstance(audio, bytes) else float_to_pcm16(audio)
+        self._sent_audio_ms += len(pcm) / 2 * 1000.0 / rate
+        self._send_times.append((self._sent_audio_ms, time.monotonic()))
+        await self._send(InputAudioAppend(pcm))
+
+    async def stream_audio(
+        self,
+        source: FloatAudio | str | Path | AsyncIterator[FloatAudio] | Iterable[FloatAudio],
+        sample_rate: int | None = None,
+        *,
+        frame_ms: float = 20.0,
+        realtime: bool = True,
+    ) -> None:
+        """Stream audio as a microphone would: ``frame_ms`` frames, paced in real time.
+
+        ``source`` is an array at ``sample_rate`` (the session's input rate by
+        default), a WAV path (resampled to the session's input rate), or an (async)
+        iterator of arrays already at the session rate.
+        """
+        rate = int(self.session["input_sample_rate"])
+        if isinstance(source, str | Path):
+            audio, file_rate = read_wav_mono(source)
+            if file_rate != rate:
+                from pipeline.audio import resample
+
+                audio = resample(audio, file_rate, rate)
+            source = audio
+        if isinstance(source, np.ndarray):
+            if sample_rate is not None and sample_rate != rate:
+                from pipeline.audio import resample
+
+                source = resample(source, sample_rate, rate)
+            samples_per_frame = int(rate * frame_ms / 1000)
+            frames: Iterable[FloatAudio] = (
+                source[i : i + samples_per_frame] for i in range(0, len(source), samples_per_frame)
+            )
+            await self._pace(frames, rate, realtime)
+            return
+        if isinstance(source, AsyncIterator):
+            async for chunk in source:
+                await self.send_audio(chunk)
+            return
+        await self._pace(source, rate, realtime)
+
+    async def _pace(self, frames: Iterable[FloatAudio], rate: int, realtime: bool) -> None:
+        started = time.monotonic()
+        sent_ms = 0.0
+        for frame in frames:
+            if realtime:
+                delay = started + sent_ms / 1000.0 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await self.send_audio(frame, rate)
+            sent_ms += len(frame) * 1000.0 / rate
+
+    async def send_text(self, text: str) -> None:
+        await self._send(ConversationText(text))
+
+    async def cancel(self, response_id: str | None = None) -> None:
+        await self._send(ResponseCancel(response_id))
+
+    async def report_played(self, response_id: str, played_ms: float) -> None:
+        await self._send(OutputAudioPlayed(response_id, played_ms))
+
+    # ---------------------------------------------------------------- receiving
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self._ws:
+                if isinstance(frame, str):
+                    continue
+                message = decode_server_frame(frame)
+                await self._on_message(message)
+                for waiter in list(self._waiters):
+                    if not waiter.done() and isinstance(message, waiter.kinds):  # type: ignore[attr-defined]
+                        waiter.set_result(message)
+                        self._waiters.remove(waiter)
+                await self._events.put(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(ClientError("connection closed"))
+            await self._events.put(None)
+
+    async def _on_message(self, message: ServerMessage) -> None:
+        now = time.monotonic()
+        if isinstance(message, SpeechStopped):
+            self.speech_end_sent_at = self.sent_at(message.audio_end_ms)
+        elif isinstance(message, ResponseAudioDelta):
+            self.first_audio_at.setdefault(message.response_id, now)
+            self.playback.receive(message.response_id, message.duration_ms, now)
+        elif isinstance(message, ResponseAudioClear):
+            played = self.playback.clear(message.response_id, now)
+            # Right after a clear the server waits for this to truncate history.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self.report_played(message.response_id, played)
+
+    def sent_at(self, audio_ms: float) -> float | None:
+        """Wall time at which the input audio up to ``audio_ms`` had been sent."""
+        for end_ms, sent in self._send_times:
+            if end_ms >= audio_ms:
+                return sent
+        return None
+
+    def _wait_for(self, kinds: tuple[type, ...]) -> asyncio.Future[ServerMessage]:
+        future: asyncio.Future[ServerMessage] = asyncio.get_running_loop().create_future()
+        future.kinds = kinds  # type: ignore[attr-defined]
+        self._waiters.append(future)
+        return future
+
+    async def events(self) -> AsyncIterator[ServerMessage]:
+        """Every server message, in order, until the connection closes."""
+        while (message := await self._events.get()) is not None:
+            yield message
+
+    async def next_event(self, wait_s: float) -> ServerMessage | None:
+        """The next message, or None when the connection closed. Raises TimeoutError."""
+        return await asyncio.wait_for(self._events.get(), wait_s)
+
+    def start_reporting(self, interval_s: float = 0.25) -> None:
+        """Report ``output_audio.played`` periodically for the responses being played."""
+        if self._reporter is None:
+            self._reporter = asyncio.create_task(self._report_loop(interval_s))
+
+    async def _report_loop(self, interval_s: float) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval_s)
+                now = time.monotonic()
+                for response_id, state in list(self.playback.responses.items()):
+                    if state.frozen_played_ms is not None or state.buffer_end is None:
+                        continue
+                    if state.buffer_end + interval_s < now:
+                        continue  # finished and already reported
+                    await self.report_played(response_id, self.playback.played_ms(response_id, now))
+
+    async def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
+        await self._ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def is_final(message: ServerMessage) -> bool:
+    return isinstance(message, ResponseDone)

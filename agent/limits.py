@@ -1,0 +1,64 @@
+"""Per-session guards on what a client sends and on what waits to be sent to it.
+
+Sans-I/O: fed with sizes and timestamps, they answer yes or no.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class AudioRateLimiter:
+    """Refuses input audio arriving faster than ``factor`` × real time.
+
+    A budget of ``burst_ms`` absorbs network jitter (a client that stalls and
+    then catches up); beyond it, audio is accepted at most ``factor`` times as fast
+    as the wall clock advances since the first frame.
+    """
+
+    def __init__(self, factor: float = 2.0, burst_ms: float = 2000.0) -> None:
+        self.factor = factor
+        self.burst_ms = burst_ms
+        self._started: float | None = None
+        self._accepted_ms = 0.0
+
+    def accept(self, audio_ms: float, now: float) -> bool:
+        if self._started is None:
+            self._started = now
+        allowed = self.burst_ms + self.factor * (now - self._started) * 1000.0
+        if self._accepted_ms + audio_ms > allowed:
+            return False
+        self._accepted_ms += audio_ms
+        return True
+
+
+class OutboundQueue:
+    """Frames waiting for the socket, with the audio of a cleared response purgeable.
+
+    Each item is (response id or None, frame bytes, is_audio). Bounded: ``push``
+    reports overflow so the session can deal with a client that does not read.
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        self._items: deque[tuple[str | None, bytes, bool]] = deque()
+        self.max_frames = max_frames
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, frame: bytes, *, response_id: str | None = None, audio: bool = False) -> bool:
+        if len(self._items) >= self.max_frames:
+            return False
+        self._items.append((response_id, frame, audio))
+        return True
+
+    def purge_audio(self, response_id: str) -> int:
+        """Drop queued audio of ``response_id``; returns how many frames went."""
+        before = len(self._items)
+        self._items = deque(
+            item for item in self._items if not (item[2] and item[0] == response_id)
+        )
+        return before - len(self._items)
+
+    def pop(self) -> bytes | None:
+        return self._items.popleft()[1] if self._items else None

@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app so tests can run several apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipeline.events import ResponseDone
+
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
+
+STAGES = {
+    "end_of_turn_wait_ms": "end_of_turn_wait",
+    "stt_ms": "stt",
+    "stt_after_end_of_turn_ms": "stt_after_end_of_turn",
+    "llm_first_token_ms": "llm_first_token",
+    "first_chunk_text_ms": "first_chunk_text",
+    "tts_first_audio_ms": "tts_first_audio",
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.first_audio = Histogram(
+            "voiceforge_end_of_speech_to_first_audio_seconds",
+            "End of the caller's speech to the first reply audio sent",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "voiceforge_stage_seconds",
+            "Per-stage latency of a turn",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.sessions_active = Gauge(
+            "voiceforge_sessions_active", "Open sessions", registry=self.registry
+        )
+        self.sessions = Counter(
+            "voiceforge_sessions", "Sessions opened", registry=self.registry
+        )
+        self.responses = Counter(
+            "voiceforge_responses", "Responses by final status", ["status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "voiceforge_errors", "Error events sent, by code", ["code"], registry=self.registry
+        )
+
+    def observe_response(self, done: ResponseDone) -> None:
+        self.responses.labels(done.status.value).inc()
+        first_audio = done.timings.get("end_of_speech_to_first_audio_ms")
+        if first_audio is not None:
+            self.first_audio.observe(first_audio / 1000.0)
+        for key, stage in STAGES.items():
+            if key in done.timings:
+                self.stage.labels(stage).observe(done.timings[key] / 1000.0)

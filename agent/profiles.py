@@ -1,0 +1,84 @@
+"""Engine profiles: which STT, LLM and TTS a server runs, loaded with visible progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from agent.config import Settings
+from pipeline.conversation import Engines
+from pipeline.engines.base import LLMEngine
+from pipeline.vad import BatchedVADWorker, SileroVAD
+
+Progress = Callable[[str], None]
+
+
+def _timed(progress: Progress, what: str) -> Callable[[str], None]:
+    started = time.monotonic()
+    progress(f"loading {what} ...")
+
+    def done(detail: str) -> None:
+        progress(f"loaded {what} in {time.monotonic() - started:.1f}s: {detail}")
+
+    return done
+
+
+def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
+    """The CPU default: Silero VAD, faster-whisper tiny.en, llama.cpp GGUF, Piper joe.
+
+    Every weight comes from an installed package or a local path; nothing is
+    downloaded at run time (the GGUF is assembled by ``make``/``python -m
+    pipeline.models`` beforehand and only looked up here).
+    """
+    from pipeline import models
+    from pipeline.engines.piper import PiperTTS
+    from pipeline.engines.whisper import WhisperSTT
+
+    done = _timed(progress, "VAD (Silero ONNX)")
+    vad = SileroVAD()
+    done(str(vad.model_path))
+
+    whisper = settings.whisper_model or str(models.whisper_model_dir())
+    done = _timed(progress, "STT (faster-whisper)")
+    stt = WhisperSTT(
+        whisper,
+        device=settings.whisper_device,
+        compute_type=settings.whisper_compute_type,
+        cpu_threads=settings.threads,
+    )
+    done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
+
+    llm = build_llm(settings, progress)
+
+    voice = settings.piper_voice or str(models.piper_voice_paths()[0])
+    done = _timed(progress, "TTS (Piper)")
+    tts = PiperTTS(voice)
+    done(f"{voice} at {tts.sample_rate} Hz")
+    return Engines(stt=stt, llm=llm, tts=tts, vad=BatchedVADWorker(vad))
+
+
+def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
+    if settings.llm_backend == "openai":
+        from pipeline.engines.openai_compat import OpenAICompatLLM
+
+        assert settings.llm_url is not None
+        progress(f"LLM: streaming from {settings.llm_url} (model {settings.llm_model})")
+        return OpenAICompatLLM(
+            settings.llm_url, settings.llm_model, api_key_env=settings.llm_api_key_env
+        )
+    from pipeline import models
+    from pipeline.engines.llama_cpp import LlamaCppLLM
+
+    if settings.gguf_path:
+        path = settings.gguf_path
+    else:
+        path = str(models.ensure_default_gguf(progress))
+    done = _timed(progress, "LLM (llama.cpp)")
+    llm = LlamaCppLLM(path, n_threads=settings.threads)
+    done(path)
+    return llm
+
+
+def build_engines(settings: Settings, progress: Progress = print) -> Engines:
+    settings.validate()
+    return build_embedded(settings, progress)

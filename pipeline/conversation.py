@@ -1,0 +1,683 @@
+"""The per-call orchestrator: audio in, events out.
+
+It wires the sans-I/O deciders (turn detector, chunker, history truncation) to the
+engines, running each stage as a referenced, cancellable asyncio task:
+
+    feed_audio ─► input task: resample ─► VAD (shared batched worker) ─► TurnDetector
+        SpeechStopped ─► speculative STT task (discarded on SpeechResumed)
+        EndOfTurn     ─► final transcript ─► response task
+    response task: LLM stream ─► TextChunker ─► TTS ─► resample ─► audio deltas
+    BargeIn ─► cancel response task ─► clear ─► wait for the played report
+            ─► history keeps what was heard ─► response.done(cancelled)
+
+Events go out through one synchronous ``emit`` callable; the adapter owns the
+socket and its queue. A response ends (``ResponseDone``) once the caller has heard
+it — generation finished and playback reported or estimated to be over — so the
+text a completed response leaves in history is the text that was played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler, float_to_pcm16
+from pipeline.chunker import ChunkerConfig, TextChunk, TextChunker
+from pipeline.engines.base import FloatAudio, LLMEngine, STTEngine, TTSEngine
+from pipeline.errors import (
+    EngineError,
+    LLMError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+    STTError,
+    TTSError,
+)
+from pipeline.events import (
+    ErrorEvent,
+    Event,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseCreated,
+    ResponseDone,
+    ResponseStatus,
+    ResponseTextDelta,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    TranscriptFinal,
+    TurnIgnored,
+)
+from pipeline.history import History, SpokenChunk, heard_text
+from pipeline.turn import (
+    BargeIn,
+    EndOfTurn,
+    SpeechResumed,
+    TurnConfig,
+    TurnDetector,
+    TurnDiscarded,
+    TurnEvent,
+)
+from pipeline.turn import SpeechStarted as TurnSpeechStarted
+from pipeline.turn import SpeechStopped as TurnSpeechStopped
+from pipeline.vad import FRAME_MS, FRAME_SAMPLES, BatchedVADWorker
+
+logger = logging.getLogger("voiceforge.conversation")
+
+DEFAULT_INSTRUCTIONS = (
+    "You are VoiceForge, a friendly voice assistant talking with a caller. Your words are "
+    "spoken aloud, so answer in one to three short, complete sentences of plain speech. "
+    "No lists, no markdown, no code, no emoji."
+)
+
+Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Per-call settings; ``session.update`` replaces fields of it."""
+
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str | None = None
+    input_sample_rate: int = 16000
+    output_sample_rate: int = 24000
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    max_response_tokens: int = 150
+    temperature: float = 0.6
+    partial_transcript_interval_ms: float = 0.0
+    """0 turns partial transcripts off: on two cores a partial in flight when the
+    caller stops delays the final transcript (docs/decisions.md)."""
+    speech_pad_ms: float = 200.0
+    """Audio kept before speech start and after speech end for transcription."""
+    max_turn_ms: float = 30_000.0
+    played_report_timeout_ms: float = 400.0
+    """How long a cancelled response waits for the client's played report."""
+    playback_grace_ms: float = 300.0
+    """Extra wait past the estimated end of playback before a response is done."""
+    audio_delta_ms: float = 100.0
+    """Maximum duration of one audio delta."""
+    max_history_turns: int = 50
+
+
+@dataclass(slots=True)
+class Engines:
+    stt: STTEngine
+    llm: LLMEngine
+    tts: TTSEngine
+    vad: BatchedVADWorker
+
+
+class ResponsePhase(enum.Enum):
+    GENERATING = "generating"
+    PLAYING = "playing"
+    FINISHING = "finishing"
+    DONE = "done"
+
+
+_ALLOWED_PHASES: dict[ResponsePhase, set[ResponsePhase]] = {
+    ResponsePhase.GENERATING: {ResponsePhase.PLAYING, ResponsePhase.FINISHING},
+    ResponsePhase.PLAYING: {ResponsePhase.FINISHING},
+    ResponsePhase.FINISHING: {ResponsePhase.DONE},
+    ResponsePhase.DONE: set(),
+}
+
+
+@dataclass(slots=True)
+class _Response:
+    response_id: str
+    started_at: float
+    """Monotonic time the caller's turn ended (speech end, or text received)."""
+    phase: ResponsePhase = ResponsePhase.GENERATING
+    text: str = ""
+    chunks: list[SpokenChunk] = field(default_factory=list)
+    audio_ms: float = 0.0
+    seq: int = 0
+    first_audio_at: float | None = None
+    played_ms: float | None = None
+    played_event: asyncio.Event = field(default_factory=asyncio.Event)
+    timings: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+
+    def move(self, phase: ResponsePhase) -> None:
+        if phase not in _ALLOWED_PHASES[self.phase]:
+            raise RuntimeError(f"response {self.response_id}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+
+    def estimated_played_ms(self, now: float) -> float:
+        if self.first_audio_at is None:
+            return 0.0
+        return min(self.audio_ms, (now - self.first_audio_at) * 1000.0)
+
+    def best_played_ms(self, now: float) -> float:
+        return self.played_ms if self.played_ms is not None else self.estimated_played_ms(now)
+
+
+class _TurnAudio:
+    """The 16 kHz input audio of the current stream, trimmed as turns end."""
+
+    def __init__(self, max_ms: float) -> None:
+        self._chunks: deque[FloatAudio] = deque()
+        self._start_sample = 0
+        self._samples = 0
+        self._max_samples = int(max_ms * PIPELINE_SAMPLE_RATE / 1000)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
+
+    @property
+    def end_sample(self) -> int:
+        return self._start_sample + self._samples
+
+    def append(self, audio: FloatAudio, arrived_at: float) -> None:
+        self._chunks.append(audio)
+        self._samples += len(audio)
+        self._arrivals.append((self.end_sample, arrived_at))
+        while self._samples - len(self._chunks[0]) >= self._max_samples:
+            dropped = self._chunks.popleft()
+            self._samples -= len(dropped)
+            self._start_sample += len(dropped)
+
+    def arrival_time(self, sample: int) -> float:
+        """Monotonic time at which the audio holding ``sample`` arrived."""
+        for end, arrived in self._arrivals:
+            if end > sample:
+                return arrived
+        return time.monotonic()
+
+    def slice_ms(self, start_ms: float, end_ms: float) -> FloatAudio:
+        start = max(int(start_ms * 16), self._start_sample)
+        end = min(int(end_ms * 16), self.end_sample)
+        if end <= start or not self._chunks:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(list(self._chunks))
+        return audio[start - self._start_sample : end - self._start_sample]
+
+    def trim_before_ms(self, ms: float) -> None:
+        keep_from = int(ms * 16)
+        while self._chunks and self._start_sample + len(self._chunks[0]) <= keep_from:
+            dropped = self._chunks.popleft()
+            self._samples -= len(dropped)
+            self._start_sample += len(dropped)
+
+
+class Conversation:
+    """One call. Create, ``start()``, feed audio or text, ``close()``."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        emit: Emit,
+        config: SessionConfig | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> None:
+        self.engines = engines
+        self.config = config or SessionConfig()
+        self.session_id = session_id or f"sess_{uuid.uuid4().hex[:12]}"
+        self._emit = emit
+        self.history = History(self.config.instructions, max_turns=self.config.max_history_turns)
+        self._detector = TurnDetector(self.config.turn, frame_ms=FRAME_MS)
+        self._vad = engines.vad.open_stream()
+        self._input_resampler = StreamResampler(self.config.input_sample_rate, PIPELINE_SAMPLE_RATE)
+        self._input_queue: asyncio.Queue[tuple[FloatAudio, float]] = asyncio.Queue(maxsize=500)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._audio = _TurnAudio(self.config.max_turn_ms + 2 * self.config.speech_pad_ms)
+        self._turn_start_ms: float | None = None
+        self._speech_end_ms: float | None = None
+        self._last_partial_ms = 0.0
+        self._stt_lock = asyncio.Lock()
+        self._speculative: asyncio.Task[tuple[str, float]] | None = None
+        self._speculative_end_ms: float | None = None
+        self._partial_task: asyncio.Task[None] | None = None
+        self._response: _Response | None = None
+        self._finishers: set[asyncio.Task[None]] = set()
+        self._turn_tasks: set[asyncio.Task[None]] = set()
+        self._input_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._input_task = asyncio.create_task(self._input_loop(), name=f"{self.session_id}-input")
+
+    async def close(self) -> None:
+        """Cancel everything this call runs and wait for it to stop."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Future[Any]] = [
+            task
+            for task in (self._input_task, self._speculative, self._partial_task)
+            if task is not None
+        ]
+        if self._response is not None and self._response.task is not None:
+            tasks.append(self._response.task)
+        tasks.extend(self._finishers)
+        tasks.extend(self._turn_tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._vad.close()
+
+    def update(self, config: SessionConfig) -> None:
+        """Apply new settings; audio already accepted keeps flowing."""
+        if config.input_sample_rate != self.config.input_sample_rate:
+            self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
+        if config.turn != self.config.turn:
+            self._detector.config = config.turn
+        self.history.system_prompt = config.instructions
+        self.config = config
+
+    # ------------------------------------------------------------------ inputs
+
+    def feed_audio(self, audio: FloatAudio) -> bool:
+        """Queue input audio at ``config.input_sample_rate``; False when the queue is full."""
+        try:
+            self._input_queue.put_nowait((audio, time.monotonic()))
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def send_text(self, text: str) -> None:
+        """A typed user turn: interrupts any reply in progress, then answers."""
+        text = text.strip()
+        if not text:
+            return
+        self._spawn_turn(self._text_turn(text, time.monotonic()))
+
+    def cancel_response(self, reason: str = "client_cancelled") -> bool:
+        """Cancel the reply in progress (``response.cancel``). False when there is none."""
+        response = self._response
+        if response is None or response.phase in (ResponsePhase.FINISHING, ResponsePhase.DONE):
+            return False
+        self._cancel(response, reason)
+        return True
+
+    def report_played(self, response_id: str, played_ms: float) -> None:
+        """The client says how much of a response it has played."""
+        response = self._response
+        if response is not None and response.response_id == response_id:
+            response.played_ms = max(response.played_ms or 0.0, min(played_ms, response.audio_ms))
+            response.played_event.set()
+
+    @property
+    def agent_speaking(self) -> bool:
+        response = self._response
+        return response is not None and (
+            response.phase is ResponsePhase.PLAYING
+            or (response.phase is ResponsePhase.GENERATING and response.first_audio_at is not None)
+        )
+
+    # -------------------------------------------------------------- input path
+
+    async def _input_loop(self) -> None:
+        while True:
+            audio, arrived = await self._input_queue.get()
+            pcm = self._input_resampler.process(audio)
+            self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
+            while len(self._pending) >= FRAME_SAMPLES:
+                frame = self._pending[:FRAME_SAMPLES]
+                self._pending = self._pending[FRAME_SAMPLES:]
+                self._audio.append(frame, arrived)
+                probability = await self._vad.process(frame)
+                for event in self._detector.process(
+                    probability, agent_speaking=self.agent_speaking
+                ):
+                    self._on_turn_event(event)
+                self._maybe_partial()
+
+    def _on_turn_event(self, event: TurnEvent) -> None:
+        pad = self.config.speech_pad_ms
+        if isinstance(event, TurnSpeechStarted):
+            self._turn_start_ms = event.start_ms
+            self._last_partial_ms = event.start_ms
+            self._emit(SpeechStarted(audio_start_ms=event.start_ms))
+            response = self._response
+            if response is not None and response.phase is ResponsePhase.GENERATING:
+                if response.first_audio_at is None:
+                    # The caller kept talking before hearing anything: their turn
+                    # is not over, so the reply to its first half is dropped.
+                    self._cancel(response, "user_resumed")
+        elif isinstance(event, TurnSpeechStopped):
+            self._speech_end_ms = event.end_ms
+            self._emit(SpeechStopped(audio_end_ms=event.end_ms))
+            self._start_speculation(event.end_ms + pad)
+        elif isinstance(event, SpeechResumed):
+            self._discard_speculation()
+        elif isinstance(event, BargeIn):
+            response = self._response
+            if response is not None and response.phase in (
+                ResponsePhase.GENERATING,
+                ResponsePhase.PLAYING,
+            ):
+                self._cancel(response, "barge_in")
+        elif isinstance(event, EndOfTurn):
+            # Take this turn's state now: by the time the task runs, the next turn
+            # may have begun.
+            speech_end = self._audio.arrival_time(int(event.end_ms * 16))
+            speculative = self._speculative
+            if speculative is not None and self._speculative_end_ms != event.end_ms + pad:
+                self._discard_speculation()
+                speculative = None
+            self._speculative = None
+            self._speculative_end_ms = None
+            self._turn_start_ms = None
+            self._speech_end_ms = None
+            self._spawn_turn(
+                self._audio_turn(event.start_ms, event.end_ms, speech_end, speculative)
+            )
+        elif isinstance(event, TurnDiscarded):
+            self._discard_speculation()
+            self._emit(TurnIgnored(event.reason, event.start_ms, event.end_ms))
+
+    def _spawn_turn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._turn_tasks.add(task)
+        task.add_done_callback(self._turn_tasks.discard)
+
+    # ----------------------------------------------------------- transcription
+
+    async def _transcribe(self, start_ms: float, end_ms: float) -> tuple[str, float]:
+        audio = self._audio.slice_ms(start_ms, end_ms)
+        async with self._stt_lock:
+            transcript = await self.engines.stt.transcribe(audio)
+        return transcript.text, transcript.elapsed_ms
+
+    def _turn_window(self, end_ms: float) -> tuple[float, float]:
+        start = (self._turn_start_ms or 0.0) - self.config.speech_pad_ms
+        return max(0.0, start), end_ms
+
+    def _start_speculation(self, end_ms: float) -> None:
+        self._discard_speculation()
+        start, end = self._turn_window(end_ms)
+        self._speculative = asyncio.create_task(self._transcribe(start, end))
+        self._speculative_end_ms = end_ms
+
+    def _discard_speculation(self) -> None:
+        if self._speculative is not None:
+            self._speculative.cancel()
+            # Retrieve the outcome so a failure of discarded work is not reported.
+            self._speculative.add_done_callback(
+                lambda task: None if task.cancelled() else task.exception()
+            )
+            self._speculative = None
+            self._speculative_end_ms = None
+
+    def _maybe_partial(self) -> None:
+        interval = self.config.partial_transcript_interval_ms
+        if interval <= 0 or self._turn_start_ms is None or self._speech_end_ms is not None:
+            return
+        now_ms = self._audio.end_sample / 16
+        if now_ms - self._last_partial_ms < interval or self._stt_lock.locked():
+            return
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+        self._last_partial_ms = now_ms
+        start, end = self._turn_window(now_ms)
+        self._partial_task = asyncio.create_task(self._partial(start, end))
+
+    async def _partial(self, start_ms: float, end_ms: float) -> None:
+        try:
+            text, _ = await self._transcribe(start_ms, end_ms)
+        except EngineError:
+            return  # the final transcript reports failures
+        if text and self._speech_end_ms is None:
+            self._emit(TranscriptDelta(text))
+
+    # ------------------------------------------------------------------- turns
+
+    async def _audio_turn(
+        self,
+        start_ms: float,
+        end_ms: float,
+        speech_end: float,
+        speculative: asyncio.Task[tuple[str, float]] | None,
+    ) -> None:
+        eot_at = time.monotonic()
+        pad = self.config.speech_pad_ms
+        timings: dict[str, float] = {"end_of_turn_wait_ms": (eot_at - speech_end) * 1000.0}
+        try:
+            if speculative is not None:
+                text, stt_ms = await speculative
+                timings["speculative_transcript"] = 1.0
+            else:
+                window_start = max(0.0, start_ms - pad)
+                text, stt_ms = await self._transcribe(window_start, end_ms + pad)
+                timings["speculative_transcript"] = 0.0
+        except STTError as exc:
+            self._emit(ErrorEvent("stt_failed", f"transcription failed: {exc}"))
+            self._emit(TurnIgnored("stt_failed", start_ms, end_ms))
+            return
+        finally:
+            self._audio.trim_before_ms(end_ms - pad)
+        timings["stt_ms"] = stt_ms
+        timings["stt_after_end_of_turn_ms"] = (time.monotonic() - eot_at) * 1000.0
+        self._emit(TranscriptFinal(text, start_ms, end_ms))
+        if not text:
+            self._emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
+            return
+        await self._respond(text, speech_end, timings)
+
+    async def _text_turn(self, text: str, received_at: float) -> None:
+        response = self._response
+        if response is not None and response.phase in (
+            ResponsePhase.GENERATING,
+            ResponsePhase.PLAYING,
+        ):
+            self._cancel(response, "new_text_input")
+        await self._respond(text, received_at, {})
+
+    async def _respond(self, text: str, turn_end: float, timings: dict[str, float]) -> None:
+        # A cancelled reply must settle its history before the next one reads it.
+        if self._finishers:
+            await asyncio.gather(*self._finishers, return_exceptions=True)
+        self.history.add_user(text)
+        response = _Response(
+            response_id=f"resp_{uuid.uuid4().hex[:12]}",
+            started_at=turn_end,
+            timings=timings,
+        )
+        previous = self._response
+        if previous is not None and previous.phase in (
+            ResponsePhase.GENERATING,
+            ResponsePhase.PLAYING,
+        ):
+            self._cancel(previous, "superseded")
+            await asyncio.gather(*self._finishers, return_exceptions=True)
+        self._response = response
+        self._emit(ResponseCreated(response.response_id))
+        response.task = asyncio.create_task(
+            self._run_response(response), name=f"{self.session_id}-{response.response_id}"
+        )
+
+    # ---------------------------------------------------------------- response
+
+    async def _run_response(self, response: _Response) -> None:
+        config = self.config
+        chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue(maxsize=16)
+        llm_task = asyncio.create_task(self._generate_text(response, chunks))
+        try:
+            await self._speak(response, chunks)
+            await llm_task
+        except EngineError as exc:
+            llm_task.cancel()
+            await asyncio.gather(llm_task, return_exceptions=True)
+            self._fail(response, exc)
+            return
+        except asyncio.CancelledError:
+            llm_task.cancel()
+            await asyncio.gather(llm_task, return_exceptions=True)
+            raise
+        response.move(ResponsePhase.PLAYING)
+        # Done once the caller has heard it all: reported, or estimated from the clock.
+        while True:
+            now = time.monotonic()
+            if response.played_ms is not None and response.played_ms >= response.audio_ms - 1.0:
+                break
+            start = response.first_audio_at or now
+            deadline = start + (response.audio_ms + config.playback_grace_ms) / 1000.0
+            if now >= deadline:
+                break
+            response.played_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(response.played_event.wait(), deadline - now)
+        response.move(ResponsePhase.FINISHING)
+        self.history.add_assistant(response.text)
+        self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
+
+    async def _generate_text(
+        self, response: _Response, chunks: asyncio.Queue[TextChunk | None]
+    ) -> None:
+        config = self.config
+        chunker = TextChunker(config.chunker)
+        requested = time.monotonic()
+        first_token = True
+        stream = self.engines.llm.stream(
+            self.history.messages(),
+            max_tokens=config.max_response_tokens,
+            temperature=config.temperature,
+        )
+        try:
+            async for delta in stream:
+                if first_token:
+                    response.timings["llm_first_token_ms"] = (time.monotonic() - requested) * 1000
+                    first_token = False
+                response.text += delta
+                self._emit(ResponseTextDelta(response.response_id, delta))
+                for chunk in chunker.push(delta):
+                    if chunk.index == 0:
+                        response.timings["first_chunk_text_ms"] = (
+                            time.monotonic() - requested
+                        ) * 1000
+                    await chunks.put(chunk)
+            for chunk in chunker.flush():
+                if chunk.index == 0:
+                    response.timings["first_chunk_text_ms"] = (time.monotonic() - requested) * 1000
+                await chunks.put(chunk)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+            response.timings["llm_total_ms"] = (time.monotonic() - requested) * 1000
+        await chunks.put(None)
+
+    async def _speak(self, response: _Response, chunks: asyncio.Queue[TextChunk | None]) -> None:
+        config = self.config
+        tts = self.engines.tts
+        resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
+        out_rate = config.output_sample_rate
+        max_samples = max(1, int(config.audio_delta_ms * out_rate / 1000))
+        while (chunk := await chunks.get()) is not None:
+            chunk_start_ms = response.audio_ms
+            chunk_ready = time.monotonic()
+            async for audio in tts.synthesize(chunk.text, voice=config.voice):
+                if "tts_first_audio_ms" not in response.timings:
+                    response.timings["tts_first_audio_ms"] = (time.monotonic() - chunk_ready) * 1000
+                self._emit_audio(response, resampler.process(audio), max_samples, out_rate)
+            self._emit_audio(response, resampler.flush(), max_samples, out_rate)
+            resampler = StreamResampler(tts.sample_rate, out_rate)
+            response.chunks.append(
+                SpokenChunk(chunk.display_text, chunk_start_ms, response.audio_ms)
+            )
+
+    def _emit_audio(
+        self, response: _Response, audio: FloatAudio, max_samples: int, rate: int
+    ) -> None:
+        for offset in range(0, len(audio), max_samples):
+            piece = audio[offset : offset + max_samples]
+            now = time.monotonic()
+            if response.first_audio_at is None:
+                response.first_audio_at = now
+                response.timings["end_of_speech_to_first_audio_ms"] = (
+                    now - response.started_at
+                ) * 1000
+            duration = len(piece) * 1000.0 / rate
+            response.audio_ms += duration
+            self._emit(
+                ResponseAudioDelta(
+                    response.response_id, response.seq, float_to_pcm16(piece), rate, duration
+                )
+            )
+            response.seq += 1
+
+    # ------------------------------------------------------------ cancellation
+
+    def _cancel(self, response: _Response, reason: str) -> None:
+        """Stop generating now; settle history once the client says what it played."""
+        response.move(ResponsePhase.FINISHING)
+        if response.task is not None:
+            response.task.cancel()
+        finisher = asyncio.create_task(self._finish_cancelled(response, reason))
+        self._finishers.add(finisher)
+        finisher.add_done_callback(self._finishers.discard)
+
+    async def _finish_cancelled(self, response: _Response, reason: str) -> None:
+        if response.task is not None:
+            await asyncio.gather(response.task, return_exceptions=True)
+        if response.first_audio_at is not None:
+            # Only now, with the producer stopped, can no delta follow the clear.
+            response.played_event.clear()
+            self._emit(ResponseAudioClear(response.response_id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    response.played_event.wait(), self.config.played_report_timeout_ms / 1000
+                )
+        played = response.best_played_ms(time.monotonic())
+        heard = heard_text(response.chunks, played) if played > 0 else ""
+        self.history.add_assistant(heard)
+        response.timings["played_source_client"] = 1.0 if response.played_ms is not None else 0.0
+        self._finish(response, ResponseStatus.CANCELLED, heard, played, reason=reason)
+
+    def _fail(self, response: _Response, exc: EngineError) -> None:
+        if isinstance(exc, LLMUnavailableError):
+            code = "llm_unavailable"
+        elif isinstance(exc, LLMTimeoutError):
+            code = "llm_timeout"
+        elif isinstance(exc, LLMError):
+            code = "llm_failed"
+        elif isinstance(exc, TTSError):
+            code = "tts_failed"
+        else:
+            code = "engine_failed"
+        self._emit(ErrorEvent(code, str(exc), fatal=False, response_id=response.response_id))
+        response.move(ResponsePhase.FINISHING)
+        played = response.best_played_ms(time.monotonic())
+        heard = heard_text(response.chunks, played) if played > 0 else ""
+        self.history.add_assistant(heard)
+        self._finish(response, ResponseStatus.FAILED, heard, played, reason=code)
+
+    def _finish(
+        self,
+        response: _Response,
+        status: ResponseStatus,
+        heard: str,
+        played_ms: float,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        response.move(ResponsePhase.DONE)
+        self._emit(
+            ResponseDone(
+                response_id=response.response_id,
+                status=status,
+                text=response.text,
+                text_heard=heard,
+                audio_ms=response.audio_ms,
+                played_ms=played_ms,
+                timings=dict(response.timings),
+                reason=reason,
+            )
+        )
+        if self._response is response:
+            self._response = None
+
+
+def with_updates(config: SessionConfig, **changes: object) -> SessionConfig:
+    """A copy of ``config`` with ``changes`` applied (validated by the caller)."""
+    return replace(config, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,37 @@
+"""Per-session guards: input audio rate and the purgeable outbound queue."""
+
+from __future__ import annotations
+
+from agent.limits import AudioRateLimiter, OutboundQueue
+
+
+def test_realtime_audio_is_always_accepted() -> None:
+    limiter = AudioRateLimiter(factor=2.0, burst_ms=500)
+    assert all(limiter.accept(20, now=i * 0.02) for i in range(1000))
+
+
+def test_audio_faster_than_twice_realtime_is_refused_after_the_burst() -> None:
+    limiter = AudioRateLimiter(factor=2.0, burst_ms=500)
+    accepted = sum(limiter.accept(20, now=i * 0.005) for i in range(400))  # 4x real time
+    elapsed_ms = 399 * 5
+    # Accepted audio never exceeds burst + 2x the elapsed time, and most was refused.
+    assert accepted * 20 <= 500 + 2 * elapsed_ms
+    assert accepted < 400 * 0.7
+    # A client that slows back down is accepted again.
+    assert limiter.accept(20, now=10.0)
+
+
+def test_outbound_queue_purges_only_the_cleared_responses_audio() -> None:
+    queue = OutboundQueue(max_frames=10)
+    assert queue.push(b"a1", response_id="r1", audio=True)
+    assert queue.push(b"t1", response_id="r1")
+    assert queue.push(b"b1", response_id="r2", audio=True)
+    assert queue.purge_audio("r1") == 1
+    assert [queue.pop(), queue.pop(), queue.pop()] == [b"t1", b"b1", None]
+
+
+def test_outbound_queue_is_bounded() -> None:
+    queue = OutboundQueue(max_frames=2)
+    assert queue.push(b"1") and queue.push(b"2")
+    assert not queue.push(b"3")
+    assert len(queue) == 2

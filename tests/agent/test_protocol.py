@@ -1,0 +1,101 @@
+"""The wire codec: bytes in, typed messages out, and the error code for bad frames."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from agent.protocol import (
+    ConversationText,
+    InputAudioAppend,
+    OutputAudioPlayed,
+    ProtocolError,
+    ResponseCancel,
+    SessionCreated,
+    SessionUpdate,
+    decode_client_frame,
+    decode_server_frame,
+    encode_client_message,
+    encode_server_message,
+    parse_session_fields,
+)
+from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone, ResponseStatus
+
+
+def _frame(**fields: object) -> bytes:
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        SessionUpdate({"voice": "joe", "turn": {"end_of_turn_silence_ms": 400}}),
+        InputAudioAppend(b"\x01\x00\xff\x7f"),
+        ResponseCancel(None),
+        ResponseCancel("resp_1"),
+        OutputAudioPlayed("resp_1", 1234.5),
+        ConversationText("hello"),
+    ],
+)
+def test_client_messages_round_trip(message: object) -> None:
+    assert decode_client_frame(encode_client_message(message)) == message  # type: ignore[arg-type]
+
+
+def test_audio_rides_as_msgpack_bin_not_base64() -> None:
+    raw = msgpack.unpackb(encode_client_message(InputAudioAppend(b"\x00\x01")), raw=True)
+    assert raw[b"audio"] == b"\x00\x01"
+    assert raw[b"type"] == b"input_audio.append"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"\xc1\xc1\xc1", "malformed_frame"),
+        (msgpack.packb([1, 2, 3]), "malformed_frame"),
+        (_frame(no_type=1), "malformed_frame"),
+        (_frame(type="input_audio.launch"), "unknown_type"),
+        (_frame(type="input_audio.append", audio=b"\x00\x01\x02"), "invalid_audio"),
+        (_frame(type="input_audio.append", audio="text"), "invalid_message"),
+        (_frame(type="output_audio.played", response_id="r", played_ms=-1), "invalid_message"),
+        (_frame(type="output_audio.played", response_id="r", played_ms=True), "invalid_message"),
+        (_frame(type="conversation.text", text="x" * 5000), "invalid_message"),
+        (_frame(type="session.update", session=[1]), "invalid_message"),
+    ],
+)
+def test_bad_frames_name_their_error(frame: bytes, code: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode_client_frame(frame)
+    assert caught.value.code == code
+
+
+def test_server_messages_round_trip() -> None:
+    messages = [
+        SessionCreated("sess_1", 1, {"voice": None}, {"max_frame_bytes": 10}),
+        ResponseAudioDelta("resp_1", 3, b"\x00\x00", 24000, 0.04),
+        ResponseDone("resp_1", ResponseStatus.CANCELLED, "a b c", "a", 100.0, 50.0, {"x": 1.0}),
+        ErrorEvent("llm_unavailable", "down", fatal=False, response_id="resp_1"),
+    ]
+    for message in messages:
+        assert decode_server_frame(encode_server_message(message)) == message
+    wire = msgpack.unpackb(encode_server_message(messages[2]), raw=False)
+    assert wire["type"] == "response.done" and wire["status"] == "cancelled"
+
+
+def test_session_update_is_all_or_nothing() -> None:
+    changes = parse_session_fields(
+        {"voice": "joe", "input_sample_rate": 48000, "turn": {"min_speech_ms": 64}}, ["joe"]
+    )
+    assert changes == {"voice": "joe", "input_sample_rate": 48000, "turn": {"min_speech_ms": 64.0}}
+    with pytest.raises(ProtocolError) as caught:
+        parse_session_fields({"voice": "joe", "input_sample_rate": 11025}, ["joe"])
+    assert caught.value.code == "unsupported_sample_rate"
+    for bad in (
+        {"voice": "nobody"},
+        {"colour": "red"},
+        {"turn": {"eot": 1}},
+        {"temperature": 9},
+        {"max_response_tokens": 0},
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            parse_session_fields(bad, ["joe"])
+        assert caught.value.code == "invalid_session"

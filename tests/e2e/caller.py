@@ -1,0 +1,98 @@
+"""A scripted caller on the Python SDK: a microphone that never stops, and a log."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.client import VoiceForgeClient
+from agent.protocol import ServerMessage
+from pipeline.events import ResponseAudioClear, ResponseAudioDelta, ResponseDone
+
+FRAME_S = 0.02
+
+
+@dataclass
+class Caller:
+    """Streams queued utterances, then silence, in real time, like an open microphone."""
+
+    client: VoiceForgeClient
+    rate: int = 16000
+    log: list[tuple[float, ServerMessage]] = field(default_factory=list)
+    _script: asyncio.Queue[np.ndarray] = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.client.start_reporting()
+        self._tasks.append(asyncio.create_task(self._microphone()))
+        self._tasks.append(asyncio.create_task(self._listen()))
+
+    def say(self, audio: np.ndarray) -> None:
+        self._script.put_nowait(audio)
+
+    async def _microphone(self) -> None:
+        frame = int(self.rate * FRAME_S)
+        silence = np.zeros(frame, dtype=np.float32)
+        started = time.monotonic()
+        sent = 0
+        while True:
+            audio = self._script.get_nowait() if not self._script.empty() else None
+            frames = (
+                [audio[i : i + frame] for i in range(0, len(audio), frame)]
+                if audio is not None
+                else [silence]
+            )
+            for piece in frames:
+                delay = started + sent * FRAME_S - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self.client.send_audio(piece, self.rate)
+                sent += 1
+
+    async def _listen(self) -> None:
+        async for message in self.client.events():
+            self.log.append((time.monotonic(), message))
+
+    async def wait_for(
+        self, predicate: Callable[[ServerMessage], bool], timeout_s: float, *, after: int = 0
+    ) -> ServerMessage:
+        """The first logged message from index ``after`` on that satisfies ``predicate``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for _, message in self.log[after:]:
+                if predicate(message):
+                    return message
+            await asyncio.sleep(0.02)
+        kinds = [type(m).__name__ for _, m in self.log[after:]]
+        raise TimeoutError(f"no matching event within {timeout_s}s; saw {kinds}")
+
+    async def wait_done(self, timeout_s: float = 60.0, *, after: int = 0) -> ResponseDone:
+        done = await self.wait_for(lambda m: isinstance(m, ResponseDone), timeout_s, after=after)
+        assert isinstance(done, ResponseDone)
+        return done
+
+    def messages(self, kind: type, *, after: int = 0) -> list[ServerMessage]:
+        return [m for _, m in self.log[after:] if isinstance(m, kind)]
+
+    def audio_of(self, response_id: str) -> np.ndarray:
+        pcm = b"".join(
+            m.audio
+            for _, m in self.log
+            if isinstance(m, ResponseAudioDelta) and m.response_id == response_id
+        )
+        return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+    def index_of_clear(self, response_id: str) -> int:
+        for i, (_, m) in enumerate(self.log):
+            if isinstance(m, ResponseAudioClear) and m.response_id == response_id:
+                return i
+        raise LookupError(response_id)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,81 @@
+"""A real server with the real embedded engines, on 127.0.0.1 and a free port.
+
+The server runs in its own thread and event loop (as it would in production,
+apart from the tests' client loop); the engines load once per test session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+
+from agent.config import Settings
+from agent.profiles import build_embedded
+from agent.server import AppState, create_app
+from pipeline.conversation import Engines
+from tests.speech import espeak_available
+
+
+@dataclass
+class RunningServer:
+    url: str
+    http: str
+    app_state: AppState
+    settings: Settings
+
+    def conversation(self, session_id: str) -> object:
+        for session in list(self.app_state.sessions):
+            if session.conversation.session_id == session_id:
+                return session.conversation
+        raise LookupError(session_id)
+
+
+@pytest.fixture(scope="session")
+def embedded_engines() -> Engines:
+    if not espeak_available():
+        pytest.fail("espeak-ng is required for the end-to-end tests (make test installs it)")
+    return build_embedded(Settings(), progress=lambda line: None)
+
+
+def start_server(settings: Settings, engines: Engines) -> Iterator[RunningServer]:
+    app = create_app(settings, engines)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ws_max_size=settings.hard_max_frame_bytes,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningServer(
+            url=f"ws://127.0.0.1:{port}/ws",
+            http=f"http://127.0.0.1:{port}",
+            app_state=app.state.voiceforge,
+            settings=settings,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        loop.close()
+
+
+@pytest.fixture(scope="session")
+def server(embedded_engines: Engines) -> Iterator[RunningServer]:
+    yield from start_server(Settings(), embedded_engines)
