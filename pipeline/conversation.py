@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import enum
 import logging
 import time
@@ -33,7 +34,7 @@ import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler, float_to_pcm16
 from pipeline.chunker import ChunkerConfig, TextChunk, TextChunker
-from pipeline.engines.base import FloatAudio, LLMEngine, STTEngine, TTSEngine
+from pipeline.engines.base import ChatMessage, FloatAudio, LLMEngine, STTEngine, TTSEngine
 from pipeline.errors import (
     EngineError,
     LLMError,
@@ -107,6 +108,13 @@ class SessionConfig:
     audio_delta_ms: float = 100.0
     """Maximum duration of one audio delta."""
     max_history_turns: int = 50
+    speculative_response: bool = True
+    """Start the reply (LLM and TTS) on the speculative transcript while the end of
+    turn is still being confirmed; its events are held back until the turn ends and
+    thrown away if the caller resumes."""
+    speculative_response_min_silence_ms: float = 200.0
+    """Silence needed before a speculative reply starts: pauses between words end
+    sooner, and a reply started on half a sentence only costs CPU."""
 
 
 @dataclass(slots=True)
@@ -147,6 +155,12 @@ class _Response:
     played_event: asyncio.Event = field(default_factory=asyncio.Event)
     timings: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    held: bool = False
+    """A speculative reply: events wait in ``held_events`` until the turn ends."""
+    held_events: list[Event] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    speculative_task: asyncio.Task[tuple[str, float]] | None = None
 
     def move(self, phase: ResponsePhase) -> None:
         if phase not in _ALLOWED_PHASES[self.phase]:
@@ -238,6 +252,8 @@ class Conversation:
         self._speculative_end_ms: float | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._response: _Response | None = None
+        self._draft: _Response | None = None
+        self._draft_transcript: asyncio.Task[tuple[str, float]] | None = None
         self._finishers: set[asyncio.Task[None]] = set()
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._input_task: asyncio.Task[None] | None = None
@@ -247,6 +263,19 @@ class Conversation:
 
     def start(self) -> None:
         self._input_task = asyncio.create_task(self._input_loop(), name=f"{self.session_id}-input")
+        self._input_task.add_done_callback(self._on_input_stopped)
+
+    def _on_input_stopped(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("session=%s input path failed", self.session_id, exc_info=exc)
+            self._emit(ErrorEvent("internal_error", f"input audio path failed: {exc}", fatal=True))
+
+    def _report_unexpected(self, task: asyncio.Future[Any]) -> None:
+        """A bug in a turn or response task must not vanish with the task."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        logger.error("session=%s task failed", self.session_id, exc_info=exc)
+        self._emit(ErrorEvent("internal_error", f"turn failed: {exc}", fatal=False))
 
     async def close(self) -> None:
         """Cancel everything this call runs and wait for it to stop."""
@@ -258,8 +287,9 @@ class Conversation:
             for task in (self._input_task, self._speculative, self._partial_task)
             if task is not None
         ]
-        if self._response is not None and self._response.task is not None:
-            tasks.append(self._response.task)
+        for response in (self._response, self._draft):
+            if response is not None and response.task is not None:
+                tasks.append(response.task)
         tasks.extend(self._finishers)
         tasks.extend(self._turn_tasks)
         for task in tasks:
@@ -293,10 +323,17 @@ class Conversation:
             return
         self._spawn_turn(self._text_turn(text, time.monotonic()))
 
-    def cancel_response(self, reason: str = "client_cancelled") -> bool:
-        """Cancel the reply in progress (``response.cancel``). False when there is none."""
+    def cancel_response(
+        self, response_id: str | None = None, reason: str = "client_cancelled"
+    ) -> bool:
+        """Cancel the reply in progress (``response.cancel``); with an id, only that one.
+
+        False when there is nothing (or not that response) to cancel.
+        """
         response = self._response
         if response is None or response.phase in (ResponsePhase.FINISHING, ResponsePhase.DONE):
+            return False
+        if response_id is not None and response_id != response.response_id:
             return False
         self._cancel(response, reason)
         return True
@@ -327,12 +364,18 @@ class Conversation:
                 frame = self._pending[:FRAME_SAMPLES]
                 self._pending = self._pending[FRAME_SAMPLES:]
                 self._audio.append(frame, arrived)
-                probability = await self._vad.process(frame)
+                try:
+                    probability = await self._vad.process(frame)
+                except EngineError as exc:
+                    # One lost frame reads as silence; the call goes on.
+                    logger.warning("session=%s VAD failed: %s", self.session_id, exc)
+                    probability = 0.0
                 for event in self._detector.process(
                     probability, agent_speaking=self.agent_speaking
                 ):
                     self._on_turn_event(event)
                 self._maybe_partial()
+                self._maybe_start_draft()
 
     def _on_turn_event(self, event: TurnEvent) -> None:
         pad = self.config.speech_pad_ms
@@ -351,6 +394,7 @@ class Conversation:
             self._emit(SpeechStopped(audio_end_ms=event.end_ms))
             self._start_speculation(event.end_ms + pad)
         elif isinstance(event, SpeechResumed):
+            self._speech_end_ms = None
             self._discard_speculation()
         elif isinstance(event, BargeIn):
             response = self._response
@@ -369,6 +413,7 @@ class Conversation:
                 speculative = None
             self._speculative = None
             self._speculative_end_ms = None
+            self._draft_transcript = None
             self._turn_start_ms = None
             self._speech_end_ms = None
             self._spawn_turn(
@@ -379,9 +424,7 @@ class Conversation:
             self._emit(TurnIgnored(event.reason, event.start_ms, event.end_ms))
 
     def _spawn_turn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
-        self._turn_tasks.add(task)
-        task.add_done_callback(self._turn_tasks.discard)
+        self._keep_until_done(asyncio.create_task(coro))  # type: ignore[arg-type]
 
     # ----------------------------------------------------------- transcription
 
@@ -400,8 +443,12 @@ class Conversation:
         start, end = self._turn_window(end_ms)
         self._speculative = asyncio.create_task(self._transcribe(start, end))
         self._speculative_end_ms = end_ms
+        if self.config.speculative_response:
+            self._speculative.add_done_callback(self._on_speculative_transcript)
 
     def _discard_speculation(self) -> None:
+        self._discard_draft()
+        self._draft_transcript = None
         if self._speculative is not None:
             self._speculative.cancel()
             # Retrieve the outcome so a failure of discarded work is not reported.
@@ -410,6 +457,76 @@ class Conversation:
             )
             self._speculative = None
             self._speculative_end_ms = None
+
+    def _on_speculative_transcript(self, task: asyncio.Task[tuple[str, float]]) -> None:
+        if task is self._speculative and not task.cancelled() and task.exception() is None:
+            self._draft_transcript = task
+            self._maybe_start_draft()
+
+    def _maybe_start_draft(self) -> None:
+        """Start a held reply on a transcript that may turn out to be final."""
+        task = self._draft_transcript
+        if task is None or task is not self._speculative or self._speech_end_ms is None:
+            return
+        silence_ms = self._audio.end_sample / 16 - self._speech_end_ms
+        if silence_ms < self.config.speculative_response_min_silence_ms:
+            return
+        self._draft_transcript = None
+        text = task.result()[0]
+        if not text or self._response is not None or self._finishers or self._closed:
+            return
+        speech_end_ms = self._speech_end_ms
+        preview = copy.deepcopy(self.history)
+        preview.add_user(text)
+        draft = _Response(
+            response_id=f"resp_{uuid.uuid4().hex[:12]}",
+            started_at=self._audio.arrival_time(int(speech_end_ms * 16)),
+            messages=preview.messages(),
+            held=True,
+            speculative_task=task,
+        )
+        self._draft = draft
+        draft.task = asyncio.create_task(
+            self._run_response(draft), name=f"{self.session_id}-{draft.response_id}-draft"
+        )
+        draft.task.add_done_callback(self._report_unexpected)
+
+    def _discard_draft(self) -> None:
+        draft, self._draft = self._draft, None
+        if draft is not None and draft.task is not None:
+            # Nothing of it was emitted, so nothing needs clearing.
+            draft.task.cancel()
+            self._keep_until_done(draft.task, report=False)  # reported since creation
+
+    def _keep_until_done(self, task: asyncio.Task[None], *, report: bool = True) -> None:
+        """Keep a task referenced (and cancellable by close) until it has stopped."""
+        self._turn_tasks.add(task)
+        task.add_done_callback(self._turn_tasks.discard)
+        if report:
+            task.add_done_callback(self._report_unexpected)
+
+    def _release(self, draft: _Response, text: str, timings: dict[str, float]) -> None:
+        """The turn ended as speculated: the held reply becomes the response."""
+        self.history.add_user(text)
+        draft.timings = {**timings, **draft.timings, "speculative_response": 1.0}
+        if draft.phase is not ResponsePhase.DONE:
+            self._response = draft
+        self._emit(ResponseCreated(draft.response_id))
+        now = time.monotonic()
+        held, draft.held_events = draft.held_events, []
+        draft.held = False
+        if any(isinstance(event, ResponseAudioDelta) for event in held):
+            draft.first_audio_at = now
+            draft.timings["end_of_speech_to_first_audio_ms"] = (now - draft.started_at) * 1000
+        for event in held:
+            self._emit(event)
+        draft.released.set()
+
+    def _response_emit(self, response: _Response, event: Event) -> None:
+        if response.held:
+            response.held_events.append(event)
+        else:
+            self._emit(event)
 
     def _maybe_partial(self) -> None:
         interval = self.config.partial_transcript_interval_ms
@@ -464,6 +581,12 @@ class Conversation:
         if not text:
             self._emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
             return
+        draft = self._draft
+        if draft is not None and speculative is not None and draft.speculative_task is speculative:
+            self._draft = None
+            self._release(draft, text, timings)
+            return
+        self._discard_draft()
         await self._respond(text, speech_end, timings)
 
     async def _text_turn(self, text: str, received_at: float) -> None:
@@ -479,12 +602,15 @@ class Conversation:
         # A cancelled reply must settle its history before the next one reads it.
         if self._finishers:
             await asyncio.gather(*self._finishers, return_exceptions=True)
+        self._discard_draft()
         self.history.add_user(text)
         response = _Response(
             response_id=f"resp_{uuid.uuid4().hex[:12]}",
             started_at=turn_end,
             timings=timings,
+            messages=self.history.messages(),
         )
+        response.released.set()
         previous = self._response
         if previous is not None and previous.phase in (
             ResponsePhase.GENERATING,
@@ -497,25 +623,33 @@ class Conversation:
         response.task = asyncio.create_task(
             self._run_response(response), name=f"{self.session_id}-{response.response_id}"
         )
+        response.task.add_done_callback(self._report_unexpected)
 
     # ---------------------------------------------------------------- response
 
     async def _run_response(self, response: _Response) -> None:
         config = self.config
         chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue(maxsize=16)
-        llm_task = asyncio.create_task(self._generate_text(response, chunks))
+        stages = [
+            asyncio.create_task(self._generate_text(response, chunks)),
+            asyncio.create_task(self._speak(response, chunks)),
+        ]
         try:
-            await self._speak(response, chunks)
-            await llm_task
-        except EngineError as exc:
-            llm_task.cancel()
-            await asyncio.gather(llm_task, return_exceptions=True)
+            await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
+            for stage in stages:
+                if stage.done() and (exc := stage.exception()) is not None:
+                    raise exc
+        except BaseException as exc:
+            # Cancellation, an engine failure or a bug: neither stage outlives the other.
+            for stage in stages:
+                stage.cancel()
+            await asyncio.gather(*stages, return_exceptions=True)
+            if not isinstance(exc, EngineError):
+                raise
+            await response.released.wait()
             self._fail(response, exc)
             return
-        except asyncio.CancelledError:
-            llm_task.cancel()
-            await asyncio.gather(llm_task, return_exceptions=True)
-            raise
+        await response.released.wait()
         response.move(ResponsePhase.PLAYING)
         # Done once the caller has heard it all: reported, or estimated from the clock.
         while True:
@@ -541,7 +675,7 @@ class Conversation:
         requested = time.monotonic()
         first_token = True
         stream = self.engines.llm.stream(
-            self.history.messages(),
+            response.messages,
             max_tokens=config.max_response_tokens,
             temperature=config.temperature,
         )
@@ -551,7 +685,7 @@ class Conversation:
                     response.timings["llm_first_token_ms"] = (time.monotonic() - requested) * 1000
                     first_token = False
                 response.text += delta
-                self._emit(ResponseTextDelta(response.response_id, delta))
+                self._response_emit(response, ResponseTextDelta(response.response_id, delta))
                 for chunk in chunker.push(delta):
                     if chunk.index == 0:
                         response.timings["first_chunk_text_ms"] = (
@@ -592,17 +726,18 @@ class Conversation:
         for offset in range(0, len(audio), max_samples):
             piece = audio[offset : offset + max_samples]
             now = time.monotonic()
-            if response.first_audio_at is None:
+            if response.first_audio_at is None and not response.held:
                 response.first_audio_at = now
                 response.timings["end_of_speech_to_first_audio_ms"] = (
                     now - response.started_at
                 ) * 1000
             duration = len(piece) * 1000.0 / rate
             response.audio_ms += duration
-            self._emit(
+            self._response_emit(
+                response,
                 ResponseAudioDelta(
                     response.response_id, response.seq, float_to_pcm16(piece), rate, duration
-                )
+                ),
             )
             response.seq += 1
 

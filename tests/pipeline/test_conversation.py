@@ -1,0 +1,259 @@
+"""The orchestrator's mechanics, with exact timing.
+
+Real Silero VAD on real (espeak-ng) speech drives the turns; the STT, LLM and TTS
+are the deterministic ``bench`` engines so that ordering, cancellation, held
+speculative replies and history truncation can be asserted exactly. The same
+paths run with the real engines in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import numpy as np
+import pytest
+
+from pipeline.conversation import Conversation, Engines, SessionConfig
+from pipeline.engines.bench import ScriptedLLM, ScriptedSTT, ToneTTS
+from pipeline.engines.whisper import WhisperSTT
+from pipeline.errors import LLMUnavailableError
+from pipeline.events import (
+    ErrorEvent,
+    Event,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseCreated,
+    ResponseDone,
+    ResponseStatus,
+    ResponseTextDelta,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TurnIgnored,
+)
+from pipeline.vad import BatchedVADWorker, SileroVAD
+from tests.speech import silence, speak
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+
+class Harness:
+    def __init__(self, conversation: Conversation, events: list[Event]) -> None:
+        self.conversation = conversation
+        self.events = events
+
+    def feed(self, audio: np.ndarray) -> None:
+        for start in range(0, len(audio), 320):
+            assert self.conversation.feed_audio(audio[start : start + 320])
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout_s: float = 20) -> Event:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if predicate(event):
+                    return event
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"not seen; events: {[type(e).__name__ for e in self.events]}")
+
+    def of(self, kind: type) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture(scope="module")
+def question() -> np.ndarray:
+    return speak("What is the capital of France?")
+
+
+@pytest.fixture(scope="module")
+def whisper() -> Iterator[WhisperSTT]:
+    stt = WhisperSTT()
+    yield stt
+    stt.close()
+
+
+@pytest.fixture
+async def vad() -> AsyncIterator[BatchedVADWorker]:
+    worker = BatchedVADWorker(SileroVAD())
+    await worker.start()
+    yield worker
+    await worker.stop()
+
+
+def make(
+    vad: BatchedVADWorker,
+    *,
+    stt: ScriptedSTT | None = None,
+    llm: ScriptedLLM | None = None,
+    tts: ToneTTS | None = None,
+    config: SessionConfig | None = None,
+    on_event: Callable[[Conversation, Event], None] | None = None,
+) -> Harness:
+    events: list[Event] = []
+    engines = Engines(stt=stt or ScriptedSTT(), llm=llm or ScriptedLLM(), tts=tts or ToneTTS(),
+                      vad=vad)
+    holder: list[Conversation] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if on_event is not None:
+            on_event(holder[0], event)
+
+    conversation = Conversation(engines, emit, config)
+    holder.append(conversation)
+    conversation.start()
+    return Harness(conversation, events)
+
+
+async def test_a_turn_runs_in_order_and_lands_in_history(
+    vad: BatchedVADWorker, question: np.ndarray
+) -> None:
+    h = make(vad, config=SessionConfig(playback_grace_ms=0))
+    try:
+        h.feed(np.concatenate([silence(0.3), question, silence(1.0)]))
+        done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
+        kinds = [type(e) for e in h.events]
+        order = [SpeechStarted, SpeechStopped, TranscriptFinal, ResponseCreated, ResponseDone]
+        positions = [kinds.index(k) for k in order]
+        assert positions == sorted(positions)
+        assert isinstance(done, ResponseDone) and done.status is ResponseStatus.COMPLETED
+        created = h.of(ResponseCreated)
+        assert len(created) == 1
+        rid = created[0].response_id  # type: ignore[attr-defined]
+        deltas = [e for e in h.of(ResponseAudioDelta) if isinstance(e, ResponseAudioDelta)]
+        assert [d.seq for d in deltas] == list(range(len(deltas)))
+        assert all(d.response_id == rid and d.duration_ms <= 100.0 + 1e-6 for d in deltas)
+        text = "".join(e.delta for e in h.of(ResponseTextDelta))  # type: ignore[attr-defined]
+        assert text == done.text == done.text_heard
+        assert h.conversation.history.messages()[1:] == [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": done.text},
+        ]
+        # The reply was started on the speculative transcript and held until the turn ended.
+        assert done.timings["speculative_transcript"] == 1.0
+        assert done.timings["speculative_response"] == 1.0
+        assert done.timings["end_of_speech_to_first_audio_ms"] > 0
+    finally:
+        await h.conversation.close()
+
+
+async def test_resuming_during_the_end_of_turn_wait_discards_the_held_reply(
+    vad: BatchedVADWorker,
+) -> None:
+    llm = ScriptedLLM(tokens_per_second=200, first_token_ms=1)
+    h = make(vad, llm=llm, stt=ScriptedSTT(["What is", "What is the capital of France?"]))
+    try:
+        first = speak("What is")
+        rest = speak("the capital of France?")
+        # espeak ends each clip with 350 ms of silence; with 50 ms more the pause stays
+        # shorter than the 500 ms end-of-turn silence: one turn.
+        h.feed(np.concatenate([silence(0.3), first]))
+        await h.wait_for(lambda e: isinstance(e, SpeechStopped))
+        await asyncio.sleep(0.3)  # the speculative reply starts and runs, held
+        assert len(llm.requests) == 1
+        h.feed(np.concatenate([silence(0.05), rest, silence(1.0)]))
+        done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
+        created = h.of(ResponseCreated)
+        assert len(created) == 1, "the discarded draft never reached the client"
+        rid = created[0].response_id  # type: ignore[attr-defined]
+        tagged = [e for e in h.events if hasattr(e, "response_id")]
+        assert all(e.response_id == rid for e in tagged)  # type: ignore[attr-defined]
+        assert llm.closed_early >= 1 or len(llm.requests) >= 2
+        assert llm.requests[-1][-1]["content"] == "What is the capital of France?"
+        finals = [e.text for e in h.of(TranscriptFinal)]  # type: ignore[attr-defined]
+        assert finals == ["What is the capital of France?"]
+        assert isinstance(done, ResponseDone) and done.status is ResponseStatus.COMPLETED
+    finally:
+        await h.conversation.close()
+
+
+async def test_barge_in_clears_then_cancels_and_history_keeps_what_was_played(
+    vad: BatchedVADWorker, question: np.ndarray, whisper: WhisperSTT
+) -> None:
+    played_report_ms = 700.0
+
+    def client(conversation: Conversation, event: Event) -> None:
+        if isinstance(event, ResponseAudioClear):
+            # What a client does right after flushing its playback buffer.
+            conversation.report_played(event.response_id, played_report_ms)
+
+    # Real Whisper: pauses between words make several speculative transcripts per turn.
+    h = make(vad, on_event=client, stt=whisper)
+    try:
+        h.feed(np.concatenate([silence(0.3), question, silence(0.8)]))
+        first_audio = await h.wait_for(lambda e: isinstance(e, ResponseAudioDelta))
+        assert isinstance(first_audio, ResponseAudioDelta)
+        rid = first_audio.response_id
+        h.feed(np.concatenate([speak("Stop, stop, wait a moment."), silence(1.0)]))
+        done = await h.wait_for(lambda e: isinstance(e, ResponseDone) and e.response_id == rid)
+        assert isinstance(done, ResponseDone)
+        assert done.status is ResponseStatus.CANCELLED and done.reason == "barge_in"
+        clear_at = next(i for i, e in enumerate(h.events) if isinstance(e, ResponseAudioClear))
+        assert clear_at < h.events.index(done)
+        assert not [
+            e for e in h.events[clear_at:]
+            if isinstance(e, ResponseAudioDelta) and e.response_id == rid
+        ]
+        # 700 ms into a 1860 ms first chunk of six words: two words were heard.
+        assert done.played_ms == played_report_ms
+        assert done.text_heard == "The capital"
+        assert done.timings["played_source_client"] == 1.0
+        await h.wait_for(lambda e: isinstance(e, ResponseDone) and e.response_id != rid)
+        messages = h.conversation.history.messages()
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
+        assert "capital" in messages[1]["content"].lower()
+        assert messages[2]["content"] == "The capital"
+        assert "stop" in messages[3]["content"].lower()
+    finally:
+        await h.conversation.close()
+
+
+async def test_a_turn_with_no_words_says_so(vad: BatchedVADWorker, question: np.ndarray) -> None:
+    h = make(vad, stt=ScriptedSTT([""]))
+    try:
+        h.feed(np.concatenate([silence(0.3), question, silence(1.0)]))
+        ignored = await h.wait_for(lambda e: isinstance(e, TurnIgnored))
+        assert isinstance(ignored, TurnIgnored) and ignored.reason == "no_words_recognized"
+        assert not h.of(ResponseCreated)
+    finally:
+        await h.conversation.close()
+
+
+async def test_llm_down_fails_the_response_and_the_session_goes_on(
+    vad: BatchedVADWorker,
+) -> None:
+    llm = ScriptedLLM()
+    llm.failures.append(LLMUnavailableError("http://127.0.0.1:9/v1 refused the connection"))
+    h = make(vad, llm=llm, config=SessionConfig(playback_grace_ms=0))
+    try:
+        h.conversation.send_text("Hello?")
+        failed = await h.wait_for(lambda e: isinstance(e, ResponseDone))
+        assert isinstance(failed, ResponseDone) and failed.status is ResponseStatus.FAILED
+        error = h.of(ErrorEvent)[0]
+        assert isinstance(error, ErrorEvent)
+        assert error.code == "llm_unavailable" and not error.fatal
+        h.conversation.send_text("Hello again?")
+        ok = await h.wait_for(
+            lambda e: isinstance(e, ResponseDone) and e.status is ResponseStatus.COMPLETED
+        )
+        assert isinstance(ok, ResponseDone)
+        # The failed turn's user text merges with the next: the LLM saw no reply between.
+        assert llm.requests[-1][-1] == {"role": "user", "content": "Hello? Hello again?"}
+    finally:
+        await h.conversation.close()
+
+
+async def test_close_mid_reply_stops_every_task(
+    vad: BatchedVADWorker, question: np.ndarray
+) -> None:
+    llm = ScriptedLLM(tokens_per_second=5)
+    h = make(vad, llm=llm)
+    h.feed(np.concatenate([silence(0.3), question, silence(1.0)]))
+    await h.wait_for(lambda e: isinstance(e, ResponseAudioDelta))
+    before = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    await h.conversation.close()
+    await asyncio.sleep(0)
+    still = [t for t in before if not t.done() and "sess_" in t.get_name()]
+    assert still == []
+    assert llm.closed_early >= 1
