@@ -1,4 +1,9 @@
-"""A scripted caller on the Python SDK: a microphone that never stops, and a log."""
+"""A scripted caller on the SDK: an open microphone that speaks queued utterances
+between stretches of silence, and a timestamped log of everything the server sent.
+
+Used by the end-to-end tests and the latency benchmark; a real caller's
+microphone also never stops sending while the line is open.
+"""
 
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     port = sock.getsockname()[1]
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     progress(f"ready: connect to ws://{shown_host}:{port}/ws")

@@ -20,9 +20,22 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _env_int(name: str, default: int) -> int:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
+
+
 def _read_secret(value_var: str, file_var: str) -> str | None:
     value = _env(value_var)
     if value is not None:
+        # A blank key would match a client presenting an empty bearer token.
+        if not value.strip():
+            raise ConfigurationError(f"{value_var} is blank")
         return value.strip()
     path = _env(file_var)
     if path is None:
@@ -68,7 +81,7 @@ class Settings:
     def from_env(cls) -> Settings:
         settings = cls()
         settings.host = _env("VOICEFORGE_HOST", settings.host) or settings.host
-        settings.port = int(_env("VOICEFORGE_PORT", str(settings.port)) or settings.port)
+        settings.port = _env_int("VOICEFORGE_PORT", settings.port)
         settings.profile = _env("VOICEFORGE_PROFILE", settings.profile) or settings.profile
         settings.api_key = _read_secret("VOICEFORGE_API_KEY", "VOICEFORGE_API_KEY_FILE")
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
@@ -77,9 +90,7 @@ class Settings:
         settings.llm_model = _env("VOICEFORGE_LLM_MODEL", settings.llm_model) or "default"
         settings.whisper_model = _env("VOICEFORGE_WHISPER_MODEL")
         settings.piper_voice = _env("VOICEFORGE_PIPER_VOICE")
-        threads = _env("VOICEFORGE_THREADS")
-        if threads is not None:
-            settings.threads = int(threads)
+        settings.threads = _env_int("VOICEFORGE_THREADS", settings.threads)
         return settings
 
     def validate(self) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
 from agent.config import Settings
-from pipeline.conversation import Engines
-from pipeline.engines.base import LLMEngine
+from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
+from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.vad import BatchedVADWorker, SileroVAD
 
 Progress = Callable[[str], None]
@@ -75,8 +76,20 @@ def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
         path = str(models.ensure_default_gguf(progress))
     done = _timed(progress, "LLM (llama.cpp)")
     llm = LlamaCppLLM(path, n_threads=settings.threads)
-    done(path)
+    # Evaluate the default system prompt once: llama.cpp reuses the cached prefix,
+    # so no caller pays for it on their first turn.
+    asyncio.run(_warm_up(llm))
+    done(f"{path} (system prompt cached)")
     return llm
+
+
+async def _warm_up(llm: LLMEngine) -> None:
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": DEFAULT_INSTRUCTIONS},
+        {"role": "user", "content": "Hello."},
+    ]
+    async for _ in llm.stream(messages, max_tokens=1, temperature=0.0):
+        pass
 
 
 def build_engines(settings: Settings, progress: Progress = print) -> Engines:

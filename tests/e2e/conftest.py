@@ -19,6 +19,8 @@ from agent.config import Settings
 from agent.profiles import build_embedded
 from agent.server import AppState, create_app
 from pipeline.conversation import Engines
+from pipeline.engines.base import LLMEngine
+from pipeline.vad import BatchedVADWorker, SileroVAD
 from tests.speech import espeak_available
 
 
@@ -41,6 +43,20 @@ def embedded_engines() -> Engines:
     if not espeak_available():
         pytest.fail("espeak-ng is required for the end-to-end tests (make test installs it)")
     return build_embedded(Settings(), progress=lambda line: None)
+
+
+def sharing(engines: Engines, *, llm: LLMEngine | None = None) -> Engines:
+    """Engines for a second server: the shared STT/TTS (and LLM), a VAD worker of its own.
+
+    Each app's lifespan starts and stops its VAD worker, so concurrent servers
+    cannot share one; the heavy models they can.
+    """
+    return Engines(
+        stt=engines.stt,
+        llm=engines.llm if llm is None else llm,
+        tts=engines.tts,
+        vad=BatchedVADWorker(SileroVAD()),
+    )
 
 
 def start_server(settings: Settings, engines: Engines) -> Iterator[RunningServer]:

@@ -1,0 +1,274 @@
+"""End-of-speech → first-audio latency of real turns, with the per-stage breakdown.
+
+    python -m loadtest.latency --turns 20 [--url ws://127.0.0.1:8000/ws] [--json out.json]
+
+Without ``--url`` it starts ``voiceforge serve --port 0`` (the embedded default) in
+its own process, so the caller and the server do not share an interpreter. Each
+turn is a question spoken by espeak-ng, streamed in real time as 20 ms frames by
+an open microphone; the caller "plays" the reply in real time and reports
+``output_audio.played`` like a real client. Sessions hold ``--turns-per-session``
+turns, so history grows as in a real conversation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.caller import Caller
+from agent.client import VoiceForgeClient
+from loadtest.speech import speak
+from pipeline.events import ResponseDone, SpeechStopped, TranscriptFinal
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "What color is the sky on a clear day?",
+    "Can you name a large animal that lives in the ocean?",
+    "What is two plus three?",
+    "Which planet is closest to the sun?",
+    "What do bees make?",
+    "How many days are there in a week?",
+    "What is the opposite of hot?",
+    "Tell me one fruit that is yellow.",
+    "What language is spoken in Spain?",
+    "What is the boiling point of water in Celsius?",
+    "Who wrote Romeo and Juliet?",
+    "How many minutes are in an hour?",
+    "What is the largest planet in our solar system?",
+    "Which animal is known as the king of the jungle?",
+    "What is frozen water called?",
+    "How many continents are there?",
+    "What gas do plants take in from the air?",
+    "What is the tallest animal in the world?",
+    "What do you call a baby cat?",
+    "Which season comes after winter?",
+    "What is the main ingredient of bread?",
+    "How many wheels does a bicycle have?",
+]
+
+QUANTILES = (("p50", 50), ("p95", 95), ("p99", 99))
+
+STAGES = [
+    "end_of_turn_wait_ms",
+    "stt_ms",
+    "stt_after_end_of_turn_ms",
+    "llm_first_token_ms",
+    "first_chunk_text_ms",
+    "tts_first_audio_ms",
+]
+
+
+@dataclass
+class Turn:
+    question: str
+    transcript: str
+    reply: str
+    status: str
+    server_ms: float | None
+    client_ms: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+@contextmanager
+def spawned_server() -> Iterator[str]:
+    """``voiceforge serve --port 0`` in a child process; yields its ws:// URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 300
+        url = None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited before it was ready")
+            print(f"  server: {line.rstrip()}", flush=True)
+            match = re.search(r"ready: connect to (ws://\S+)", line)
+            if match:
+                url = match.group(1)
+                break
+        if url is None:
+            raise RuntimeError("server not ready within 300 s")
+        # Keep draining the server's output so it never blocks on a full pipe.
+        stdout = process.stdout
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def run_turns(url: str, turns: int, per_session: int) -> list[Turn]:
+    results: list[Turn] = []
+    questions = (QUESTIONS * (turns // len(QUESTIONS) + 1))[:turns]
+    for session_start in range(0, turns, per_session):
+        async with await VoiceForgeClient.connect(url) as client:
+            caller = Caller(client)
+            caller.start()
+            try:
+                for question in questions[session_start : session_start + per_session]:
+                    results.append(await one_turn(client, caller, question, speak(question)))
+                    turn = results[-1]
+                    print(
+                        f"  turn {len(results):2d}/{turns}: server {turn.server_ms or 0:6.0f} ms"
+                        f"  client {turn.client_ms or 0:6.0f} ms  [{turn.status}]"
+                        f"  {turn.transcript!r} -> {turn.reply[:60]!r}",
+                        flush=True,
+                    )
+            finally:
+                await caller.stop()
+    return results
+
+
+async def one_turn(
+    client: VoiceForgeClient, caller: Caller, question: str, audio: np.ndarray
+) -> Turn:
+    start = len(caller.log)
+    caller.say(audio)
+    done = await caller.wait_done(90, after=start)
+    assert isinstance(done, ResponseDone)
+    finals = [m for m in caller.messages(TranscriptFinal, after=start)]
+    stops = [m for m in caller.messages(SpeechStopped, after=start)]
+    client_ms = None
+    first_audio = client.first_audio_at.get(done.response_id)
+    if stops and first_audio is not None:
+        last_stop = stops[-1]
+        assert isinstance(last_stop, SpeechStopped)
+        sent = client.sent_at(last_stop.audio_end_ms)
+        if sent is not None:
+            client_ms = (first_audio - sent) * 1000
+    # Let the caller "hear" the end of the reply before asking the next question.
+    await asyncio.sleep(0.5)
+    return Turn(
+        question=question,
+        transcript=" ".join(getattr(m, "text", "") for m in finals),
+        reply=done.text.strip(),
+        status=done.status.value,
+        server_ms=done.timings.get("end_of_speech_to_first_audio_ms"),
+        client_ms=client_ms,
+        timings=dict(done.timings),
+    )
+
+
+def summarize(turns: list[Turn]) -> dict[str, Any]:
+    server = [t.server_ms for t in turns if t.server_ms is not None]
+    client = [t.client_ms for t in turns if t.client_ms is not None]
+    stages = {
+        stage: {
+            "p50": percentile([t.timings[stage] for t in turns if stage in t.timings], 50),
+            "p95": percentile([t.timings[stage] for t in turns if stage in t.timings], 95),
+        }
+        for stage in STAGES
+    }
+    return {
+        "turns": len(turns),
+        "completed": sum(t.status == "completed" for t in turns),
+        "latency_ms": {q: percentile(server, n) for q, n in QUANTILES},
+        "client_latency_ms": {q: percentile(client, n) for q, n in QUANTILES},
+        "stages_ms": stages,
+        "speculative_response_share": float(
+            np.mean([t.timings.get("speculative_response", 0.0) for t in turns])
+        ),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "turn_details": [t.__dict__ for t in turns],
+    }
+
+
+def plot(turns: list[Turn], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    server = [t.server_ms or 0.0 for t in turns]
+    order = np.argsort(server)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bottoms = np.zeros(len(turns))
+    parts = [
+        ("end of turn wait", "end_of_turn_wait_ms"),
+        ("STT after end of turn", "stt_after_end_of_turn_ms"),
+    ]
+    for label, key in parts:
+        values = np.array([turns[i].timings.get(key, 0.0) for i in order])
+        left.bar(range(len(turns)), values, bottom=bottoms, label=label)
+        bottoms += values
+    rest = np.array([server[i] for i in order]) - bottoms
+    left.bar(
+        range(len(turns)), np.clip(rest, 0, None), bottom=bottoms, label="LLM + TTS to 1st audio"
+    )
+    left.axhline(1500, color="k", linestyle="--", linewidth=1, label="target p50 1.5 s")
+    left.axhline(1800, color="r", linestyle=":", linewidth=1, label="target p95 1.8 s")
+    left.set_xlabel("turn (sorted by latency)")
+    left.set_ylabel("ms")
+    left.set_title("End of speech → first audio, by stage")
+    left.legend(fontsize=8)
+    right.hist(server, bins=12, color="tab:blue", alpha=0.8, label="server")
+    client = [t.client_ms for t in turns if t.client_ms is not None]
+    right.hist(client, bins=12, color="tab:orange", alpha=0.6, label="client (SDK)")
+    right.set_xlabel("ms")
+    right.set_title("Latency distribution")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", help="a running server (default: start one)")
+    parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--turns-per-session", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the summary here")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot here")
+    args = parser.parse_args(argv)
+    if args.url:
+        turns = asyncio.run(run_turns(args.url, args.turns, args.turns_per_session))
+    else:
+        with spawned_server() as url:
+            turns = asyncio.run(run_turns(url, args.turns, args.turns_per_session))
+    summary = summarize(turns)
+    latency, client = summary["latency_ms"], summary["client_latency_ms"]
+    print(f"\n{summary['turns']} turns, {summary['completed']} completed")
+    print(f"end of speech -> first audio (server): p50 {latency['p50']:.0f} ms, "
+          f"p95 {latency['p95']:.0f} ms, p99 {latency['p99']:.0f} ms")
+    print(f"end of speech -> first audio (client): p50 {client['p50']:.0f} ms, "
+          f"p95 {client['p95']:.0f} ms")
+    for stage, values in summary["stages_ms"].items():
+        print(f"  {stage:28s} p50 {values['p50']:6.0f}  p95 {values['p95']:6.0f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        plot(turns, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0 if summary["completed"] == summary["turns"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

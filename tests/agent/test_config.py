@@ -1,0 +1,108 @@
+"""Settings: loopback-only without a key, secrets from the environment or a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.config import Settings
+from pipeline.errors import ConfigurationError
+
+KEY = "k-unit-test-secret"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("VOICEFORGE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "voice.example.com"])
+def test_a_non_loopback_host_needs_an_api_key(host: str) -> None:
+    with pytest.raises(ConfigurationError, match="API key"):
+        Settings(host=host).validate()
+    Settings(host=host, api_key=KEY).validate()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_a_loopback_host_needs_no_key(host: str) -> None:
+    Settings(host=host).validate()
+
+
+def test_the_key_is_not_in_the_settings_repr() -> None:
+    assert KEY not in repr(Settings(api_key=KEY))
+
+
+def test_from_env_reads_the_documented_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_HOST", "0.0.0.0")
+    monkeypatch.setenv("VOICEFORGE_PORT", "9100")
+    monkeypatch.setenv("VOICEFORGE_API_KEY", f"  {KEY}\n")
+    monkeypatch.setenv("VOICEFORGE_LLM_BACKEND", "openai")
+    monkeypatch.setenv("VOICEFORGE_LLM_URL", "http://127.0.0.1:8001/v1")
+    monkeypatch.setenv("VOICEFORGE_LLM_MODEL", "qwen")
+    monkeypatch.setenv("VOICEFORGE_THREADS", "4")
+    settings = Settings.from_env()
+    assert (settings.host, settings.port, settings.api_key) == ("0.0.0.0", 9100, KEY)
+    assert (settings.llm_backend, settings.llm_url, settings.llm_model) == (
+        "openai",
+        "http://127.0.0.1:8001/v1",
+        "qwen",
+    )
+    assert settings.threads == 4
+    settings.validate()
+
+
+def test_from_env_defaults_when_nothing_is_set() -> None:
+    settings = Settings.from_env()
+    assert settings == Settings()
+    settings.validate()
+
+
+@pytest.mark.parametrize("name", ["VOICEFORGE_PORT", "VOICEFORGE_THREADS"])
+def test_a_non_integer_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "eighty")
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env()
+
+
+def test_a_blank_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_API_KEY", "   ")
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_API_KEY"):
+        Settings.from_env()
+
+
+def test_the_key_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    secret = tmp_path / "api-key"
+    secret.write_text(f"{KEY}\n", encoding="utf-8")
+    monkeypatch.setenv("VOICEFORGE_API_KEY_FILE", str(secret))
+    assert Settings.from_env().api_key == KEY
+
+
+def test_the_key_variable_wins_over_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEFORGE_API_KEY", "from-variable")
+    monkeypatch.setenv("VOICEFORGE_API_KEY_FILE", str(tmp_path / "absent"))
+    assert Settings.from_env().api_key == "from-variable"
+
+
+@pytest.mark.parametrize("content", ["", "  \n"])
+def test_an_empty_key_file_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str
+) -> None:
+    secret = tmp_path / "api-key"
+    secret.write_text(content, encoding="utf-8")
+    monkeypatch.setenv("VOICEFORGE_API_KEY_FILE", str(secret))
+    with pytest.raises(ConfigurationError, match="empty"):
+        Settings.from_env()
+
+
+def test_a_missing_key_file_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEFORGE_API_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        Settings.from_env()
