@@ -67,6 +67,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "max_response_tokens": config.max_response_tokens,
         "temperature": config.temperature,
         "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
+        "speculative_response": config.speculative_response,
     }
 
 
@@ -158,7 +159,7 @@ class _Session:
         elif isinstance(message, SessionUpdate):
             self.update_session(message.session)
         elif isinstance(message, ResponseCancel):
-            conversation.cancel_response()
+            conversation.cancel_response(message.response_id)
         elif isinstance(message, OutputAudioPlayed):
             conversation.report_played(message.response_id, message.played_ms)
         elif isinstance(message, ConversationText):

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -634,6 +634,7 @@ class Conversation:
             asyncio.create_task(self._generate_text(response, chunks)),
             asyncio.create_task(self._speak(response, chunks)),
         ]
+        failure: EngineError | None = None
         try:
             await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
             for stage in stages:
@@ -646,26 +647,38 @@ class Conversation:
             await asyncio.gather(*stages, return_exceptions=True)
             if not isinstance(exc, EngineError):
                 raise
-            await response.released.wait()
-            self._fail(response, exc)
-            return
+            failure = exc
         await response.released.wait()
+        if failure is not None:
+            self._emit(
+                ErrorEvent(
+                    _error_code(failure), str(failure), fatal=False,
+                    response_id=response.response_id,
+                )
+            )
         response.move(ResponsePhase.PLAYING)
-        # Done once the caller has heard it all: reported, or estimated from the clock.
+        # Audio already sent plays out (a barge-in can still cut it): the response is
+        # done once the caller has heard it, reported or estimated from the clock.
+        playback_start = response.first_audio_at or time.monotonic()
+        deadline = playback_start + (response.audio_ms + config.playback_grace_ms) / 1000.0
         while True:
             now = time.monotonic()
             if response.played_ms is not None and response.played_ms >= response.audio_ms - 1.0:
                 break
-            start = response.first_audio_at or now
-            deadline = start + (response.audio_ms + config.playback_grace_ms) / 1000.0
             if now >= deadline:
                 break
             response.played_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(response.played_event.wait(), deadline - now)
         response.move(ResponsePhase.FINISHING)
-        self.history.add_assistant(response.text)
-        self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
+        if failure is None:
+            self.history.add_assistant(response.text)
+            self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
+            return
+        played = response.best_played_ms(time.monotonic())
+        heard = heard_text(response.chunks, played) if played > 0 else ""
+        self.history.add_assistant(heard)
+        self._finish(response, ResponseStatus.FAILED, heard, played, reason=_error_code(failure))
 
     async def _generate_text(
         self, response: _Response, chunks: asyncio.Queue[TextChunk | None]
@@ -769,24 +782,6 @@ class Conversation:
         response.timings["played_source_client"] = 1.0 if response.played_ms is not None else 0.0
         self._finish(response, ResponseStatus.CANCELLED, heard, played, reason=reason)
 
-    def _fail(self, response: _Response, exc: EngineError) -> None:
-        if isinstance(exc, LLMUnavailableError):
-            code = "llm_unavailable"
-        elif isinstance(exc, LLMTimeoutError):
-            code = "llm_timeout"
-        elif isinstance(exc, LLMError):
-            code = "llm_failed"
-        elif isinstance(exc, TTSError):
-            code = "tts_failed"
-        else:
-            code = "engine_failed"
-        self._emit(ErrorEvent(code, str(exc), fatal=False, response_id=response.response_id))
-        response.move(ResponsePhase.FINISHING)
-        played = response.best_played_ms(time.monotonic())
-        heard = heard_text(response.chunks, played) if played > 0 else ""
-        self.history.add_assistant(heard)
-        self._finish(response, ResponseStatus.FAILED, heard, played, reason=code)
-
     def _finish(
         self,
         response: _Response,
@@ -813,6 +808,14 @@ class Conversation:
             self._response = None
 
 
-def with_updates(config: SessionConfig, **changes: object) -> SessionConfig:
-    """A copy of ``config`` with ``changes`` applied (validated by the caller)."""
-    return replace(config, **changes)  # type: ignore[arg-type]
+def _error_code(exc: EngineError) -> str:
+    if isinstance(exc, LLMUnavailableError):
+        return "llm_unavailable"
+    if isinstance(exc, LLMTimeoutError):
+        return "llm_timeout"
+    if isinstance(exc, LLMError):
+        return "llm_failed"
+    if isinstance(exc, TTSError):
+        return "tts_failed"
+    return "engine_failed"
+

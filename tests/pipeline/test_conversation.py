@@ -225,7 +225,7 @@ async def test_llm_down_fails_the_response_and_the_session_goes_on(
 ) -> None:
     llm = ScriptedLLM()
     llm.failures.append(LLMUnavailableError("http://127.0.0.1:9/v1 refused the connection"))
-    h = make(vad, llm=llm, config=SessionConfig(playback_grace_ms=0))
+    h = make(vad, llm=llm)
     try:
         h.conversation.send_text("Hello?")
         failed = await h.wait_for(lambda e: isinstance(e, ResponseDone))
