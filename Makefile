@@ -57,7 +57,8 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 bench: setup models system-deps
-	$(PY) -m loadtest.latency --turns 20
+	mkdir -p out
+	$(PY) -m loadtest.latency --turns 20 --json out/latency.json --plot out/latency.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

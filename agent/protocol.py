@@ -231,6 +231,7 @@ _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "partial_transcript_interval_ms": (0.0, 10_000.0),
 }
 _INT_FIELDS: dict[str, tuple[int, int]] = {"max_response_tokens": (1, 2048)}
+_BOOL_FIELDS = {"speculative_response"}
 
 
 def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str, Any]:
@@ -266,6 +267,10 @@ def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str
                 if not isinstance(number, int | float) or isinstance(number, bool):
                     raise ProtocolError("invalid_session", f"turn.{name} must be a number")
             changes[key] = {name: float(number) for name, number in value.items()}
+        elif key in _BOOL_FIELDS:
+            if not isinstance(value, bool):
+                raise ProtocolError("invalid_session", f"{key} must be true or false")
+            changes[key] = value
         elif key in _NUMBER_FIELDS:
             low, high = _NUMBER_FIELDS[key]
             if not isinstance(value, int | float) or isinstance(value, bool) or not (

@@ -125,11 +125,15 @@ def spawned_server() -> Iterator[str]:
             process.kill()
 
 
-async def run_turns(url: str, turns: int, per_session: int) -> list[Turn]:
+async def run_turns(
+    url: str, turns: int, per_session: int, session: dict[str, Any] | None = None
+) -> list[Turn]:
     results: list[Turn] = []
     questions = (QUESTIONS * (turns // len(QUESTIONS) + 1))[:turns]
     for session_start in range(0, turns, per_session):
         async with await VoiceForgeClient.connect(url) as client:
+            if session:
+                await client.update_session(**session)
             caller = Caller(client)
             caller.start()
             try:
@@ -245,14 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running server (default: start one)")
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--turns-per-session", type=int, default=5)
+    parser.add_argument(
+        "--no-speculative-response",
+        action="store_true",
+        help="start replies only at the confirmed end of turn (to measure the speculation)",
+    )
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--plot", type=Path, help="write a PNG plot here")
     args = parser.parse_args(argv)
+    session = {"speculative_response": False} if args.no_speculative_response else None
     if args.url:
-        turns = asyncio.run(run_turns(args.url, args.turns, args.turns_per_session))
+        turns = asyncio.run(run_turns(args.url, args.turns, args.turns_per_session, session))
     else:
         with spawned_server() as url:
-            turns = asyncio.run(run_turns(url, args.turns, args.turns_per_session))
+            turns = asyncio.run(run_turns(url, args.turns, args.turns_per_session, session))
     summary = summarize(turns)
     latency, client = summary["latency_ms"], summary["client_latency_ms"]
     print(f"\n{summary['turns']} turns, {summary['completed']} completed")

@@ -86,6 +86,9 @@ def test_session_update_is_all_or_nothing() -> None:
         {"voice": "joe", "input_sample_rate": 48000, "turn": {"min_speech_ms": 64}}, ["joe"]
     )
     assert changes == {"voice": "joe", "input_sample_rate": 48000, "turn": {"min_speech_ms": 64.0}}
+    assert parse_session_fields({"speculative_response": False}, []) == {
+        "speculative_response": False
+    }
     with pytest.raises(ProtocolError) as caught:
         parse_session_fields({"voice": "joe", "input_sample_rate": 11025}, ["joe"])
     assert caught.value.code == "unsupported_sample_rate"
@@ -95,6 +98,7 @@ def test_session_update_is_all_or_nothing() -> None:
         {"turn": {"eot": 1}},
         {"temperature": 9},
         {"max_response_tokens": 0},
+        {"speculative_response": "yes"},
     ):
         with pytest.raises(ProtocolError) as caught:
             parse_session_fields(bad, ["joe"])
