@@ -92,6 +92,12 @@ async def _warm_up(llm: LLMEngine) -> None:
         pass
 
 
+BUILDERS: dict[str, Callable[[Settings, Progress], Engines]] = {
+    "embedded": build_embedded,
+}
+"""Profile name → the function that loads its engines."""
+
+
 def build_engines(settings: Settings, progress: Progress = print) -> Engines:
     settings.validate()
-    return build_embedded(settings, progress)
+    return BUILDERS[settings.profile](settings, progress)
