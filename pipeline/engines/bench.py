@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
@@ -57,7 +58,8 @@ class ScriptedLLM:
         self.reply = reply
         self.tokens_per_second = tokens_per_second
         self.first_token_ms = first_token_ms
-        self.requests: list[list[ChatMessage]] = []
+        # Bounded: a bench server runs for hours under load.
+        self.requests: deque[list[ChatMessage]] = deque(maxlen=100)
         self.failures: list[EngineError] = []
         self.closed_early = 0
 
@@ -93,7 +95,7 @@ class ToneTTS:
         self.chunk_ms = chunk_ms
         self.realtime_factor = realtime_factor
         """Seconds of compute simulated per second of audio (0: instant)."""
-        self.texts: list[str] = []
+        self.texts: deque[str] = deque(maxlen=100)
 
     def voices(self) -> Sequence[str]:
         return ["tone"]
