@@ -1,0 +1,84 @@
+"""What the phone bridges (WebRTC, telephony) share with ``/ws``: metrics, the event
+wire format, the echo guard settings, and an estimate of when sent audio plays."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack
+
+from agent.protocol import ServerMessage, encode_server_message
+from pipeline.echo import EchoGuard, EchoGuardConfig
+from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone
+
+if TYPE_CHECKING:
+    from agent.server import AppState
+
+logger = logging.getLogger("voiceforge.bridge")
+
+
+class BridgeSession(Protocol):
+    """A call not tied to an HTTP connection (WebRTC): closed at server shutdown."""
+
+    async def close(self) -> None: ...
+
+
+def session_opened(state: AppState) -> None:
+    state.metrics.sessions.inc()
+    state.metrics.sessions_active.inc()
+
+
+def session_closed(state: AppState) -> None:
+    state.metrics.sessions_active.dec()
+
+
+def observe(state: AppState, session_id: str, event: object) -> None:
+    """Count and log an event as ``/ws`` does (responses with timings, errors)."""
+    if isinstance(event, ResponseDone):
+        state.metrics.observe_response(event)
+        logger.info(
+            "session=%s response=%s status=%s timings=%s",
+            session_id,
+            event.response_id,
+            event.status.value,
+            {k: round(v) for k, v in event.timings.items()},
+        )
+    elif isinstance(event, ErrorEvent):
+        state.metrics.errors.labels(event.code).inc()
+
+
+def event_json(event: ServerMessage) -> str | None:
+    """The protocol message as JSON text, keys as on ``/ws``; None for audio deltas,
+    which travel as media instead."""
+    if isinstance(event, ResponseAudioDelta):
+        return None
+    message: dict[str, Any] = msgpack.unpackb(encode_server_message(event), raw=False)
+    return json.dumps(message, separators=(",", ":"))
+
+
+def echo_guard(state: AppState, sample_rate: int, *, echo_cancelled: bool) -> EchoGuard | None:
+    """The guard for a call, or None when the peer cancels echo itself or it is off."""
+    settings = state.settings
+    if echo_cancelled or not settings.echo_guard:
+        return None
+    config = EchoGuardConfig(echo_return_loss_db=settings.echo_return_loss_db)
+    return EchoGuard(config, sample_rate)
+
+
+class PlayoutClock:
+    """When audio sent ahead of time will play at the far end (it plays in order,
+    in real time, from when it arrives)."""
+
+    def __init__(self) -> None:
+        self.end = 0.0
+
+    def schedule(self, duration_ms: float, now: float) -> float:
+        """Start time of ``duration_ms`` of audio sent at ``now``."""
+        start = max(now, self.end)
+        self.end = start + duration_ms / 1000.0
+        return start
+
+    def flush(self, now: float) -> None:
+        self.end = now

@@ -1,0 +1,373 @@
+"""The WebRTC bridge (aiortc): ``POST /webrtc/offer``, one peer connection per call.
+
+Glue only. The caller's audio track (Opus, 48 kHz) is resampled to 16 kHz mono and
+fed to a ``Conversation``; the reply goes out through ``ReplyTrack``, which paces
+20 ms frames in real time, sends silence when idle, drops what it holds of a
+response the moment it is cleared, and reports how much of each response it has
+actually sent (``report_played``), so history truncation after a barge-in is exact.
+Every other event goes to the peer as JSON text on the data channel ``events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import av
+import msgpack
+import numpy as np
+import numpy.typing as npt
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent import bridge
+from agent.protocol import (
+    PROTOCOL_VERSION,
+    ConversationText,
+    ProtocolError,
+    ResponseCancel,
+    ServerMessage,
+    SessionCreated,
+    decode_client_frame,
+)
+from agent.server import AppState, _authorized, session_view
+from pipeline.conversation import Conversation, SessionConfig
+from pipeline.echo import EchoGuard
+from pipeline.events import ErrorEvent, ResponseAudioClear, ResponseAudioDelta
+
+logger = logging.getLogger("voiceforge.webrtc")
+
+OUTPUT_RATE = 48000
+INPUT_RATE = 16000
+FRAME_SAMPLES = OUTPUT_RATE // 50
+"""20 ms at 48 kHz: the Opus frame the track sends."""
+MAX_BUFFERED_MS = 120_000.0
+REPORT_EVERY_FRAMES = 5
+CONNECT_TIMEOUT_S = 30.0
+DATA_CHANNEL_LABEL = "events"
+MAX_PENDING_EVENTS = 1000
+MAX_OFFER_BYTES = 64 * 1024
+
+Sent = Callable[[str | None, float, npt.NDArray[np.int16]], None]
+"""(response id or None for silence, ms of that response sent so far, the samples)."""
+
+
+class ReplyTrack(MediaStreamTrack):
+    """The agent's voice: 20 ms frames paced in real time, silence when idle."""
+
+    kind = "audio"
+
+    def __init__(self, on_sent: Sent) -> None:
+        super().__init__()
+        self._on_sent = on_sent
+        self._queue: deque[tuple[str, npt.NDArray[np.int16]]] = deque()
+        self._buffered = 0
+        self._sent_ms: dict[str, float] = {}
+        self._start: float | None = None
+        self._pts = 0
+
+    @property
+    def buffered_ms(self) -> float:
+        return self._buffered * 1000.0 / OUTPUT_RATE
+
+    def push(self, response_id: str, pcm: bytes) -> bool:
+        """Queue reply audio (PCM16 at 48 kHz); False when the buffer is full."""
+        if self.buffered_ms >= MAX_BUFFERED_MS:
+            return False
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
+        self._queue.append((response_id, samples))
+        self._buffered += len(samples)
+        self._sent_ms.setdefault(response_id, 0.0)
+        return True
+
+    def clear(self, response_id: str) -> float:
+        """Drop every queued sample of ``response_id``; return the ms of it sent."""
+        kept = deque(item for item in self._queue if item[0] != response_id)
+        self._buffered = sum(len(samples) for _, samples in kept)
+        self._queue = kept
+        return self._sent_ms.pop(response_id, 0.0)
+
+    def _take(self) -> tuple[str | None, npt.NDArray[np.int16]]:
+        frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        if not self._queue:
+            return None, frame
+        # One frame never mixes two responses: the next one starts on a fresh frame.
+        response_id = self._queue[0][0]
+        filled = 0
+        while filled < FRAME_SAMPLES and self._queue and self._queue[0][0] == response_id:
+            _, samples = self._queue[0]
+            n = min(FRAME_SAMPLES - filled, len(samples))
+            frame[filled : filled + n] = samples[:n]
+            filled += n
+            if n == len(samples):
+                self._queue.popleft()
+            else:
+                self._queue[0] = (response_id, samples[n:])
+        self._buffered -= filled
+        self._sent_ms[response_id] += filled * 1000.0 / OUTPUT_RATE
+        return response_id, frame
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._pts += FRAME_SAMPLES
+            wait = self._start + self._pts / OUTPUT_RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        response_id, samples = self._take()
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = OUTPUT_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, OUTPUT_RATE)
+        sent = self._sent_ms.get(response_id, 0.0) if response_id is not None else 0.0
+        self._on_sent(response_id, sent, samples)
+        return frame
+
+
+class WebRTCSession:
+    """One call over one peer connection."""
+
+    def __init__(self, state: AppState, *, echo_cancelled: bool) -> None:
+        self.state = state
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        config = SessionConfig(input_sample_rate=INPUT_RATE, output_sample_rate=OUTPUT_RATE)
+        self.conversation = Conversation(state.engines, self.emit, config)
+        self.track = ReplyTrack(self._on_sent)
+        self.guard: EchoGuard | None = bridge.echo_guard(
+            state, OUTPUT_RATE, echo_cancelled=echo_cancelled
+        )
+        self.channel: RTCDataChannel | None = None
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._cleared: set[str] = set()
+        self._frames_since_report = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._opened = False
+
+    @property
+    def session_id(self) -> str:
+        return self.conversation.session_id
+
+    # ------------------------------------------------------------- signalling
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        pc = self.pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        await pc.setRemoteDescription(offer)
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no audio track")
+        pc.addTrack(self.track)
+        # aiortc's setLocalDescription gathers every candidate before returning.
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._opened = True
+        bridge.session_opened(self.state)
+        self.emit(
+            SessionCreated(
+                session_id=self.session_id,
+                protocol_version=PROTOCOL_VERSION,
+                session=session_view(self.conversation.config),
+                limits={"voices": list(self.state.engines.tts.voices())},
+            )
+        )
+        self.conversation.start()
+        self._spawn(self._watch_connect())
+        return pc.localDescription
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read_input(track))
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != DATA_CHANNEL_LABEL:
+            return
+        self.channel = channel
+        channel.on("message", self._on_channel_message)
+        if channel.readyState == "open":
+            self._flush_pending()
+        else:
+            channel.on("open", self._flush_pending)
+
+    def _on_connection_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self.close_soon()
+
+    async def _watch_connect(self) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        if self.pc.connectionState != "connected":
+            logger.info("session=%s: no connection after %ss", self.session_id, CONNECT_TIMEOUT_S)
+            self.close_soon()
+
+    # ------------------------------------------------------------------ audio
+
+    async def _read_input(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=INPUT_RATE)
+        try:
+            while True:
+                frame = await track.recv()
+                assert isinstance(frame, av.AudioFrame)
+                for out in resampler.resample(frame):
+                    audio = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+                    if self.guard is not None:
+                        audio = self.guard.filter(audio, time.monotonic())
+                    if not self.conversation.feed_audio(audio):
+                        logger.warning(
+                            "session=%s: input queue full, frame dropped", self.session_id
+                        )
+        except MediaStreamError:
+            logger.info("session=%s: caller's track ended", self.session_id)
+            self.close_soon()
+
+    def _on_sent(
+        self, response_id: str | None, sent_ms: float, samples: npt.NDArray[np.int16]
+    ) -> None:
+        now = time.monotonic()
+        if self.guard is not None:
+            self.guard.played(samples.astype(np.float32) / 32768.0, now)
+        if response_id is None:
+            return
+        self._frames_since_report += 1
+        drained = self.track.buffered_ms == 0.0
+        if drained or self._frames_since_report >= REPORT_EVERY_FRAMES:
+            self._frames_since_report = 0
+            self.conversation.report_played(response_id, sent_ms)
+
+    # ----------------------------------------------------------------- events
+
+    def emit(self, event: ServerMessage) -> None:
+        bridge.observe(self.state, self.session_id, event)
+        if isinstance(event, ResponseAudioDelta):
+            if event.response_id not in self._cleared and not self.track.push(
+                event.response_id, event.audio
+            ):
+                logger.warning("session=%s: reply buffer full, audio dropped", self.session_id)
+            return
+        if isinstance(event, ResponseAudioClear):
+            self._cleared.add(event.response_id)
+            sent_ms = self.track.clear(event.response_id)
+            if self.guard is not None:
+                self.guard.flushed(time.monotonic())
+            # The track knows exactly what went out: the history is cut there.
+            self.conversation.report_played(event.response_id, sent_ms)
+        text = bridge.event_json(event)
+        if text is not None:
+            self._send_text(text)
+
+    def _send_text(self, text: str) -> None:
+        channel = self.channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(text)
+        else:
+            self._pending.append(text)
+
+    def _flush_pending(self) -> None:
+        while self._pending and self.channel is not None:
+            self.channel.send(self._pending.popleft())
+
+    def _on_channel_message(self, data: str | bytes) -> None:
+        try:
+            raw = msgpack.packb(json.loads(data), use_bin_type=True)
+            message = decode_client_frame(raw)
+        except (ValueError, TypeError) as exc:
+            self.emit(ErrorEvent("malformed_frame", f"data channel messages are JSON maps: {exc}"))
+            return
+        except ProtocolError as exc:
+            self.emit(ErrorEvent(exc.code, str(exc)))
+            return
+        if isinstance(message, ResponseCancel):
+            self.conversation.cancel_response(message.response_id)
+        elif isinstance(message, ConversationText):
+            self.conversation.send_text(message.text)
+        else:
+            self.emit(
+                ErrorEvent(
+                    "unknown_type",
+                    "the data channel takes response.cancel and conversation.text; "
+                    "audio and its playback travel on the media tracks",
+                )
+            )
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close_soon(self) -> None:
+        if self._closer is None and not self._closed:
+            self._closer = asyncio.create_task(self.close())
+
+    async def close(self) -> None:
+        """Stop every task and track of this call; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.conversation.close()
+        self.track.stop()
+        await self.pc.close()
+        self.state.bridge_sessions.discard(self)
+        if self._opened:
+            bridge.session_closed(self.state)
+        logger.info("session=%s: WebRTC call closed", self.session_id)
+
+
+async def _offer(request: Request) -> Response:
+    state: AppState = request.app.state.voiceforge
+    if not _authorized(request, state.settings.api_key):
+        return JSONResponse({"error": "unauthorized"}, status_code=403)
+    body = await request.body()
+    if len(body) > MAX_OFFER_BYTES:
+        return JSONResponse({"error": "offer too large"}, status_code=413)
+    try:
+        offer = json.loads(body)
+        sdp, kind = offer["sdp"], offer["type"]
+        if not isinstance(sdp, str) or kind != "offer":
+            raise ValueError("expected {'sdp': str, 'type': 'offer'}")
+        echo_cancelled = offer.get("echo_cancelled", False) is True
+    except (ValueError, KeyError, TypeError) as exc:
+        return JSONResponse({"error": f"bad offer: {exc}"}, status_code=400)
+    session = WebRTCSession(state, echo_cancelled=echo_cancelled)
+    try:
+        answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
+    except (ValueError, RuntimeError) as exc:
+        await session.close()
+        return JSONResponse({"error": f"cannot answer the offer: {exc}"}, status_code=400)
+    state.bridge_sessions.add(session)
+    return JSONResponse({"sdp": answer.sdp, "type": answer.type, "session_id": session.session_id})
+
+
+async def close_all(state: AppState) -> None:
+    """Hang up every WebRTC call (server shutdown)."""
+    sessions = list(state.bridge_sessions)
+    await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+
+routes = [Route("/webrtc/offer", _offer, methods=["POST"])]
+
+__all__ = ["ReplyTrack", "WebRTCSession", "close_all", "routes"]

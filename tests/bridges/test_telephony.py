@@ -1,0 +1,257 @@
+"""A scripted provider on the Twilio Media Streams WebSocket, against the real server.
+
+The fake provider does what Twilio does: it streams the caller's µ-law audio in
+20 ms ``media`` messages at real-time pace, plays the reply media in real time,
+acknowledges each ``mark`` once the audio before it has played, and on ``clear``
+drops what it has not played and returns the pending marks at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from agent.telephony import TelephonySession, read_mark
+from pipeline import mulaw
+from tests.bridges.conftest import LOUD, rms
+from tests.e2e.conftest import RunningServer
+from tests.speech import speak
+
+pytestmark = pytest.mark.e2e
+
+RATE = 8000
+FRAME = RATE // 50
+STREAM_SID = "MZ00000000000000000000000000000001"
+
+
+@dataclass
+class Provider:
+    ws: ClientConnection
+    speech: deque[bytes] = field(default_factory=deque)
+    speech_ended_at: float | None = None
+    playback: deque[tuple[str, Any]] = field(default_factory=deque)
+    """("media", float audio) and ("mark", name) in the order received, unplayed."""
+    played: list[tuple[float, float]] = field(default_factory=list)
+    """(time, RMS) of each 20 ms of reply played."""
+    acked: list[str] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    echo_gain: float = 0.0
+    """> 0: the line echoes what it plays back into the microphone, this much quieter."""
+    echo: deque[np.ndarray] = field(default_factory=deque)
+
+    def say(self, audio: np.ndarray) -> None:
+        payload = mulaw.encode_float(audio)
+        for offset in range(0, len(payload), FRAME):
+            self.speech.append(payload[offset : offset + FRAME].ljust(FRAME, b"\xff"))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def until(self, enough: Callable[[], bool], within_s: float) -> None:
+        async with asyncio.timeout(within_s):
+            while not enough():
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def microphone(self) -> None:
+        """20 ms of µ-law every 20 ms: the queued speech, else silence."""
+        started = time.monotonic()
+        for chunk in range(30_000):  # 10 minutes at most
+            if self.speech:
+                payload = self.speech.popleft()
+                if not self.speech:
+                    self.speech_ended_at = time.monotonic()
+            elif self.echo:
+                payload = mulaw.encode_float(self.echo.popleft())
+            else:
+                payload = b"\xff" * FRAME  # µ-law silence
+            await self.send(
+                {
+                    "event": "media",
+                    "streamSid": STREAM_SID,
+                    "media": {
+                        "track": "inbound",
+                        "chunk": str(chunk + 1),
+                        "timestamp": str(chunk * 20),
+                        "payload": base64.b64encode(payload).decode(),
+                    },
+                }
+            )
+            await asyncio.sleep(max(0.0, started + (chunk + 1) * 0.02 - time.monotonic()))
+
+    async def listener(self) -> None:
+        async for text in self.ws:
+            message = json.loads(text)
+            self.received.append(message)
+            assert message["streamSid"] == STREAM_SID
+            if message["event"] == "media":
+                payload = base64.b64decode(message["media"]["payload"])
+                self.playback.append(("media", mulaw.decode_float(payload)))
+            elif message["event"] == "mark":
+                self.playback.append(("mark", message["mark"]["name"]))
+            elif message["event"] == "clear":
+                pending = [name for kind, name in self.playback if kind == "mark"]
+                self.playback.clear()
+                for name in pending:
+                    await self.ack(name)
+            self.changed.set()
+
+    async def ack(self, name: str) -> None:
+        await self.send({"event": "mark", "streamSid": STREAM_SID, "mark": {"name": name}})
+
+    async def speaker(self) -> None:
+        """Play the reply in real time, 20 ms at a time; acknowledge marks when reached."""
+        started = time.monotonic()
+        for tick in range(30_000):
+            while self.playback and self.playback[0][0] == "mark":
+                name = self.playback.popleft()[1]
+                self.acked.append(name)
+                await self.ack(name)
+            if self.playback:
+                audio = self.playback[0][1]
+                piece, rest = audio[:FRAME], audio[FRAME:]
+                if len(rest):
+                    self.playback[0] = ("media", rest)
+                else:
+                    self.playback.popleft()
+                self.played.append((time.monotonic(), rms(piece)))
+                if self.echo_gain > 0:
+                    self.echo.append(self.echo_gain * np.pad(piece, (0, FRAME - len(piece))))
+            self.changed.set()  # a tick: state on the server side may have moved too
+            await asyncio.sleep(max(0.0, started + (tick + 1) * 0.02 - time.monotonic()))
+
+
+@pytest.fixture
+async def provider(bridge_server: RunningServer) -> AsyncIterator[Provider]:
+    url = bridge_server.url.replace("/ws", "/telephony/twilio")
+    async with connect(url) as ws:
+        call = Provider(ws)
+        await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        await call.send(
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "start": {
+                    "accountSid": "AC0",
+                    "streamSid": STREAM_SID,
+                    "callSid": "CA0",
+                    "tracks": ["inbound"],
+                    "customParameters": {},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+                "streamSid": STREAM_SID,
+            }
+        )
+        call.tasks = [
+            asyncio.create_task(call.microphone()),
+            asyncio.create_task(call.listener()),
+            asyncio.create_task(call.speaker()),
+        ]
+        try:
+            yield call
+        finally:
+            await call.send({"event": "stop", "streamSid": STREAM_SID, "stop": {}})
+            for task in call.tasks:
+                task.cancel()
+            await asyncio.gather(*call.tasks, return_exceptions=True)
+    for _ in range(300):
+        if not bridge_server.app_state.bridge_sessions:
+            break
+        await asyncio.sleep(0.1)
+    assert not bridge_server.app_state.bridge_sessions
+
+
+def session_of(server: RunningServer) -> TelephonySession:
+    (session,) = [s for s in server.app_state.bridge_sessions if isinstance(s, TelephonySession)]
+    return session
+
+
+def loud_ms(played: list[tuple[float, float]]) -> float:
+    return 20.0 * sum(1 for _, level in played if level > LOUD)
+
+
+async def test_a_phone_call_is_answered_and_marks_report_what_was_heard(
+    provider: Provider, bridge_server: RunningServer
+) -> None:
+    provider.say(speak("What is the capital of France?", RATE))
+    await provider.until(lambda: loud_ms(provider.played) >= 500, within_s=120)
+    speech_end = provider.speech_ended_at
+    assert speech_end is not None
+    first_heard = next(t for t, level in provider.played if t > speech_end and level > LOUD)
+    session = session_of(bridge_server)
+    await provider.until(lambda: bool(session.finished), within_s=120)
+    (done,) = session.finished
+    assert done.status.value == "completed"
+    assert "paris" in done.text.lower()
+    # Every mark came back, in order, and the last one covers all the audio sent.
+    ours = [read_mark(name) for name in provider.acked]
+    assert all(mark is not None and mark[0] == done.response_id for mark in ours)
+    positions = [mark[1] for mark in ours if mark is not None]
+    assert positions == sorted(positions)
+    assert positions[-1] == pytest.approx(done.audio_ms, abs=0.2)
+    assert done.played_ms == pytest.approx(done.audio_ms, abs=1.0)
+    media = [m for m in provider.received if m["event"] == "media"]
+    assert sum(len(base64.b64decode(m["media"]["payload"])) for m in media) == pytest.approx(
+        done.audio_ms * 8, abs=len(media)
+    )
+    print(
+        f"\ntelephony end of speech -> first audio: server "
+        f"{done.timings['end_of_speech_to_first_audio_ms']:.0f} ms; provider (last speech "
+        f"frame sent -> first reply audio played) {(first_heard - speech_end) * 1000:.0f} ms"
+    )
+
+
+async def test_barge_in_sends_clear_and_history_keeps_the_acknowledged_audio(
+    provider: Provider, bridge_server: RunningServer
+) -> None:
+    provider.say(speak("Tell me a long story about a dragon who learns to bake bread.", RATE))
+    await provider.until(lambda: loud_ms(provider.played) >= 800, within_s=120)
+    provider.say(speak("Stop please, wait a moment, I have another question.", RATE))
+    await provider.until(lambda: any(m["event"] == "clear" for m in provider.received), within_s=60)
+    session = session_of(bridge_server)
+    await provider.until(lambda: bool(session.finished), within_s=30)
+    done = session.finished[0]
+    assert done.status.value == "cancelled" and done.reason == "barge_in"
+    # History keeps what the provider acknowledged before the clear, exactly.
+    heard_before_clear = [
+        read_mark(name) for name in provider.acked if name.startswith(done.response_id)
+    ]
+    assert heard_before_clear
+    last = heard_before_clear[-1]
+    assert last is not None
+    assert done.played_ms == pytest.approx(last[1], abs=0.2)
+    # Under load generation may lag playback, so all audio sent may have been heard.
+    assert 0 < done.played_ms <= done.audio_ms
+    assert done.timings["played_source_client"] == 1.0
+    assert done.text_heard and len(done.text_heard) <= len(done.text)
+    # Nothing of the cancelled response is sent after the clear.
+    cleared_at = next(i for i, m in enumerate(provider.received) if m["event"] == "clear")
+    later_marks = [
+        m["mark"]["name"] for m in provider.received[cleared_at:] if m["event"] == "mark"
+    ]
+    assert not [name for name in later_marks if name.startswith(done.response_id)]
+
+
+async def test_the_agent_does_not_interrupt_itself_on_the_line_echo(
+    provider: Provider, bridge_server: RunningServer
+) -> None:
+    provider.echo_gain = 0.4  # the reply comes back 8 dB down, 20 ms later
+    provider.say(speak("Tell me a long story about a dragon who learns to bake bread.", RATE))
+    session = session_of(bridge_server)
+    await provider.until(lambda: bool(session.finished), within_s=180)
+    done = session.finished[0]
+    assert done.status.value == "completed", (done.reason, done.text_heard)
+    assert not any(m["event"] == "clear" for m in provider.received)
+    assert session.guard is not None and session.guard.suppressed_frames > 50
