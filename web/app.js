@@ -1,0 +1,379 @@
+// The voice chat page: wires the SDK (voiceforge.js) to the DOM. Settings live in
+// localStorage (the API key only in sessionStorage); `?instructions=…` and
+// `?partials=1` in the URL override them. window.voiceforge exposes the SDK's
+// counters (state, played frames per response id, ...) for tests and curious people.
+
+import { VoiceChat, VoiceForgeError, defaultServerUrl } from "./voiceforge.js";
+
+const $ = (id) => document.getElementById(id);
+const STATE_LABELS = {
+  idle: "Press Start and talk",
+  connecting: "Connecting…",
+  listening: "Listening",
+  user_speaking: "You are speaking",
+  thinking: "Thinking…",
+  agent_speaking: "Agent speaking",
+};
+const STAGE_LABELS = {
+  end_of_turn_wait_ms: "end-of-turn wait",
+  stt_ms: "speech to text",
+  stt_after_end_of_turn_ms: "STT after end of turn",
+  llm_first_token_ms: "LLM first token",
+  first_chunk_text_ms: "first clause",
+  llm_total_ms: "LLM total",
+  tts_first_audio_ms: "TTS first audio",
+  end_of_speech_to_first_audio_ms: "end of speech → first audio",
+};
+const FLAG_TIMINGS = new Set(["speculative_transcript", "speculative_response", "played_source_client"]);
+const STORE_KEY = "voiceforge.settings";
+
+let chat = null;
+let wantConnected = false;
+const turns = new Map(); // response id → {item, bubble, text}
+let partialItem = null;
+
+window.voiceforge = { state: "idle", playedFrames: {}, responses: {}, cleared: [], transcripts: [] };
+
+// ------------------------------------------------------------------ settings
+
+function loadSettings() {
+  let saved = {};
+  try {
+    saved = JSON.parse(localStorage.getItem(STORE_KEY) || "{}");
+  } catch {
+    saved = {};
+  }
+  const params = new URLSearchParams(location.search);
+  $("url").value = saved.url || defaultServerUrl();
+  $("instructions").value = params.get("instructions") ?? saved.instructions ?? "";
+  $("echo").checked = saved.echo ?? true;
+  $("noise").checked = saved.noise ?? true;
+  $("gain").checked = saved.gain ?? true;
+  $("partials").checked = params.has("partials") ? params.get("partials") === "1" : saved.partials ?? false;
+  $("key").value = sessionStorage.getItem("voiceforge.key") || "";
+  if (saved.voice) {
+    const option = new Option(saved.voice, saved.voice);
+    $("voice").append(option);
+    $("voice").value = saved.voice;
+  }
+}
+
+function saveSettings() {
+  const settings = {
+    // Only a URL the user changed is kept: the page's own server is the default.
+    url: $("url").value.trim() === defaultServerUrl() ? "" : $("url").value.trim(),
+    instructions: $("instructions").value,
+    voice: $("voice").value,
+    echo: $("echo").checked,
+    noise: $("noise").checked,
+    gain: $("gain").checked,
+    partials: $("partials").checked,
+  };
+  try {
+    localStorage.setItem(STORE_KEY, JSON.stringify(settings));
+    sessionStorage.setItem("voiceforge.key", $("key").value);
+  } catch {
+    /* private mode: settings just do not persist */
+  }
+}
+
+function sessionFields() {
+  const fields = { partial_transcript_interval_ms: $("partials").checked ? 400 : 0 };
+  const instructions = $("instructions").value.trim();
+  if (instructions) fields.instructions = instructions;
+  if ($("voice").value) fields.voice = $("voice").value;
+  return fields;
+}
+
+function fillVoices(voices) {
+  const select = $("voice");
+  const current = select.value;
+  select.replaceChildren(new Option("Server default", ""));
+  for (const voice of voices) select.append(new Option(voice, voice));
+  select.value = voices.includes(current) ? current : "";
+}
+
+// ------------------------------------------------------------------- the log
+
+function scrollLog() {
+  const log = $("log");
+  log.scrollTop = log.scrollHeight;
+}
+
+function addItem(kind, who) {
+  $("log").querySelector(".empty")?.remove();
+  const item = document.createElement("li");
+  item.className = kind;
+  if (who) {
+    const label = document.createElement("div");
+    label.className = "who";
+    label.textContent = who;
+    item.append(label);
+  }
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  item.append(bubble);
+  $("log").append(item);
+  scrollLog();
+  return { item, bubble };
+}
+
+function note(text, { error = false } = {}) {
+  $("log").querySelector(".empty")?.remove();
+  const item = document.createElement("li");
+  item.className = error ? "note error" : "note";
+  item.textContent = text;
+  $("log").append(item);
+  scrollLog();
+}
+
+function showPartial(text) {
+  if (!partialItem) partialItem = addItem("user partial", "You");
+  partialItem.bubble.textContent = text;
+  scrollLog();
+}
+
+function showFinal(text) {
+  const entry = partialItem || addItem("user", "You");
+  partialItem = null;
+  entry.item.className = "user";
+  entry.item.dataset.role = "transcript";
+  entry.bubble.textContent = text;
+  scrollLog();
+}
+
+function agentTurn(responseId) {
+  let turn = turns.get(responseId);
+  if (!turn) {
+    const { item, bubble } = addItem("agent", "Agent");
+    item.dataset.responseId = responseId;
+    turn = { item, bubble, text: "" };
+    turns.set(responseId, turn);
+  }
+  return turn;
+}
+
+function formatMs(ms) {
+  return `${Math.round(ms).toLocaleString()} ms`;
+}
+
+function finishTurn(done) {
+  const turn = agentTurn(done.response_id);
+  const { item, bubble } = turn;
+  item.dataset.status = done.status;
+  const label = item.querySelector(".who");
+  if (done.status === "cancelled") {
+    item.classList.add("interrupted");
+    const badge = document.createElement("span");
+    badge.className = "badge interrupted";
+    badge.textContent = done.reason === "barge_in" || !done.reason ? "interrupted" : `interrupted · ${done.reason.replaceAll("_", " ")}`;
+    label.append(badge);
+    // What the caller heard stays; the rest is shown struck through.
+    const text = done.text || turn.text;
+    const heard = done.text_heard || "";
+    bubble.replaceChildren();
+    if (heard && text.startsWith(heard)) {
+      bubble.append(heard);
+      const rest = document.createElement("span");
+      rest.className = "unheard";
+      rest.textContent = text.slice(heard.length);
+      bubble.append(rest);
+    } else {
+      const rest = document.createElement("span");
+      rest.className = heard ? "" : "unheard";
+      rest.textContent = heard || text || "(nothing was said)";
+      bubble.append(rest);
+    }
+  } else if (done.status === "failed") {
+    const badge = document.createElement("span");
+    badge.className = "badge failed";
+    badge.textContent = "failed";
+    label.append(badge);
+    if (!bubble.textContent) bubble.textContent = done.text || "(no reply)";
+  } else if (done.text) {
+    bubble.textContent = done.text;
+  }
+  const timings = done.timings || {};
+  const total = timings.end_of_speech_to_first_audio_ms;
+  const stages = Object.entries(timings).filter(([key]) => !FLAG_TIMINGS.has(key) && key !== "end_of_speech_to_first_audio_ms");
+  if (total !== undefined || stages.length) {
+    const details = document.createElement("details");
+    details.className = "latency";
+    const summary = document.createElement("summary");
+    if (total !== undefined) {
+      const strong = document.createElement("strong");
+      strong.textContent = formatMs(total);
+      summary.append("Latency ", strong, " end of speech → first audio");
+    } else {
+      summary.textContent = "Stage timings";
+    }
+    if (timings.speculative_response === 1) summary.append(" · speculative reply");
+    else if (timings.speculative_transcript === 1) summary.append(" · speculative transcript");
+    const table = document.createElement("table");
+    for (const [key, value] of stages) {
+      const row = table.insertRow();
+      row.insertCell().textContent = STAGE_LABELS[key] || key.replace(/_ms$/, "").replaceAll("_", " ");
+      row.insertCell().textContent = formatMs(value);
+    }
+    if (timings.played_source_client !== undefined) {
+      const row = table.insertRow();
+      row.insertCell().textContent = "heard, measured by";
+      row.insertCell().textContent = timings.played_source_client === 1 ? "this page" : "server clock";
+    }
+    details.append(summary, table);
+    item.append(details);
+  }
+  scrollLog();
+}
+
+// ------------------------------------------------------------------ the call
+
+function setState(state) {
+  $("orb").dataset.state = state;
+  $("state").textContent = STATE_LABELS[state] || state;
+  window.voiceforge.state = state;
+}
+
+function setConnected(connected) {
+  $("connection").dataset.connected = String(connected);
+  $("connection").textContent = connected ? "connected" : "offline";
+  $("start").textContent = connected || wantConnected ? "Stop" : "Start";
+  $("start").dataset.active = String(connected || wantConnected);
+  for (const id of ["interrupt", "text", "send"]) $(id).disabled = !connected;
+  if (!connected) {
+    $("level").style.width = "0%";
+    $("orb").style.setProperty("--level", 0);
+  }
+}
+
+function showBanner(message) {
+  $("banner-text").textContent = message;
+  $("banner").hidden = false;
+}
+
+function hideBanner() {
+  $("banner").hidden = true;
+}
+
+function wire(session) {
+  const on = (type, handler) => session.addEventListener(type, (event) => handler(event.detail));
+  on("state", ({ state }) => setState(state));
+  on("level", ({ level }) => {
+    // RMS → a 60 dB scale, so quiet speech still moves the meter.
+    const db = 20 * Math.log10(Math.max(level, 1e-6));
+    const fraction = Math.max(0, Math.min(1, (db + 60) / 60));
+    $("level").style.width = `${(fraction * 100).toFixed(1)}%`;
+    $("orb").style.setProperty("--level", fraction.toFixed(2));
+  });
+  on("session.created", (message) => {
+    fillVoices(message.limits.voices || []);
+    note(`Connected · session ${message.session_id}`);
+  });
+  on("transcript.delta", (message) => showPartial(message.text));
+  on("transcript.final", (message) => showFinal(message.text));
+  on("input_audio.turn_ignored", () => {
+    if (partialItem) {
+      partialItem.item.remove();
+      partialItem = null;
+    }
+  });
+  on("response.created", (message) => agentTurn(message.response_id));
+  on("response.text.delta", (message) => {
+    const turn = agentTurn(message.response_id);
+    turn.text += message.delta;
+    turn.bubble.textContent = turn.text;
+    scrollLog();
+  });
+  on("response.done", (message) => finishTurn(message));
+  on("error", (message) => {
+    const text = `Server error ${message.code}: ${message.message}`;
+    note(text, { error: true });
+    if (message.fatal) showBanner(text);
+  });
+  on("close", ({ code, reason }) => {
+    setConnected(false);
+    setState("idle");
+    const why = code === 1012 ? "the server is restarting" : reason || `code ${code}`;
+    showBanner(`The connection to the server was lost (${why}).`);
+    note(`Disconnected (${why})`, { error: true });
+    wantConnected = false;
+    $("start").textContent = "Start";
+    $("start").dataset.active = "false";
+  });
+}
+
+async function start() {
+  hideBanner();
+  saveSettings();
+  wantConnected = true;
+  setConnected(false);
+  chat = new VoiceChat({
+    url: $("url").value.trim() || defaultServerUrl(),
+    apiKey: $("key").value.trim() || null,
+    session: sessionFields(),
+    microphone: {
+      echoCancellation: $("echo").checked,
+      noiseSuppression: $("noise").checked,
+      autoGainControl: $("gain").checked,
+    },
+  });
+  window.voiceforge = chat.stats;
+  wire(chat);
+  try {
+    await chat.start();
+    setConnected(true);
+  } catch (error) {
+    wantConnected = false;
+    setConnected(false);
+    setState("idle");
+    if (error instanceof VoiceForgeError && error.code === "stopped") return;
+    const message = error instanceof VoiceForgeError ? error.message : `Could not start: ${error}`;
+    showBanner(message);
+    note(message, { error: true });
+  }
+}
+
+function stop() {
+  wantConnected = false;
+  if (chat) chat.stop();
+  chat = null;
+  setConnected(false);
+  setState("idle");
+}
+
+function init() {
+  loadSettings();
+  $("start").addEventListener("click", () => (wantConnected ? stop() : start()));
+  $("reconnect").addEventListener("click", () => {
+    stop();
+    start();
+  });
+  $("interrupt").addEventListener("click", () => chat && chat.cancel());
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("text").value.trim();
+    if (!text || !chat) return;
+    if (chat.sendText(text)) {
+      showFinal(text);
+      $("text").value = "";
+    }
+  });
+  $("settings-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    saveSettings();
+    if (chat && chat.ready) {
+      chat.updateSession(sessionFields());
+      $("apply-note").textContent = "Applied from the next reply.";
+    } else {
+      $("apply-note").textContent = "Saved; used on the next Start.";
+    }
+  });
+  $("clear-log").addEventListener("click", () => {
+    $("log").replaceChildren();
+    turns.clear();
+    partialItem = null;
+  });
+  if (window.matchMedia("(min-width: 761px)").matches) $("settings-panel").open = true;
+}
+
+init();

@@ -1,0 +1,489 @@
+// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1
+// (docs/protocol.md). No framework, no build step: an ES module.
+//
+//   import { VoiceChat } from "./voiceforge.js";
+//   const chat = new VoiceChat({ url: "ws://127.0.0.1:8000/ws", session: { instructions } });
+//   chat.addEventListener("transcript.final", (e) => console.log(e.detail.text));
+//   await chat.start();   // microphone → server → speaker, until chat.stop()
+//
+// Every server message is re-dispatched as a CustomEvent named by its `type`
+// (`event.detail` is the message). The SDK adds `state` (listening, user_speaking,
+// thinking, agent_speaking), `level` (microphone RMS, 0..1), `played` (playback
+// counters) and `close` ({code, reason, clean}).
+//
+// What the SDK does for the protocol, so the page does not have to:
+// - offers the subprotocols ["voiceforge.v1", "bearer.<key>"] when given an API key;
+// - sets input_sample_rate 16000 (the capture worklet resamples) and an
+//   output_sample_rate the AudioContext plays natively, before any audio;
+// - streams 20 ms PCM16 frames from an AudioWorklet;
+// - plays reply audio through a ring-buffer AudioWorklet, flushes it on
+//   response.audio.clear and drops any later audio of that response id;
+// - reports output_audio.played every 250 ms while a reply plays, when it runs dry,
+//   and right after a clear, from the worklet's exact frame counters.
+
+import { decode, encode } from "./vendor/msgpack/index.mjs";
+
+export const PROTOCOL_VERSION = 1;
+export const SUBPROTOCOL = "voiceforge.v1";
+export const SUPPORTED_SAMPLE_RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000];
+const INPUT_SAMPLE_RATE = 16000;
+const DEFAULT_OUTPUT_SAMPLE_RATE = 24000;
+const CONNECT_TIMEOUT_MS = 15000;
+const REPORT_INTERVAL_MS = 250;
+
+/** A failure the page should show; `code` says which (see ERROR_CODES). */
+export class VoiceForgeError extends Error {
+  constructor(code, message, { fatal = true } = {}) {
+    super(message);
+    this.name = "VoiceForgeError";
+    this.code = code;
+    this.fatal = fatal;
+  }
+}
+
+export const ERROR_CODES = [
+  "insecure_context", // getUserMedia needs https:// or localhost
+  "microphone_denied", // the user or the browser refused the microphone
+  "microphone_unavailable", // no microphone, or it is busy
+  "audio_unavailable", // no AudioWorklet in this browser
+  "server_unreachable", // the WebSocket did not open (down, wrong URL, or key refused)
+  "connection_lost", // the WebSocket closed during the call
+  "protocol_mismatch", // the server speaks another protocol version
+];
+
+/** Where the page's own server accepts the protocol. */
+export function defaultServerUrl(location = globalThis.location) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+export class VoiceChat extends EventTarget {
+  /**
+   * @param {object} options
+   * @param {string} options.url           ws:// or wss:// URL of /ws
+   * @param {string} [options.apiKey]      sent as the `bearer.<key>` subprotocol
+   * @param {object} [options.session]     session.update fields (instructions, voice, ...)
+   * @param {object} [options.microphone]  echoCancellation, noiseSuppression, autoGainControl
+   * @param {string} [options.workletBase] URL of the worklets/ folder
+   */
+  constructor(options) {
+    super();
+    this.url = options.url;
+    this.apiKey = options.apiKey || null;
+    this.sessionFields = { ...(options.session || {}) };
+    this.microphone = {
+      echoCancellation: true,
+      noiseSuppression: true,
+      autoGainControl: true,
+      ...(options.microphone || {}),
+    };
+    this.workletBase = options.workletBase || new URL("./worklets/", import.meta.url).href;
+    this.ws = null;
+    this.context = null;
+    this.stream = null;
+    this.capture = null;
+    this.playback = null;
+    this.created = null;
+    this.session = null;
+    this.reportTimer = null;
+    this.ready = false; // session.updated received: audio may flow
+    this.stopped = true;
+    this.userSpeaking = false;
+    this.awaitingReply = false;
+    this.buffered = 0;
+    this.cleared = new Set();
+    this.active = new Set(); // responses with audio, neither cleared nor done
+    this.reported = new Map(); // response id → frames last reported
+    this.currentState = "idle";
+    /** Counters for people and tests (window.voiceforge in the demo page). */
+    this.stats = {
+      state: "idle",
+      sessionId: null,
+      framesSent: 0,
+      playedFrames: {}, // response id → frames the playback worklet played
+      receivedMs: {}, // response id → audio ms received (and accepted)
+      droppedAfterClear: 0,
+      cleared: [], // response ids cleared (barge-in, cancel) or ended unfinished
+      clearedAtFrames: {}, // response id → frames played when the worklet flushed it
+      playedReports: 0,
+      responses: {}, // response id → {status, reason, text, text_heard}
+      transcripts: [],
+      errors: [],
+      outputSampleRate: null,
+      contextSampleRate: null,
+    };
+  }
+
+  get state() {
+    return this.currentState;
+  }
+
+  /** Open the microphone and the connection. Rejects with a VoiceForgeError. */
+  async start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.setState("connecting");
+    try {
+      await this.openAudio();
+      await this.connect();
+    } catch (error) {
+      this.teardown();
+      this.setState("idle");
+      throw error;
+    }
+  }
+
+  /** Hang up: close the connection and release the microphone. */
+  stop() {
+    if (this.stopped) return;
+    this.teardown();
+    this.setState("idle");
+  }
+
+  /** Change session settings (instructions, voice, ...); the server answers session.updated. */
+  updateSession(fields) {
+    Object.assign(this.sessionFields, fields);
+    if (this.ready) this.send({ type: "session.update", session: fields });
+  }
+
+  /** Typed input: interrupts a reply in progress, then answers it. */
+  sendText(text) {
+    if (!this.ready) return false;
+    this.awaitingReply = true;
+    this.send({ type: "conversation.text", text });
+    this.updateState();
+    return true;
+  }
+
+  /** Stop the reply in progress (the server clears its audio). */
+  cancel(responseId = null) {
+    if (this.ready) this.send({ type: "response.cancel", response_id: responseId });
+  }
+
+  // ------------------------------------------------------------------ audio
+
+  async openAudio() {
+    if (!globalThis.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+      throw new VoiceForgeError(
+        "insecure_context",
+        "The microphone needs a secure page: open it as http://localhost or http://127.0.0.1, or serve it over https.",
+      );
+    }
+    if (typeof AudioWorkletNode === "undefined") {
+      throw new VoiceForgeError("audio_unavailable", "This browser has no AudioWorklet; use a current Chrome, Edge, Firefox or Safari.");
+    }
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        audio: { channelCount: 1, ...this.microphone },
+        video: false,
+      });
+    } catch (error) {
+      if (error && (error.name === "NotAllowedError" || error.name === "SecurityError")) {
+        throw new VoiceForgeError(
+          "microphone_denied",
+          "Microphone access was denied. Allow the microphone for this site (the icon in the address bar), then press Start again.",
+        );
+      }
+      throw new VoiceForgeError(
+        "microphone_unavailable",
+        `No usable microphone (${error && error.name ? error.name : error}). Plug one in or close the app using it, then press Start again.`,
+      );
+    }
+    // One context for both directions, at the device's own rate: the capture
+    // worklet resamples to 16 kHz, and the server sends replies at this rate when
+    // the protocol supports it (no resampling in the browser at all).
+    this.context = new AudioContext({ latencyHint: "interactive" });
+    const rate = this.context.sampleRate;
+    this.stats.contextSampleRate = rate;
+    this.outputSampleRate = SUPPORTED_SAMPLE_RATES.includes(rate) ? rate : DEFAULT_OUTPUT_SAMPLE_RATE;
+    this.stats.outputSampleRate = this.outputSampleRate;
+    await this.context.audioWorklet.addModule(this.workletBase + "capture.js");
+    await this.context.audioWorklet.addModule(this.workletBase + "playback.js");
+    const source = this.context.createMediaStreamSource(this.stream);
+    this.capture = new AudioWorkletNode(this.context, "voiceforge-capture", {
+      numberOfInputs: 1,
+      numberOfOutputs: 0,
+      channelCount: 1,
+      channelCountMode: "explicit",
+      channelInterpretation: "speakers",
+    });
+    this.capture.port.onmessage = (event) => this.onCaptureFrame(event.data);
+    source.connect(this.capture);
+    this.playback = new AudioWorkletNode(this.context, "voiceforge-playback", {
+      numberOfInputs: 0,
+      numberOfOutputs: 1,
+      outputChannelCount: [1],
+    });
+    this.playback.port.onmessage = (event) => this.onPlaybackMessage(event.data);
+    this.playback.connect(this.context.destination);
+    await this.context.resume();
+  }
+
+  onCaptureFrame(message) {
+    if (message.type !== "frame") return;
+    this.emit("level", { level: message.level });
+    if (!this.ready) return; // nothing is sent before the input rate is agreed
+    this.send({ type: "input_audio.append", audio: new Uint8Array(message.pcm) });
+    this.stats.framesSent += 1;
+  }
+
+  onPlaybackMessage(message) {
+    if (message.type === "status") {
+      Object.assign(this.stats.playedFrames, message.played);
+      this.buffered = message.buffered;
+      if (message.buffered === 0) this.reportPlayed(); // ran dry: tell the server now
+      this.emit("played", { played: this.stats.playedFrames, buffered: message.buffered });
+      this.updateState();
+    } else if (message.type === "cleared") {
+      // Right after a clear the server waits (≤ 400 ms) for this to settle history.
+      this.stats.playedFrames[message.id] = message.frames;
+      this.stats.clearedAtFrames[message.id] = message.frames;
+      if (!message.flushOnly) this.sendPlayed(message.id, message.frames);
+    } else if (message.type === "dropped") {
+      this.stats.droppedAfterClear += 1;
+    }
+  }
+
+  playedMs(frames) {
+    return (frames * 1000) / this.context.sampleRate;
+  }
+
+  sendPlayed(responseId, frames) {
+    if (!this.ready) return;
+    this.reported.set(responseId, frames);
+    this.send({ type: "output_audio.played", response_id: responseId, played_ms: this.playedMs(frames) });
+    this.stats.playedReports += 1;
+  }
+
+  reportPlayed() {
+    for (const id of this.active) {
+      const frames = this.stats.playedFrames[id] || 0;
+      if (frames > 0 && frames !== this.reported.get(id)) this.sendPlayed(id, frames);
+    }
+  }
+
+  // ------------------------------------------------------------- connection
+
+  connect() {
+    const protocols = [SUBPROTOCOL];
+    if (this.apiKey) protocols.push(`bearer.${this.apiKey}`);
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (error) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(error);
+      };
+      const unreachable = () =>
+        new VoiceForgeError(
+          "server_unreachable",
+          `Cannot reach the VoiceForge server at ${this.url}. Is \`voiceforge serve\` running there?` +
+            (this.apiKey ? " Check the API key too: a wrong key is refused." : " If it has an API key, enter it in Settings."),
+        );
+      this.abortConnect = () => fail(new VoiceForgeError("stopped", "Stopped before the call connected.", { fatal: false }));
+      const timer = setTimeout(() => {
+        fail(unreachable());
+        if (this.ws) this.ws.close();
+      }, CONNECT_TIMEOUT_MS);
+      let ws;
+      try {
+        ws = new WebSocket(this.url, protocols);
+      } catch (error) {
+        fail(new VoiceForgeError("server_unreachable", `Bad server URL ${this.url}: ${error.message}`));
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      this.ws = ws;
+      ws.onmessage = (event) => {
+        if (typeof event.data === "string") return; // the protocol never uses text
+        let message;
+        try {
+          message = decode(new Uint8Array(event.data));
+        } catch (error) {
+          console.warn("voiceforge: undecodable frame", error);
+          return;
+        }
+        if (message.type === "session.created" && message.protocol_version !== PROTOCOL_VERSION) {
+          fail(new VoiceForgeError("protocol_mismatch", `The server speaks protocol ${message.protocol_version}; this page speaks ${PROTOCOL_VERSION}.`));
+          ws.close();
+          return;
+        }
+        this.onServerMessage(message);
+        if (!settled && message.type === "session.updated" && this.ready) {
+          settled = true;
+          this.abortConnect = null;
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      ws.onclose = (event) => {
+        const wasReady = this.ready;
+        this.ready = false;
+        if (!settled) {
+          fail(unreachable());
+          return;
+        }
+        if (this.stopped) return;
+        this.teardown();
+        this.setState("idle");
+        this.emit("close", { code: event.code, reason: event.reason, clean: event.wasClean, wasReady });
+      };
+    });
+  }
+
+  send(message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(encode(message));
+  }
+
+  onServerMessage(message) {
+    const type = message.type;
+    const stats = this.stats;
+    switch (type) {
+      case "session.created":
+        this.created = message;
+        this.session = message.session;
+        stats.sessionId = message.session_id;
+        // Rates first and alone: a bad user field must not leave them unset.
+        this.send({
+          type: "session.update",
+          session: { input_sample_rate: INPUT_SAMPLE_RATE, output_sample_rate: this.outputSampleRate },
+        });
+        if (Object.keys(this.sessionFields).length) {
+          this.send({ type: "session.update", session: this.sessionFields });
+        }
+        break;
+      case "session.updated":
+        this.session = message.session;
+        if (!this.ready && message.session.input_sample_rate === INPUT_SAMPLE_RATE) {
+          this.ready = true;
+          this.startReporting();
+          this.updateState();
+        }
+        break;
+      case "input_audio.speech_started":
+        this.userSpeaking = true;
+        break;
+      case "input_audio.speech_stopped":
+        this.userSpeaking = false;
+        break;
+      case "input_audio.turn_ignored":
+        this.userSpeaking = false;
+        this.awaitingReply = false;
+        break;
+      case "transcript.final":
+        this.userSpeaking = false;
+        this.awaitingReply = true;
+        stats.transcripts.push(message.text);
+        break;
+      case "response.created":
+        this.awaitingReply = true;
+        stats.responses[message.response_id] = { status: "in_progress", text: "" };
+        break;
+      case "response.text.delta": {
+        const response = stats.responses[message.response_id];
+        if (response) response.text += message.delta;
+        break;
+      }
+      case "response.audio.delta":
+        this.onAudio(message);
+        return; // high rate; not re-dispatched to the page
+      case "response.audio.clear":
+        this.clearResponse(message.response_id);
+        break;
+      case "response.done":
+        this.awaitingReply = false;
+        this.active.delete(message.response_id);
+        if (message.status !== "completed") this.clearResponse(message.response_id, { flushOnly: true });
+        stats.responses[message.response_id] = {
+          status: message.status,
+          reason: message.reason,
+          text: message.text,
+          text_heard: message.text_heard,
+          timings: message.timings,
+        };
+        break;
+      case "error":
+        stats.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
+        if (message.response_id) this.awaitingReply = false;
+        break;
+      default:
+        break; // future minor additions are ignored
+    }
+    this.emit(type, message);
+    this.updateState();
+  }
+
+  onAudio(message) {
+    const id = message.response_id;
+    if (this.cleared.has(id)) {
+      this.stats.droppedAfterClear += 1; // stale audio of a cleared response
+      return;
+    }
+    this.active.add(id);
+    this.stats.receivedMs[id] = (this.stats.receivedMs[id] || 0) + message.duration_ms;
+    const audio = message.audio;
+    // A copy that starts at offset 0, so the worklet can view it as Int16 (LE on every browser platform).
+    const pcm = audio.buffer.slice(audio.byteOffset, audio.byteOffset + audio.byteLength);
+    this.playback.port.postMessage({ type: "audio", id, pcm, rate: message.sample_rate }, [pcm]);
+  }
+
+  clearResponse(responseId, { flushOnly = false } = {}) {
+    if (this.cleared.has(responseId)) return;
+    this.cleared.add(responseId);
+    this.active.delete(responseId);
+    this.stats.cleared.push(responseId);
+    if (this.playback) this.playback.port.postMessage({ type: "clear", id: responseId, flushOnly });
+  }
+
+  startReporting() {
+    clearInterval(this.reportTimer);
+    this.reportTimer = setInterval(() => this.reportPlayed(), REPORT_INTERVAL_MS);
+  }
+
+  // ------------------------------------------------------------------ state
+
+  updateState() {
+    if (this.stopped) return;
+    let state;
+    if (!this.ready) state = "connecting";
+    else if (this.userSpeaking) state = "user_speaking";
+    else if (this.buffered > 0) state = "agent_speaking";
+    else if (this.awaitingReply) state = "thinking";
+    else state = "listening";
+    this.setState(state);
+  }
+
+  setState(state) {
+    if (state === this.currentState) return;
+    this.currentState = state;
+    this.stats.state = state;
+    this.emit("state", { state });
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  teardown() {
+    this.stopped = true;
+    if (this.abortConnect) this.abortConnect();
+    this.abortConnect = null;
+    this.ready = false;
+    clearInterval(this.reportTimer);
+    this.reportTimer = null;
+    if (this.ws) {
+      this.ws.onclose = null;
+      this.ws.onmessage = null;
+      if (this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, "caller hung up");
+      this.ws = null;
+    }
+    if (this.capture) this.capture.port.postMessage({ type: "stop" });
+    if (this.stream) for (const track of this.stream.getTracks()) track.stop();
+    if (this.context) this.context.close();
+    this.stream = this.context = this.capture = this.playback = null;
+    this.userSpeaking = this.awaitingReply = false;
+    this.buffered = 0;
+    this.active.clear();
+  }
+}
