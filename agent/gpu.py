@@ -1,0 +1,261 @@
+"""The ``gpu`` profile: vLLM over HTTP, batched Whisper on CUDA, Chatterbox (or Piper).
+
+Everything the profile needs is checked before any model loads, and every problem
+found is reported in one ``ConfigurationError`` that the CLI prints without a
+traceback: no CUDA device, the vLLM endpoint unreachable or refusing the key,
+the configured model not served there, the TTS engine not installed.
+
+Settings (environment; docs/deploy-gpu.md has the full table):
+
+- ``VOICEFORGE_LLM_URL`` (default ``http://127.0.0.1:8001/v1``) and
+  ``VOICEFORGE_LLM_MODEL``: the ``--served-model-name`` of ``vllm serve``;
+  ``llama-3.3-70b`` by default, ``llama-3.1-8b`` for the single-GPU fallback.
+- ``VOICEFORGE_LLM_SESSION_HEADER`` (``x-session-id``; ``none`` turns it off).
+- ``VOICEFORGE_WHISPER_MODEL`` (``large-v3-turbo``), ``VOICEFORGE_WHISPER_DEVICE``
+  (``cuda``), ``VOICEFORGE_WHISPER_COMPUTE_TYPE`` (``float16``),
+  ``VOICEFORGE_STT_BATCH_WINDOW_MS`` (10), ``VOICEFORGE_STT_MAX_BATCH`` (8).
+- ``VOICEFORGE_TTS`` (``chatterbox`` or ``piper``), ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import httpx
+
+from agent.config import Settings
+from agent.profiles import Progress, _timed, _warm_up
+from pipeline.conversation import Engines
+from pipeline.engines.base import TTSEngine
+from pipeline.errors import ConfigurationError
+
+DEFAULT_LLM_URL = "http://127.0.0.1:8001/v1"
+LLM_MODELS = {
+    "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+}
+"""Served model name (``vllm serve --served-model-name``) → Hugging Face checkpoint."""
+DEFAULT_LLM_MODEL = "llama-3.3-70b"
+TTS_ENGINES = ("chatterbox", "piper")
+TTS_MODULES = {
+    "chatterbox": ("chatterbox", "pipeline.engines.chatterbox"),
+    "piper": ("piper",),
+}
+"""Modules each TTS engine needs (the library, then our engine)."""
+
+
+@dataclass(slots=True)
+class GPUSettings:
+    llm_url: str = DEFAULT_LLM_URL
+    llm_model: str = DEFAULT_LLM_MODEL
+    llm_api_key: str = "EMPTY"
+    session_header: str | None = "x-session-id"
+    probe_timeout_s: float = 3.0
+    whisper_model: str = "large-v3-turbo"
+    whisper_device: str = "cuda"
+    whisper_compute_type: str = "float16"
+    stt_batch_window_ms: float = 10.0
+    stt_max_batch: int = 8
+    tts: str = "chatterbox"
+    tts_device: str = "cuda"
+    threads: int = 2
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GPUSettings:
+        """The gpu profile's view of ``settings`` plus its own environment variables."""
+        gpu = cls(threads=settings.threads)
+        gpu.llm_url = settings.llm_url or DEFAULT_LLM_URL
+        # "default" is the embedded profile's placeholder: the gpu profile means the 70B.
+        if settings.llm_model not in ("", "default"):
+            gpu.llm_model = settings.llm_model
+        gpu.llm_api_key = os.environ.get(settings.llm_api_key_env) or "EMPTY"
+        header = _env("VOICEFORGE_LLM_SESSION_HEADER", "x-session-id")
+        gpu.session_header = None if header.lower() == "none" else header
+        gpu.probe_timeout_s = _env_float("VOICEFORGE_LLM_PROBE_TIMEOUT_S", gpu.probe_timeout_s)
+        gpu.whisper_model = settings.whisper_model or gpu.whisper_model
+        gpu.whisper_device = _env("VOICEFORGE_WHISPER_DEVICE", gpu.whisper_device)
+        gpu.whisper_compute_type = _env("VOICEFORGE_WHISPER_COMPUTE_TYPE", gpu.whisper_compute_type)
+        gpu.stt_batch_window_ms = _env_float("VOICEFORGE_STT_BATCH_WINDOW_MS", 10.0)
+        gpu.stt_max_batch = int(_env_float("VOICEFORGE_STT_MAX_BATCH", 8))
+        gpu.tts = _env("VOICEFORGE_TTS", gpu.tts)
+        gpu.tts_device = _env("VOICEFORGE_TTS_DEVICE", gpu.tts_device)
+        return gpu
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+
+
+# --- start-up checks: each returns a problem (a sentence) or None -------------------
+
+
+def check_cuda(gpu: GPUSettings) -> list[str]:
+    """CUDA is needed where an engine is configured for it, and must be visible there."""
+    problems = []
+    if gpu.whisper_device == "cuda":
+        import ctranslate2
+
+        if ctranslate2.get_cuda_device_count() < 1:
+            problems.append(
+                "no CUDA device is visible to CTranslate2 (Whisper on cuda): run on a machine "
+                "with an NVIDIA GPU and driver (in Docker: --gpus all / a compose GPU "
+                "reservation), or set VOICEFORGE_WHISPER_DEVICE=cpu"
+            )
+    if gpu.tts == "chatterbox" and gpu.tts_device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(
+                f"torch {torch.__version__} sees no CUDA device (Chatterbox on cuda): install "
+                "the CUDA build of torch (the Docker image has it) on a GPU machine, or set "
+                "VOICEFORGE_TTS_DEVICE=cpu"
+            )
+    return problems
+
+
+def check_llm_endpoint(gpu: GPUSettings) -> list[str]:
+    """GET /models on the endpoint: reachable, key accepted, our model among those served."""
+    url = f"{gpu.llm_url.rstrip('/')}/models"
+    try:
+        response = httpx.get(
+            url,
+            headers={"Authorization": f"Bearer {gpu.llm_api_key}"},
+            timeout=gpu.probe_timeout_s,
+        )
+    except httpx.HTTPError as error:
+        return [
+            f"cannot reach the LLM server at {url} ({type(error).__name__}: {error}): start "
+            "`vllm serve` (docs/deploy-gpu.md) or point VOICEFORGE_LLM_URL at it"
+        ]
+    if response.status_code in (401, 403):
+        return [
+            f"the LLM server at {url} refused the API key (HTTP {response.status_code}): set "
+            "VOICEFORGE_LLM_API_KEY to the key `vllm serve --api-key` was given"
+        ]
+    if response.status_code != 200:
+        return [f"the LLM server at {url} answered HTTP {response.status_code}, not a model list"]
+    try:
+        served = [str(entry["id"]) for entry in response.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        return [f"the LLM server at {url} did not answer with an OpenAI model list"]
+    if gpu.llm_model not in served:
+        return [
+            f"the LLM server at {url} serves {served}, not {gpu.llm_model!r}: start vllm with "
+            f"--served-model-name {gpu.llm_model} or set VOICEFORGE_LLM_MODEL to one of those"
+        ]
+    return []
+
+
+def check_tts(gpu: GPUSettings) -> list[str]:
+    if gpu.tts not in TTS_ENGINES:
+        return [f"unknown TTS engine {gpu.tts!r} (VOICEFORGE_TTS): choose one of {TTS_ENGINES}"]
+    missing = [name for name in TTS_MODULES[gpu.tts] if not _module_exists(name)]
+    if missing:
+        return [
+            f"the {gpu.tts} TTS engine is not installed (missing {', '.join(missing)}): "
+            "install the gpu extra (pip install '.[gpu]', as the Docker image does) or set "
+            "VOICEFORGE_TTS=piper"
+        ]
+    return []
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def validate(gpu: GPUSettings) -> None:
+    """Every check, all problems reported at once. Raises ConfigurationError."""
+    problems = [*check_cuda(gpu), *check_llm_endpoint(gpu), *check_tts(gpu)]
+    if problems:
+        listed = "\n".join(f"  - {problem}" for problem in problems)
+        raise ConfigurationError(f"the gpu profile cannot start:\n{listed}")
+
+
+# --- the builder -----------------------------------------------------------------------
+
+
+def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
+    """Validate, then load: Silero VAD, batched Whisper, the vLLM client, the TTS."""
+    from pipeline.engines.openai_compat import OpenAICompatLLM
+    from pipeline.engines.session_routing import SessionRoutedLLM
+    from pipeline.engines.whisper_batch import BatchedWhisperSTT
+    from pipeline.vad import BatchedVADWorker, SileroVAD
+
+    gpu = GPUSettings.from_settings(settings)
+    progress(
+        f"gpu profile: LLM {gpu.llm_model} at {gpu.llm_url}, Whisper {gpu.whisper_model} "
+        f"[{gpu.whisper_device}, {gpu.whisper_compute_type}], TTS {gpu.tts} [{gpu.tts_device}]"
+    )
+    validate(gpu)
+
+    done = _timed(progress, "VAD (Silero ONNX)")
+    vad = SileroVAD()
+    done(str(vad.model_path))
+
+    done = _timed(progress, "STT (faster-whisper, batched across calls)")
+    stt = BatchedWhisperSTT(
+        gpu.whisper_model,
+        device=gpu.whisper_device,
+        compute_type=gpu.whisper_compute_type,
+        cpu_threads=gpu.threads,
+        batch_window_ms=gpu.stt_batch_window_ms,
+        max_batch_size=gpu.stt_max_batch,
+    )
+    done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}")
+
+    done = _timed(progress, f"LLM client ({gpu.llm_model})")
+    remote = OpenAICompatLLM(gpu.llm_url, gpu.llm_model, api_key=gpu.llm_api_key)
+    llm = SessionRoutedLLM(remote, gpu.session_header) if gpu.session_header else remote
+    # One tiny request: proves chat completions work and puts the default system
+    # prompt in vLLM's prefix cache before the first caller.
+    asyncio.run(_warm_up_once(gpu))
+    routing = f"routing header {gpu.session_header}" if gpu.session_header else "no routing"
+    done(f"{gpu.llm_url} ({routing}; system prompt cached)")
+
+    done = _timed(progress, f"TTS ({gpu.tts})")
+    tts = _build_tts(gpu, settings)
+    done(f"{tts.name} at {tts.sample_rate} Hz")
+    return Engines(stt=stt, llm=llm, tts=tts, vad=BatchedVADWorker(vad))
+
+
+async def _warm_up_once(gpu: GPUSettings) -> None:
+    """A throwaway client: its connection pool belongs to this short-lived event loop."""
+    from pipeline.engines.openai_compat import OpenAICompatLLM
+
+    client = OpenAICompatLLM(gpu.llm_url, gpu.llm_model, api_key=gpu.llm_api_key)
+    try:
+        await _warm_up(client)
+    finally:
+        await client.aclose()
+
+
+def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
+    if gpu.tts == "piper":
+        from pipeline import models
+        from pipeline.engines.piper import PiperTTS
+
+        return PiperTTS(settings.piper_voice or str(models.piper_voice_paths()[0]))
+    module = importlib.import_module("pipeline.engines.chatterbox")
+    engine: TTSEngine = module.ChatterboxTTS(
+        os.environ.get("VOICEFORGE_CHATTERBOX_DIR") or None,  # None: from_pretrained
+        device=gpu.tts_device,
+        voices_dir=os.environ.get("VOICEFORGE_VOICES_DIR") or None,
+    )
+    return engine

@@ -1,0 +1,325 @@
+"""Chatterbox text to speech, streamed: audio starts after the first few speech tokens.
+
+T3 samples speech tokens (t3_stream); every ``first_chunk_tokens`` and then every
+``chunk_tokens`` tokens, plus S3Gen's 3 lookahead tokens, S3Gen turns the new
+tokens into audio (s3gen_stream). All model work runs on one worker thread; the
+async generator asks it for one chunk at a time and already starts the next while
+the consumer handles the current one. Cancelling stops after the chunk in
+progress: the generator is closed on the same thread, so nothing runs after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.engines.base import FloatAudio
+from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
+from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
+from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
+from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
+from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
+
+SAMPLE_RATE = 24_000
+
+
+@dataclass(slots=True)
+class SynthesisProgress:
+    """What the utterance in progress has done so far (updated on the worker thread)."""
+
+    tokens: int = 0
+    """Valid speech tokens T3 has produced."""
+    speech_tokens: list[int] = field(default_factory=list)
+    chunks: int = 0
+    samples: int = 0
+    finished: bool = False
+    """True once the last chunk was produced; False when it stopped early (cancelled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedChunk:
+    audio: FloatAudio
+    tokens: int
+    """Speech tokens produced when this chunk was decoded (its lookahead included)."""
+
+
+@dataclass(slots=True)
+class _Voice:
+    t3_cond: Any
+    ref_dict: dict[str, Any]
+
+
+class ChatterboxTTS:
+    """Chatterbox voices by name, streamed chunk by chunk at 24 kHz."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(
+        self,
+        checkpoint_dir: str | Path | None = None,
+        *,
+        device: str = "cuda",
+        voices_dir: str | Path | None = None,
+        default_voice: str | None = None,
+        exaggeration: float = 0.5,
+        cfg_weight: float = 0.5,
+        temperature: float = 0.8,
+        top_p: float = 1.0,
+        min_p: float = 0.05,
+        repetition_penalty: float = 1.2,
+        max_new_tokens: int = 1000,
+        first_chunk_tokens: int = 10,
+        chunk_tokens: int = 25,
+        left_context_tokens: int = 50,
+        cfm_steps: int = 10,
+        watermark: bool = False,
+        bf16: bool = False,
+        compile: bool = False,
+        seed: int | None = None,
+        t3_config: Any = None,
+    ) -> None:
+        """Load Chatterbox and prepare every voice of the library.
+
+        ``checkpoint_dir``: a folder with ve/t3_cfg/s3gen safetensors and
+        tokenizer.json (``from_local``), or None to download ResembleAI/chatterbox
+        (``from_pretrained``). Its ``conds.pt``, if any, is the voice ``default``.
+        ``voices_dir``: reference WAVs, one voice per ``NAME.wav``.
+        ``first_chunk_tokens`` / ``chunk_tokens``: speech tokens (25 a second) per
+        chunk; the first chunk is decoded once ``first_chunk_tokens`` + 3
+        lookahead tokens exist. ``left_context_tokens``: decoded tokens S3Gen sees
+        again before each chunk. ``cfm_steps``: flow-matching steps (the library
+        uses 10). ``watermark``: Perth watermark on every chunk; a watermarker that
+        cannot load is a ModelLoadError. ``bf16``: T3 in bfloat16 (S3Gen stays
+        float32). ``compile``: ``torch.compile`` the T3 backbone and the flow
+        estimator. ``t3_config``: a ``T3Config`` for checkpoints that are not the
+        default size.
+        """
+        if first_chunk_tokens < 5 or chunk_tokens < 1:
+            raise ConfigurationError(
+                "Chatterbox chunks need first_chunk_tokens >= 5 (HiFT's 8-frame overlap)"
+                " and chunk_tokens >= 1"
+            )
+        if left_context_tokens < 0 or cfm_steps < 1 or max_new_tokens < 1:
+            raise ConfigurationError(
+                "left_context_tokens must be >= 0, cfm_steps and max_new_tokens >= 1"
+            )
+        if bf16 and not device.startswith("cuda"):
+            raise ConfigurationError("bf16 is for CUDA devices; run float32 on CPU")
+        self.name = f"chatterbox:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
+        self.exaggeration = exaggeration
+        self.sampling = SamplingSettings(
+            temperature=temperature,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            cfg_weight=cfg_weight,
+            max_new_tokens=max_new_tokens,
+        )
+        self.first_chunk_tokens = first_chunk_tokens
+        self.chunk_tokens = chunk_tokens
+        self.left_context_tokens = left_context_tokens
+        self.cfm_steps = cfm_steps
+        self._bf16 = bf16
+        self._seed = seed
+        self.last_progress = SynthesisProgress()
+        library = voice_library(voices_dir)
+        # Fail fast and loud, before minutes of model loading.
+        self._watermarker = load_watermarker() if watermark else None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatterbox")
+        try:
+            self._executor.submit(
+                self._load, checkpoint_dir, device, t3_config, library, compile
+            ).result()
+            self.default_voice = self._pick_default_voice(default_voice)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+
+    def _pick_default_voice(self, requested: str | None) -> str:
+        if not self._voices:
+            raise ConfigurationError(
+                "Chatterbox has no voice: the checkpoint has no conds.pt and no voices_dir"
+                " was given"
+            )
+        voice = requested or next(iter(self._voices))
+        if voice not in self._voices:
+            raise ConfigurationError(
+                f"default voice {voice!r} is not one of {', '.join(self._voices)}"
+            )
+        return voice
+
+    # -- loading (worker thread) -------------------------------------------------
+
+    def _load(
+        self,
+        checkpoint_dir: str | Path | None,
+        device: str,
+        t3_config: Any,
+        library: dict[str, Path],
+        compile: bool,
+    ) -> None:
+        self._model = load_chatterbox(checkpoint_dir, device, t3_config=t3_config)
+        model = self._model
+        if self._bf16:
+            model.t3.to(dtype=torch.bfloat16)
+        self._backbone: Any = model.t3.tfmr
+        if compile:
+            self._backbone = torch.compile(model.t3.tfmr, dynamic=True)
+            estimator = model.s3gen.flow.decoder.estimator
+            model.s3gen.flow.decoder.estimator = torch.compile(estimator, dynamic=True)
+        self._voices: dict[str, _Voice] = {}
+        if model.conds is not None:
+            self._voices[BUILTIN_VOICE] = self._voice(model.conds)
+        for name, wav in library.items():
+            try:
+                model.prepare_conditionals(str(wav), exaggeration=self.exaggeration)
+            except Exception as error:
+                raise ModelLoadError(
+                    f"cannot prepare Chatterbox voice {name!r} from {wav}: {error}"
+                ) from error
+            self._voices[name] = self._voice(model.conds)
+
+    def _voice(self, conds: Any) -> _Voice:
+        from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+        t3_cond = T3Cond(
+            speaker_emb=conds.t3.speaker_emb,
+            cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
+            emotion_adv=self.exaggeration * torch.ones(1, 1, 1),
+        ).to(device=self._model.device, dtype=torch.bfloat16 if self._bf16 else None)
+        return _Voice(t3_cond=t3_cond, ref_dict=_aligned_prompt(conds.gen))
+
+    # -- synthesis -----------------------------------------------------------------
+
+    def voices(self) -> Sequence[str]:
+        return list(self._voices)
+
+    async def synthesize(
+        self, text: str, *, voice: str | None = None
+    ) -> AsyncGenerator[FloatAudio, None]:
+        """Yield float32 chunks at 24 kHz as S3Gen produces them."""
+        chunks = self.synthesize_chunks(text, voice=voice)
+        try:
+            async for chunk in chunks:
+                yield chunk.audio
+        finally:
+            await chunks.aclose()
+
+    async def synthesize_chunks(
+        self, text: str, *, voice: str | None = None
+    ) -> AsyncGenerator[StreamedChunk, None]:
+        """Like ``synthesize``, with the token count at which each chunk was decoded."""
+        voice_name = voice or self.default_voice
+        selected = self._voices.get(voice_name)
+        if selected is None:
+            known = ", ".join(self._voices) or "none"
+            raise TTSError(f"unknown voice {voice_name!r} (known: {known})", transient=False)
+        if not text.strip():
+            return
+        progress = SynthesisProgress()
+        self.last_progress = progress
+        loop = asyncio.get_running_loop()
+        chunks = self._stream(text, selected, progress)
+        pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+        try:
+            while True:
+                try:
+                    chunk = await pending
+                except Exception as error:
+                    raise TTSError(f"{self.name}: synthesis failed: {error}") from error
+                if chunk is None:
+                    return
+                # Start the next chunk before handing this one over.
+                pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+                yield chunk
+        finally:
+            pending.cancel()
+            with contextlib.suppress(RuntimeError):  # executor already shut down
+                self._executor.submit(chunks.close)
+
+    def _stream(
+        self, text: str, voice: _Voice, progress: SynthesisProgress
+    ) -> Generator[StreamedChunk, None, None]:
+        """The worker-thread side: T3 tokens in, audio chunks out."""
+        from chatterbox.tts import punc_norm
+
+        model = self._model
+        generator = None
+        if self._seed is not None:
+            generator = torch.Generator(device=model.device).manual_seed(self._seed)
+        text_tokens = model.tokenizer.text_to_tokens(punc_norm(text))
+        hp = model.t3.hp
+        text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=hp.start_text_token)
+        text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=hp.stop_text_token)
+        stream = S3GenStream(
+            model.s3gen,
+            voice.ref_dict,
+            max_tokens=self.sampling.max_new_tokens,
+            cfm_steps=self.cfm_steps,
+            left_context_tokens=self.left_context_tokens,
+            generator=generator,
+        )
+        tokens = progress.speech_tokens
+        chunk_size = self.first_chunk_tokens
+        for token in speech_tokens(
+            model.t3,
+            voice.t3_cond,
+            text_tokens,
+            self.sampling,
+            backbone=self._backbone,
+            generator=generator,
+        ):
+            tokens.append(token)
+            progress.tokens = len(tokens)
+            if len(tokens) >= stream.decoded_tokens + chunk_size + stream.lookahead_tokens:
+                yield self._chunk(stream.decode(tokens, final=False), len(tokens), progress)
+                chunk_size = self.chunk_tokens
+        last = self._chunk(stream.decode(tokens, final=True), len(tokens), progress)
+        progress.finished = True
+        if last.audio.size:
+            yield last
+
+    def _chunk(self, audio: FloatAudio, tokens: int, progress: SynthesisProgress) -> StreamedChunk:
+        if self._watermarker is not None and audio.size:
+            marked = self._watermarker.apply_watermark(audio, sample_rate=SAMPLE_RATE)
+            audio = np.asarray(marked, dtype=np.float32)
+        progress.chunks += 1
+        progress.samples += int(audio.size)
+        return StreamedChunk(audio=audio, tokens=tokens)
+
+    async def wait_idle(self) -> None:
+        """Return once the worker has finished what was queued (a closed stream's last chunk)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
+
+    def close(self) -> None:
+        """Wait for the synthesis in progress, then release the models."""
+        self._executor.shutdown(wait=True)
+        self._voices.clear()
+
+
+def _aligned_prompt(ref_dict: dict[str, Any]) -> dict[str, Any]:
+    """The voice prompt with exactly two mel frames per prompt token.
+
+    ``embed_ref`` can leave one mel frame more than twice the tokens (odd-length
+    references); the flow then returns one frame fewer than twice the new tokens,
+    which would shift every streamed chunk. Dropping the odd frame keeps 2:1.
+    """
+    tokens = min(int(ref_dict["prompt_token"].shape[1]), int(ref_dict["prompt_feat"].shape[1]) // 2)
+    aligned = dict(ref_dict)
+    aligned["prompt_token"] = ref_dict["prompt_token"][:, :tokens]
+    aligned["prompt_token_len"] = torch.tensor([tokens], device=ref_dict["prompt_token"].device)
+    aligned["prompt_feat"] = ref_dict["prompt_feat"][:, : 2 * tokens]
+    aligned["prompt_feat_len"] = None
+    return aligned
+
+
+def _next_or_none(chunks: Iterator[StreamedChunk]) -> StreamedChunk | None:
+    return next(chunks, None)

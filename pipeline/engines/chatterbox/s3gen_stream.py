@@ -1,0 +1,149 @@
+"""S3Gen decoding chunk by chunk: tokens → mel (flow matching) → 24 kHz audio (HiFT).
+
+The recipe is CosyVoice2's streaming ``token2wav``, with a bounded left context:
+
+- Each chunk's flow pass sees the voice prompt, up to ``left_context_tokens``
+  already-decoded tokens before it, the new tokens, and the 3 lookahead tokens
+  after them. The lookahead's mel frames are dropped (what ``finalize=False``
+  means in the library); the last chunk keeps everything.
+- One noise tensor per utterance: the flow's starting noise at mel frame ``i`` is
+  the same in every pass that covers frame ``i``, so overlapping passes agree.
+- HiFT gets the last 8 mel frames of the previous chunk in front of the new ones,
+  and the previous chunk's harmonic source for those frames, so the oscillator
+  phase carries on. The last 8 frames' audio is held back and cross-faded (Hamming)
+  into the start of the next chunk's audio.
+
+Every mel frame is 480 samples and is emitted exactly once, so the streamed audio
+is as long as a whole-utterance decode of the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.engines.base import FloatAudio
+
+SAMPLES_PER_MEL_FRAME = 480
+MEL_FRAMES_PER_TOKEN = 2
+HIFT_CACHE_FRAMES = 8
+"""Mel frames HiFT re-reads from the previous chunk; their audio is the cross-fade."""
+CROSSFADE_SAMPLES = HIFT_CACHE_FRAMES * SAMPLES_PER_MEL_FRAME
+
+
+class S3GenStream:
+    """Decodes one utterance's growing token list into consecutive audio chunks."""
+
+    def __init__(
+        self,
+        s3gen: Any,
+        ref_dict: dict[str, Any],
+        *,
+        max_tokens: int,
+        cfm_steps: int = 10,
+        left_context_tokens: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self._s3gen = s3gen
+        self._ref_dict = ref_dict
+        self._cfm_steps = cfm_steps
+        self._left_context = left_context_tokens
+        self.lookahead_tokens: int = int(s3gen.flow.pre_lookahead_len)
+        self._prompt_frames = int(ref_dict["prompt_feat"].shape[1])
+        frames = self._prompt_frames + MEL_FRAMES_PER_TOKEN * (max_tokens + self.lookahead_tokens)
+        self._noise = torch.randn(1, 80, frames, generator=generator).to(
+            device=s3gen.device, dtype=s3gen.dtype
+        )
+        window = torch.hamming_window(2 * CROSSFADE_SAMPLES, periodic=False, dtype=torch.float32)
+        self._fade_in, self._fade_out = window[:CROSSFADE_SAMPLES], window[CROSSFADE_SAMPLES:]
+        self.decoded_tokens = 0
+        """Tokens whose audio has been emitted (or is held back for the cross-fade)."""
+        self._mel_cache: torch.Tensor | None = None
+        self._source_cache: torch.Tensor | None = None
+        self._held_audio: torch.Tensor | None = None
+        self.finished = False
+
+    def decode(self, tokens: Sequence[int], *, final: bool) -> FloatAudio:
+        """Audio for the tokens not decoded yet, less what must wait for the next chunk.
+
+        Not final: decodes up to ``len(tokens) - lookahead_tokens``. Final: decodes
+        the rest and flushes the held-back audio; the stream is then finished.
+        """
+        if self.finished:
+            raise RuntimeError("this S3Gen stream is finished")
+        end = len(tokens) if final else len(tokens) - self.lookahead_tokens
+        if end <= self.decoded_tokens:
+            if not final:
+                return np.zeros(0, dtype=np.float32)
+            self.finished = True
+            held = self._held_audio
+            return np.zeros(0, dtype=np.float32) if held is None else _to_numpy(held)
+        with torch.inference_mode():
+            mel = self._mel(tokens, end)
+            audio = self._vocode(mel, final=final)
+        self.decoded_tokens = end
+        self.finished = final
+        return _to_numpy(audio)
+
+    def _mel(self, tokens: Sequence[int], end: int) -> torch.Tensor:
+        """Mel frames of tokens [decoded_tokens, end), from a pass with left context.
+
+        The pass always runs with ``finalize=True`` and the lookahead frames are cut
+        here: chatterbox-tts 0.1.7's ``finalize=False`` trims the encoder output but
+        not its mask, and fails. The difference: the flow decoder's attention also
+        sees the lookahead frames, whose mel is then thrown away.
+        """
+        start = max(0, self.decoded_tokens - self._left_context)
+        window = torch.tensor([list(tokens[start:])], dtype=torch.long, device=self._s3gen.device)
+        first_frame = self._prompt_frames + MEL_FRAMES_PER_TOKEN * start
+        last_frame = self._prompt_frames + MEL_FRAMES_PER_TOKEN * len(tokens)
+        noise = torch.cat(
+            [self._noise[:, :, : self._prompt_frames], self._noise[:, :, first_frame:last_frame]],
+            dim=2,
+        )
+        mel = self._s3gen(
+            window,
+            ref_wav=None,
+            ref_sr=None,
+            ref_dict=self._ref_dict,
+            finalize=True,
+            skip_vocoder=True,
+            n_cfm_timesteps=self._cfm_steps,
+            noised_mels=noise,
+        )
+        first = MEL_FRAMES_PER_TOKEN * (self.decoded_tokens - start)
+        last = MEL_FRAMES_PER_TOKEN * (end - start)
+        result: torch.Tensor = mel[:, :, first:last]
+        return result
+
+    def _vocode(self, mel: torch.Tensor, *, final: bool) -> torch.Tensor:
+        hift = self._s3gen.mel2wav
+        if self._mel_cache is None or self._source_cache is None:
+            source_cache = torch.zeros(1, 1, 0, device=mel.device, dtype=mel.dtype)
+        else:
+            mel = torch.cat([self._mel_cache, mel], dim=2)
+            source_cache = self._source_cache
+        raw_speech, source = hift.inference(speech_feat=mel, cache_source=source_cache)
+        speech: torch.Tensor = raw_speech.float().cpu()[0]
+        if self._held_audio is None:
+            # The library's own fade-in over the first 40 ms (HiFT's start-up transient).
+            fade = self._s3gen.trim_fade.float().cpu()
+            speech[: len(fade)] *= fade[: len(speech)]
+        else:
+            speech[:CROSSFADE_SAMPLES] = (
+                speech[:CROSSFADE_SAMPLES] * self._fade_in + self._held_audio * self._fade_out
+            )
+        if final:
+            self._held_audio = None
+            return speech
+        self._mel_cache = mel[:, :, -HIFT_CACHE_FRAMES:]
+        self._source_cache = source[:, :, -CROSSFADE_SAMPLES:]
+        self._held_audio = speech[-CROSSFADE_SAMPLES:].clone()
+        return speech[:-CROSSFADE_SAMPLES]
+
+
+def _to_numpy(audio: torch.Tensor) -> FloatAudio:
+    return np.ascontiguousarray(audio.numpy(), dtype=np.float32)

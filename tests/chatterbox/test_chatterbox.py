@@ -1,0 +1,311 @@
+"""Streaming Chatterbox with the real chatterbox-tts code and random weights.
+
+One small checkpoint (tiny T3, the library's S3Gen and VoiceEncoder) is written
+per module and loaded through ``from_local``; the tests check the streaming
+mechanics: continuity at the joins, total length, when the first chunk comes,
+cancellation, voices, and loud failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
+
+pytestmark = [
+    pytest.mark.chatterbox,
+    # resemble-perth imports pkg_resources (hence setuptools<81), which warns on import.
+    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
+    # diffusers 0.29 (pinned by chatterbox-tts) warns when S3Gen's decoder builds its layers.
+    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
+    # librosa.load (the library's reference-WAV loader) imports audioread, whose raw
+    # backend imports the standard modules Python 3.13 removes.
+    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
+]
+
+FIRST_CHUNK_TOKENS = 8
+CHUNK_TOKENS = 12
+TEXT = "Hello there, how are you?"
+
+
+@dataclasses.dataclass
+class TinyChatterbox:
+    checkpoint: Path
+    voices_dir: Path
+    t3_config: Any
+    engine: Any
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyChatterbox]:
+    from pipeline.engines.chatterbox import ChatterboxTTS
+    from tests.chatterbox.tiny_model import write_checkpoint, write_reference_wav
+
+    root = tmp_path_factory.mktemp("chatterbox")
+    voices_dir = root / "voices"
+    voices_dir.mkdir()
+    write_reference_wav(voices_dir / "alice.wav", pitch_hz=210.0)
+    write_reference_wav(voices_dir / "bob.wav", pitch_hz=110.0)
+    builtin = write_reference_wav(root / "builtin.wav", pitch_hz=150.0)
+    config = write_checkpoint(root / "checkpoint", builtin)
+    engine = ChatterboxTTS(
+        root / "checkpoint",
+        device="cpu",
+        voices_dir=voices_dir,
+        t3_config=config,
+        first_chunk_tokens=FIRST_CHUNK_TOKENS,
+        chunk_tokens=CHUNK_TOKENS,
+        left_context_tokens=12,
+        cfm_steps=2,
+        max_new_tokens=45,
+        seed=1234,
+    )
+    yield TinyChatterbox(root / "checkpoint", voices_dir, config, engine)
+    engine.close()
+
+
+async def _collect(engine: Any, text: str, voice: str | None = None) -> list[Any]:
+    return [chunk async for chunk in engine.synthesize_chunks(text, voice=voice)]
+
+
+def _whole_decode(engine: Any, tokens: list[int], voice: str) -> np.ndarray:
+    """The library's own non-streamed S3Gen decode of the same tokens."""
+    import torch
+
+    model = engine._model
+    ref_dict = engine._voices[voice].ref_dict
+    with torch.inference_mode():
+        wav, _ = model.s3gen.inference(
+            speech_tokens=torch.tensor([tokens]), ref_dict=ref_dict, n_cfm_timesteps=2
+        )
+    return np.asarray(wav[0].float().cpu().numpy())
+
+
+async def test_streamed_chunks_join_without_clicks_and_match_the_whole_length(
+    tiny: TinyChatterbox,
+) -> None:
+    engine = tiny.engine
+    chunks = await _collect(engine, TEXT, voice="alice")
+    progress = engine.last_progress
+    assert progress.finished
+    assert len(chunks) >= 3, "short first chunk, then larger ones, then the rest"
+    sizes = [chunk.audio.size for chunk in chunks]
+    assert sizes[1] > sizes[0], "later chunks are larger than the first"
+    audio = np.concatenate([chunk.audio for chunk in chunks])
+    assert np.isfinite(audio).all()
+
+    # Same length as the library decoding all tokens at once: nothing repeated,
+    # nothing missing (the design makes it exact; one chunk's hop is the bound).
+    whole = await asyncio.get_running_loop().run_in_executor(
+        engine._executor, _whole_decode, engine, progress.speech_tokens, "alice"
+    )
+    hop_samples = CHUNK_TOKENS * 960
+    assert abs(audio.size - whole.size) <= hop_samples
+    assert audio.size == whole.size == 960 * len(progress.speech_tokens)
+
+    joins = _joins(sizes, audio)
+    assert joins.max_step <= joins.inside_step_p99, joins
+    assert joins.min_rms >= 0.5 * joins.inside_rms_median, joins
+
+
+@dataclasses.dataclass
+class JoinReport:
+    """How the audio behaves where chunks meet, against how it behaves inside them.
+
+    A click is a sample-to-sample step larger than the signal's own (its 99th
+    percentile inside chunks); a dropout or a restarted vocoder's fade-in is a
+    20 ms window right after a join with much less energy than usual.
+    """
+
+    max_step: float
+    inside_step_p99: float
+    min_rms: float
+    inside_rms_median: float
+
+
+def _joins(sizes: list[int], audio: np.ndarray, window: int = 480) -> JoinReport:
+    joins = np.cumsum(sizes)[:-1]
+    steps = np.abs(np.diff(audio))
+    inside_steps = np.delete(steps, joins - 1)
+    starts = np.arange(2 * window, audio.size - window, window)
+    inside_starts = [start for start in starts if np.all(np.abs(joins - start) >= window)]
+
+    def rms(start: int) -> float:
+        return float(np.sqrt(np.mean(audio[start : start + window] ** 2)))
+
+    return JoinReport(
+        max_step=float(steps[joins - 1].max()),
+        inside_step_p99=float(np.percentile(inside_steps, 99)),
+        min_rms=min(rms(int(join)) for join in joins),
+        inside_rms_median=float(np.median([rms(int(start)) for start in inside_starts])),
+    )
+
+
+async def test_restarting_the_vocoder_per_chunk_fails_the_join_check(
+    tiny: TinyChatterbox,
+) -> None:
+    """The join check is not vacuous: chunks decoded one by one with the library's
+    non-streamed decode (fresh HiFT, its fade-in at every start) are caught."""
+    engine = tiny.engine
+    tokens = np.random.default_rng(0).integers(0, 6561, size=36).tolist()
+
+    def decode_separately() -> list[np.ndarray]:
+        return [
+            _whole_decode(engine, tokens[start : start + CHUNK_TOKENS], "alice")
+            for start in range(0, len(tokens), CHUNK_TOKENS)
+        ]
+
+    pieces = await asyncio.get_running_loop().run_in_executor(engine._executor, decode_separately)
+    joins = _joins([piece.size for piece in pieces], np.concatenate(pieces))
+    assert joins.min_rms < 0.5 * joins.inside_rms_median, joins
+
+
+async def test_first_chunk_comes_after_the_configured_tokens(tiny: TinyChatterbox) -> None:
+    chunks = await _collect(tiny.engine, TEXT)
+    lookahead = 3
+    assert chunks[0].tokens == FIRST_CHUNK_TOKENS + lookahead
+    assert chunks[1].tokens == FIRST_CHUNK_TOKENS + CHUNK_TOKENS + lookahead
+    # First chunk: its tokens' 2 mel frames each, less HiFT's 8 held-back frames.
+    assert chunks[0].audio.size == (2 * FIRST_CHUNK_TOKENS - 8) * 480
+
+
+async def test_cancel_stops_within_one_chunk(tiny: TinyChatterbox) -> None:
+    engine = tiny.engine
+    engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
+    try:
+        first = asyncio.get_running_loop().create_future()
+
+        async def consume() -> None:
+            async for chunk in engine.synthesize_chunks(TEXT):
+                if not first.done():
+                    first.set_result(chunk)
+
+        task = asyncio.create_task(consume())
+        first_chunk = await first
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.wait_idle()
+        progress = engine.last_progress
+        assert not progress.finished
+        # The chunk being prepared when the cancel came is the last one.
+        assert progress.tokens <= first_chunk.tokens + CHUNK_TOKENS
+        assert progress.chunks <= 2
+
+        # Closing the generator (aclose) stops it the same way.
+        stream = engine.synthesize(TEXT)
+        await anext(stream)
+        tokens_at_close = engine.last_progress.tokens
+        await stream.aclose()
+        await engine.wait_idle()
+        assert not engine.last_progress.finished
+        assert engine.last_progress.tokens <= tokens_at_close + CHUNK_TOKENS
+    finally:
+        engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=45)
+
+
+async def test_token_loop_samples_exactly_like_the_library(tiny: TinyChatterbox) -> None:
+    """Same seed, same tokens as T3.inference: CFG, repetition penalty, min-p, top-p."""
+    import torch
+    import torch.nn.functional as functional
+
+    from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
+
+    engine = tiny.engine
+    model = engine._model
+    hp = model.t3.hp
+
+    def both() -> tuple[list[int], list[int]]:
+        text = model.tokenizer.text_to_tokens("Hello there.")
+        text = functional.pad(text, (1, 0), value=hp.start_text_token)
+        text = functional.pad(text, (0, 1), value=hp.stop_text_token)
+        cond = engine._voices["default"].t3_cond
+        settings = SamplingSettings(max_new_tokens=20, top_p=0.9)
+        torch.manual_seed(7)
+        ours = list(speech_tokens(model.t3, cond, text, settings))
+        torch.manual_seed(7)
+        theirs = model.t3.inference(
+            t3_cond=cond,
+            text_tokens=torch.cat([text, text]),
+            max_new_tokens=20,
+            temperature=settings.temperature,
+            cfg_weight=settings.cfg_weight,
+            repetition_penalty=settings.repetition_penalty,
+            min_p=settings.min_p,
+            top_p=settings.top_p,
+        )
+        return ours, [token for token in theirs[0].tolist() if token < 6561]
+
+    ours, theirs = await asyncio.get_running_loop().run_in_executor(engine._executor, both)
+    assert ours and ours == theirs
+
+
+async def test_voice_library_and_unknown_voice(tiny: TinyChatterbox) -> None:
+    from pipeline.engines.chatterbox.voices import voice_library
+
+    engine = tiny.engine
+    assert list(engine.voices()) == ["default", "alice", "bob"]
+    assert engine.default_voice == "default"
+    assert voice_library(tiny.voices_dir) == {
+        "alice": tiny.voices_dir / "alice.wav",
+        "bob": tiny.voices_dir / "bob.wav",
+    }
+    # Different reference voices give different speaker conditioning.
+    alice, bob = engine._voices["alice"], engine._voices["bob"]
+    assert not np.allclose(alice.t3_cond.speaker_emb.numpy(), bob.t3_cond.speaker_emb.numpy())
+    with pytest.raises(TTSError, match="unknown voice 'carol'") as raised:
+        await _collect(engine, TEXT, voice="carol")
+    assert not raised.value.transient
+    assert await _collect(engine, "   ") == []
+
+
+def test_voice_library_errors(tmp_path: Path) -> None:
+    from pipeline.engines.chatterbox.voices import voice_library
+
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        voice_library(tmp_path / "missing")
+    (tmp_path / "default.wav").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="built-in voice"):
+        voice_library(tmp_path)
+
+
+def test_watermark_enabled_but_unavailable_is_a_loud_error(
+    tiny: TinyChatterbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.engines.chatterbox import ChatterboxTTS
+
+    monkeypatch.setitem(sys.modules, "perth", None)  # import perth → ImportError
+    with pytest.raises(ModelLoadError, match="watermarking is enabled but the Perth"):
+        ChatterboxTTS(tiny.checkpoint, device="cpu", t3_config=tiny.t3_config, watermark=True)
+
+
+def test_watermark_implicit_model_missing_is_a_loud_error(
+    tiny: TinyChatterbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import perth
+
+    from pipeline.engines.chatterbox import ChatterboxTTS
+
+    # What perth does when its neural watermarker fails to import: it sets None.
+    monkeypatch.setattr(perth, "PerthImplicitWatermarker", None)
+    with pytest.raises(ModelLoadError, match="PerthImplicitWatermarker did not load"):
+        ChatterboxTTS(tiny.checkpoint, device="cpu", t3_config=tiny.t3_config, watermark=True)
+
+
+def test_bad_checkpoint_and_settings(tmp_path: Path) -> None:
+    from pipeline.engines.chatterbox import ChatterboxTTS
+
+    with pytest.raises(ModelLoadError, match=r"lacks ve\.safetensors"):
+        ChatterboxTTS(tmp_path, device="cpu")
+    with pytest.raises(ConfigurationError, match="first_chunk_tokens"):
+        ChatterboxTTS(tmp_path, device="cpu", first_chunk_tokens=2)
+    with pytest.raises(ConfigurationError, match="bf16"):
+        ChatterboxTTS(tmp_path, device="cpu", bf16=True)

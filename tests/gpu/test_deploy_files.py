@@ -1,0 +1,68 @@
+"""The GPU deployment files: compose.yaml validates, the Dockerfile says what it must.
+
+``make test`` installs Debian's docker-compose (system-deps), which validates a
+compose file without a Docker engine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_compose_file_validates_with_the_example_env(tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.fail("docker-compose is missing: run `make system-deps` (apt: docker-compose)")
+    for name in ("compose.yaml", "Dockerfile"):
+        shutil.copy(REPO / name, tmp_path / name)
+    # compose.yaml reads .env (ignored by git); the committed example stands in for it.
+    shutil.copy(REPO / ".env.example", tmp_path / ".env")
+    result = subprocess.run(
+        [compose, "-f", "compose.yaml", "config"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = result.stdout
+    assert "--enable-prefix-caching" in config
+    assert "--quantization=fp8" in config
+    assert "--tensor-parallel-size=2" in config
+    assert "--served-model-name=llama-3.3-70b" in config
+    assert "VOICEFORGE_LLM_URL: http://vllm:8000/v1" in config
+    assert config.count("driver: nvidia") == 2
+    assert "VLLM_API_KEY: change-me-vllm-key" in config
+
+
+def test_env_file_is_ignored_and_the_example_is_not() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", ".env"], cwd=REPO, check=False, timeout=30
+    )
+    assert ignored.returncode == 0
+    example = subprocess.run(
+        ["git", "check-ignore", "-q", ".env.example"], cwd=REPO, check=False, timeout=30
+    )
+    assert example.returncode == 1
+
+
+def test_dockerfile_is_a_non_root_cuda_image_with_a_health_check() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "\nFROM nvidia/cuda:12." in dockerfile
+    assert "cudnn-runtime-ubuntu22.04" in dockerfile
+    assert "'.[gpu]'" in dockerfile and "docker/gpu-overrides.txt" in dockerfile
+    assert "\nUSER voiceforge\n" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+def test_gpu_extra_and_overrides_name_the_gpu_engines() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extra = " ".join(project["project"]["optional-dependencies"]["gpu"])
+    for package in ("chatterbox-tts", "vocos", "faster-whisper"):
+        assert package in extra
+    overrides = (REPO / "docker" / "gpu-overrides.txt").read_text().split()
+    assert "torch==2.6.0" in overrides
