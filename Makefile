@@ -8,21 +8,26 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.voiceforge-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CHATTERBOX_INPUTS := scripts/install-chatterbox.sh requirements/chatterbox.txt requirements/chatterbox-cpu-constraints.txt
+CHATTERBOX_STAMP  := $(VENV)/.chatterbox-$(shell cat $(CHATTERBOX_INPUTS) | cksum | cut -d' ' -f1)
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test setup models system-deps lint typecheck bench clean
+.PHONY: run test setup test-setup models system-deps lint typecheck bench bench-load clean
 
 run: setup models
 	$(VENV)/bin/voiceforge serve --host $(HOST) --port $(PORT)
 
-test: setup models system-deps lint typecheck
+test: setup test-setup models system-deps lint typecheck
 	@# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 setup: $(STAMP)
+
+# What only the tests need on top of the agent itself.
+test-setup: $(CHATTERBOX_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,16 +44,32 @@ $(STAMP): pyproject.toml | $(PY)
 	rm -f $(VENV)/.voiceforge-*
 	touch $(STAMP)
 
+# chatterbox-tts (tests/chatterbox) next to the CPU torch: its own pins (torch 2.6.0,
+# numpy<2) would replace ours, so the script installs it with --no-deps under a
+# constraints file; see docs/chatterbox.md. Re-runs when the project is reinstalled.
+$(CHATTERBOX_STAMP): $(STAMP) $(CHATTERBOX_INPUTS)
+	@echo "==> installing chatterbox-tts into $(VENV) (keeps torch 2.13.0)"
+	sh scripts/install-chatterbox.sh $(VENV)
+	rm -f $(VENV)/.chatterbox-*
+	touch $(CHATTERBOX_STAMP)
+
 # Assemble and verify the default GGUF (Qwen2.5-Coder 0.5B Instruct) once.
 models: setup
 	$(PY) -m pipeline.models
 
-# Packages the tests need from Debian: espeak-ng speaks the test questions.
+# Packages the tests need from Debian, as command:package pairs: espeak-ng speaks the
+# test questions; chromium runs the voice chat page in tests/web (playwright drives
+# /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu).
+SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose
+
 system-deps:
-	@command -v espeak-ng >/dev/null || { \
-	  echo "==> installing espeak-ng"; \
+	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq espeak-ng; }
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -59,6 +80,13 @@ typecheck: setup
 bench: setup models system-deps
 	mkdir -p out
 	$(PY) -m loadtest.latency --turns 20 --json out/latency.json --plot out/latency.png
+
+# Capacity of the bench profile (docs/benchmarks.md); the command starts the server.
+bench-load: setup system-deps
+	mkdir -p out
+	$(PY) -m loadtest --sweep 50,100,150,200,250,300 --duration 60 --ramp 10 --budget-ms 50 \
+	  --json out/loadtest-bench-sweep.json --sweep-plot out/loadtest-bench-sweep.png \
+	  --plot out/loadtest-bench-latency.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -49,9 +49,16 @@ def _serve(args: argparse.Namespace) -> int:
     progress(f"ready: connect to ws://{shown_host}:{port}/ws")
     progress(f"health http://{shown_host}:{port}/healthz, metrics http://{shown_host}:{port}/metrics")
     progress(f"try it: voiceforge talk question.wav --url ws://{shown_host}:{port}/ws")
+    progress(f"or talk in a browser: http://{shown_host}:{port}/")
     config = uvicorn.Config(
         app,
         ws_max_size=settings.hard_max_frame_bytes,
+        # PCM barely compresses: permessage-deflate cost ~14% of the server's CPU
+        # under load (docs/benchmarks.md) for nothing.
+        ws_per_message_deflate=False,
+        # "auto" takes uvloop (installed by uvicorn[standard]); "asyncio" is there
+        # to measure the difference (docs/benchmarks.md).
+        loop=os.environ.get("VOICEFORGE_EVENT_LOOP", "auto"),
         log_level="info",
         timeout_graceful_shutdown=5,
     )

@@ -152,6 +152,7 @@ class VoiceForgeClient:
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             open_timeout=open_timeout,
             max_size=max_size,
+            compression=None,  # PCM barely compresses; deflate only costs CPU
         )
         first = decode_server_frame(await connection.recv(decode=False))
         if not isinstance(first, SessionCreated):
@@ -330,6 +331,15 @@ class VoiceForgeClient:
                     if state.buffer_end + interval_s < now:
                         continue  # finished and already reported
                     await self.report_played(response_id, self.playback.played_ms(response_id, now))
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone: closed by either side, or dropped."""
+        return self._reader.done()
+
+    def abort(self) -> None:
+        """Drop the connection with no close handshake, as a caller losing signal would."""
+        self._ws.transport.abort()
 
     async def close(self) -> None:
         if self._reporter is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pipeline.errors import ConfigurationError
 
-PROFILES = ("embedded",)
+PROFILES = ("embedded", "bench", "gpu")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -76,6 +76,11 @@ class Settings:
     whisper_compute_type: str = "int8"
     piper_voice: str | None = None
     threads: int = 2
+    # Phone bridges (WebRTC, telephony): docs/telephony.md.
+    echo_guard: bool = True
+    """Suppress incoming audio that may be the echo of the agent's own voice on paths
+    without echo cancellation (telephony; WebRTC offers not marked echo_cancelled)."""
+    echo_return_loss_db: float = 6.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -91,6 +96,10 @@ class Settings:
         settings.whisper_model = _env("VOICEFORGE_WHISPER_MODEL")
         settings.piper_voice = _env("VOICEFORGE_PIPER_VOICE")
         settings.threads = _env_int("VOICEFORGE_THREADS", settings.threads)
+        settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
+        settings.echo_return_loss_db = float(
+            _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
+        )
         return settings
 
     def validate(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from pipeline.events import ResponseDone
 
@@ -21,6 +21,9 @@ STAGES = {
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_cpu_seconds_total and process_resident_memory_bytes: the load
+        # generator scrapes them before and after a run (Linux only; elsewhere empty).
+        ProcessCollector(registry=self.registry)
         self.first_audio = Histogram(
             "voiceforge_end_of_speech_to_first_audio_seconds",
             "End of the caller's speech to the first reply audio sent",

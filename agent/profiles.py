@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from agent.bench_profile import build_bench
 from agent.config import Settings
 from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine
@@ -92,8 +93,17 @@ async def _warm_up(llm: LLMEngine) -> None:
         pass
 
 
+def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
+    """Production: vLLM over HTTP, batched Whisper on CUDA, Chatterbox (agent/gpu.py)."""
+    from agent.gpu import build_gpu as build
+
+    return build(settings, progress)
+
+
 BUILDERS: dict[str, Callable[[Settings, Progress], Engines]] = {
     "embedded": build_embedded,
+    "bench": build_bench,
+    "gpu": build_gpu,
 }
 """Profile name → the function that loads its engines."""
 

@@ -231,7 +231,7 @@ _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "partial_transcript_interval_ms": (0.0, 10_000.0),
 }
 _INT_FIELDS: dict[str, tuple[int, int]] = {"max_response_tokens": (1, 2048)}
-_BOOL_FIELDS = {"speculative_response"}
+_BOOL_FIELDS = {"speculative_response", "speculative_transcript", "first_chunk_at_clause"}
 
 
 def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str, Any]:

@@ -13,15 +13,18 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agent.bridge import BridgeSession
 from agent.config import Settings
 from agent.limits import AudioRateLimiter, OutboundQueue
 from agent.metrics import Metrics
@@ -54,6 +57,8 @@ CLOSE_TOO_SLOW = 1008
 CLOSE_GOING_AWAY = 1001
 
 EngineFactory = Callable[[], Engines]
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+"""The static voice chat page and JS SDK, served at ``/``."""
 
 
 def session_view(config: SessionConfig) -> dict[str, Any]:
@@ -68,6 +73,8 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "temperature": config.temperature,
         "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
         "speculative_response": config.speculative_response,
+        "speculative_transcript": config.speculative_transcript,
+        "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
     }
 
 
@@ -172,6 +179,9 @@ class _Session:
             turn = changes.pop("turn", None)
             if turn is not None:
                 changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
+            at_clause = changes.pop("first_chunk_at_clause", None)
+            if at_clause is not None:
+                changes["chunker"] = replace(current.chunker, first_chunk_at_clause=at_clause)
             updated = replace(current, **changes)
         except ProtocolError as exc:
             self.error(exc.code, str(exc))
@@ -189,9 +199,11 @@ class AppState:
         self.engines = engines
         self.metrics = Metrics()
         self.sessions: set[_Session] = set()
+        self.bridge_sessions: set[BridgeSession] = set()
+        """WebRTC calls: not tied to an HTTP connection, so hung up at shutdown."""
 
 
-def _authorized(websocket: WebSocket, api_key: str | None) -> bool:
+def _authorized(websocket: HTTPConnection, api_key: str | None) -> bool:
     if api_key is None:
         return True
     presented: list[str] = []
@@ -231,31 +243,37 @@ async def _websocket(websocket: WebSocket) -> None:
     )
     conversation.start()
     writer = asyncio.create_task(session.writer())
+    # One long-lived reader task, not a task and a wait per frame: that was a
+    # hot spot of the event loop under load (docs/benchmarks.md).
+    reader = asyncio.create_task(_read_frames(websocket, session))
     try:
-        while True:
-            receive = asyncio.create_task(websocket.receive())
-            done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
-                receive.cancel()
-                break
-            message = receive.result()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("bytes")
-            if data is None:
-                session.error("malformed_frame", "frames must be binary msgpack, not text")
-                continue
-            session.handle(data)
-    except WebSocketDisconnect:
-        pass
+        await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and not reader.cancelled():
+            exc = reader.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                raise exc
     finally:
+        reader.cancel()
         writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await asyncio.gather(reader, writer, return_exceptions=True)
         await conversation.close()
         state.sessions.discard(session)
         state.metrics.sessions_active.dec()
         with contextlib.suppress(Exception):
             await websocket.close(CLOSE_GOING_AWAY)
+
+
+async def _read_frames(websocket: WebSocket, session: _Session) -> None:
+    """Hand every client frame to the session until the client disconnects."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None:
+            session.error("malformed_frame", "frames must be binary msgpack, not text")
+            continue
+        session.handle(data)
 
 
 async def _healthz(request: Request) -> Response:
@@ -277,6 +295,8 @@ async def _metrics(request: Request) -> Response:
 
 def create_app(settings: Settings, engines: Engines | EngineFactory) -> Starlette:
     """The ASGI app. ``engines`` may be built already (tests share them) or a factory."""
+    # The phone bridges import this module (auth, session view): imported late.
+    from agent import telephony, webrtc
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -286,6 +306,7 @@ def create_app(settings: Settings, engines: Engines | EngineFactory) -> Starlett
         try:
             yield
         finally:
+            await webrtc.close_all(app.state.voiceforge)
             await built.vad.stop()
 
     return Starlette(
@@ -293,6 +314,10 @@ def create_app(settings: Settings, engines: Engines | EngineFactory) -> Starlett
             WebSocketRoute("/ws", _websocket),
             Route("/healthz", _healthz),
             Route("/metrics", _metrics),
+            *webrtc.routes,
+            *telephony.routes,
+            # The browser voice chat page (web/); last, so it never shadows the API.
+            Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="web"),
         ],
         lifespan=lifespan,
     )

@@ -22,16 +22,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from agent.caller import Caller
 from agent.client import VoiceForgeClient
+from agent.protocol import ServerMessage
 from loadtest.speech import speak
 from pipeline.events import ResponseDone, SpeechStopped, TranscriptFinal
 
@@ -90,32 +91,40 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def spawned_server() -> Iterator[str]:
-    """``voiceforge serve --port 0`` in a child process; yields its ws:// URL."""
+def spawned_server(profile: str = "embedded", *, echo: bool = True) -> Iterator[str]:
+    """``voiceforge serve --port 0`` on 127.0.0.1 in a child process; yields its ws:// URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "serve", "--port", "0"],
+        [sys.executable, "-m", "agent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+         "--profile", profile],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert process.stdout is not None
+    stdout = process.stdout
+    drain: threading.Thread | None = None
+    seen: list[str] = []
     try:
-        assert process.stdout is not None
         deadline = time.monotonic() + 300
         url = None
         while time.monotonic() < deadline:
-            line = process.stdout.readline()
+            line = stdout.readline()
             if not line:
-                raise RuntimeError("server exited before it was ready")
-            print(f"  server: {line.rstrip()}", flush=True)
+                tail = "".join(seen[-15:])
+                raise RuntimeError(f"server exited before it was ready; its output:\n{tail}")
+            seen.append(line)
+            if echo:
+                print(f"  server: {line.rstrip()}", flush=True)
             match = re.search(r"ready: connect to (ws://\S+)", line)
             if match:
                 url = match.group(1)
                 break
         if url is None:
             raise RuntimeError("server not ready within 300 s")
-        # Keep draining the server's output so it never blocks on a full pipe.
-        stdout = process.stdout
-        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+        # Keep draining the server's output so it never blocks on a full pipe; the
+        # thread closes the pipe at EOF, once the server has exited.
+        drain = threading.Thread(target=_drain, args=(stdout,), daemon=True)
+        drain.start()
         yield url
     finally:
         process.terminate()
@@ -123,6 +132,17 @@ def spawned_server() -> Iterator[str]:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(timeout=15)
+        if drain is not None:
+            drain.join(timeout=15)
+        else:
+            stdout.close()
+
+
+def _drain(stream: IO[str]) -> None:
+    with stream:
+        for _ in stream:
+            pass
 
 
 async def run_turns(
@@ -160,14 +180,7 @@ async def one_turn(
     assert isinstance(done, ResponseDone)
     finals = [m for m in caller.messages(TranscriptFinal, after=start)]
     stops = [m for m in caller.messages(SpeechStopped, after=start)]
-    client_ms = None
-    first_audio = client.first_audio_at.get(done.response_id)
-    if stops and first_audio is not None:
-        last_stop = stops[-1]
-        assert isinstance(last_stop, SpeechStopped)
-        sent = client.sent_at(last_stop.audio_end_ms)
-        if sent is not None:
-            client_ms = (first_audio - sent) * 1000
+    client_ms = client_latency_ms(client, stops, done.response_id)
     # Let the caller "hear" the end of the reply before asking the next question.
     await asyncio.sleep(0.5)
     return Turn(
@@ -179,6 +192,20 @@ async def one_turn(
         client_ms=client_ms,
         timings=dict(done.timings),
     )
+
+
+def client_latency_ms(
+    client: VoiceForgeClient, stops: Sequence[ServerMessage], response_id: str
+) -> float | None:
+    """Client-side end of speech → first audio: sending the audio that held the
+    last ``speech_stopped`` → receiving the reply's first audio delta."""
+    first_audio = client.first_audio_at.get(response_id)
+    if not stops or first_audio is None:
+        return None
+    last_stop = stops[-1]
+    assert isinstance(last_stop, SpeechStopped)
+    sent = client.sent_at(last_stop.audio_end_ms)
+    return None if sent is None else (first_audio - sent) * 1000
 
 
 def summarize(turns: list[Turn]) -> dict[str, Any]:

@@ -27,14 +27,21 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler, float_to_pcm16
 from pipeline.chunker import ChunkerConfig, TextChunk, TextChunker
-from pipeline.engines.base import ChatMessage, FloatAudio, LLMEngine, STTEngine, TTSEngine
+from pipeline.engines.base import (
+    ChatMessage,
+    FloatAudio,
+    LLMEngine,
+    SessionScopedLLM,
+    STTEngine,
+    TTSEngine,
+)
 from pipeline.errors import (
     EngineError,
     LLMError,
@@ -108,6 +115,9 @@ class SessionConfig:
     audio_delta_ms: float = 100.0
     """Maximum duration of one audio delta."""
     max_history_turns: int = 50
+    speculative_transcript: bool = True
+    """Start the final transcription when silence begins rather than at the end of
+    turn; off, the reply cannot start speculatively either (loadtest on/off runs)."""
     speculative_response: bool = True
     """Start the reply (LLM and TTS) on the speculative transcript while the end of
     turn is still being confirmed; its events are held back until the turn ends and
@@ -123,6 +133,12 @@ class Engines:
     llm: LLMEngine
     tts: TTSEngine
     vad: BatchedVADWorker
+
+    def for_session(self, session_id: str) -> Engines:
+        """The engines one call uses: an LLM that routes by call gets a per-call view."""
+        if isinstance(self.llm, SessionScopedLLM):
+            return replace(self, llm=self.llm.for_session(session_id))
+        return self
 
 
 class ResponsePhase(enum.Enum):
@@ -233,9 +249,9 @@ class Conversation:
         *,
         session_id: str | None = None,
     ) -> None:
-        self.engines = engines
         self.config = config or SessionConfig()
         self.session_id = session_id or f"sess_{uuid.uuid4().hex[:12]}"
+        self.engines = engines.for_session(self.session_id)
         self._emit = emit
         self.history = History(self.config.instructions, max_turns=self.config.max_history_turns)
         self._detector = TurnDetector(self.config.turn, frame_ms=FRAME_MS)
@@ -392,7 +408,8 @@ class Conversation:
         elif isinstance(event, TurnSpeechStopped):
             self._speech_end_ms = event.end_ms
             self._emit(SpeechStopped(audio_end_ms=event.end_ms))
-            self._start_speculation(event.end_ms + pad)
+            if self.config.speculative_transcript:
+                self._start_speculation(event.end_ms + pad)
         elif isinstance(event, SpeechResumed):
             self._speech_end_ms = None
             self._discard_speculation()
@@ -518,6 +535,7 @@ class Conversation:
         if any(isinstance(event, ResponseAudioDelta) for event in held):
             draft.first_audio_at = now
             draft.timings["end_of_speech_to_first_audio_ms"] = (now - draft.started_at) * 1000
+            _time_from_end_of_turn(draft.timings)
         for event in held:
             self._emit(event)
         draft.released.set()
@@ -670,6 +688,11 @@ class Conversation:
             response.played_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(response.played_event.wait(), deadline - now)
+            if response.phase is not ResponsePhase.PLAYING:
+                # Cancelled (barge-in) just as the played report came in: Python
+                # 3.11's wait_for can return the result and swallow the
+                # cancellation (found by loadtest/). The finisher settles it.
+                return
         response.move(ResponsePhase.FINISHING)
         if failure is None:
             self.history.add_assistant(response.text)
@@ -744,6 +767,7 @@ class Conversation:
                 response.timings["end_of_speech_to_first_audio_ms"] = (
                     now - response.started_at
                 ) * 1000
+                _time_from_end_of_turn(response.timings)
             duration = len(piece) * 1000.0 / rate
             response.audio_ms += duration
             self._response_emit(
@@ -806,6 +830,18 @@ class Conversation:
         )
         if self._response is response:
             self._response = None
+
+
+def _time_from_end_of_turn(timings: dict[str, float]) -> None:
+    """The server's own overhead: end of turn decided → first audio sent.
+
+    ``started_at`` is the speech end and the end of turn came
+    ``end_of_turn_wait_ms`` later (0 for typed turns), so the difference is
+    everything the server and its engines added after the caller's turn was over.
+    """
+    timings["end_of_turn_to_first_audio_ms"] = timings[
+        "end_of_speech_to_first_audio_ms"
+    ] - timings.get("end_of_turn_wait_ms", 0.0)
 
 
 def _error_code(exc: EngineError) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from typing import Literal, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -61,6 +61,21 @@ class LLMEngine(Protocol):
         cancelling the task that iterates it stops generation promptly (closing
         the HTTP stream for remote engines). Raises LLMError subclasses.
         """
+        ...
+
+
+@runtime_checkable
+class SessionScopedLLM(Protocol):
+    """An LLM that wants to know which call a request belongs to (optional).
+
+    A replicated server keeps one call on one replica (so its prefix cache is
+    reused) when every request of the call carries the same routing key.
+    ``Engines.for_session`` asks such an engine for a per-call view; the
+    ``LLMEngine.stream`` seam itself stays session-agnostic.
+    """
+
+    def for_session(self, session_id: str) -> LLMEngine:
+        """An engine that tags every request it sends with ``session_id``."""
         ...
 
 

@@ -67,8 +67,12 @@ class OpenAICompatLLM:
         *,
         max_tokens: int = 256,
         temperature: float = 0.7,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Yield text deltas; closing or cancelling closes the HTTP stream."""
+        """Yield text deltas; closing or cancelling closes the HTTP stream.
+
+        ``extra_headers`` are sent with this request only (a per-call routing key).
+        """
         deadline = time.monotonic() + self.first_token_timeout_s
         request: list[Any] = [dict(message) for message in messages]
         try:
@@ -79,6 +83,7 @@ class OpenAICompatLLM:
                     max_tokens=max_tokens,
                     temperature=temperature,
                     stream=True,
+                    extra_headers=dict(extra_headers) if extra_headers else None,
                 ),
                 deadline - time.monotonic(),
                 "first token",

@@ -7,6 +7,7 @@ apart from the tests' client loop); the engines load once per test session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,12 @@ class RunningServer:
 def embedded_engines() -> Engines:
     if not espeak_available():
         pytest.fail("espeak-ng is required for the end-to-end tests (make test installs it)")
+    return load_embedded_engines()
+
+
+@functools.cache
+def load_embedded_engines() -> Engines:
+    """Loaded once per test run, whichever test folder asks first (tests/bridges too)."""
     return build_embedded(Settings(), progress=lambda line: None)
 
 
