@@ -1,9 +1,12 @@
-// The voice chat page: wires the SDK (voiceforge.js) to the DOM. Settings live in
-// localStorage (the API key only in sessionStorage); `?instructions=…` and
-// `?partials=1` in the URL override them. window.voiceforge exposes the SDK's
-// counters (state, played frames per response id, ...) for tests and curious people.
+// The voice chat page: wires a transport to the DOM, either the WebSocket SDK
+// (voiceforge.js) or the WebRTC bridge's client (webrtc.js); both dispatch the same
+// events. Settings live in localStorage (the API key and TURN credential only in
+// sessionStorage); `?instructions=…`, `?partials=1` and `?transport=webrtc` in the
+// URL override them. window.voiceforge exposes the transport's counters (state,
+// played frames per response id, ...) for tests and curious people.
 
 import { VoiceChat, VoiceForgeError, defaultServerUrl } from "./voiceforge.js";
+import { WebRTCChat, iceServersFrom, offerUrlFor } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
 const STATE_LABELS = {
@@ -26,6 +29,7 @@ const STAGE_LABELS = {
 };
 const FLAG_TIMINGS = new Set(["speculative_transcript", "speculative_response", "played_source_client"]);
 const STORE_KEY = "voiceforge.settings";
+const TRANSPORTS = ["websocket", "webrtc"];
 
 let chat = null;
 let wantConnected = false;
@@ -51,6 +55,12 @@ function loadSettings() {
   $("gain").checked = saved.gain ?? true;
   $("partials").checked = params.has("partials") ? params.get("partials") === "1" : saved.partials ?? false;
   $("key").value = sessionStorage.getItem("voiceforge.key") || "";
+  const transport = params.get("transport") ?? saved.transport;
+  $("transport").value = TRANSPORTS.includes(transport) ? transport : "websocket";
+  $("ice-servers").value = saved.iceServers || "";
+  $("ice-username").value = saved.iceUsername || "";
+  $("ice-credential").value = sessionStorage.getItem("voiceforge.iceCredential") || "";
+  showTransportSettings();
   if (saved.voice) {
     const option = new Option(saved.voice, saved.voice);
     $("voice").append(option);
@@ -68,13 +78,23 @@ function saveSettings() {
     noise: $("noise").checked,
     gain: $("gain").checked,
     partials: $("partials").checked,
+    transport: $("transport").value,
+    iceServers: $("ice-servers").value.trim(),
+    iceUsername: $("ice-username").value.trim(),
   };
   try {
     localStorage.setItem(STORE_KEY, JSON.stringify(settings));
     sessionStorage.setItem("voiceforge.key", $("key").value);
+    sessionStorage.setItem("voiceforge.iceCredential", $("ice-credential").value);
   } catch {
     /* private mode: settings just do not persist */
   }
+}
+
+function showTransportSettings() {
+  const webrtc = $("transport").value === "webrtc";
+  $("transport-note").hidden = !webrtc;
+  $("webrtc-settings").hidden = !webrtc;
 }
 
 function sessionFields() {
@@ -307,16 +327,35 @@ async function start() {
   saveSettings();
   wantConnected = true;
   setConnected(false);
-  chat = new VoiceChat({
-    url: $("url").value.trim() || defaultServerUrl(),
-    apiKey: $("key").value.trim() || null,
-    session: sessionFields(),
-    microphone: {
-      echoCancellation: $("echo").checked,
-      noiseSuppression: $("noise").checked,
-      autoGainControl: $("gain").checked,
-    },
-  });
+  const microphone = {
+    echoCancellation: $("echo").checked,
+    noiseSuppression: $("noise").checked,
+    autoGainControl: $("gain").checked,
+  };
+  const url = $("url").value.trim() || defaultServerUrl();
+  const apiKey = $("key").value.trim() || null;
+  try {
+    chat =
+      $("transport").value === "webrtc"
+        ? new WebRTCChat({
+            offerUrl: offerUrlFor(url),
+            apiKey,
+            microphone,
+            iceServers: iceServersFrom($("ice-servers").value, {
+              username: $("ice-username").value.trim(),
+              credential: $("ice-credential").value,
+            }),
+            audioElement: $("agent-audio"),
+          })
+        : new VoiceChat({ url, apiKey, session: sessionFields(), microphone });
+  } catch (error) {
+    wantConnected = false;
+    setConnected(false);
+    const message = `Bad server URL ${url}: ${error.message}`;
+    showBanner(message);
+    note(message, { error: true });
+    return;
+  }
   window.voiceforge = chat.stats;
   wire(chat);
   try {
@@ -361,13 +400,16 @@ function init() {
   $("settings-form").addEventListener("submit", (event) => {
     event.preventDefault();
     saveSettings();
-    if (chat && chat.ready) {
+    if (chat instanceof WebRTCChat) {
+      $("apply-note").textContent = "Saved. A WebRTC call keeps the server's session settings; the connection settings apply on the next Start.";
+    } else if (chat && chat.ready) {
       chat.updateSession(sessionFields());
       $("apply-note").textContent = "Applied from the next reply.";
     } else {
       $("apply-note").textContent = "Saved; used on the next Start.";
     }
   });
+  $("transport").addEventListener("change", showTransportSettings);
   $("clear-log").addEventListener("click", () => {
     $("log").replaceChildren();
     turns.clear();

@@ -44,7 +44,9 @@ def _caller_wav(path: Path) -> None:
     audio = np.concatenate(
         [
             silence(0.5, WAV_RATE),
-            speak("What is the capital of France?", WAV_RATE),
+            # Asking for a story (not only instructing it): the 0.5B model answers a
+            # short question briefly whatever its instructions say.
+            speak("Please tell me a long story about a brave dragon.", WAV_RATE),
             silence(12.0, WAV_RATE),
             interruption,
             silence(12.0, WAV_RATE),
@@ -100,7 +102,7 @@ def test_talk_interrupt_and_screenshot(
     _wait(
         page,
         """() => [...document.querySelectorAll('#log li.user')].some(
-               (li) => /capital/i.test(li.textContent) && /france/i.test(li.textContent))""",
+               (li) => /story/i.test(li.textContent) && /dragon/i.test(li.textContent))""",
         "the question's transcript",
     )
     # The agent's reply text, and its audio through the playback worklet.
