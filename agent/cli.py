@@ -1,4 +1,4 @@
-"""``voiceforge serve`` and ``voiceforge talk``."""
+"""``voiceforge serve``, ``voiceforge talk`` and ``voiceforge train-vocoder``."""
 
 from __future__ import annotations
 
@@ -151,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     talk.add_argument("--url", default="ws://127.0.0.1:8000/ws")
     talk.add_argument("--out", type=Path, default=Path("reply.wav"), help="where to save the reply")
     talk.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
+    # Listed here; its own parser (pipeline.training.vocoder) reads its arguments, so
+    # serve and talk never import the training code.
+    commands.add_parser("train-vocoder", help="train Vocos for Chatterbox (docs/vocos.md)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train-vocoder"]:
+        from pipeline.training.vocoder import main as train_vocoder
+
+        try:
+            return train_vocoder(argv[1:], prog="voiceforge train-vocoder")
+        except VoiceForgeError as exc:
+            print(f"voiceforge: {exc}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

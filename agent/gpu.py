@@ -15,6 +15,7 @@ Settings (environment; docs/deploy-gpu.md has the full table):
   (``cuda``), ``VOICEFORGE_WHISPER_COMPUTE_TYPE`` (``float16``),
   ``VOICEFORGE_STT_BATCH_WINDOW_MS`` (10), ``VOICEFORGE_STT_MAX_BATCH`` (8).
 - ``VOICEFORGE_TTS`` (``chatterbox`` or ``piper``), ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
+- ``VOICEFORGE_VOCODER`` (``hift`` or ``vocos``), ``VOICEFORGE_VOCOS_WEIGHTS`` (folder or hub id).
 """
 
 from __future__ import annotations
@@ -257,5 +258,8 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         os.environ.get("VOICEFORGE_CHATTERBOX_DIR") or None,  # None: from_pretrained
         device=gpu.tts_device,
         voices_dir=os.environ.get("VOICEFORGE_VOICES_DIR") or None,
+        # HiFT unless a trained Vocos is named (docs/vocos.md).
+        vocoder=os.environ.get("VOICEFORGE_VOCODER") or "hift",
+        vocos_weights=os.environ.get("VOICEFORGE_VOCOS_WEIGHTS") or None,
     )
     return engine

@@ -31,4 +31,4 @@ if ! "$PY" -c "import torchaudio" >/dev/null 2>&1; then
     [ -e "$so" ] && mv "$so" "$so.disabled"
   done
 fi
-"$PY" -W ignore -c "import torch, numpy, chatterbox.tts, perth; assert perth.PerthImplicitWatermarker is not None; print('chatterbox-tts ready: torch', torch.__version__, 'numpy', numpy.__version__)"
+"$PY" -W ignore -c "import torch, numpy, chatterbox.tts, perth, vocos.heads; assert perth.PerthImplicitWatermarker is not None; print('chatterbox-tts ready: torch', torch.__version__, 'numpy', numpy.__version__)"

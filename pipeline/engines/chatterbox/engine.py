@@ -25,6 +25,7 @@ from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
 from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
 from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
+from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
@@ -85,6 +86,8 @@ class ChatterboxTTS:
         compile: bool = False,
         seed: int | None = None,
         t3_config: Any = None,
+        vocoder: str = "hift",
+        vocos_weights: str | Path | None = None,
     ) -> None:
         """Load Chatterbox and prepare every voice of the library.
 
@@ -100,7 +103,9 @@ class ChatterboxTTS:
         cannot load is a ModelLoadError. ``bf16``: T3 in bfloat16 (S3Gen stays
         float32). ``compile``: ``torch.compile`` the T3 backbone and the flow
         estimator. ``t3_config``: a ``T3Config`` for checkpoints that are not the
-        default size.
+        default size. ``vocoder``: ``"hift"`` (the library's, the default) or
+        ``"vocos"`` (Vocos trained for S3Gen's mel, loaded from ``vocos_weights``:
+        a local folder or a hub id; see docs/vocos.md).
         """
         if first_chunk_tokens < 5 or chunk_tokens < 1:
             raise ConfigurationError(
@@ -111,6 +116,12 @@ class ChatterboxTTS:
             raise ConfigurationError(
                 "left_context_tokens must be >= 0, cfm_steps and max_new_tokens >= 1"
             )
+        if vocoder not in VOCODERS:
+            raise ConfigurationError(
+                f"unknown vocoder {vocoder!r}: choose one of {', '.join(VOCODERS)}"
+            )
+        if vocoder == "vocos" and vocos_weights is None:
+            raise ConfigurationError("vocoder='vocos' needs vocos_weights (a folder or hub id)")
         if bf16 and not device.startswith("cuda"):
             raise ConfigurationError("bf16 is for CUDA devices; run float32 on CPU")
         self.name = f"chatterbox:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
@@ -137,6 +148,9 @@ class ChatterboxTTS:
         try:
             self._executor.submit(
                 self._load, checkpoint_dir, device, t3_config, library, compile
+            ).result()
+            self.vocoder: Vocoder = self._executor.submit(
+                build_vocoder, vocoder, self._model.s3gen, vocos_weights=vocos_weights
             ).result()
             self.default_voice = self._pick_default_voice(default_voice)
         except BaseException:
@@ -266,6 +280,7 @@ class ChatterboxTTS:
             cfm_steps=self.cfm_steps,
             left_context_tokens=self.left_context_tokens,
             generator=generator,
+            vocoder=self.vocoder,
         )
         tokens = progress.speech_tokens
         chunk_size = self.first_chunk_tokens

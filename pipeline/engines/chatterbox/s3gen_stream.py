@@ -8,10 +8,11 @@ The recipe is CosyVoice2's streaming ``token2wav``, with a bounded left context:
   means in the library); the last chunk keeps everything.
 - One noise tensor per utterance: the flow's starting noise at mel frame ``i`` is
   the same in every pass that covers frame ``i``, so overlapping passes agree.
-- HiFT gets the last 8 mel frames of the previous chunk in front of the new ones,
-  and the previous chunk's harmonic source for those frames, so the oscillator
-  phase carries on. The last 8 frames' audio is held back and cross-faded (Hamming)
-  into the start of the next chunk's audio.
+- The vocoder (``vocoder.py``: HiFT by default, or Vocos) decodes each chunk's mel
+  with context from the previous chunks; the last 8 frames' audio is held back and
+  cross-faded (Hamming) into the start of the next chunk's audio. HiFT re-reads
+  those 8 mel frames with the harmonic source it made for them, so its
+  oscillator phase carries on; Vocos re-reads its receptive field.
 
 Every mel frame is 480 samples and is emitted exactly once, so the streamed audio
 is as long as a whole-utterance decode of the same tokens.
@@ -26,12 +27,10 @@ import numpy as np
 import torch
 
 from pipeline.engines.base import FloatAudio
+from pipeline.engines.chatterbox.vocoder import HiFTVocoder, Vocoder
 
 SAMPLES_PER_MEL_FRAME = 480
 MEL_FRAMES_PER_TOKEN = 2
-HIFT_CACHE_FRAMES = 8
-"""Mel frames HiFT re-reads from the previous chunk; their audio is the cross-fade."""
-CROSSFADE_SAMPLES = HIFT_CACHE_FRAMES * SAMPLES_PER_MEL_FRAME
 
 
 class S3GenStream:
@@ -46,8 +45,10 @@ class S3GenStream:
         cfm_steps: int = 10,
         left_context_tokens: int = 50,
         generator: torch.Generator | None = None,
+        vocoder: Vocoder | None = None,
     ) -> None:
         self._s3gen = s3gen
+        self._vocoder = (vocoder or HiFTVocoder(s3gen)).stream()
         self._ref_dict = ref_dict
         self._cfm_steps = cfm_steps
         self._left_context = left_context_tokens
@@ -57,13 +58,8 @@ class S3GenStream:
         self._noise = torch.randn(1, 80, frames, generator=generator).to(
             device=s3gen.device, dtype=s3gen.dtype
         )
-        window = torch.hamming_window(2 * CROSSFADE_SAMPLES, periodic=False, dtype=torch.float32)
-        self._fade_in, self._fade_out = window[:CROSSFADE_SAMPLES], window[CROSSFADE_SAMPLES:]
         self.decoded_tokens = 0
         """Tokens whose audio has been emitted (or is held back for the cross-fade)."""
-        self._mel_cache: torch.Tensor | None = None
-        self._source_cache: torch.Tensor | None = None
-        self._held_audio: torch.Tensor | None = None
         self.finished = False
 
     def decode(self, tokens: Sequence[int], *, final: bool) -> FloatAudio:
@@ -79,11 +75,10 @@ class S3GenStream:
             if not final:
                 return np.zeros(0, dtype=np.float32)
             self.finished = True
-            held = self._held_audio
-            return np.zeros(0, dtype=np.float32) if held is None else _to_numpy(held)
+            return _to_numpy(self._vocoder.flush())
         with torch.inference_mode():
             mel = self._mel(tokens, end)
-            audio = self._vocode(mel, final=final)
+            audio = self._vocoder.push(mel, final=final)
         self.decoded_tokens = end
         self.finished = final
         return _to_numpy(audio)
@@ -118,31 +113,6 @@ class S3GenStream:
         last = MEL_FRAMES_PER_TOKEN * (end - start)
         result: torch.Tensor = mel[:, :, first:last]
         return result
-
-    def _vocode(self, mel: torch.Tensor, *, final: bool) -> torch.Tensor:
-        hift = self._s3gen.mel2wav
-        if self._mel_cache is None or self._source_cache is None:
-            source_cache = torch.zeros(1, 1, 0, device=mel.device, dtype=mel.dtype)
-        else:
-            mel = torch.cat([self._mel_cache, mel], dim=2)
-            source_cache = self._source_cache
-        raw_speech, source = hift.inference(speech_feat=mel, cache_source=source_cache)
-        speech: torch.Tensor = raw_speech.float().cpu()[0]
-        if self._held_audio is None:
-            # The library's own fade-in over the first 40 ms (HiFT's start-up transient).
-            fade = self._s3gen.trim_fade.float().cpu()
-            speech[: len(fade)] *= fade[: len(speech)]
-        else:
-            speech[:CROSSFADE_SAMPLES] = (
-                speech[:CROSSFADE_SAMPLES] * self._fade_in + self._held_audio * self._fade_out
-            )
-        if final:
-            self._held_audio = None
-            return speech
-        self._mel_cache = mel[:, :, -HIFT_CACHE_FRAMES:]
-        self._source_cache = source[:, :, -CROSSFADE_SAMPLES:]
-        self._held_audio = speech[-CROSSFADE_SAMPLES:].clone()
-        return speech[:-CROSSFADE_SAMPLES]
 
 
 def _to_numpy(audio: torch.Tensor) -> FloatAudio:
