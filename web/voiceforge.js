@@ -52,6 +52,37 @@ export const ERROR_CODES = [
 ];
 
 /** Where the page's own server accepts the protocol. */
+/**
+ * The microphone as a MediaStream, with ``microphone`` constraints (echo
+ * cancellation, noise suppression, automatic gain). Both transports use it, so
+ * both explain a denied or missing microphone the same way.
+ */
+export async function openMicrophone(microphone) {
+  if (!globalThis.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+    throw new VoiceForgeError(
+      "insecure_context",
+      "The microphone needs a secure page: open it as http://localhost or http://127.0.0.1, or serve it over https.",
+    );
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, ...microphone },
+      video: false,
+    });
+  } catch (error) {
+    if (error && (error.name === "NotAllowedError" || error.name === "SecurityError")) {
+      throw new VoiceForgeError(
+        "microphone_denied",
+        "Microphone access was denied. Allow the microphone for this site (the icon in the address bar), then press Start again.",
+      );
+    }
+    throw new VoiceForgeError(
+      "microphone_unavailable",
+      `No usable microphone (${error && error.name ? error.name : error}). Plug one in or close the app using it, then press Start again.`,
+    );
+  }
+}
+
 export function defaultServerUrl(location = globalThis.location) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws`;
@@ -163,32 +194,11 @@ export class VoiceChat extends EventTarget {
   // ------------------------------------------------------------------ audio
 
   async openAudio() {
-    if (!globalThis.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-      throw new VoiceForgeError(
-        "insecure_context",
-        "The microphone needs a secure page: open it as http://localhost or http://127.0.0.1, or serve it over https.",
-      );
-    }
-    if (typeof AudioWorkletNode === "undefined") {
+    // (An insecure page has no AudioWorklet either: openMicrophone says why.)
+    if (globalThis.isSecureContext && typeof AudioWorkletNode === "undefined") {
       throw new VoiceForgeError("audio_unavailable", "This browser has no AudioWorklet; use a current Chrome, Edge, Firefox or Safari.");
     }
-    try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, ...this.microphone },
-        video: false,
-      });
-    } catch (error) {
-      if (error && (error.name === "NotAllowedError" || error.name === "SecurityError")) {
-        throw new VoiceForgeError(
-          "microphone_denied",
-          "Microphone access was denied. Allow the microphone for this site (the icon in the address bar), then press Start again.",
-        );
-      }
-      throw new VoiceForgeError(
-        "microphone_unavailable",
-        `No usable microphone (${error && error.name ? error.name : error}). Plug one in or close the app using it, then press Start again.`,
-      );
-    }
+    this.stream = await openMicrophone(this.microphone);
     // One context for both directions, at the device's own rate: the capture
     // worklet resamples to 16 kHz, and the server sends replies at this rate when
     // the protocol supports it (no resampling in the browser at all).

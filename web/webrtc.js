@@ -16,7 +16,7 @@
 // Events dispatched, as VoiceChat does: every server message by its `type`, plus
 // `state`, `level` (microphone RMS, 0..1) and `close` ({code, reason, clean}).
 
-import { PROTOCOL_VERSION, VoiceForgeError } from "./voiceforge.js";
+import { PROTOCOL_VERSION, VoiceForgeError, openMicrophone } from "./voiceforge.js";
 
 const DATA_CHANNEL_LABEL = "events";
 const CONNECT_TIMEOUT_MS = 30000;
@@ -152,32 +152,10 @@ export class WebRTCChat extends EventTarget {
   // ------------------------------------------------------------------ audio
 
   async openMicrophone() {
-    if (!globalThis.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
-      throw new VoiceForgeError(
-        "insecure_context",
-        "The microphone needs a secure page: open it as http://localhost or http://127.0.0.1, or serve it over https.",
-      );
-    }
     if (typeof RTCPeerConnection === "undefined") {
       throw new VoiceForgeError("webrtc_unavailable", "This browser has no WebRTC; use the WebSocket connection mode.");
     }
-    try {
-      this.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, ...this.microphone },
-        video: false,
-      });
-    } catch (error) {
-      if (error && (error.name === "NotAllowedError" || error.name === "SecurityError")) {
-        throw new VoiceForgeError(
-          "microphone_denied",
-          "Microphone access was denied. Allow the microphone for this site (the icon in the address bar), then press Start again.",
-        );
-      }
-      throw new VoiceForgeError(
-        "microphone_unavailable",
-        `No usable microphone (${error && error.name ? error.name : error}). Plug one in or close the app using it, then press Start again.`,
-      );
-    }
+    this.stream = await openMicrophone(this.microphone);
     // Analysers only: the level meter and the agent's audible time. Playback is the
     // <audio> element's (Chrome renders a remote track to Web Audio only while an
     // element plays it too).
