@@ -41,6 +41,14 @@ class EchoGuardConfig:
     """Longest echo delay covered: the time from playing a frame to its echo arriving."""
     floor_dbfs: float = -50.0
     """Played audio quieter than this cannot make an echo worth suppressing."""
+    correlation_threshold: float | None = 0.9
+    """A quiet frame is suppressed only if it resembles something just played: its
+    peak normalised cross-correlation with the played audio of the tail reaches
+    this. A line echo (a delayed, attenuated, codec-coloured copy) scores above
+    0.999; a caller talking over the agent scores 0.49 median, 0.78 at the 99th
+    percentile (espeak-ng over Piper, 20 ms frames at 8 kHz), so double talk passes
+    at any level. None: level only (also suppresses quiet double talk; for echo
+    paths that are not linear, e.g. loudspeaker echo without acoustic cancellation)."""
 
     def __post_init__(self) -> None:
         for name in ("echo_return_loss_db", "tail_ms"):
@@ -49,6 +57,9 @@ class EchoGuardConfig:
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
         if not (math.isfinite(self.floor_dbfs) and self.floor_dbfs <= 0.0):
             raise ValueError(f"floor_dbfs must be finite and <= 0, got {self.floor_dbfs}")
+        threshold = self.correlation_threshold
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"correlation_threshold must be in (0, 1], got {threshold}")
 
 
 def rms(audio: FloatAudio) -> float:
@@ -65,8 +76,8 @@ class EchoGuard:
         self.sample_rate = sample_rate
         self._ratio = math.pow(10.0, -config.echo_return_loss_db / 20.0)
         self._floor = math.pow(10.0, config.floor_dbfs / 20.0)
-        # (play start, play end, rms) of each 20 ms piece, in play order.
-        self._pieces: deque[tuple[float, float, float]] = deque()
+        # (play start, play end, rms, samples) of each 20 ms piece, in play order.
+        self._pieces: deque[tuple[float, float, float, FloatAudio]] = deque()
         self.suppressed_frames = 0
 
     def played(self, audio: FloatAudio, play_at: float) -> None:
@@ -75,7 +86,8 @@ class EchoGuard:
         for offset in range(0, len(audio), step):
             piece = audio[offset : offset + step]
             start = play_at + offset / self.sample_rate
-            self._pieces.append((start, start + len(piece) / self.sample_rate, rms(piece)))
+            end = start + len(piece) / self.sample_rate
+            self._pieces.append((start, end, rms(piece), piece))
 
     def flushed(self, now: float) -> None:
         """The caller's playback buffer was cleared at ``now``: nothing later will play."""
@@ -88,7 +100,7 @@ class EchoGuard:
         while self._pieces and self._pieces[0][1] < horizon:
             self._pieces.popleft()
         level = 0.0
-        for start, _end, piece_rms in self._pieces:
+        for start, _end, piece_rms, _samples in self._pieces:
             if start > now:
                 break
             level = max(level, piece_rms)
@@ -99,9 +111,13 @@ class EchoGuard:
         if not self.config.enabled:
             return False
         reference = self.reference_level(now)
-        if reference < self._floor:
+        if reference < self._floor or rms(frame) >= reference * self._ratio:
             return False
-        return rms(frame) < reference * self._ratio
+        threshold = self.config.correlation_threshold
+        if threshold is None:
+            return True
+        played = [samples for start, _end, _rms, samples in self._pieces if start <= now]
+        return bool(played) and peak_correlation(frame, np.concatenate(played)) >= threshold
 
     def filter(self, frame: FloatAudio, now: float) -> FloatAudio:
         """``frame`` unchanged, or silence of the same length where it may be echo."""
@@ -109,3 +125,18 @@ class EchoGuard:
             self.suppressed_frames += 1
             return np.zeros_like(frame)
         return frame
+
+
+def peak_correlation(frame: FloatAudio, reference: FloatAudio) -> float:
+    """Peak |normalised cross-correlation| of ``frame`` against every stretch of
+    ``reference`` of the same length (FFT-based; 0 when either is silent)."""
+    n, m = len(frame), len(reference)
+    frame_norm = float(np.linalg.norm(frame))
+    if n == 0 or m < n or frame_norm == 0.0:
+        return 0.0
+    size = 1 << (n + m - 1).bit_length()
+    spectrum = np.fft.rfft(reference, size) * np.conj(np.fft.rfft(frame, size))
+    correlation = np.fft.irfft(spectrum, size)[: m - n + 1]
+    energy = np.concatenate([[0.0], np.cumsum(np.square(reference, dtype=np.float64))])
+    stretch_norm = np.sqrt(np.maximum(energy[n:] - energy[:-n], 1e-20))
+    return float(np.max(np.abs(correlation) / (stretch_norm * frame_norm)))

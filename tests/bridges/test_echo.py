@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.echo import EchoGuard, EchoGuardConfig
+from pipeline.echo import EchoGuard, EchoGuardConfig, peak_correlation
 
 RATE = 8000
 FRAME = RATE // 50  # 20 ms
@@ -90,3 +90,22 @@ def test_a_larger_echo_return_loss_lets_quieter_barge_ins_through() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         EchoGuardConfig(**kwargs)
+
+
+def test_a_quiet_caller_talking_over_the_reply_passes_unless_level_only() -> None:
+    # Quieter than the reply minus the echo return loss, but nothing like it: double
+    # talk, not echo. A level-only guard cannot tell them apart.
+    caller = (0.05 * np.random.default_rng(7).standard_normal(RATE // 2)).astype(np.float32)
+    correlating = EchoGuard(EchoGuardConfig(), RATE)
+    level_only = EchoGuard(EchoGuardConfig(correlation_threshold=None), RATE)
+    for guard in (correlating, level_only):
+        guard.played(tone(1.0, 0.5), play_at=0.0)
+    for i, frame in enumerate(frames(caller)):
+        assert not correlating.is_echo(frame, 0.3 + i * 0.02)
+        assert level_only.is_echo(frame, 0.3 + i * 0.02)
+
+
+def test_peak_correlation_finds_a_delayed_copy() -> None:
+    reference = tone(0.5, 0.5) + tone(0.5, 0.2, hz=470.0)
+    assert peak_correlation(0.1 * reference[1234 : 1234 + FRAME], reference) > 0.999
+    assert peak_correlation(np.zeros(FRAME, dtype=np.float32), reference) == 0.0

@@ -145,10 +145,9 @@ async def caller(bridge_server: RunningServer) -> AsyncIterator[Caller]:
     async with httpx.AsyncClient(base_url=bridge_server.http, timeout=30) as http:
         reply = await http.post(
             "/webrtc/offer",
-            # True of this synthetic caller: nothing it receives reaches its microphone.
-            # The echo guard (for callers with an echo path) is tested on the
-            # telephony line-echo path and in tests/bridges/test_echo.py.
-            json={"sdp": pc.localDescription.sdp, "type": "offer", "echo_cancelled": True},
+            # No echo_cancelled: the guard stays on, as for a gateway without
+            # cancellation, and the caller must still be able to barge in over it.
+            json={"sdp": pc.localDescription.sdp, "type": "offer"},
         )
     assert reply.status_code == 200, reply.text
     answer = reply.json()
