@@ -8,8 +8,6 @@ closed on the same worker thread, so the next synthesis queues behind it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,8 @@ import numpy as np
 
 from pipeline.audio import resample
 from pipeline.engines.base import FloatAudio
-from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
+from pipeline.engines.threaded import iterate_in_thread, pick_voice
+from pipeline.errors import ConfigurationError, ModelLoadError
 from pipeline.models import piper_voice_paths
 
 DEFAULT_VOICE = "joe"
@@ -72,32 +71,16 @@ class PiperTTS:
         self, text: str, *, voice: str | None = None
     ) -> AsyncGenerator[FloatAudio, None]:
         """Yield float32 chunks at ``sample_rate``, one per sentence, as produced."""
-        voice_name = voice or self.default_voice
-        piper_voice = self._voices.get(voice_name)
-        if piper_voice is None:
-            known = ", ".join(self._voices) or "none"
-            raise TTSError(f"unknown voice {voice_name!r} (known: {known})", transient=False)
+        piper_voice = pick_voice(self._voices, voice, self.default_voice)
         if not text.strip():
             return
-        loop = asyncio.get_running_loop()
         chunks: Iterator[Any] = iter(piper_voice.synthesize(text, self._config))
-        pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+        items = iterate_in_thread(self._executor, chunks, self.name)
         try:
-            while True:
-                try:
-                    chunk = await pending
-                except Exception as error:
-                    raise TTSError(f"{self.name}: synthesis failed: {error}") from error
-                if chunk is None:
-                    return
-                # Start the next sentence before handing this one over.
-                pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+            async for chunk in items:
                 yield self._to_output(chunk)
         finally:
-            # Either done, or cancelled: the chunk in progress finishes, nothing after it.
-            pending.cancel()
-            with contextlib.suppress(RuntimeError):  # executor already shut down
-                self._executor.submit(_close_quietly, chunks)
+            await items.aclose()
 
     def _to_output(self, chunk: Any) -> FloatAudio:
         audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
@@ -118,13 +101,3 @@ def _voice_library(voices: str | Path | Mapping[str, str | Path] | None) -> dict
     if not voices:
         raise ConfigurationError("the Piper voice library is empty")
     return {name: Path(path) for name, path in voices.items()}
-
-
-def _next_or_none(chunks: Iterator[Any]) -> Any:
-    return next(chunks, None)
-
-
-def _close_quietly(chunks: Iterator[Any]) -> None:
-    close = getattr(chunks, "close", None)
-    if close is not None:
-        close()

@@ -46,7 +46,7 @@ class WhisperSTT:
         from faster_whisper import WhisperModel
 
         model_or_path = str(model) if model is not None else str(whisper_model_dir())
-        self.name = f"faster-whisper:{_short_name(model)}"
+        self.name = f"faster-whisper:{short_model_name(model)}"
         self.beam_size = beam_size
         self.language = language
         self.temperatures = temperatures
@@ -110,7 +110,7 @@ class WhisperSTT:
         self._model = None
 
 
-def _short_name(model: str | Path | None) -> str:
+def short_model_name(model: str | Path | None) -> str:
     if model is None:
         return "tiny.en"
     return Path(model).name if isinstance(model, Path) or "/" in str(model) else str(model)

@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
 from pipeline.engines.base import FloatAudio, Transcript
+from pipeline.engines.whisper import short_model_name
 from pipeline.errors import ModelLoadError, STTError
 from pipeline.models import whisper_model_dir
 
@@ -71,7 +72,7 @@ class BatchedWhisperSTT:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         model_or_path = str(model) if model is not None else str(whisper_model_dir())
-        self.name = f"faster-whisper-batched:{_short_name(model)}"
+        self.name = f"faster-whisper-batched:{short_model_name(model)}"
         self.device = device
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch_size = max_batch_size
@@ -241,9 +242,3 @@ def _clip_of(starts: list[float], time_s: float) -> int:
 def _speech_or_nothing(text: str) -> str:
     # Silence decodes to a lone "." or "..."; text without a letter or digit is nothing.
     return text if any(char.isalnum() for char in text) else ""
-
-
-def _short_name(model: str | Path | None) -> str:
-    if model is None:
-        return "tiny.en"
-    return Path(model).name if isinstance(model, Path) or "/" in str(model) else str(model)

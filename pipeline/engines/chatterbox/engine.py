@@ -11,8 +11,7 @@ progress: the generator is closed on the same thread, so nothing runs after it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
 from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
-from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
+from pipeline.engines.threaded import iterate_in_thread, pick_voice
+from pipeline.errors import ConfigurationError, ModelLoadError
 
 SAMPLE_RATE = 24_000
 
@@ -231,33 +231,19 @@ class ChatterboxTTS:
         self, text: str, *, voice: str | None = None
     ) -> AsyncGenerator[StreamedChunk, None]:
         """Like ``synthesize``, with the token count at which each chunk was decoded."""
-        voice_name = voice or self.default_voice
-        selected = self._voices.get(voice_name)
-        if selected is None:
-            known = ", ".join(self._voices) or "none"
-            raise TTSError(f"unknown voice {voice_name!r} (known: {known})", transient=False)
+        selected = pick_voice(self._voices, voice, self.default_voice)
         if not text.strip():
             return
         progress = SynthesisProgress()
         self.last_progress = progress
-        loop = asyncio.get_running_loop()
-        chunks = self._stream(text, selected, progress)
-        pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+        chunks = iterate_in_thread(
+            self._executor, self._stream(text, selected, progress), self.name
+        )
         try:
-            while True:
-                try:
-                    chunk = await pending
-                except Exception as error:
-                    raise TTSError(f"{self.name}: synthesis failed: {error}") from error
-                if chunk is None:
-                    return
-                # Start the next chunk before handing this one over.
-                pending = loop.run_in_executor(self._executor, _next_or_none, chunks)
+            async for chunk in chunks:
                 yield chunk
         finally:
-            pending.cancel()
-            with contextlib.suppress(RuntimeError):  # executor already shut down
-                self._executor.submit(chunks.close)
+            await chunks.aclose()
 
     def _stream(
         self, text: str, voice: _Voice, progress: SynthesisProgress
@@ -334,7 +320,3 @@ def _aligned_prompt(ref_dict: dict[str, Any]) -> dict[str, Any]:
     aligned["prompt_feat"] = ref_dict["prompt_feat"][:, : 2 * tokens]
     aligned["prompt_feat_len"] = None
     return aligned
-
-
-def _next_or_none(chunks: Iterator[StreamedChunk]) -> StreamedChunk | None:
-    return next(chunks, None)
