@@ -88,7 +88,77 @@ export function defaultServerUrl(location = globalThis.location) {
   return `${scheme}//${location.host}/ws`;
 }
 
-export class VoiceChat extends EventTarget {
+/**
+ * What both transports share: the call's lifecycle, typed input, cancel and the
+ * state indicator. A transport provides openMedia(), connect(), send(message),
+ * teardown() and agentAudible(), and keeps ready / stopped / userSpeaking /
+ * awaitingReply / stats up to date from the server's events.
+ */
+export class ChatSession extends EventTarget {
+  get state() {
+    return this.currentState;
+  }
+
+  /** Open the microphone and the connection. Rejects with a VoiceForgeError. */
+  async start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.setState("connecting");
+    try {
+      await this.openMedia();
+      await this.connect();
+    } catch (error) {
+      this.teardown();
+      this.setState("idle");
+      throw error;
+    }
+  }
+
+  /** Hang up: close the connection and release the microphone. */
+  stop() {
+    if (this.stopped) return;
+    this.teardown();
+    this.setState("idle");
+  }
+
+  /** Typed input: interrupts a reply in progress, then answers it. */
+  sendText(text) {
+    if (!this.ready) return false;
+    this.awaitingReply = true;
+    this.send({ type: "conversation.text", text });
+    this.updateState();
+    return true;
+  }
+
+  /** Stop the reply in progress (the server clears its audio). */
+  cancel(responseId = null) {
+    if (this.ready) this.send({ type: "response.cancel", response_id: responseId });
+  }
+
+  updateState() {
+    if (this.stopped) return;
+    let state;
+    if (!this.ready) state = "connecting";
+    else if (this.userSpeaking) state = "user_speaking";
+    else if (this.agentAudible()) state = "agent_speaking";
+    else if (this.awaitingReply) state = "thinking";
+    else state = "listening";
+    this.setState(state);
+  }
+
+  setState(state) {
+    if (state === this.currentState) return;
+    this.currentState = state;
+    this.stats.state = state;
+    this.emit("state", { state });
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+export class VoiceChat extends ChatSession {
   /**
    * @param {object} options
    * @param {string} options.url           ws:// or wss:// URL of /ws
@@ -145,55 +215,15 @@ export class VoiceChat extends EventTarget {
     };
   }
 
-  get state() {
-    return this.currentState;
-  }
-
-  /** Open the microphone and the connection. Rejects with a VoiceForgeError. */
-  async start() {
-    if (!this.stopped) return;
-    this.stopped = false;
-    this.setState("connecting");
-    try {
-      await this.openAudio();
-      await this.connect();
-    } catch (error) {
-      this.teardown();
-      this.setState("idle");
-      throw error;
-    }
-  }
-
-  /** Hang up: close the connection and release the microphone. */
-  stop() {
-    if (this.stopped) return;
-    this.teardown();
-    this.setState("idle");
-  }
-
   /** Change session settings (instructions, voice, ...); the server answers session.updated. */
   updateSession(fields) {
     Object.assign(this.sessionFields, fields);
     if (this.ready) this.send({ type: "session.update", session: fields });
   }
 
-  /** Typed input: interrupts a reply in progress, then answers it. */
-  sendText(text) {
-    if (!this.ready) return false;
-    this.awaitingReply = true;
-    this.send({ type: "conversation.text", text });
-    this.updateState();
-    return true;
-  }
-
-  /** Stop the reply in progress (the server clears its audio). */
-  cancel(responseId = null) {
-    if (this.ready) this.send({ type: "response.cancel", response_id: responseId });
-  }
-
   // ------------------------------------------------------------------ audio
 
-  async openAudio() {
+  async openMedia() {
     // (An insecure page has no AudioWorklet either: openMicrophone says why.)
     if (globalThis.isSecureContext && typeof AudioWorkletNode === "undefined") {
       throw new VoiceForgeError("audio_unavailable", "This browser has no AudioWorklet; use a current Chrome, Edge, Firefox or Safari.");
@@ -453,26 +483,8 @@ export class VoiceChat extends EventTarget {
 
   // ------------------------------------------------------------------ state
 
-  updateState() {
-    if (this.stopped) return;
-    let state;
-    if (!this.ready) state = "connecting";
-    else if (this.userSpeaking) state = "user_speaking";
-    else if (this.buffered > 0) state = "agent_speaking";
-    else if (this.awaitingReply) state = "thinking";
-    else state = "listening";
-    this.setState(state);
-  }
-
-  setState(state) {
-    if (state === this.currentState) return;
-    this.currentState = state;
-    this.stats.state = state;
-    this.emit("state", { state });
-  }
-
-  emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+  agentAudible() {
+    return this.buffered > 0;
   }
 
   teardown() {

@@ -16,7 +16,7 @@
 // Events dispatched, as VoiceChat does: every server message by its `type`, plus
 // `state`, `level` (microphone RMS, 0..1) and `close` ({code, reason, clean}).
 
-import { PROTOCOL_VERSION, VoiceForgeError, openMicrophone } from "./voiceforge.js";
+import { ChatSession, PROTOCOL_VERSION, VoiceForgeError, openMicrophone } from "./voiceforge.js";
 
 const DATA_CHANNEL_LABEL = "events";
 const CONNECT_TIMEOUT_MS = 30000;
@@ -53,7 +53,7 @@ function rms(samples) {
   return Math.sqrt(sum / samples.length);
 }
 
-export class WebRTCChat extends EventTarget {
+export class WebRTCChat extends ChatSession {
   /**
    * @param {object} options
    * @param {string} options.offerUrl        http(s):// URL of /webrtc/offer
@@ -109,49 +109,9 @@ export class WebRTCChat extends EventTarget {
     };
   }
 
-  get state() {
-    return this.currentState;
-  }
-
-  /** Open the microphone and the call. Rejects with a VoiceForgeError. */
-  async start() {
-    if (!this.stopped) return;
-    this.stopped = false;
-    this.setState("connecting");
-    try {
-      await this.openMicrophone();
-      await this.connect();
-    } catch (error) {
-      this.teardown();
-      this.setState("idle");
-      throw error;
-    }
-  }
-
-  /** Hang up: close the peer connection and release the microphone. */
-  stop() {
-    if (this.stopped) return;
-    this.teardown();
-    this.setState("idle");
-  }
-
-  /** Typed input: interrupts a reply in progress, then answers it. */
-  sendText(text) {
-    if (!this.ready) return false;
-    this.awaitingReply = true;
-    this.send({ type: "conversation.text", text });
-    this.updateState();
-    return true;
-  }
-
-  /** Stop the reply in progress (the server drops the audio its track holds). */
-  cancel(responseId = null) {
-    if (this.ready) this.send({ type: "response.cancel", response_id: responseId });
-  }
-
   // ------------------------------------------------------------------ audio
 
-  async openMicrophone() {
+  async openMedia() {
     if (typeof RTCPeerConnection === "undefined") {
       throw new VoiceForgeError("webrtc_unavailable", "This browser has no WebRTC; use the WebSocket connection mode.");
     }
@@ -446,26 +406,9 @@ export class WebRTCChat extends EventTarget {
 
   // ------------------------------------------------------------------ state
 
-  updateState() {
-    if (this.stopped) return;
-    let state;
-    if (!this.ready) state = "connecting";
-    else if (this.userSpeaking) state = "user_speaking";
-    else if (performance.now() - this.lastAudibleAt < SPEAKING_HANGOVER_MS) state = "agent_speaking";
-    else if (this.awaitingReply) state = "thinking";
-    else state = "listening";
-    this.setState(state);
-  }
-
-  setState(state) {
-    if (state === this.currentState) return;
-    this.currentState = state;
-    this.stats.state = state;
-    this.emit("state", { state });
-  }
-
-  emit(type, detail) {
-    this.dispatchEvent(new CustomEvent(type, { detail }));
+  agentAudible() {
+    // No playback buffer to read on this transport: the received level decides.
+    return performance.now() - this.lastAudibleAt < SPEAKING_HANGOVER_MS;
   }
 
   teardown() {
