@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
 from agent.protocol import ServerMessage, encode_server_message
 from pipeline.echo import EchoGuard, EchoGuardConfig
-from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone
+from pipeline.events import (
+    ErrorEvent,
+    ResponseAudioDelta,
+    ResponseDone,
+    ResponseStatus,
+    TranscriptFinal,
+)
 
 if TYPE_CHECKING:
     from agent.server import AppState
@@ -34,19 +41,55 @@ def session_closed(state: AppState) -> None:
     state.metrics.sessions_active.dec()
 
 
+_ENGINE_OF_CODE = {
+    "stt_failed": "stt",
+    "llm_unavailable": "llm",
+    "llm_timeout": "llm",
+    "llm_failed": "llm",
+    "tts_failed": "tts",
+    "engine_failed": "engine",
+    "internal_error": "engine",
+}
+
+
 def observe(state: AppState, session_id: str, event: object) -> None:
-    """Count and log an event as ``/ws`` does (responses with timings, errors)."""
+    """What every transport does with the events of its calls: metrics, logs,
+    engine health for ``/readyz`` and latency for admission control."""
     if isinstance(event, ResponseDone):
         state.metrics.observe_response(event)
+        answered = event.status is ResponseStatus.COMPLETED and "apology" not in event.timings
+        first_audio = event.timings.get("end_of_speech_to_first_audio_ms")
+        # Only real answers measure how fast the server answers: a failed turn's
+        # apology comes after the timeouts and retries.
+        if answered and first_audio is not None and state.admission is not None:
+            state.admission.observe(first_audio, time.monotonic())
+        if answered:
+            for engine in ("llm", "tts", "engine"):
+                state.engine_failures.pop(engine, None)
         logger.info(
-            "session=%s response=%s status=%s timings=%s",
+            "session=%s response=%s status=%s reason=%s timings=%s",
             session_id,
             event.response_id,
             event.status.value,
+            event.reason,
             {k: round(v) for k, v in event.timings.items()},
+            extra={"session_id": session_id, "response_id": event.response_id,
+                   "status": event.status.value, "reason": event.reason},
         )
+    elif isinstance(event, TranscriptFinal):
+        state.engine_failures.pop("stt", None)
     elif isinstance(event, ErrorEvent):
-        state.metrics.errors.labels(event.code).inc()
+        state.metrics.errors.labels(event.code, event.category).inc()
+        failing = _ENGINE_OF_CODE.get(event.code)
+        if failing is not None:
+            state.engine_failures[failing] = f"{event.code} ({event.category})"
+        log = logger.error if event.category == "permanent" else logger.warning
+        log(
+            "session=%s error %s (%s): %s", session_id, event.code, event.category,
+            event.message,
+            extra={"session_id": session_id, "response_id": event.response_id,
+                   "code": event.code, "category": event.category},
+        )
 
 
 def event_json(event: ServerMessage) -> str | None:

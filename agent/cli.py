@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agent.config import Settings
     from agent.profiles import build_engines
     from agent.server import create_app
+    from agent.serving import VoiceForgeServer, configure_logging
 
     settings = Settings.from_env()
     if args.host is not None:
@@ -31,6 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.profile is not None:
         settings.profile = args.profile
     settings.validate()
+    log_format = args.log_format or os.environ.get("VOICEFORGE_LOG_FORMAT", "text")
+    configure_logging(
+        log_format, [settings.api_key, settings.twilio_auth_token, os.environ.get(
+            settings.llm_api_key_env)], logging.INFO,
+    )
 
     def progress(line: str) -> None:
         print(f"[voiceforge] {line}", flush=True)
@@ -60,9 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
         # to measure the difference (docs/benchmarks.md).
         loop=os.environ.get("VOICEFORGE_EVENT_LOOP", "auto"),
         log_level="info",
+        log_config=None,  # configure_logging above: one format, secrets redacted
+        # After our own drain (agent/serving.py), what little is left gets this long.
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    VoiceForgeServer(config, app).run(sockets=[sock])
     return 0
 
 
@@ -146,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--profile", default=None, help="engine profile (default: embedded)")
+    serve.add_argument("--log-format", choices=("text", "json"), default=None,
+                       help="log lines as text or one JSON object each "
+                       "(default: VOICEFORGE_LOG_FORMAT or text)")
     talk = commands.add_parser("talk", help="be a caller: send a WAV, hear the reply")
     talk.add_argument("wav", type=Path, help="speech to send (any common rate, mono or stereo)")
     talk.add_argument("--url", default="ws://127.0.0.1:8000/ws")
@@ -164,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"voiceforge: {exc}", file=sys.stderr)
             return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command != "serve":  # serve sets up its own (format, redaction)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         if args.command == "serve":
             return _serve(args)

@@ -30,6 +30,21 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be an integer, got {value!r}") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    value = _env(name)
+    return tuple(item.strip() for item in value.split(",") if item.strip()) if value else ()
+
+
 def _read_secret(value_var: str, file_var: str) -> str | None:
     value = _env(value_var)
     if value is not None:
@@ -63,6 +78,45 @@ class Settings:
     max_audio_realtime_factor: float = 2.0
     audio_burst_ms: float = 2000.0
     max_outbound_frames: int = 4000
+    """Frames waiting for a client that does not read; beyond it the call is closed (1008)."""
+    slow_client_frames: int = 300
+    """Queued frames from which reply audio is dropped (the client is told, the reply
+    cancelled); about 30 s of audio at one 100 ms delta per frame."""
+    slow_client_timeout_s: float = 15.0
+    """A frame that waited this long for the socket closes the call (1008)."""
+    # Limits on calls.
+    max_sessions: int = 100
+    """Open calls (all transports) beyond which new ones are refused with HTTP 503."""
+    idle_timeout_s: float = 120.0
+    """A call from which no frame arrives for this long is closed (1000, error first)."""
+    max_call_s: float = 3600.0
+    """A call longer than this is closed (1000, error first)."""
+    max_history_turns: int = 50
+    max_history_chars: int = 16000
+    """History the LLM sees; beyond either, the oldest turns are dropped (docs/reliability.md)."""
+    # Admission by measurement.
+    latency_budget_ms: float = 2500.0
+    """New calls are refused while the recent end-of-speech → first-audio p95 is above
+    this (0 turns admission control off)."""
+    admission_window_s: float = 60.0
+    admission_min_samples: int = 5
+    retry_after_s: float = 10.0
+    # Engine faults.
+    engine_retries: int = 2
+    """Retries of an engine call that failed transiently before any of its output
+    reached the caller (backoff 0.2 s, 0.4 s, …)."""
+    # Shutdown.
+    drain_timeout_s: float = 10.0
+    """On SIGTERM, responses in flight get this long to finish before they are cancelled."""
+    # Security.
+    token_ttl_s: float = 300.0
+    """Lifetime of session tokens from POST /v1/session-tokens (at most 3600)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed besides the page's own (``*``: any)."""
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    """When set, /telephony/twilio requires a valid X-Twilio-Signature."""
+    public_url: str | None = None
+    """The URL clients use (https://host behind a proxy): what Twilio signs."""
     # Engines.
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
@@ -96,6 +150,36 @@ class Settings:
         settings.whisper_model = _env("VOICEFORGE_WHISPER_MODEL")
         settings.piper_voice = _env("VOICEFORGE_PIPER_VOICE")
         settings.threads = _env_int("VOICEFORGE_THREADS", settings.threads)
+        settings.max_sessions = _env_int("VOICEFORGE_MAX_SESSIONS", settings.max_sessions)
+        settings.idle_timeout_s = _env_float("VOICEFORGE_IDLE_TIMEOUT_S", settings.idle_timeout_s)
+        settings.max_call_s = _env_float("VOICEFORGE_MAX_CALL_S", settings.max_call_s)
+        settings.max_history_turns = _env_int(
+            "VOICEFORGE_MAX_HISTORY_TURNS", settings.max_history_turns
+        )
+        settings.max_history_chars = _env_int(
+            "VOICEFORGE_MAX_HISTORY_CHARS", settings.max_history_chars
+        )
+        settings.max_frame_bytes = _env_int("VOICEFORGE_MAX_FRAME_BYTES", settings.max_frame_bytes)
+        settings.max_audio_realtime_factor = _env_float(
+            "VOICEFORGE_MAX_AUDIO_REALTIME_FACTOR", settings.max_audio_realtime_factor
+        )
+        settings.slow_client_timeout_s = _env_float(
+            "VOICEFORGE_SLOW_CLIENT_TIMEOUT_S", settings.slow_client_timeout_s
+        )
+        settings.latency_budget_ms = _env_float(
+            "VOICEFORGE_LATENCY_BUDGET_MS", settings.latency_budget_ms
+        )
+        settings.retry_after_s = _env_float("VOICEFORGE_RETRY_AFTER_S", settings.retry_after_s)
+        settings.engine_retries = _env_int("VOICEFORGE_ENGINE_RETRIES", settings.engine_retries)
+        settings.drain_timeout_s = _env_float(
+            "VOICEFORGE_DRAIN_TIMEOUT_S", settings.drain_timeout_s
+        )
+        settings.token_ttl_s = _env_float("VOICEFORGE_TOKEN_TTL_S", settings.token_ttl_s)
+        settings.allowed_origins = _env_list("VOICEFORGE_ALLOWED_ORIGINS")
+        settings.twilio_auth_token = _read_secret(
+            "VOICEFORGE_TWILIO_AUTH_TOKEN", "VOICEFORGE_TWILIO_AUTH_TOKEN_FILE"
+        )
+        settings.public_url = _env("VOICEFORGE_PUBLIC_URL")
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -109,6 +193,23 @@ class Settings:
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:
             raise ConfigurationError("the openai LLM backend needs VOICEFORGE_LLM_URL")
+        problems = [
+            f"{name} must be > 0"
+            for name in (
+                "max_frame_bytes", "max_sessions", "idle_timeout_s", "max_call_s",
+                "max_history_turns", "max_history_chars", "slow_client_timeout_s",
+                "max_audio_realtime_factor", "retry_after_s", "drain_timeout_s",
+            )
+            if not getattr(self, name) > 0
+        ]
+        if self.latency_budget_ms < 0 or self.engine_retries < 0:
+            problems.append("latency_budget_ms and engine_retries must be >= 0")
+        if not 0 < self.token_ttl_s <= 3600:
+            problems.append("token_ttl_s must be in (0, 3600]")
+        if not 0 < self.slow_client_frames < self.max_outbound_frames:
+            problems.append("slow_client_frames must be in (0, max_outbound_frames)")
+        if problems:
+            raise ConfigurationError("invalid limits: " + "; ".join(problems))
         if self.api_key is None and not is_loopback(self.host):
             raise ConfigurationError(
                 f"refusing to listen on {self.host} without an API key: set VOICEFORGE_API_KEY "

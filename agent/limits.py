@@ -5,6 +5,7 @@ Sans-I/O: fed with sizes and timestamps, they answer yes or no.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 
@@ -32,15 +33,40 @@ class AudioRateLimiter:
         return True
 
 
+class FrameRateLimiter:
+    """A token bucket on frames of any kind: ``rate`` per second, ``burst`` at once.
+
+    Audio in 10 ms frames is 100 per second; the default leaves room for that,
+    played reports and control messages, and stops a client that floods small
+    frames from costing the event loop more than a few real callers would.
+    """
+
+    def __init__(self, rate: float = 250.0, burst: float = 500.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at: float | None = None
+
+    def accept(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class OutboundQueue:
     """Frames waiting for the socket, with the audio of a cleared response purgeable.
 
-    Each item is (response id or None, frame bytes, is_audio). Bounded: ``push``
-    reports overflow so the session can deal with a client that does not read.
+    Each item is (response id or None, frame bytes, is_audio, enqueued at). Bounded:
+    ``push`` reports overflow so the session can deal with a client that does not
+    read; ``oldest_age`` says how long the head has waited.
     """
 
     def __init__(self, max_frames: int) -> None:
-        self._items: deque[tuple[str | None, bytes, bool]] = deque()
+        self._items: deque[tuple[str | None, bytes, bool, float]] = deque()
         self.max_frames = max_frames
 
     def __len__(self) -> int:
@@ -49,8 +75,12 @@ class OutboundQueue:
     def push(self, frame: bytes, *, response_id: str | None = None, audio: bool = False) -> bool:
         if len(self._items) >= self.max_frames:
             return False
-        self._items.append((response_id, frame, audio))
+        self._items.append((response_id, frame, audio, time.monotonic()))
         return True
+
+    def oldest_age(self, now: float) -> float | None:
+        """Seconds the oldest frame has waited (None when empty)."""
+        return now - self._items[0][3] if self._items else None
 
     def purge_audio(self, response_id: str) -> int:
         """Drop queued audio of ``response_id``; returns how many frames went."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from pipeline.events import ResponseDone
+from pipeline.events import ResponseDone, ResponseStatus
 
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
@@ -47,14 +50,62 @@ class Metrics:
             "voiceforge_responses", "Responses by final status", ["status"], registry=self.registry
         )
         self.errors = Counter(
-            "voiceforge_errors", "Error events sent, by code", ["code"], registry=self.registry
+            "voiceforge_errors",
+            "Error events sent, by code and category (transient, permanent, client)",
+            ["code", "category"],
+            registry=self.registry,
         )
+        self.refusals = Counter(
+            "voiceforge_refusals",
+            "Calls refused before they started, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.cancellations = Counter(
+            "voiceforge_cancellations",
+            "Responses cancelled, by reason (barge_in, client_cancelled, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            "voiceforge_disconnects",
+            "Calls ended, by who or what ended them",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.dropped_audio = Counter(
+            "voiceforge_dropped_audio_frames",
+            "Reply audio frames dropped for clients that do not read",
+            registry=self.registry,
+        )
+        # Leak detectors for soak runs (loadtest/soak.py): both must come back to
+        # their idle level once the callers are gone. Read at scrape time, which
+        # happens on the event loop.
+        self.tasks = Gauge(
+            "voiceforge_asyncio_tasks", "asyncio tasks alive on the server's loop",
+            registry=self.registry,
+        )
+        self.tasks.set_function(_task_count)
+        self.threads = Gauge(
+            "voiceforge_threads", "Python threads alive in the server process",
+            registry=self.registry,
+        )
+        self.threads.set_function(lambda: float(threading.active_count()))
 
     def observe_response(self, done: ResponseDone) -> None:
         self.responses.labels(done.status.value).inc()
+        if done.status is ResponseStatus.CANCELLED:
+            self.cancellations.labels(done.reason or "unknown").inc()
         first_audio = done.timings.get("end_of_speech_to_first_audio_ms")
         if first_audio is not None:
             self.first_audio.observe(first_audio / 1000.0)
         for key, stage in STAGES.items():
             if key in done.timings:
                 self.stage.labels(stage).observe(done.timings[key] / 1000.0)
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped off the loop (never by /metrics)
+        return float("nan")

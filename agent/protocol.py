@@ -99,10 +99,17 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def _str_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """Maps have str keys only (§1): bin, int or nil keys make the frame malformed."""
+    if not all(type(key) is str for key, _ in pairs):
+        raise ValueError("map keys must be msgpack str")
+    return dict(pairs)
+
+
 def decode_client_frame(data: bytes) -> ClientMessage:
     """Parse one binary frame. Raises ProtocolError with the error code to send."""
     try:
-        message = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        message = msgpack.unpackb(data, raw=False, object_pairs_hook=_str_keyed)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError("malformed_frame", f"frame is not valid msgpack: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -248,8 +255,11 @@ def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str
             changes[key] = value
         elif key == "voice":
             if value is not None and value not in voices:
+                # Never repr a non-string: a list nested ~1000 deep (msgpack decodes
+                # 1024 levels) raises RecursionError there and ends the session.
+                shown = repr(value) if isinstance(value, str) else f"of type {type(value).__name__}"
                 raise ProtocolError(
-                    "invalid_session", f"unknown voice {value!r}; available: {', '.join(voices)}"
+                    "invalid_session", f"unknown voice {shown}; available: {', '.join(voices)}"
                 )
             changes[key] = value
         elif key in ("input_sample_rate", "output_sample_rate"):

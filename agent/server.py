@@ -1,18 +1,22 @@
-"""The Starlette app: ``/ws`` (the voice protocol), ``/healthz``, ``/metrics``.
+"""The Starlette app: ``/ws`` (the voice protocol), ``/healthz``, ``/readyz``,
+``/metrics``, ``POST /v1/session-tokens``.
 
 The WebSocket endpoint is glue: it decodes frames, hands them to a
 ``pipeline.conversation.Conversation`` and writes the events that come back.
+Who may call and whether the server takes a call now is ``agent.gate``'s; the
+limits every call lives under are in ``Settings`` and docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,14 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from agent import bridge
+from agent.admission import LatencyAdmission
 from agent.bridge import BridgeSession
 from agent.config import Settings
-from agent.limits import AudioRateLimiter, OutboundQueue
+from agent.gate import Refusal, api_key_presented, credential_ok, origin_ok, refusal
+from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
 from agent.metrics import Metrics
 from agent.protocol import (
-    BEARER_SUBPROTOCOL_PREFIX,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
     ConversationText,
@@ -45,20 +51,26 @@ from agent.protocol import (
     encode_server_message,
     parse_session_fields,
 )
+from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
 from pipeline.conversation import Conversation, Engines, SessionConfig
-from pipeline.events import ErrorEvent, Event, ResponseAudioClear, ResponseAudioDelta, ResponseDone
+from pipeline.events import ErrorEvent, Event, ResponseAudioClear, ResponseAudioDelta
 from pipeline.turn import TurnConfig
 
 logger = logging.getLogger("voiceforge.server")
 
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 CLOSE_UNAUTHORIZED = 1008
 CLOSE_TOO_SLOW = 1008
-CLOSE_GOING_AWAY = 1001
+CLOSE_TRY_AGAIN_LATER = 1013
 
 EngineFactory = Callable[[], Engines]
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 """The static voice chat page and JS SDK, served at ``/``."""
+
+SWEEP_INTERVAL_S = 0.5
+"""How often idle, call-length and slow-client limits are checked."""
 
 
 def session_view(config: SessionConfig) -> dict[str, Any]:
@@ -78,6 +90,15 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    code: int
+    reason: str
+    """Also the ``voiceforge_disconnects`` label."""
+    flush: bool
+    """Send what is queued (the error saying why) before closing."""
+
+
 class _Session:
     """One WebSocket call."""
 
@@ -88,15 +109,30 @@ class _Session:
         self.outbound = OutboundQueue(settings.max_outbound_frames)
         self.ready = asyncio.Event()
         self.limiter = AudioRateLimiter(settings.max_audio_realtime_factor, settings.audio_burst_ms)
+        self.frames = FrameRateLimiter()
         self.cleared: set[str] = set()
-        self.conversation = Conversation(state.engines, self.emit, SessionConfig())
+        self.conversation = Conversation(state.engines, self.emit, state.session_config())
         self.last_rate_error = 0.0
-        self.overflowed = False
+        self.last_frame_error = 0.0
+        self.started_at = time.monotonic()
+        self.last_frame_at = self.started_at
+        self.slow_responses: set[str] = set()
+        self.closing: _Closing | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def session_id(self) -> str:
+        return self.conversation.session_id
 
     # Events from the conversation (synchronous: it never waits on the socket).
     def emit(self, event: Event | ServerMessage) -> None:
+        if self.closing is not None and not self.closing.flush:
+            return
         if isinstance(event, ResponseAudioDelta):
             if event.response_id in self.cleared:
+                return
+            if len(self.outbound) >= self.state.settings.slow_client_frames:
+                self._drop_audio(event.response_id)
                 return
             ok = self.outbound.push(
                 encode_server_message(event), response_id=event.response_id, audio=True
@@ -105,37 +141,96 @@ class _Session:
             if isinstance(event, ResponseAudioClear):
                 self.cleared.add(event.response_id)
                 self.outbound.purge_audio(event.response_id)
-            elif isinstance(event, ResponseDone):
-                self.state.metrics.observe_response(event)
-                logger.info(
-                    "session=%s response=%s status=%s timings=%s",
-                    self.conversation.session_id,
-                    event.response_id,
-                    event.status.value,
-                    {k: round(v) for k, v in event.timings.items()},
-                )
-            elif isinstance(event, ErrorEvent):
-                self.state.metrics.errors.labels(event.code).inc()
+            bridge.observe(self.state, self.session_id, event)
             ok = self.outbound.push(encode_server_message(event))
         if not ok:
-            self.overflowed = True
+            # Not even control events fit: the client has stopped reading.
+            self.finish(CLOSE_TOO_SLOW, "slow_client", flush=False)
         self.ready.set()
 
-    def error(self, code: str, message: str, *, fatal: bool = False) -> None:
-        self.emit(ErrorEvent(code, message, fatal=fatal))
+    def _drop_audio(self, response_id: str) -> None:
+        """Reply audio for a client that does not read: drop it, say so, end the reply."""
+        self.state.metrics.dropped_audio.inc()
+        if response_id in self.slow_responses:
+            return
+        self.slow_responses.add(response_id)
+        logger.warning(
+            "session=%s response=%s client does not read; dropping its audio",
+            self.session_id, response_id,
+            extra={"session_id": self.session_id, "response_id": response_id},
+        )
+        self.error(
+            "client_too_slow",
+            f"{len(self.outbound)} frames wait for you to read them; reply audio is being "
+            "dropped and the reply cancelled",
+        )
+        # Not from inside the conversation's own emit call: on the next loop turn.
+        asyncio.get_running_loop().call_soon(
+            self.conversation.cancel_response, response_id, "client_too_slow"
+        )
+
+    def error(
+        self, code: str, message: str, *, fatal: bool = False, category: str = "client"
+    ) -> None:
+        self.emit(ErrorEvent(code, message, fatal=fatal, category=category))
+
+    def finish(self, code: int, reason: str, *, flush: bool) -> None:
+        """End the call: stop reading now; send what is queued first if ``flush``."""
+        if self.closing is not None:
+            return
+        self.closing = _Closing(code, reason, flush)
+        for task in self.tasks:
+            if flush and task.get_name().endswith("-writer"):
+                continue
+            task.cancel()
+        self.ready.set()
+
+    def check_limits(self, now: float) -> None:
+        """Idle, call length and slow client (the sweeper calls this twice a second)."""
+        settings = self.state.settings
+        if self.closing is not None:
+            return
+        age = self.outbound.oldest_age(now)
+        if age is not None and age > settings.slow_client_timeout_s:
+            logger.warning(
+                "session=%s closed: a frame waited %.1f s for the client", self.session_id, age,
+                extra={"session_id": self.session_id},
+            )
+            self.finish(CLOSE_TOO_SLOW, "slow_client", flush=False)
+        elif now - self.last_frame_at > settings.idle_timeout_s:
+            self.error(
+                "idle_timeout",
+                f"nothing received for {settings.idle_timeout_s:g} s; closing the call",
+            )
+            self.finish(CLOSE_NORMAL, "idle_timeout", flush=True)
+        elif now - self.started_at > settings.max_call_s:
+            self.error(
+                "call_time_limit",
+                f"calls last at most {settings.max_call_s:g} s; closing the call",
+            )
+            self.finish(CLOSE_NORMAL, "call_time_limit", flush=True)
 
     async def writer(self) -> None:
         while True:
             await self.ready.wait()
             self.ready.clear()
-            if self.overflowed:
-                await self.ws.close(CLOSE_TOO_SLOW, "client does not read its events")
-                return
             while (frame := self.outbound.pop()) is not None:
                 await self.ws.send_bytes(frame)
+            if self.closing is not None:
+                return
 
     def handle(self, frame: bytes) -> None:
         settings = self.state.settings
+        now = time.monotonic()
+        self.last_frame_at = now
+        if not self.frames.accept(now):
+            if now - self.last_frame_error > 1.0:
+                self.last_frame_error = now
+                self.error(
+                    "too_many_frames",
+                    f"more than {self.frames.rate:g} frames per second; frames are being dropped",
+                )
+            return
         if len(frame) > settings.max_frame_bytes:
             self.error(
                 "frame_too_large",
@@ -151,7 +246,6 @@ class _Session:
         if isinstance(message, InputAudioAppend):
             rate = conversation.config.input_sample_rate
             audio_ms = len(message.audio) / 2 * 1000.0 / rate
-            now = time.monotonic()
             if not self.limiter.accept(audio_ms, now):
                 if now - self.last_rate_error > 1.0:
                     self.last_rate_error = now
@@ -162,7 +256,10 @@ class _Session:
                     )
                 return
             if not conversation.feed_audio(pcm16_to_float(message.audio)):
-                self.error("input_overloaded", "input audio queue is full; frame dropped")
+                self.error(
+                    "input_overloaded", "input audio queue is full; frame dropped",
+                    category="transient",
+                )
         elif isinstance(message, SessionUpdate):
             self.update_session(message.session)
         elif isinstance(message, ResponseCancel):
@@ -194,73 +291,171 @@ class _Session:
 
 
 class AppState:
-    def __init__(self, settings: Settings, engines: Engines) -> None:
+    def __init__(self, settings: Settings, engines: Engines | None) -> None:
         self.settings = settings
-        self.engines = engines
+        self._engines = engines
         self.metrics = Metrics()
         self.sessions: set[_Session] = set()
         self.bridge_sessions: set[BridgeSession] = set()
-        """WebRTC calls: not tied to an HTTP connection, so hung up at shutdown."""
+        """WebRTC and telephony calls: hung up at shutdown, counted against the limit."""
+        self.admission = (
+            LatencyAdmission(
+                settings.latency_budget_ms,
+                window_s=settings.admission_window_s,
+                min_samples=settings.admission_min_samples,
+                retry_after_s=settings.retry_after_s,
+            )
+            if settings.latency_budget_ms > 0
+            else None
+        )
+        self.draining = False
+        self.load_error: str | None = None
+        """Why the engines failed to load (permanent: /healthz fails)."""
+        self.engine_failures: dict[str, str] = {}
+        """Engines whose last use failed, and how: /readyz is not ready while any is."""
+        self.background: set[asyncio.Task[None]] = set()
+
+    @property
+    def loaded(self) -> bool:
+        return self._engines is not None
+
+    @property
+    def engines(self) -> Engines:
+        if self._engines is None:
+            raise RuntimeError("engines are not loaded")
+        return self._engines
+
+    def set_engines(self, engines: Engines) -> None:
+        self._engines = engines
+
+    def open_calls(self) -> int:
+        return len(self.sessions) + len(self.bridge_sessions)
+
+    def session_config(self) -> SessionConfig:
+        """A new call's settings under this server's limits."""
+        settings = self.settings
+        return SessionConfig(
+            max_history_turns=settings.max_history_turns,
+            max_history_chars=settings.max_history_chars,
+            engine_retries=settings.engine_retries,
+        )
 
 
-def _authorized(websocket: HTTPConnection, api_key: str | None) -> bool:
-    if api_key is None:
-        return True
-    presented: list[str] = []
-    header = websocket.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        presented.append(header[7:].strip())
-    for offered in websocket.scope.get("subprotocols", []):
-        if offered.startswith(BEARER_SUBPROTOCOL_PREFIX):
-            presented.append(offered[len(BEARER_SUBPROTOCOL_PREFIX) :])
-    return any(hmac.compare_digest(p.encode(), api_key.encode()) for p in presented)
+def _authorized(connection: HTTPConnection, api_key: str | None) -> bool:
+    """The API key or a session token signed with it (``agent.gate``)."""
+    return credential_ok(connection, api_key)
+
+
+def _refuse_quietly(state: AppState, connection: HTTPConnection, reason: str) -> None:
+    """Count and log a refused caller: who and why, never what they presented."""
+    state.metrics.refusals.labels(reason).inc()
+    client = connection.client
+    origin = connection.headers.get("origin", "-")
+    logger.warning(
+        "refused %s from %s (origin %s)", reason, client.host if client else "?", origin,
+        extra={"refusal": reason},
+    )
+
+
+def _refusal_body(refused: Refusal) -> dict[str, Any]:
+    return {"error": refused.reason, "message": refused.message,
+            "retry_after_s": refused.retry_after_s}
+
+
+def refused_response(state: AppState, refused: Refusal) -> JSONResponse:
+    """HTTP 503 with a retry hint; counted."""
+    state.metrics.refusals.labels(refused.reason).inc()
+    logger.warning("call refused: %s (%s)", refused.reason, refused.message)
+    return JSONResponse(
+        _refusal_body(refused), status_code=503,
+        headers={"Retry-After": str(max(1, round(refused.retry_after_s)))},
+    )
+
+
+async def deny_websocket(websocket: WebSocket, state: AppState, refused: Refusal) -> None:
+    """Answer the handshake with 503 + Retry-After, or close 1013 where the
+    server cannot send an HTTP response to a WebSocket request."""
+    response = refused_response(state, refused)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, refused.reason)
 
 
 async def _websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
+    if not origin_ok(websocket, state.settings):
+        _refuse_quietly(state, websocket, "origin")
+        await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
+        return
     if not _authorized(websocket, state.settings.api_key):
-        # Closing before accept answers the handshake with HTTP 403.
+        _refuse_quietly(state, websocket, "unauthorized")
         await websocket.close(CLOSE_UNAUTHORIZED)
+        return
+    refused = refusal(state)
+    if refused is not None:
+        await deny_websocket(websocket, state, refused)
         return
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     session = _Session(websocket, state)
     state.sessions.add(session)
-    state.metrics.sessions.inc()
-    state.metrics.sessions_active.inc()
+    bridge.session_opened(state)
     conversation = session.conversation
+    settings = state.settings
+    logger.info("session=%s opened", session.session_id, extra={"session_id": session.session_id})
     session.emit(
         SessionCreated(
             session_id=conversation.session_id,
             protocol_version=PROTOCOL_VERSION,
             session=session_view(conversation.config),
             limits={
-                "max_frame_bytes": state.settings.max_frame_bytes,
-                "max_audio_realtime_factor": state.settings.max_audio_realtime_factor,
+                "max_frame_bytes": settings.max_frame_bytes,
+                "max_audio_realtime_factor": settings.max_audio_realtime_factor,
+                "idle_timeout_s": settings.idle_timeout_s,
+                "max_call_s": settings.max_call_s,
                 "voices": list(state.engines.tts.voices()),
             },
         )
     )
     conversation.start()
-    writer = asyncio.create_task(session.writer())
+    writer = asyncio.create_task(session.writer(), name=f"{session.session_id}-writer")
     # One long-lived reader task, not a task and a wait per frame: that was a
     # hot spot of the event loop under load (docs/benchmarks.md).
-    reader = asyncio.create_task(_read_frames(websocket, session))
+    reader = asyncio.create_task(
+        _read_frames(websocket, session), name=f"{session.session_id}-reader"
+    )
+    session.tasks = [reader, writer]
+    ended_by = "client_closed"
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         if reader.done() and not reader.cancelled():
             exc = reader.exception()
             if exc is not None and not isinstance(exc, WebSocketDisconnect):
+                ended_by = "error"
                 raise exc
+        closing = session.closing
+        if closing is not None and closing.flush and not writer.done():
+            await asyncio.wait({writer}, timeout=2.0)
     finally:
         reader.cancel()
         writer.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
         await conversation.close()
         state.sessions.discard(session)
-        state.metrics.sessions_active.dec()
+        bridge.session_closed(state)
+        closing = session.closing
+        code = closing.code if closing is not None else CLOSE_GOING_AWAY
+        if closing is not None:
+            ended_by = closing.reason
+        state.metrics.disconnects.labels(ended_by).inc()
+        logger.info(
+            "session=%s closed (%s, %d)", session.session_id, ended_by, code,
+            extra={"session_id": session.session_id},
+        )
         with contextlib.suppress(Exception):
-            await websocket.close(CLOSE_GOING_AWAY)
+            # A client that does not read cannot take a close frame either.
+            await asyncio.wait_for(websocket.close(code), 2.0)
 
 
 async def _read_frames(websocket: WebSocket, session: _Session) -> None:
@@ -271,21 +466,51 @@ async def _read_frames(websocket: WebSocket, session: _Session) -> None:
             return
         data = message.get("bytes")
         if data is None:
+            session.last_frame_at = time.monotonic()
             session.error("malformed_frame", "frames must be binary msgpack, not text")
             continue
         session.handle(data)
 
 
 async def _healthz(request: Request) -> Response:
+    """Liveness: the process serves requests. 503 only when the models failed to
+    load, which no waiting will fix."""
     state: AppState = request.app.state.voiceforge
-    engines = state.engines
-    return JSONResponse(
-        {
-            "status": "ok",
-            "sessions": len(state.sessions),
-            "engines": {"stt": engines.stt.name, "llm": engines.llm.name, "tts": engines.tts.name},
-        }
-    )
+    body: dict[str, Any] = {"status": "ok", "sessions": len(state.sessions),
+                            "calls": state.open_calls()}
+    if state.load_error is not None:
+        return JSONResponse({**body, "status": "failed", "reason": state.load_error}, 503)
+    if not state.loaded:
+        body["status"] = "loading"
+    else:
+        engines = state.engines
+        body["engines"] = {"stt": engines.stt.name, "llm": engines.llm.name,
+                           "tts": engines.tts.name}
+    if state.draining:
+        body["status"] = "draining"
+    return JSONResponse(body)
+
+
+async def _readyz(request: Request) -> Response:
+    """Readiness: a new call would be taken now and its engines are working."""
+    state: AppState = request.app.state.voiceforge
+    reasons: dict[str, str] = {}
+    refused = refusal(state)
+    if refused is not None:
+        reasons[refused.reason] = refused.message
+    for engine, failure in sorted(state.engine_failures.items()):
+        reasons[f"{engine}_failing"] = failure
+    body: dict[str, Any] = {"ready": not reasons, "calls": state.open_calls(),
+                            "max_sessions": state.settings.max_sessions}
+    if state.admission is not None:
+        body["first_audio_p95_ms"] = state.admission.recent_p95(time.monotonic())
+        body["latency_budget_ms"] = state.admission.budget_ms
+    if reasons:
+        body["reasons"] = reasons
+        return JSONResponse(
+            body, 503, headers={"Retry-After": str(max(1, round(state.settings.retry_after_s)))}
+        )
+    return JSONResponse(body)
 
 
 async def _metrics(request: Request) -> Response:
@@ -293,27 +518,194 @@ async def _metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: Settings, engines: Engines | EngineFactory) -> Starlette:
-    """The ASGI app. ``engines`` may be built already (tests share them) or a factory."""
+async def _session_tokens(request: Request) -> Response:
+    """``POST /v1/session-tokens``: a short-lived token for a browser, given the API key.
+
+    Body (optional JSON): ``{"ttl_s": seconds}``, at most the configured lifetime.
+    """
+    state: AppState = request.app.state.voiceforge
+    settings = state.settings
+    if settings.api_key is None:
+        return JSONResponse(
+            {"error": "no_api_key", "message": "this server has no API key, so calls need no "
+             "token; set VOICEFORGE_API_KEY to require one"}, 400,
+        )
+    if not api_key_presented(request, settings.api_key):
+        state.metrics.refusals.labels("unauthorized").inc()
+        return JSONResponse(
+            {"error": "unauthorized", "message": "minting tokens needs the API key "
+             "(Authorization: Bearer <key>); a token cannot mint another"}, 401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    ttl = settings.token_ttl_s
+    body = await request.body()
+    if body:
+        try:
+            asked = json.loads(body[:4096]).get("ttl_s", ttl)
+            if isinstance(asked, bool) or not isinstance(asked, int | float) or asked <= 0:
+                raise ValueError
+        except (ValueError, AttributeError):
+            return JSONResponse(
+                {"error": "bad_request", "message": 'body must be {"ttl_s": <positive number>}'},
+                400,
+            )
+        ttl = min(ttl, float(asked))
+    token, expires_at = issue_token(settings.api_key, ttl_s=ttl, now=time.time())
+    return JSONResponse(
+        {"token": token, "expires_at": expires_at, "ttl_s": ttl},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _sweep(state: AppState) -> None:
+    """Enforce per-call time limits for every call, twice a second."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+        now = time.monotonic()
+        for session in list(state.sessions):
+            session.check_limits(now)
+        for call in list(state.bridge_sessions):
+            started = getattr(call, "started_at", None)
+            if started is not None and now - started > state.settings.max_call_s:
+                state.metrics.disconnects.labels("call_time_limit").inc()
+                task = asyncio.create_task(call.close())
+                state.background.add(task)
+                task.add_done_callback(state.background.discard)
+
+
+async def drain(state: AppState, timeout_s: float) -> None:
+    """Graceful shutdown, first half: take no new call or turn, let replies in
+    flight finish (up to ``timeout_s``, then cancel them, so each still ends with
+    ``response.done`` and history as heard), tell every caller, close with 1001."""
+    state.draining = True
+    sessions = list(state.sessions)
+    for session in sessions:
+        session.conversation.accepting_turns = False
+    busy = [s for s in sessions if s.conversation.busy]
+    logger.info("draining: %d calls, %d with a reply in flight", len(sessions), len(busy))
+    busy = await _wait_idle(busy, timeout_s)
+    if busy:
+        logger.warning("drain deadline: cancelling %d replies in flight", len(busy))
+        for session in busy:
+            session.conversation.cancel_response(reason="server_shutdown")
+        busy = await _wait_idle(busy, 2.0)  # the played report, then response.done
+    for session in list(state.sessions):
+        session.error(
+            "server_shutting_down", "the server is restarting; reconnect to continue",
+            category="transient",
+        )
+        session.finish(CLOSE_GOING_AWAY, "server_shutdown", flush=True)
+    from agent import webrtc  # the phone bridges import this module
+
+    await webrtc.close_all(state)
+    for _ in range(100):  # their handlers finish within 2 s each (close timeout)
+        if not (state.sessions or state.bridge_sessions):
+            break
+        await asyncio.sleep(0.05)
+
+
+async def _wait_idle(sessions: list[_Session], timeout_s: float) -> list[_Session]:
+    """Wait until no turn or reply is in flight in ``sessions``; the busy ones left."""
+    for _ in range(max(1, int(timeout_s / 0.05))):
+        sessions = [s for s in sessions if s.conversation.busy]
+        if not sessions:
+            break
+        await asyncio.sleep(0.05)
+    return [s for s in sessions if s.conversation.busy]
+
+
+async def _in_daemon_thread(factory: EngineFactory) -> Engines:
+    """Run a model loader off the loop in a thread of its own: a server stopped
+    while it loads exits at once (the loop's executor would wait for it)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Engines] = loop.create_future()
+
+    def run() -> None:
+        result: Engines | None = None
+        error: BaseException | None = None
+        try:
+            result = factory()
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while loading
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+    threading.Thread(target=run, name="voiceforge-load", daemon=True).start()
+    return await future
+
+
+def _settle(
+    future: asyncio.Future[Engines], result: Engines | None, exc: BaseException | None
+) -> None:
+    if future.done():  # cancelled: the server stopped while loading
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
+def create_app(
+    settings: Settings,
+    engines: Engines | EngineFactory,
+    *,
+    on_ready: Callable[[], None] | None = None,
+) -> Starlette:
+    """The ASGI app. ``engines`` may be built already (tests share them) or a
+    factory, run in a thread while the server already answers ``/healthz``
+    (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded."""
     # The phone bridges import this module (auth, session view): imported late.
     from agent import telephony, webrtc
 
+    async def load(state: AppState, factory: EngineFactory) -> None:
+        try:
+            built = await _in_daemon_thread(factory)
+            await built.vad.start()
+        except Exception as exc:
+            # Permanent: /healthz fails so an orchestrator can see it; no secret
+            # is in a load error (paths and model names only).
+            state.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("engines failed to load: %s", state.load_error)
+            return
+        state.set_engines(built)
+        if on_ready is not None:
+            on_ready()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        built = engines if isinstance(engines, Engines) else await asyncio.to_thread(engines)
-        await built.vad.start()
-        app.state.voiceforge = AppState(settings, built)
+        state = AppState(settings, None)
+        app.state.voiceforge = state
+        loader: asyncio.Task[None] | None = None
+        if isinstance(engines, Engines):
+            await engines.vad.start()
+            state.set_engines(engines)
+            if on_ready is not None:
+                on_ready()
+        else:
+            loader = asyncio.create_task(load(state, engines), name="voiceforge-load")
+        sweeper = asyncio.create_task(_sweep(state), name="voiceforge-sweeper")
         try:
             yield
         finally:
-            await webrtc.close_all(app.state.voiceforge)
-            await built.vad.stop()
+            if not state.draining:
+                await drain(state, 0.0)
+            sweeper.cancel()
+            if loader is not None:
+                loader.cancel()
+            await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
+            await asyncio.gather(*state.background, return_exceptions=True)
+            await webrtc.close_all(state)
+            if state.loaded:
+                await state.engines.vad.stop()
 
     return Starlette(
         routes=[
             WebSocketRoute("/ws", _websocket),
             Route("/healthz", _healthz),
+            Route("/readyz", _readyz),
             Route("/metrics", _metrics),
+            Route("/v1/session-tokens", _session_tokens, methods=["POST"]),
             *webrtc.routes,
             *telephony.routes,
             # The browser voice chat page (web/); last, so it never shadows the API.

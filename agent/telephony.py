@@ -17,23 +17,29 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import bridge
+from agent.gate import refusal, secret_ok, twilio_signature_ok
 from agent.limits import OutboundQueue
 from agent.protocol import ServerMessage
-from agent.server import CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, AppState, _authorized
+from agent.server import (
+    CLOSE_GOING_AWAY,
+    CLOSE_UNAUTHORIZED,
+    AppState,
+    _authorized,
+    deny_websocket,
+)
 from pipeline import mulaw
 from pipeline.audio import pcm16_to_float
-from pipeline.conversation import Conversation, SessionConfig
+from pipeline.conversation import Conversation
 from pipeline.echo import EchoGuard
 from pipeline.events import ResponseAudioClear, ResponseAudioDelta, ResponseDone
 
@@ -162,8 +168,11 @@ class TelephonySession:
         self.ws = websocket
         self.state = state
         self.stream_sid = start.stream_sid
-        config = SessionConfig(input_sample_rate=SAMPLE_RATE, output_sample_rate=SAMPLE_RATE)
+        config = replace(
+            state.session_config(), input_sample_rate=SAMPLE_RATE, output_sample_rate=SAMPLE_RATE
+        )
         self.conversation = Conversation(state.engines, self.emit, config)
+        self.started_at = time.monotonic()
         self.guard: EchoGuard | None = bridge.echo_guard(state, SAMPLE_RATE, echo_cancelled=False)
         self.playout = bridge.PlayoutClock()
         self.outbound = OutboundQueue(state.settings.max_outbound_frames)
@@ -282,12 +291,23 @@ async def _wait_for_start(websocket: WebSocket) -> Start | None:
 
 
 def _key_matches(presented: str | None, api_key: str) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+    """The API key or a session token, passed as a <Parameter> of the stream."""
+    return presented is not None and secret_ok(presented, api_key)
 
 
 async def _twilio(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
     api_key = state.settings.api_key
+    if not twilio_signature_ok(websocket, state.settings):
+        # Before accept: the handshake is answered with HTTP 403.
+        state.metrics.refusals.labels("bad_signature").inc()
+        logger.warning("telephony: request without a valid X-Twilio-Signature refused")
+        await websocket.close(CLOSE_UNAUTHORIZED)
+        return
+    refused = refusal(state)
+    if refused is not None:
+        await deny_websocket(websocket, state, refused)
+        return
     header_ok = _authorized(websocket, api_key)
     await websocket.accept()
     start = await _wait_for_start(websocket)

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import av
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import bridge
+from agent.gate import origin_ok, refusal
 from agent.protocol import (
     PROTOCOL_VERSION,
     ConversationText,
@@ -45,8 +47,14 @@ from agent.protocol import (
     SessionCreated,
     decode_client_frame,
 )
-from agent.server import AppState, _authorized, session_view
-from pipeline.conversation import Conversation, SessionConfig
+from agent.server import (
+    AppState,
+    _authorized,
+    _refuse_quietly,
+    refused_response,
+    session_view,
+)
+from pipeline.conversation import Conversation
 from pipeline.echo import EchoGuard
 from pipeline.events import ErrorEvent, ResponseAudioClear, ResponseAudioDelta
 
@@ -148,8 +156,11 @@ class WebRTCSession:
     def __init__(self, state: AppState, *, echo_cancelled: bool) -> None:
         self.state = state
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        config = SessionConfig(input_sample_rate=INPUT_RATE, output_sample_rate=OUTPUT_RATE)
+        config = replace(
+            state.session_config(), input_sample_rate=INPUT_RATE, output_sample_rate=OUTPUT_RATE
+        )
         self.conversation = Conversation(state.engines, self.emit, config)
+        self.started_at = time.monotonic()
         self.track = ReplyTrack(self._on_sent)
         self.guard: EchoGuard | None = bridge.echo_guard(
             state, OUTPUT_RATE, echo_cancelled=echo_cancelled
@@ -339,8 +350,15 @@ class WebRTCSession:
 
 async def _offer(request: Request) -> Response:
     state: AppState = request.app.state.voiceforge
+    if not origin_ok(request, state.settings):
+        _refuse_quietly(state, request, "origin")
+        return JSONResponse({"error": "origin not allowed"}, status_code=403)
     if not _authorized(request, state.settings.api_key):
+        _refuse_quietly(state, request, "unauthorized")
         return JSONResponse({"error": "unauthorized"}, status_code=403)
+    refused = refusal(state)
+    if refused is not None:
+        return refused_response(state, refused)
     body = await request.body()
     if len(body) > MAX_OFFER_BYTES:
         return JSONResponse({"error": "offer too large"}, status_code=413)

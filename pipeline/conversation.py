@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -115,6 +115,18 @@ class SessionConfig:
     audio_delta_ms: float = 100.0
     """Maximum duration of one audio delta."""
     max_history_turns: int = 50
+    max_history_chars: int = 16_000
+    """History the LLM sees beyond the system prompt; past either limit the oldest
+    turns are dropped (a user turn with the reply to it)."""
+    engine_retries: int = 2
+    """Retries of an engine call that failed transiently before any of its output
+    was used: the LLM before its first token, a TTS chunk before its first audio,
+    a transcription. Never after: the caller would hear the start twice."""
+    retry_backoff_ms: float = 200.0
+    """Wait before the first retry; doubled for each one after."""
+    apology: str = "Sorry, I ran into a problem there. Could you say that again?"
+    """Spoken (or, if speech fails too, sent as text) when a turn is lost before the
+    caller heard any reply; empty to stay silent."""
     speculative_transcript: bool = True
     """Start the final transcription when silence begins rather than at the end of
     turn; off, the reply cannot start speculatively either (loadtest on/off runs)."""
@@ -177,6 +189,8 @@ class _Response:
     held_events: list[Event] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     speculative_task: asyncio.Task[tuple[str, float]] | None = None
+    canned: str | None = None
+    """Text to say instead of asking the LLM (the apology for a lost turn)."""
 
     def move(self, phase: ResponsePhase) -> None:
         if phase not in _ALLOWED_PHASES[self.phase]:
@@ -253,7 +267,11 @@ class Conversation:
         self.session_id = session_id or f"sess_{uuid.uuid4().hex[:12]}"
         self.engines = engines.for_session(self.session_id)
         self._emit = emit
-        self.history = History(self.config.instructions, max_turns=self.config.max_history_turns)
+        self.history = History(
+            self.config.instructions,
+            max_turns=self.config.max_history_turns,
+            max_chars=self.config.max_history_chars,
+        )
         self._detector = TurnDetector(self.config.turn, frame_ms=FRAME_MS)
         self._vad = engines.vad.open_stream()
         self._input_resampler = StreamResampler(self.config.input_sample_rate, PIPELINE_SAMPLE_RATE)
@@ -274,6 +292,8 @@ class Conversation:
         self._turn_tasks: set[asyncio.Task[None]] = set()
         self._input_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.accepting_turns = True
+        """False while the server drains: turns that end are ignored (and said so)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -284,14 +304,21 @@ class Conversation:
     def _on_input_stopped(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.error("session=%s input path failed", self.session_id, exc_info=exc)
-            self._emit(ErrorEvent("internal_error", f"input audio path failed: {exc}", fatal=True))
+            self._emit(
+                ErrorEvent(
+                    "internal_error", f"input audio path failed: {exc}", fatal=True,
+                    category="permanent",
+                )
+            )
 
     def _report_unexpected(self, task: asyncio.Future[Any]) -> None:
         """A bug in a turn or response task must not vanish with the task."""
         if task.cancelled() or (exc := task.exception()) is None:
             return
         logger.error("session=%s task failed", self.session_id, exc_info=exc)
-        self._emit(ErrorEvent("internal_error", f"turn failed: {exc}", fatal=False))
+        self._emit(
+            ErrorEvent("internal_error", f"turn failed: {exc}", fatal=False, category="permanent")
+        )
 
     async def close(self) -> None:
         """Cancel everything this call runs and wait for it to stop."""
@@ -337,6 +364,9 @@ class Conversation:
         text = text.strip()
         if not text:
             return
+        if not self.accepting_turns:
+            self._emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
+            return
         self._spawn_turn(self._text_turn(text, time.monotonic()))
 
     def cancel_response(
@@ -360,6 +390,11 @@ class Conversation:
         if response is not None and response.response_id == response_id:
             response.played_ms = max(response.played_ms or 0.0, min(played_ms, response.audio_ms))
             response.played_event.set()
+
+    @property
+    def busy(self) -> bool:
+        """A turn or a response is in flight (what a draining server waits for)."""
+        return bool(self._response is not None or self._turn_tasks or self._finishers)
 
     @property
     def agent_speaking(self) -> bool:
@@ -433,6 +468,12 @@ class Conversation:
             self._draft_transcript = None
             self._turn_start_ms = None
             self._speech_end_ms = None
+            if not self.accepting_turns:
+                if speculative is not None:
+                    speculative.cancel()
+                self._discard_draft()
+                self._emit(TurnIgnored("server_shutting_down", event.start_ms, event.end_ms))
+                return
             self._spawn_turn(
                 self._audio_turn(event.start_ms, event.end_ms, speech_end, speculative)
             )
@@ -447,9 +488,30 @@ class Conversation:
 
     async def _transcribe(self, start_ms: float, end_ms: float) -> tuple[str, float]:
         audio = self._audio.slice_ms(start_ms, end_ms)
-        async with self._stt_lock:
-            transcript = await self.engines.stt.transcribe(audio)
-        return transcript.text, transcript.elapsed_ms
+        attempt = 0
+        while True:
+            try:
+                async with self._stt_lock:
+                    transcript = await self.engines.stt.transcribe(audio)
+                return transcript.text, transcript.elapsed_ms
+            except STTError as exc:
+                attempt = await self._retry_or_raise(exc, attempt, "transcription")
+            except EngineError:
+                raise
+            except Exception as exc:  # an engine bug: reported as a permanent STT failure
+                raise STTError(f"{self.engines.stt.name}: {exc!r}", transient=False) from exc
+
+    async def _retry_or_raise(self, exc: EngineError, attempt: int, what: str) -> int:
+        """Sleep before the next attempt of a transient failure; re-raise otherwise."""
+        if not exc.transient or attempt >= self.config.engine_retries:
+            raise exc
+        delay = self.config.retry_backoff_ms * 2**attempt / 1000.0
+        logger.warning(
+            "session=%s %s failed (%s); retry %d in %.1f s",
+            self.session_id, what, exc, attempt + 1, delay,
+        )
+        await asyncio.sleep(delay)
+        return attempt + 1
 
     def _turn_window(self, end_ms: float) -> tuple[float, float]:
         start = (self._turn_start_ms or 0.0) - self.config.speech_pad_ms
@@ -588,8 +650,13 @@ class Conversation:
                 text, stt_ms = await self._transcribe(window_start, end_ms + pad)
                 timings["speculative_transcript"] = 0.0
         except STTError as exc:
-            self._emit(ErrorEvent("stt_failed", f"transcription failed: {exc}"))
+            self._emit(
+                ErrorEvent("stt_failed", f"transcription failed: {exc}", category=_category(exc))
+            )
             self._emit(TurnIgnored("stt_failed", start_ms, end_ms))
+            self._discard_draft()
+            if self.config.apology:
+                await self._respond(None, speech_end, timings)
             return
         finally:
             self._audio.trim_before_ms(end_ms - pad)
@@ -616,18 +683,23 @@ class Conversation:
             self._cancel(response, "new_text_input")
         await self._respond(text, received_at, {})
 
-    async def _respond(self, text: str, turn_end: float, timings: dict[str, float]) -> None:
+    async def _respond(self, text: str | None, turn_end: float, timings: dict[str, float]) -> None:
+        """Answer ``text``; with None, only say the apology (the turn was lost)."""
         # A cancelled reply must settle its history before the next one reads it.
         if self._finishers:
             await asyncio.gather(*self._finishers, return_exceptions=True)
         self._discard_draft()
-        self.history.add_user(text)
+        if text is not None:
+            self.history.add_user(text)
         response = _Response(
             response_id=f"resp_{uuid.uuid4().hex[:12]}",
             started_at=turn_end,
             timings=timings,
             messages=self.history.messages(),
+            canned=self.config.apology if text is None else None,
         )
+        if text is None:
+            response.timings["apology"] = 1.0
         response.released.set()
         previous = self._response
         if previous is not None and previous.phase in (
@@ -663,17 +735,32 @@ class Conversation:
             for stage in stages:
                 stage.cancel()
             await asyncio.gather(*stages, return_exceptions=True)
-            if not isinstance(exc, EngineError):
+            if isinstance(exc, EngineError):
+                failure = exc
+            elif isinstance(exc, Exception):
+                # A bug in an engine or here: the response still ends, as failed.
+                logger.error(
+                    "session=%s response=%s failed", self.session_id, response.response_id,
+                    exc_info=exc,
+                )
+                failure = EngineError(f"internal error: {exc!r}", transient=False)
+            else:
                 raise
-            failure = exc
         await response.released.wait()
         if failure is not None:
             self._emit(
                 ErrorEvent(
                     _error_code(failure), str(failure), fatal=False,
-                    response_id=response.response_id,
+                    response_id=response.response_id, category=_category(failure),
                 )
             )
+            if (
+                response.audio_ms == 0
+                and self.config.apology
+                and response.canned is None
+                and not response.held
+            ):
+                await self._apologize(response, failure)
         response.move(ResponsePhase.PLAYING)
         # Audio already sent plays out (a barge-in can still cut it): the response is
         # done once the caller has heard it, reported or estimated from the clock.
@@ -703,6 +790,52 @@ class Conversation:
         self.history.add_assistant(heard)
         self._finish(response, ResponseStatus.FAILED, heard, played, reason=_error_code(failure))
 
+    async def _apologize(self, response: _Response, failure: EngineError) -> None:
+        """The caller heard nothing of a failed reply: say sorry, by voice if TTS works."""
+        text = self.config.apology
+        response.text += text
+        self._emit(ResponseTextDelta(response.response_id, text))
+        if isinstance(failure, TTSError):
+            return
+        chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue()
+        chunks.put_nowait(TextChunk(text, text, 0))
+        chunks.put_nowait(None)
+        try:
+            await self._speak(response, chunks)
+        except EngineError as exc:
+            logger.warning("session=%s apology not spoken: %s", self.session_id, exc)
+        except Exception:
+            logger.exception("session=%s apology not spoken", self.session_id)
+
+    async def _llm_deltas(self, response: _Response) -> AsyncGenerator[str, None]:
+        """The reply's text deltas, retried while nothing of it has come out yet."""
+        if response.canned is not None:
+            yield response.canned
+            return
+        config = self.config
+        attempt = 0
+        while True:
+            stream = self.engines.llm.stream(
+                response.messages,
+                max_tokens=config.max_response_tokens,
+                temperature=config.temperature,
+            )
+            produced = False
+            try:
+                async for delta in stream:
+                    produced = True
+                    yield delta
+                return
+            except EngineError as exc:
+                if produced:
+                    raise
+                attempt = await self._retry_or_raise(exc, attempt, "LLM request")
+                response.timings["llm_retries"] = float(attempt)
+            except Exception as exc:  # garbage from the engine, a bug in it
+                raise LLMError(f"{self.engines.llm.name}: {exc!r}", transient=False) from exc
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
     async def _generate_text(
         self, response: _Response, chunks: asyncio.Queue[TextChunk | None]
     ) -> None:
@@ -710,11 +843,7 @@ class Conversation:
         chunker = TextChunker(config.chunker)
         requested = time.monotonic()
         first_token = True
-        stream = self.engines.llm.stream(
-            response.messages,
-            max_tokens=config.max_response_tokens,
-            temperature=config.temperature,
-        )
+        stream = self._llm_deltas(response)
         try:
             async for delta in stream:
                 if first_token:
@@ -733,7 +862,7 @@ class Conversation:
                     response.timings["first_chunk_text_ms"] = (time.monotonic() - requested) * 1000
                 await chunks.put(chunk)
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             response.timings["llm_total_ms"] = (time.monotonic() - requested) * 1000
         await chunks.put(None)
 
@@ -746,10 +875,25 @@ class Conversation:
         while (chunk := await chunks.get()) is not None:
             chunk_start_ms = response.audio_ms
             chunk_ready = time.monotonic()
-            async for audio in tts.synthesize(chunk.text, voice=config.voice):
-                if "tts_first_audio_ms" not in response.timings:
-                    response.timings["tts_first_audio_ms"] = (time.monotonic() - chunk_ready) * 1000
-                self._emit_audio(response, resampler.process(audio), max_samples, out_rate)
+            attempt = 0
+            while True:
+                try:
+                    async for audio in tts.synthesize(chunk.text, voice=config.voice):
+                        if "tts_first_audio_ms" not in response.timings:
+                            response.timings["tts_first_audio_ms"] = (
+                                time.monotonic() - chunk_ready
+                            ) * 1000
+                        self._emit_audio(response, resampler.process(audio), max_samples, out_rate)
+                    break
+                except TTSError as exc:
+                    if response.audio_ms > chunk_start_ms:
+                        raise  # part of the chunk was sent: a retry would repeat it
+                    attempt = await self._retry_or_raise(exc, attempt, "speech synthesis")
+                    resampler = StreamResampler(tts.sample_rate, out_rate)
+                except EngineError:
+                    raise
+                except Exception as exc:  # a bug in the engine
+                    raise TTSError(f"{tts.name}: {exc!r}", transient=False) from exc
             self._emit_audio(response, resampler.flush(), max_samples, out_rate)
             resampler = StreamResampler(tts.sample_rate, out_rate)
             response.chunks.append(
@@ -842,6 +986,10 @@ def _time_from_end_of_turn(timings: dict[str, float]) -> None:
     timings["end_of_turn_to_first_audio_ms"] = timings[
         "end_of_speech_to_first_audio_ms"
     ] - timings.get("end_of_turn_wait_ms", 0.0)
+
+
+def _category(exc: EngineError) -> str:
+    return "transient" if exc.transient else "permanent"
 
 
 def _error_code(exc: EngineError) -> str:

@@ -97,6 +97,10 @@ class ErrorEvent:
     fatal: bool = False
     """True when the session cannot continue."""
     response_id: str | None = None
+    category: str = "client"
+    """``client`` (a bad frame or request: fix the client), ``transient`` (an
+    engine or capacity problem that may pass: retry later) or ``permanent`` (an
+    engine that cannot serve: retrying will not help)."""
 
 
 Event = (

@@ -20,13 +20,22 @@ __all__ = ["History", "SpokenChunk", "heard_text"]
 class History:
     """The system prompt and the user/assistant turns, oldest first."""
 
-    def __init__(self, system_prompt: str, *, max_turns: int = 50) -> None:
+    def __init__(
+        self, system_prompt: str, *, max_turns: int = 50, max_chars: int | None = None
+    ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        if max_chars is not None and max_chars < 1:
+            raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         self.system_prompt = system_prompt
         self.max_turns = max_turns
         """Messages kept besides the system prompt (a turn is one message); beyond it
         the oldest user turn goes, with the assistant's reply to it."""
+        self.max_chars = max_chars
+        """Characters of the kept turns (a proxy for the LLM's context); beyond it the
+        oldest turns go by the same rule (one turn longer than the limit stays)."""
+        self.dropped = 0
+        """Turns dropped so far by either limit."""
         self._turns: list[ChatMessage] = []
 
     def add_user(self, text: str) -> None:
@@ -62,13 +71,26 @@ class History:
     def __len__(self) -> int:
         return len(self._turns)
 
+    def _over_limit(self) -> bool:
+        if len(self._turns) > self.max_turns:
+            return True
+        if self.max_chars is None or len(self._turns) <= 1:
+            return False
+        return sum(len(turn["content"]) for turn in self._turns) > self.max_chars
+
     def _trim(self) -> None:
         # A user turn goes with the reply to it, so the oldest turn left is a user's
         # (or the assistant's greeting, which has no user turn before it).
-        while len(self._turns) > self.max_turns:
+        while self._over_limit():
             dropped = self._turns.pop(0)
-            if dropped["role"] == "user" and self._turns and self._turns[0]["role"] == "assistant":
+            self.dropped += 1
+            if (
+                dropped["role"] == "user"
+                and self._turns
+                and self._turns[0]["role"] == "assistant"
+            ):
                 self._turns.pop(0)
+                self.dropped += 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from pipeline.engines.base import ChatMessage, FloatAudio, Transcript
-from pipeline.errors import EngineError
 
 
 class ScriptedSTT:
-    """Returns scripted transcripts in turn (the last one repeats)."""
+    """Returns scripted transcripts in turn (the last one repeats).
+
+    ``failures`` makes the next N calls raise the given error (fault tests).
+    """
 
     name = "bench:scripted-stt"
 
@@ -30,11 +32,14 @@ class ScriptedSTT:
         self.texts = list(texts)
         self.delay_ms = delay_ms
         self.calls = 0
+        self.failures: list[BaseException] = []
 
     async def transcribe(self, audio: FloatAudio) -> Transcript:
         started = time.monotonic()
         if self.delay_ms:
             await asyncio.sleep(self.delay_ms / 1000)
+        if self.failures:
+            raise self.failures.pop(0)
         text = self.texts[min(self.calls, len(self.texts) - 1)]
         self.calls += 1
         return Transcript(text, len(audio) / 16.0, (time.monotonic() - started) * 1000)
@@ -60,7 +65,7 @@ class ScriptedLLM:
         self.first_token_ms = first_token_ms
         # Bounded: a bench server runs for hours under load.
         self.requests: deque[list[ChatMessage]] = deque(maxlen=100)
-        self.failures: list[EngineError] = []
+        self.failures: list[BaseException] = []
         self.closed_early = 0
 
     async def stream(
@@ -84,7 +89,11 @@ class ScriptedLLM:
 
 
 class ToneTTS:
-    """A 220 Hz tone, ``ms_per_char`` long per character, in chunks of ``chunk_ms``."""
+    """A 220 Hz tone, ``ms_per_char`` long per character, in chunks of ``chunk_ms``.
+
+    Fault tests: ``failures`` makes the next N calls raise before any audio,
+    ``failures_midway`` after their first chunk.
+    """
 
     name = "bench:tone-tts"
 
@@ -96,15 +105,22 @@ class ToneTTS:
         self.realtime_factor = realtime_factor
         """Seconds of compute simulated per second of audio (0: instant)."""
         self.texts: deque[str] = deque(maxlen=100)
+        self.failures: list[BaseException] = []
+        self.failures_midway: list[BaseException] = []
 
     def voices(self) -> Sequence[str]:
         return ["tone"]
 
     async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[FloatAudio]:
         self.texts.append(text)
+        if self.failures:
+            raise self.failures.pop(0)
+        midway = self.failures_midway.pop(0) if self.failures_midway else None
         total = int(len(text) * self.ms_per_char * self.sample_rate / 1000)
         step = int(self.chunk_ms * self.sample_rate / 1000)
         for start in range(0, total, step):
+            if midway is not None and start > 0:
+                raise midway
             n = min(step, total - start)
             if self.realtime_factor:
                 await asyncio.sleep(n / self.sample_rate * self.realtime_factor)

@@ -106,3 +106,30 @@ def test_a_missing_key_file_is_a_configuration_error(
     monkeypatch.setenv("VOICEFORGE_API_KEY_FILE", str(tmp_path / "absent"))
     with pytest.raises(ConfigurationError, match="cannot read"):
         Settings.from_env()
+
+
+def test_from_env_reads_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOICEFORGE_MAX_SESSIONS", "12")
+    monkeypatch.setenv("VOICEFORGE_IDLE_TIMEOUT_S", "30.5")
+    monkeypatch.setenv("VOICEFORGE_MAX_CALL_S", "900")
+    monkeypatch.setenv("VOICEFORGE_LATENCY_BUDGET_MS", "0")
+    monkeypatch.setenv("VOICEFORGE_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("VOICEFORGE_TWILIO_AUTH_TOKEN", "tw-token")
+    settings = Settings.from_env()
+    assert (settings.max_sessions, settings.idle_timeout_s, settings.max_call_s) == (12, 30.5, 900)
+    assert settings.latency_budget_ms == 0
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.twilio_auth_token == "tw-token" and "tw-token" not in repr(settings)
+    settings.validate()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_sessions", 0), ("idle_timeout_s", -1.0), ("token_ttl_s", 7200.0),
+     ("slow_client_frames", 5000), ("engine_retries", -1)],
+)
+def test_impossible_limits_are_refused(name: str, value: float) -> None:
+    settings = Settings()
+    setattr(settings, name, value)
+    with pytest.raises(ConfigurationError, match="invalid limits"):
+        settings.validate()

@@ -1,8 +1,8 @@
-"""Per-session guards: input audio rate and the purgeable outbound queue."""
+"""Per-session guards: input audio rate, frame rate and the purgeable outbound queue."""
 
 from __future__ import annotations
 
-from agent.limits import AudioRateLimiter, OutboundQueue
+from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
 
 
 def test_realtime_audio_is_always_accepted() -> None:
@@ -35,3 +35,23 @@ def test_outbound_queue_is_bounded() -> None:
     assert queue.push(b"1") and queue.push(b"2")
     assert not queue.push(b"3")
     assert len(queue) == 2
+
+
+def test_frames_beyond_the_rate_are_refused_after_the_burst() -> None:
+    limiter = FrameRateLimiter(rate=100.0, burst=50.0)
+    # 1000 frames within 1 s: the burst plus what the rate refills.
+    accepted = sum(limiter.accept(now=i * 0.001) for i in range(1000))
+    assert 50 + 100 * 0.999 - 1 <= accepted <= 50 + 100 * 0.999 + 1
+    # At the rate itself, every frame is taken.
+    later = FrameRateLimiter(rate=100.0, burst=50.0)
+    assert all(later.accept(now=10.0 + i * 0.01) for i in range(500))
+
+
+def test_the_outbound_queue_says_how_long_its_head_has_waited() -> None:
+    queue = OutboundQueue(max_frames=10)
+    assert queue.oldest_age(now=0.0) is None
+    queue.push(b"x")
+    (_, _, _, enqueued) = queue._items[0]
+    assert queue.oldest_age(now=enqueued + 2.5) == 2.5
+    queue.pop()
+    assert queue.oldest_age(now=enqueued + 3.0) is None

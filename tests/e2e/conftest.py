@@ -11,7 +11,7 @@ import functools
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import uvicorn
@@ -19,6 +19,7 @@ import uvicorn
 from agent.config import Settings
 from agent.profiles import build_embedded
 from agent.server import AppState, create_app
+from agent.serving import VoiceForgeServer
 from pipeline.conversation import Engines
 from pipeline.engines.base import LLMEngine
 from pipeline.vad import BatchedVADWorker, SileroVAD
@@ -66,7 +67,17 @@ def sharing(engines: Engines, *, llm: LLMEngine | None = None) -> Engines:
     )
 
 
-def start_server(settings: Settings, engines: Engines) -> Iterator[RunningServer]:
+def start_server(
+    settings: Settings, engines: Engines, *, admission: bool = False
+) -> Iterator[RunningServer]:
+    """Serve ``create_app(settings, engines)`` until the generator is closed.
+
+    Test servers share two cores with the whole suite, so a latency p95 measured
+    there says more about the test run than about the server: admission control
+    is off unless a test asks for it (``admission=True``).
+    """
+    if not admission:
+        settings = replace(settings, latency_budget_ms=0.0)
     app = create_app(settings, engines)
     config = uvicorn.Config(
         app,
@@ -76,7 +87,7 @@ def start_server(settings: Settings, engines: Engines) -> Iterator[RunningServer
         ws_max_size=settings.hard_max_frame_bytes,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = VoiceForgeServer(config, app)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
     thread.start()

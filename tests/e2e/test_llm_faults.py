@@ -2,7 +2,8 @@
 
 The server runs the real OpenAI-compatible engine against a closed port and
 against a local server that accepts the request, starts an SSE stream and never
-sends a token; STT and TTS are the shared real engines.
+sends a token; STT and TTS are the shared real engines. Each turn is retried
+twice (nothing was heard yet), then fails with a spoken apology.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pytest
 from agent.client import VoiceForgeClient
 from agent.config import Settings
 from agent.protocol import ServerMessage
-from pipeline.conversation import Engines
+from pipeline.conversation import Engines, SessionConfig
 from pipeline.engines.openai_compat import OpenAICompatLLM
-from pipeline.events import ErrorEvent, ResponseDone, ResponseStatus
+from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone, ResponseStatus
 from tests.e2e.conftest import RunningServer, sharing, start_server
 
 pytestmark = pytest.mark.e2e
@@ -54,9 +55,13 @@ def _assert_failed_turn(events: list[ServerMessage], code: str) -> None:
     assert [e.code for e in errors] == [code], errors
     assert errors[0].fatal is False
     assert errors[0].response_id == done.response_id
+    assert errors[0].category == "transient"
     assert done.status is ResponseStatus.FAILED
     assert done.reason == code
-    assert done.text_heard == ""
+    # The caller heard nothing of an answer, so they hear the apology (real TTS).
+    assert done.text_heard == SessionConfig().apology
+    assert done.played_ms > 500
+    assert any(isinstance(e, ResponseAudioDelta) for e in events)
 
 
 def _openai_server(engines: Engines, llm: OpenAICompatLLM) -> Iterator[RunningServer]:

@@ -224,15 +224,20 @@ async def test_llm_down_fails_the_response_and_the_session_goes_on(
     vad: BatchedVADWorker,
 ) -> None:
     llm = ScriptedLLM()
-    llm.failures.append(LLMUnavailableError("http://127.0.0.1:9/v1 refused the connection"))
-    h = make(vad, llm=llm)
+    # Down for the first try and both retries.
+    llm.failures.extend(
+        LLMUnavailableError("http://127.0.0.1:9/v1 refused the connection") for _ in range(3)
+    )
+    h = make(vad, llm=llm, config=SessionConfig(apology=""))
     try:
         h.conversation.send_text("Hello?")
         failed = await h.wait_for(lambda e: isinstance(e, ResponseDone))
         assert isinstance(failed, ResponseDone) and failed.status is ResponseStatus.FAILED
+        assert len(llm.requests) == 3
         error = h.of(ErrorEvent)[0]
         assert isinstance(error, ErrorEvent)
         assert error.code == "llm_unavailable" and not error.fatal
+        assert error.category == "transient"
         h.conversation.send_text("Hello again?")
         ok = await h.wait_for(
             lambda e: isinstance(e, ResponseDone) and e.status is ResponseStatus.COMPLETED

@@ -74,6 +74,21 @@ def test_max_turns_keeps_a_pending_user_turn() -> None:
     assert [m["content"] for m in history.messages()[1:]] == ["question 1"]
 
 
+def test_max_chars_drops_the_oldest_turns_by_the_same_rule() -> None:
+    history = History("sys", max_turns=50, max_chars=30)
+    history.add_user("first question?")  # 15
+    history.add_assistant("first answer.")  # 13
+    history.add_user("second?")  # 7: 35 > 30, the first pair goes
+    assert [m["content"] for m in history.messages()] == ["sys", "second?"]
+    assert history.dropped == 2
+
+
+def test_one_turn_longer_than_max_chars_stays() -> None:
+    history = History("sys", max_chars=10)
+    history.add_user("a question far longer than ten characters")
+    assert len(history) == 1
+
+
 def test_max_turns_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_turns"):
         History("sys", max_turns=0)

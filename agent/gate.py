@@ -1,0 +1,149 @@
+"""Who may start a call, and whether the server takes one now.
+
+Every entry point (``/ws``, ``/webrtc/offer``, ``/telephony/twilio``) asks the
+same three questions before any work is done for a caller:
+
+* ``credential_ok``: the API key, or a short-lived session token signed with it
+  (``agent.tokens``), by ``Authorization: Bearer`` or the ``bearer.<secret>``
+  WebSocket subprotocol. Compared in constant time; never logged.
+* ``origin_ok``: a browser's ``Origin`` is the page's own or in the allowlist
+  (a request without ``Origin`` is not from a browser page and needs the key).
+* ``refusal``: draining, not ready, at the session limit, or over the latency
+  budget → a reason and a retry hint (HTTP 503 + ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from starlette.requests import HTTPConnection
+
+from agent.protocol import BEARER_SUBPROTOCOL_PREFIX
+from agent.tokens import verify_token
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.server import AppState
+
+
+def presented_secrets(connection: HTTPConnection) -> list[str]:
+    """Secrets offered by header or subprotocol, in that order."""
+    presented: list[str] = []
+    header = connection.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        presented.append(header[7:].strip())
+    for offered in connection.scope.get("subprotocols", []):
+        if offered.startswith(BEARER_SUBPROTOCOL_PREFIX):
+            presented.append(offered[len(BEARER_SUBPROTOCOL_PREFIX) :])
+    return presented
+
+
+def secret_ok(secret: str, api_key: str, *, allow_token: bool = True) -> bool:
+    """The API key itself, or (``allow_token``) an unexpired token signed with it."""
+    if hmac.compare_digest(secret.encode(), api_key.encode()):
+        return True
+    return allow_token and verify_token(api_key, secret, now=time.time())
+
+
+def credential_ok(connection: HTTPConnection, api_key: str | None) -> bool:
+    if api_key is None:
+        return True
+    return any(secret_ok(secret, api_key) for secret in presented_secrets(connection))
+
+
+def api_key_presented(connection: HTTPConnection, api_key: str | None) -> bool:
+    """The API key itself (not a token): what minting tokens requires."""
+    if api_key is None:
+        return False
+    return any(
+        secret_ok(secret, api_key, allow_token=False) for secret in presented_secrets(connection)
+    )
+
+
+def origin_ok(connection: HTTPConnection, settings: Settings) -> bool:
+    origin = connection.headers.get("origin")
+    if origin is None or "*" in settings.allowed_origins:
+        return True
+    if origin.rstrip("/") in {allowed.rstrip("/") for allowed in settings.allowed_origins}:
+        return True
+    # The page the server itself serves: Origin names the host the request went to.
+    host = connection.headers.get("host")
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    """``draining``, ``not_ready``, ``max_sessions`` or ``overloaded``."""
+    message: str
+    retry_after_s: float
+
+
+def refusal(state: AppState) -> Refusal | None:
+    """Why a new call cannot start now, or None to take it."""
+    settings = state.settings
+    retry = settings.retry_after_s
+    if state.draining:
+        return Refusal("draining", "the server is shutting down; try another one", retry)
+    if state.engines is None:
+        return Refusal("not_ready", state.load_error or "models are still loading", retry)
+    if state.open_calls() >= settings.max_sessions:
+        return Refusal(
+            "max_sessions", f"the server is at its limit of {settings.max_sessions} calls", retry
+        )
+    if state.admission is not None:
+        wait = state.admission.admit(time.monotonic())
+        if wait is not None:
+            p95 = state.admission.recent_p95(time.monotonic()) or 0.0
+            return Refusal(
+                "overloaded",
+                f"replies are slow right now (p95 {p95:.0f} ms over the "
+                f"{state.admission.budget_ms:.0f} ms budget); try again shortly",
+                wait,
+            )
+    return None
+
+
+def twilio_signature(auth_token: str, url: str, params: dict[str, str] | None = None) -> str:
+    """Twilio's X-Twilio-Signature: base64 HMAC-SHA1 of the URL followed by the
+    POST parameters sorted by name, each name immediately followed by its value."""
+    data = url + "".join(f"{name}{value}" for name, value in sorted((params or {}).items()))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def twilio_signature_ok(connection: HTTPConnection, settings: Settings) -> bool:
+    """A request Twilio signed for this server (always true when no token is set).
+
+    Twilio signs the URL it was given; behind a proxy that is ``public_url`` plus
+    the path and query, not what this process sees.
+    """
+    token = settings.twilio_auth_token
+    if token is None:
+        return True
+    signature = connection.headers.get("x-twilio-signature")
+    if not signature:
+        return False
+    url = connection.url
+    if settings.public_url:
+        base = urlsplit(settings.public_url)
+        url = url.replace(netloc=base.netloc)
+        secure = base.scheme in ("https", "wss")
+    else:
+        secure = url.scheme in ("https", "wss")
+    # Twilio signs the <Stream url="wss://..."> as configured; accept the https://
+    # spelling of the same address too.
+    candidates = {
+        str(url.replace(scheme="wss" if secure else "ws")),
+        str(url.replace(scheme="https" if secure else "http")),
+    }
+    return any(
+        hmac.compare_digest(twilio_signature(token, candidate).encode(), signature.encode())
+        for candidate in candidates
+    )

@@ -1,0 +1,313 @@
+"""The limits every call lives under (docs/reliability.md), each over a real socket.
+
+Session limit and admission by measured latency (HTTP 503 + Retry-After), idle
+timeout and maximum call length (an error, then close 1000), a client that stops
+reading (its audio dropped, it is told, the reply cancelled; closed 1008 if it
+never reads again), a client that floods frames, and the history rule. The
+engines are the fast scripted ones: these are the server's own mechanics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from agent.config import Settings
+from pipeline.engines.bench import ScriptedLLM, ToneTTS
+from tests.e2e.bench_engines import bench_engines
+from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e.raw import RawSession, subprotocols
+
+pytestmark = pytest.mark.e2e
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.http}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def wait_until_no_sessions(server: RunningServer, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if not server.app_state.sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert not server.app_state.sessions
+
+
+async def http_get(server: RunningServer, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(f"{server.http}{path}")
+
+
+async def closed_with(session: RawSession, timeout_s: float) -> tuple[int, list[str]]:
+    """Read until the server closes; its close code and the error codes before it."""
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await session.wait_for(lambda message: False, timeout_s)
+    assert closed.value.rcvd is not None, "the server sent a close frame"
+    return closed.value.rcvd.code, [e["code"] for e in session.errors()]
+
+
+# --------------------------------------------------------------- refusals
+
+
+async def test_calls_beyond_the_session_limit_get_503_with_a_retry_hint() -> None:
+    for server in start_server(Settings(max_sessions=2, retry_after_s=7), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as first, connect(
+            server.url, subprotocols=subprotocols()
+        ) as second:
+            await RawSession.open(first)
+            await RawSession.open(second)
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(server.url, subprotocols=subprotocols()):
+                    pass
+            response = refused.value.response
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "7"
+            assert b"max_sessions" in response.body
+            ready = await http_get(server, "/readyz")
+            assert ready.status_code == 503 and "max_sessions" in ready.json()["reasons"]
+            assert (await http_get(server, "/healthz")).status_code == 200
+        await wait_until_no_sessions(server)
+        async with connect(server.url, subprotocols=subprotocols()) as again:
+            await RawSession.open(again)
+        assert metric(server, "voiceforge_refusals_total", reason="max_sessions") == 1
+
+
+async def test_new_calls_are_refused_while_the_measured_p95_is_over_budget() -> None:
+    slow = ScriptedLLM(first_token_ms=400.0, tokens_per_second=200.0)
+    settings = Settings(latency_budget_ms=250.0, admission_min_samples=2, retry_after_s=3)
+    for server in start_server(settings, bench_engines(llm=slow), admission=True):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            for _ in range(2):
+                done = await session.say_hello()
+                assert done["timings"]["end_of_speech_to_first_audio_ms"] > 250
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(server.url, subprotocols=subprotocols()):
+                    pass
+            assert refused.value.response.status_code == 503
+            assert refused.value.response.headers["Retry-After"] == "3"
+            assert b"overloaded" in refused.value.response.body
+            ready = (await http_get(server, "/readyz")).json()
+            assert "overloaded" in ready["reasons"] and ready["first_audio_p95_ms"] > 250
+            # The call already in progress is still served.
+            assert (await session.say_hello())["status"] == "completed"
+        assert metric(server, "voiceforge_refusals_total", reason="overloaded") == 1
+
+
+# ---------------------------------------------------------- time limits
+
+
+async def test_an_idle_call_is_told_and_closed() -> None:
+    for server in start_server(Settings(idle_timeout_s=1.0), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            # Frames of any kind keep a call alive.
+            for _ in range(6):
+                await session.send({"type": "output_audio.played", "response_id": "x",
+                                    "played_ms": 0})
+                await asyncio.sleep(0.3)
+            assert not session.errors()
+            code, errors = await closed_with(session, 5.0)
+        assert (code, errors) == (1000, ["idle_timeout"])
+        await wait_until_no_sessions(server)
+        assert metric(server, "voiceforge_disconnects_total", reason="idle_timeout") == 1
+
+
+async def test_a_call_longer_than_the_limit_is_told_and_closed() -> None:
+    for server in start_server(Settings(max_call_s=1.5), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            started = time.monotonic()
+
+            async def keep_talking() -> None:
+                silence = msgpack.packb({"type": "input_audio.append", "audio": bytes(640)})
+                for _ in range(200):
+                    await ws.send(silence)
+                    await asyncio.sleep(0.02)
+
+            talker = asyncio.create_task(keep_talking())
+            try:
+                code, errors = await closed_with(session, 6.0)
+            finally:
+                talker.cancel()
+                await asyncio.gather(talker, return_exceptions=True)
+            assert 1.5 <= time.monotonic() - started < 4.0
+        assert (code, errors) == (1000, ["call_time_limit"])
+        assert metric(server, "voiceforge_disconnects_total", reason="call_time_limit") == 1
+
+
+# --------------------------------------------------------- slow readers
+
+
+class StubbornClient:
+    """A WebSocket caller over a plain blocking socket with a small receive buffer,
+    driven by websockets' sans-I/O protocol: it reads only when told to, so the
+    server's writes block after kilobytes, as with a real client that hangs."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.protocol = ClientProtocol(parse_uri(server.url), subprotocols=subprotocols())
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        host, port = server.http.removeprefix("http://").split(":")
+        self.sock.settimeout(10)
+        self.sock.connect((host, int(port)))
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+        self.messages: list[dict[str, Any]] = []
+        while not self.messages:  # the handshake, then session.created
+            self.read_some()
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            self.sock.sendall(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.protocol.send_binary(msgpack.packb(message))
+        self._flush()
+
+    def read_some(self) -> bool:
+        """Read what has arrived (blocking up to the socket timeout); False at EOF."""
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return True
+        if not data:
+            self.protocol.receive_eof()
+            return False
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                self.messages.append(msgpack.unpackb(event.data))
+        self._flush()
+        return True
+
+    def read_until(self, predicate: Any, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            for message in self.messages[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.messages)
+            if not self.read_some():
+                break
+        raise TimeoutError(f"not seen; last messages {[m['type'] for m in self.messages[-5:]]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+LONG_REPLY = " ".join(["Once upon a time."] * 30)
+"""A reply of about 500 s of audio (24 MB): more than the kernel's socket buffers
+(a few MB on loopback) hold, so a client that does not read blocks the server."""
+LONG_REPLY_FRAMES = len(LONG_REPLY) * 10  # 1 s per character, 100 ms per delta
+
+
+def _long_reply_server(**limits: Any) -> Iterator[RunningServer]:
+    settings = Settings(slow_client_frames=20, max_outbound_frames=400, **limits)
+    engines = bench_engines(
+        llm=ScriptedLLM(LONG_REPLY, first_token_ms=0.0, tokens_per_second=1000.0),
+        tts=ToneTTS(ms_per_char=1000.0, chunk_ms=1000.0),
+    )
+    yield from start_server(settings, engines)
+
+
+async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() -> None:
+    for server in _long_reply_server(slow_client_timeout_s=30.0):
+        client = await asyncio.to_thread(StubbornClient, server)
+        try:
+            client.send({"type": "conversation.text", "text": "Tell me a long story."})
+            await asyncio.sleep(2.0)  # not reading: the socket fills, then the queue
+            done = await asyncio.to_thread(
+                client.read_until, lambda m: m["type"] == "response.done", 20
+            )
+            assert done["status"] == "cancelled" and done["reason"] == "client_too_slow"
+            errors = [m["code"] for m in client.messages if m["type"] == "error"]
+            assert errors == ["client_too_slow"]
+            audio = sum(1 for m in client.messages if m["type"] == "response.audio.delta")
+            assert 0 < audio < LONG_REPLY_FRAMES / 2, audio  # most of it was dropped
+            # The call goes on.
+            client.send({"type": "session.update", "session": {"temperature": 0.2}})
+            await asyncio.to_thread(
+                client.read_until, lambda m: m["type"] == "session.updated", 10
+            )
+        finally:
+            client.close()
+        assert metric(server, "voiceforge_dropped_audio_frames_total") > 0
+        assert metric(server, "voiceforge_cancellations_total", reason="client_too_slow") == 1
+
+
+async def test_a_client_that_never_reads_again_is_disconnected() -> None:
+    for server in _long_reply_server(slow_client_timeout_s=1.5):
+        client = await asyncio.to_thread(StubbornClient, server)
+        try:
+            client.send({"type": "conversation.text", "text": "Tell me a long story."})
+            await wait_until_no_sessions(server, timeout_s=10.0)
+        finally:
+            client.close()
+        assert metric(server, "voiceforge_disconnects_total", reason="slow_client") == 1
+        async with connect(server.url, subprotocols=subprotocols()) as again:
+            await RawSession.open(again)
+
+
+# ------------------------------------------------------------- floods
+
+
+async def test_a_flooding_client_is_throttled_and_others_are_served() -> None:
+    for server in start_server(Settings(), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as flood, connect(
+            server.url, subprotocols=subprotocols()
+        ) as other:
+            flooder = await RawSession.open(flood)
+            bystander = await RawSession.open(other)
+            frame = msgpack.packb({"type": "output_audio.played", "response_id": "x",
+                                   "played_ms": 0})
+            started = time.monotonic()
+            answer = asyncio.create_task(bystander.say_hello())
+            for _ in range(5000):
+                await flood.send(frame)
+            assert (await asyncio.wait_for(answer, 30))["status"] == "completed"
+            await flooder.send({"type": "session.update", "session": {"temperature": 0.2}})
+            await flooder.wait_type("session.updated", 10)
+            elapsed = time.monotonic() - started
+            throttled = [e for e in flooder.errors() if e["code"] == "too_many_frames"]
+            assert throttled and len(throttled) <= 1 + elapsed
+            assert not bystander.errors()
+
+
+# -------------------------------------------------------------- history
+
+
+async def test_history_keeps_the_newest_turns_within_the_limits() -> None:
+    llm = ScriptedLLM(reply="Fine.", first_token_ms=0.0, tokens_per_second=500.0)
+    for server in start_server(Settings(max_history_turns=4), bench_engines(llm=llm)):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            for n in range(5):
+                await session.send({"type": "conversation.text", "text": f"Question {n}."})
+                await session.wait_for(
+                    lambda m: m["type"] == "response.done", 20
+                )
+                session.log.clear()
+        last = llm.requests[-1]
+        assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+        assert last[-1]["content"] == "Question 4." and last[1]["content"] == "Question 3."

@@ -1,0 +1,116 @@
+"""SIGTERM drains the server: no new calls, replies in flight finish (or are
+cancelled at the deadline, still with response.done), every caller is told and
+closed with 1001, and the process exits with nothing left running.
+
+The server is a real ``voiceforge serve --profile bench`` child process; the
+scripted LLM is slowed down so a reply is in flight when the signal comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from tests.e2e.raw import RawSession, subprotocols
+
+pytestmark = pytest.mark.e2e
+
+
+@contextmanager
+def serve(**env: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
+    """The child server, its ws:// URL and the lines it printed so far."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "serve", "--profile", "bench",
+         "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **env},
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    try:
+        for _ in range(200):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if match := re.search(r"ready: connect to (ws://\S+)", line):
+                yield process, match.group(1), lines
+                break
+        else:
+            pytest.fail("the server did not get ready:\n" + "".join(lines))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        process.stdout.close()
+
+
+def finish_output(process: subprocess.Popen[str], lines: list[str], timeout_s: float) -> int:
+    assert process.stdout is not None
+    rc = process.wait(timeout=timeout_s)
+    lines.extend(process.stdout.readlines())
+    return rc
+
+
+async def test_sigterm_lets_the_reply_in_flight_finish_then_closes_with_1001() -> None:
+    # A 6-token reply at 4 tokens/s: about 1.5 s of generation, then its playback.
+    with serve(VOICEFORGE_BENCH_TOKENS_PER_SECOND="4", VOICEFORGE_DRAIN_TIMEOUT_S="15") as (
+        process, url, lines
+    ):
+        async with connect(url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            await session.send({"type": "conversation.text", "text": "Hello?"})
+            await session.wait_type("response.audio.delta", 10)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            # Listening stopped at once: a new caller goes to another replica.
+            with pytest.raises(OSError):
+                async with connect(url, subprotocols=subprotocols(), open_timeout=3):
+                    pass
+            done = await session.wait_type("response.done", 20)
+            assert done["status"] == "completed", done
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await session.wait_for(lambda m: False, 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert [e["code"] for e in session.errors()] == ["server_shutting_down"]
+        rc = await asyncio.to_thread(finish_output, process, lines, 30)
+        # uvicorn re-raises the signal once drained, so a supervisor sees its own
+        # SIGTERM as the cause (143 in a shell).
+        assert rc in (0, -signal.SIGTERM), "".join(lines[-20:])
+        assert time.monotonic() - signalled < 15
+    output = "".join(lines)
+    assert "shutdown complete: 0 tasks and 0 non-daemon threads left" in output, output[-2000:]
+    assert "timeout graceful shutdown exceeded" not in output
+
+
+async def test_at_the_drain_deadline_replies_are_cancelled_and_still_reported() -> None:
+    # 2 tokens/s: the reply would take ~3 s; the drain allows 0.5 s.
+    with serve(VOICEFORGE_BENCH_TOKENS_PER_SECOND="2", VOICEFORGE_DRAIN_TIMEOUT_S="0.5") as (
+        process, url, lines
+    ):
+        async with connect(url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            await session.send({"type": "conversation.text", "text": "Hello?"})
+            created = await session.wait_type("response.created", 10)
+            process.send_signal(signal.SIGTERM)
+            done = await session.wait_type("response.done", 20)
+            assert done["response_id"] == created["response_id"]
+            assert done["status"] == "cancelled" and done["reason"] == "server_shutdown"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await session.wait_for(lambda m: False, 10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        rc = await asyncio.to_thread(finish_output, process, lines, 30)
+        assert rc in (0, -signal.SIGTERM), "".join(lines[-20:])
+    assert "shutdown complete: 0 tasks" in "".join(lines)

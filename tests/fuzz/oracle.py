@@ -1,0 +1,253 @@
+"""docs/protocol.md as an executable reference model, written from the page, not the code.
+
+The fuzz tests compare what the decoder and the live endpoint do with what this
+model says the page promises. It works on the frame as any msgpack reader sees it
+(``msgpack.unpackb(..., strict_map_key=False)``), so float32 rounding and the like
+are taken into account.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+# §7, by hand: every error code the page documents.
+DOCUMENTED_ERROR_CODES = frozenset(
+    {
+        "malformed_frame",
+        "unknown_type",
+        "invalid_message",
+        "invalid_audio",
+        "invalid_session",
+        "unsupported_sample_rate",
+        "frame_too_large",
+        "audio_rate_exceeded",
+        "too_many_frames",
+        "client_too_slow",
+        "idle_timeout",
+        "call_time_limit",
+        "server_shutting_down",
+        "input_overloaded",
+        "stt_failed",
+        "llm_unavailable",
+        "llm_timeout",
+        "llm_failed",
+        "tts_failed",
+        "engine_failed",
+        "internal_error",
+    }
+)
+ERROR_CATEGORIES = frozenset({"client", "transient", "permanent"})
+"""§5 ``error.category``; §7: ``client`` unless the table brackets another."""
+TRANSIENT_FRAME_CODES = frozenset({"input_overloaded"})
+"""The one code a client frame can earn whose category is not ``client``."""
+DECODER_CODES = frozenset({"malformed_frame", "unknown_type", "invalid_message", "invalid_audio"})
+"""What a single frame can be refused with, before any session state matters."""
+SESSION_CODES = frozenset({"invalid_session", "unsupported_sample_rate"})
+AUDIO_FLOW_CODES = frozenset({"audio_rate_exceeded", "input_overloaded"})
+"""A valid ``input_audio.append`` may still be dropped with one of these (§4, §7)."""
+
+# §4: the five client types.
+CLIENT_TYPES = (
+    "session.update",
+    "input_audio.append",
+    "response.cancel",
+    "output_audio.played",
+    "conversation.text",
+)
+# §5: what the server may send.
+SERVER_TYPES = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "input_audio.speech_started",
+        "input_audio.speech_stopped",
+        "input_audio.turn_ignored",
+        "transcript.delta",
+        "transcript.final",
+        "response.created",
+        "response.text.delta",
+        "response.audio.delta",
+        "response.audio.clear",
+        "response.done",
+        "error",
+    }
+)
+MAX_TEXT_CHARS = 4000
+MAX_INSTRUCTIONS_CHARS = 8000
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
+TURN_FIELDS = (
+    "speech_threshold",
+    "silence_threshold",
+    "min_speech_ms",
+    "end_of_turn_silence_ms",
+    "barge_in_min_speech_ms",
+)
+BOOL_FIELDS = ("speculative_response", "speculative_transcript", "first_chunk_at_clause")
+NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
+INT_FIELDS = {"max_response_tokens": (1, 2048)}
+SESSION_FIELDS = (
+    "instructions",
+    "voice",
+    "input_sample_rate",
+    "output_sample_rate",
+    "turn",
+    *BOOL_FIELDS,
+    *NUMBER_FIELDS,
+    *INT_FIELDS,
+)
+
+def generic_unpack(frame: bytes) -> tuple[bool, Any]:
+    """(True, object) as any msgpack reader sees the frame, or (False, None)."""
+    try:
+        return True, msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception:  # any reader refusing it is enough
+        return False, None
+
+
+def keys_are_strings(obj: Any) -> bool:
+    """Every map key at any depth is a str. Iterative: frames nest ~1000 deep."""
+    allowed = (str,)  # §1: bin, int or nil keys make a frame malformed_frame
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(isinstance(key, allowed) for key in item):
+                return False
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def is_number(value: Any) -> bool:
+    """§1: a *number* is a msgpack int or float, never a boolean."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def expected_decode(frame: bytes) -> str | None:
+    """The error code §7 gives a frame on its own (size aside), or None: accepted."""
+    ok, message = generic_unpack(frame)
+    if not ok or not keys_are_strings(message):
+        return "malformed_frame"
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return "malformed_frame"
+    kind = message["type"]
+    if kind not in CLIENT_TYPES:
+        return "unknown_type"
+    if kind == "input_audio.append":
+        audio = message.get("audio")
+        if not isinstance(audio, bytes):
+            return "invalid_message"
+        return "invalid_audio" if len(audio) % 2 else None
+    if kind == "session.update":
+        return None if isinstance(message.get("session"), dict) else "invalid_message"
+    if kind == "response.cancel":
+        response_id = message.get("response_id")
+        return None if response_id is None or isinstance(response_id, str) else "invalid_message"
+    if kind == "output_audio.played":
+        played: Any = message.get("played_ms")
+        good = (
+            is_number(played)
+            and math.isfinite(played)
+            and played >= 0
+            and isinstance(message.get("response_id"), str)
+        )
+        return None if good else "invalid_message"
+    text = message.get("text")
+    return None if isinstance(text, str) and len(text) <= MAX_TEXT_CHARS else "invalid_message"
+
+
+def turn_is_valid(turn: dict[str, float]) -> bool:
+    """§3.2 turn table: the merged settings, validated as a whole."""
+    speech, silence = turn["speech_threshold"], turn["silence_threshold"]
+    if not (0.0 <= speech <= 1.0 and 0.0 <= silence <= 1.0 and silence <= speech):
+        return False
+    durations = (
+        turn["min_speech_ms"],
+        turn["end_of_turn_silence_ms"],
+        turn["barge_in_min_speech_ms"],
+    )
+    return all(math.isfinite(value) and value >= 0.0 for value in durations)
+
+
+@dataclass
+class SessionModel:
+    """The settings a session has, per §3: ``session.created.session`` plus valid updates."""
+
+    view: dict[str, Any]
+    voices: list[str]
+
+    def field_codes(self, key: Any, value: Any) -> set[str]:
+        """The codes one ``session.update`` field earns on its own (§3.2)."""
+        if key == "instructions":
+            good = isinstance(value, str) and len(value) <= MAX_INSTRUCTIONS_CHARS
+        elif key == "voice":
+            good = value is None or (isinstance(value, str) and value in self.voices)
+        elif key in ("input_sample_rate", "output_sample_rate"):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value in SAMPLE_RATES
+            return set() if ok else {"unsupported_sample_rate"}
+        elif key == "turn":
+            good = (
+                isinstance(value, dict)
+                and all(name in TURN_FIELDS for name in value)
+                and all(is_number(number) for number in value.values())
+            )
+        elif key in BOOL_FIELDS:
+            good = isinstance(value, bool)
+        elif key in NUMBER_FIELDS:
+            low, high = NUMBER_FIELDS[key]
+            good = is_number(value) and low <= value <= high
+        elif key in INT_FIELDS:
+            ilow, ihigh = INT_FIELDS[key]
+            good = isinstance(value, int) and not isinstance(value, bool) and ilow <= value <= ihigh
+        else:
+            good = False  # any other key
+        return set() if good else {"invalid_session"}
+
+    def expect_update(self, session: dict[Any, Any]) -> tuple[set[str], dict[str, Any] | None]:
+        """(codes, None) when refused: any one of ``codes`` (the page sets no order
+        among several bad fields); (empty, the new settings) when applied."""
+        codes: set[str] = set()
+        for key, value in session.items():
+            codes |= self.field_codes(key, value)
+        if codes:
+            return codes, None
+        view = dict(self.view)
+        for key, value in session.items():
+            if key == "turn":
+                turn = {**view["turn"], **{name: float(n) for name, n in value.items()}}
+                if not turn_is_valid(turn):
+                    return {"invalid_session"}, None
+                view["turn"] = turn
+            elif key in NUMBER_FIELDS:
+                view[key] = float(value)
+            else:
+                view[key] = value
+        return set(), view
+
+    def apply(self, view: dict[str, Any]) -> None:
+        self.view = view
+
+
+PRODUCTION_RECURSION_LIMIT = 1000
+"""CPython's default; nothing in ``voiceforge serve`` (or uvicorn) changes it."""
+
+
+@contextmanager
+def production_recursion_limit() -> Iterator[None]:
+    """Run under the server's recursion limit. Hypothesis raises it by 2000 frames
+    while a test runs, which would hide a RecursionError a client can trigger with a
+    frame nested ~1000 deep (msgpack decodes up to 1024 levels)."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(PRODUCTION_RECURSION_LIMIT)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)

@@ -1,0 +1,240 @@
+"""Fuzzing the wire decoder: any bytes in, a client message or a documented error out.
+
+``decode_client_frame`` and ``parse_session_fields`` may only return or raise
+``ProtocolError`` with a code from docs/protocol.md §7; anything else escaping them
+(TypeError, KeyError, msgpack's own errors, RecursionError ...) would end the
+caller's session instead of answering it with an ``error``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from agent.protocol import (
+    ClientMessage,
+    ConversationText,
+    InputAudioAppend,
+    OutputAudioPlayed,
+    ProtocolError,
+    ResponseCancel,
+    SessionUpdate,
+    decode_client_frame,
+    encode_client_message,
+    parse_session_fields,
+)
+from tests.fuzz.conftest import TEST_TIMEOUT_S
+from tests.fuzz.oracle import (
+    DECODER_CODES,
+    DOCUMENTED_ERROR_CODES,
+    MAX_TEXT_CHARS,
+    SESSION_CODES,
+    TURN_FIELDS,
+    SessionModel,
+    expected_decode,
+    generic_unpack,
+    production_recursion_limit,
+)
+from tests.fuzz.stats import STATS
+from tests.fuzz.strategies import (
+    Deep,
+    any_value,
+    client_messages,
+    deep_frames,
+    deep_recipes,
+    map_keys,
+    mutated,
+    packed,
+    session_maps,
+    texts,
+)
+
+pytestmark = [
+    pytest.mark.fuzz,
+    pytest.mark.timeout(TEST_TIMEOUT_S),
+    # The nested strategies' repr is long; hypothesis warns when it builds it.
+    pytest.mark.filterwarnings("ignore:Generating overly large repr"),
+]
+
+MESSAGE_CLASSES = {
+    "session.update": SessionUpdate,
+    "input_audio.append": InputAudioAppend,
+    "response.cancel": ResponseCancel,
+    "output_audio.played": OutputAudioPlayed,
+    "conversation.text": ConversationText,
+}
+
+
+def decode(frame: bytes, test: str) -> ClientMessage | ProtocolError:
+    """The decoder's answer; any exception other than ProtocolError fails the test."""
+    try:
+        with production_recursion_limit():
+            message = decode_client_frame(frame)
+    except ProtocolError as exc:
+        assert exc.code in DOCUMENTED_ERROR_CODES, exc.code
+        assert exc.code in DECODER_CODES, exc.code
+        assert str(exc), "the error event carries a message"
+        STATS.count(test, exc.code)
+        return exc
+    STATS.count(test, f"accepted:{type(message).__name__}")
+    return message
+
+
+def check_decoded(message: ClientMessage, frame: bytes) -> None:
+    """What the decoder promises about an accepted frame (its dataclasses, §4)."""
+    ok, raw = generic_unpack(frame)
+    assert ok and isinstance(raw, dict)
+    assert isinstance(message, MESSAGE_CLASSES[raw["type"]])
+    if isinstance(message, InputAudioAppend):
+        assert type(message.audio) is bytes and len(message.audio) % 2 == 0
+        assert message.audio == raw["audio"]
+    elif isinstance(message, SessionUpdate):
+        assert type(message.session) is dict
+        assert list(message.session) == list(raw["session"])
+    elif isinstance(message, ResponseCancel):
+        assert message.response_id is None or type(message.response_id) is str
+        assert message.response_id == raw.get("response_id")
+    elif isinstance(message, OutputAudioPlayed):
+        assert type(message.response_id) is str and message.response_id == raw["response_id"]
+        assert type(message.played_ms) is float
+        assert math.isfinite(message.played_ms) and message.played_ms >= 0
+        assert message.played_ms == float(raw["played_ms"])
+    else:
+        assert type(message.text) is str and len(message.text) <= MAX_TEXT_CHARS
+        assert message.text == raw["text"]
+    # The encoder and decoder agree: what came in goes back out the same.
+    again = encode_client_message(message)
+    assert encode_client_message(decode_client_frame(again)) == again
+
+
+def check_against_model(frame: bytes, test: str) -> ClientMessage | ProtocolError:
+    result = decode(frame, test)
+    expected = expected_decode(frame)
+    if isinstance(result, ProtocolError):
+        assert result.code == expected, (result.code, expected, str(result))
+    else:
+        assert expected is None, (expected, result)
+        check_decoded(result, frame)
+    return result
+
+
+# ------------------------------------------------------------------ (a) any bytes
+
+
+@given(st.binary(max_size=512))
+@example(b"")
+@example(b"\xc1")  # the one byte msgpack never uses
+@example(b"\x80")  # {}
+@example(b"\x91" * 5000 + b"\xc0")  # 5000 nested arrays
+@example(b"\xdf\xff\xff\xff\xff")  # a map claiming 4 billion entries
+@example(b"\xc6\xff\xff\xff\xff")  # bin claiming 4 GiB
+@example(msgpack.packb({"type": "conversation.text", "text": "hi"}) + b"\x00")  # trailing data
+def test_any_bytes_decode_or_raise_protocol_error(frame: bytes) -> None:
+    check_against_model(frame, "decoder.any_bytes")
+
+
+@given(mutated(packed(client_messages())))
+def test_mutated_frames_decode_or_raise_protocol_error(frame: bytes) -> None:
+    check_against_model(frame, "decoder.mutated")
+
+
+# ------------------------------------------------------------ (b) structured msgpack
+
+
+@given(packed(client_messages()))
+@example(msgpack.packb({"type": "input_audio.append", "audio": "AAAA"}))  # str, not bin
+@example(msgpack.packb({"type": "input_audio.append", "audio": b"\x00"}))
+@example(msgpack.packb({"type": "output_audio.played", "response_id": "r", "played_ms": math.nan}))
+@example(msgpack.packb({"type": "output_audio.played", "response_id": "r", "played_ms": -0.0}))
+@example(msgpack.packb({"type": "output_audio.played", "response_id": "r", "played_ms": 2**64 - 1}))
+@example(msgpack.packb({"type": "output_audio.played", "response_id": "r", "played_ms": True}))
+@example(msgpack.packb({"type": "conversation.text", "text": "a" * 4001}))
+@example(msgpack.packb({"type": "conversation.text", "text": "😀" * 4000}))
+@example(msgpack.packb({"type": "response.cancel", "response_id": None}))
+@example(msgpack.packb({"type": "session.update", "session": {1: 2}}))  # int key, nested
+@example(msgpack.packb({"type": "session.update", "session": []}))
+@example(msgpack.packb({1: "session.update"}))
+def test_structured_messages_decode_as_documented(frame: bytes) -> None:
+    check_against_model(frame, "decoder.structured")
+
+
+@given(deep_frames())
+def test_deeply_nested_frames_decode_or_raise_protocol_error(frame: bytes) -> None:
+    result = check_against_model(frame, "decoder.deep")
+    if isinstance(result, SessionUpdate):
+        # What the server does next with the payload (agent/server.py update_session).
+        try:
+            with production_recursion_limit():
+                parse_session_fields(result.session, ["tone"])
+        except ProtocolError as exc:
+            assert exc.code in SESSION_CODES, exc.code
+            STATS.count("decoder.deep.session", exc.code)
+        else:
+            STATS.count("decoder.deep.session", "accepted")
+
+
+def test_bin_map_keys_are_malformed_frames_as_documented() -> None:
+    frame = msgpack.packb({"type": "conversation.text", "text": "hi", b"bin": 1})
+    with pytest.raises(ProtocolError) as refused:
+        decode_client_frame(frame)
+    assert refused.value.code == "malformed_frame"
+
+
+# ------------------------------------------------------ (c) session.update payloads
+
+voice_lists = st.lists(st.one_of(st.just("tone"), texts), max_size=3)
+python_keys: st.SearchStrategy[Any] = st.one_of(
+    map_keys, st.tuples(st.integers()), st.just(frozenset())
+)
+"""parse_session_fields takes a dict from anywhere, not only from msgpack."""
+
+
+session_values = st.one_of(any_value, deep_recipes)
+random_sessions = st.one_of(
+    session_maps,
+    st.dictionaries(python_keys, session_values, max_size=4),
+    st.dictionaries(
+        st.sampled_from(["voice", "instructions", "turn", "temperature", "bogus"]),
+        deep_recipes,
+        min_size=1,
+        max_size=2,
+    ),
+)
+
+
+@given(random_sessions, voice_lists)
+@example({"voice": Deep(995, None, as_map=False)}, ["tone"])
+@example({"turn": {"speech_threshold": math.nan}}, ["tone"])
+@example({"temperature": True}, ["tone"])
+def test_parse_session_fields_returns_changes_or_raises_protocol_error(
+    drawn: dict[Any, Any], voices: list[str]
+) -> None:
+    session = {k: v.build() if isinstance(v, Deep) else v for k, v in drawn.items()}
+    model = SessionModel(view={}, voices=voices)
+    expected: set[str] = set()
+    for key, value in session.items():
+        expected |= model.field_codes(key, value)
+    try:
+        with production_recursion_limit():
+            changes = parse_session_fields(session, voices)
+    except ProtocolError as exc:
+        assert exc.code in DOCUMENTED_ERROR_CODES, exc.code
+        assert exc.code in expected, (exc.code, expected)
+        STATS.count("parse_session_fields", exc.code)
+        return
+    STATS.count("parse_session_fields", "accepted")
+    assert not expected, expected
+    assert isinstance(changes, dict) and set(changes) == set(session)
+    for key, value in changes.items():
+        if key == "turn":
+            assert set(value) <= set(TURN_FIELDS)
+            assert all(type(number) is float for number in value.values())
+        elif key in ("temperature", "partial_transcript_interval_ms"):
+            assert type(value) is float
+        else:
+            assert value == session[key]
