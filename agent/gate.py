@@ -91,7 +91,7 @@ def refusal(state: AppState) -> Refusal | None:
     retry = settings.retry_after_s
     if state.draining:
         return Refusal("draining", "the server is shutting down; try another one", retry)
-    if state.engines is None:
+    if not state.loaded:
         return Refusal("not_ready", state.load_error or "models are still loading", retry)
     if state.open_calls() >= settings.max_sessions:
         return Refusal(

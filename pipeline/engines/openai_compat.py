@@ -91,7 +91,17 @@ class OpenAICompatLLM:
         except openai.OpenAIError as error:
             raise self._translate(error) from error
         try:
+            # An answer that is not an event stream (a proxy's HTML page) or a stream
+            # with no completion chunk in it must fail the turn, not end it silently.
+            content_type = response.response.headers.get("content-type", "").lower()
+            if not content_type.startswith("text/event-stream"):
+                raise LLMError(
+                    f"{self.endpoint} answered {content_type or 'no content type'}, "
+                    "not an event stream",
+                    transient=False,
+                )
             first = True
+            answered = False
             while True:
                 limit = deadline - time.monotonic() if first else self.stall_timeout_s
                 try:
@@ -99,9 +109,20 @@ class OpenAICompatLLM:
                         anext(response), limit, "first token" if first else "next token"
                     )
                 except StopAsyncIteration:
+                    if not answered:
+                        raise LLMError(
+                            f"{self.endpoint} ended its stream without a completion chunk",
+                            transient=False,
+                        ) from None
                     return
                 except openai.OpenAIError as error:
                     raise self._translate(error) from error
+                except ValueError as error:  # an SSE data line that is not JSON
+                    raise LLMError(
+                        f"{self.endpoint} sent an event that is not JSON: {error}",
+                        transient=False,
+                    ) from error
+                answered = answered or bool(chunk.choices)
                 delta = chunk.choices[0].delta.content if chunk.choices else None
                 if delta:
                     first = False
