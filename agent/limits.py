@@ -41,20 +41,36 @@ class FrameRateLimiter:
     frames from costing the event loop more than a few real callers would.
     """
 
-    def __init__(self, rate: float = 250.0, burst: float = 500.0) -> None:
+    def __init__(
+        self, rate: float = 250.0, burst: float = 500.0, *, flood_factor: float = 10.0
+    ) -> None:
         self.rate = rate
         self.burst = burst
+        self.flood_frames = flood_factor * rate
+        """Frames refused within one second that make a client a flooder."""
         self._tokens = burst
         self._at: float | None = None
+        self._window_start = 0.0
+        self._refused_in_window = 0
 
     def accept(self, now: float) -> bool:
         if self._at is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
+        if now - self._window_start >= 1.0:
+            self._window_start, self._refused_in_window = now, 0
         if self._tokens < 1.0:
+            self._refused_in_window += 1
             return False
         self._tokens -= 1.0
         return True
+
+    @property
+    def flooding(self) -> bool:
+        """Refusing frames costs CPU too (about one core for one client sending as
+        fast as it can, docs/reliability.md): past ``flood_factor`` × the rate
+        within a second, the client is not a caller and is disconnected."""
+        return self._refused_in_window > self.flood_frames
 
 
 class OutboundQueue:

@@ -63,6 +63,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNAUTHORIZED = 1008
 CLOSE_TOO_SLOW = 1008
+"""Also for a flooding client: 1008 is "policy violation"."""
 CLOSE_TRY_AGAIN_LATER = 1013
 
 EngineFactory = Callable[[], Engines]
@@ -224,6 +225,14 @@ class _Session:
         now = time.monotonic()
         self.last_frame_at = now
         if not self.frames.accept(now):
+            if self.frames.flooding:
+                self.error(
+                    "too_many_frames",
+                    f"more than {self.frames.flood_frames:g} frames over the limit within a "
+                    "second; closing the call",
+                )
+                self.finish(CLOSE_TOO_SLOW, "flood", flush=True)
+                return
             if now - self.last_frame_error > 1.0:
                 self.last_frame_error = now
                 self.error(

@@ -55,3 +55,16 @@ def test_the_outbound_queue_says_how_long_its_head_has_waited() -> None:
     assert queue.oldest_age(now=enqueued + 2.5) == 2.5
     queue.pop()
     assert queue.oldest_age(now=enqueued + 3.0) is None
+
+
+def test_a_client_refused_ten_times_the_rate_within_a_second_is_flooding() -> None:
+    limiter = FrameRateLimiter(rate=100.0, burst=10.0)
+    for i in range(900):  # 900 frames in 0.09 s: ~890 refused, under 10 x 100
+        limiter.accept(now=i * 0.0001)
+    assert not limiter.flooding
+    for i in range(200):
+        limiter.accept(now=0.09 + i * 0.0001)
+    assert limiter.flooding
+    # A second later the window starts over.
+    limiter.accept(now=5.0)
+    assert limiter.accept(now=5.0) and not limiter.flooding

@@ -9,6 +9,7 @@ scripted LLM is slowed down so a reply is in flight when the signal comes.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -114,3 +115,25 @@ async def test_at_the_drain_deadline_replies_are_cancelled_and_still_reported() 
         rc = await asyncio.to_thread(finish_output, process, lines, 30)
         assert rc in (0, -signal.SIGTERM), "".join(lines[-20:])
     assert "shutdown complete: 0 tasks" in "".join(lines)
+
+
+async def test_json_logs_carry_session_and_response_ids_and_no_secret() -> None:
+    key = "json-log-test-key-0123456789"
+    with serve(VOICEFORGE_LOG_FORMAT="json", VOICEFORGE_API_KEY=key) as (process, url, lines):
+        async with connect(url, subprotocols=subprotocols(f"bearer.{key}")) as ws:
+            session = await RawSession.open(ws)
+            done = await session.say_hello()
+        with pytest.raises(websockets.InvalidStatus):  # refused: no key
+            async with connect(url, subprotocols=subprotocols()):
+                pass
+        process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(finish_output, process, lines, 30)
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    # Every log line is JSON (the [voiceforge] lines are start-up progress on stdout).
+    assert all(line.startswith(("{", "[voiceforge]")) for line in lines), lines
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    finished = [r for r in records if r.get("response_id") == done["response_id"]]
+    assert finished and finished[0]["session_id"] == session.created["session_id"]
+    assert finished[0]["status"] == "completed"
+    assert any(r.get("refusal") == "unauthorized" for r in records)
+    assert key not in "".join(lines)
