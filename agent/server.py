@@ -473,6 +473,8 @@ async def _read_frames(websocket: WebSocket, session: _Session) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
+        if session.closing is not None:
+            return  # frames already queued when the call was ended are not handled
         data = message.get("bytes")
         if data is None:
             session.last_frame_at = time.monotonic()
