@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agent import bridge
 from agent.admission import LatencyAdmission
@@ -462,9 +462,11 @@ async def _websocket(websocket: WebSocket) -> None:
             "session=%s closed (%s, %d)", session.session_id, ended_by, code,
             extra={"session_id": session.session_id},
         )
-        with contextlib.suppress(Exception):
-            # A client that does not read cannot take a close frame either.
-            await asyncio.wait_for(websocket.close(code), 2.0)
+        session.tasks.clear()
+        if WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
+            with contextlib.suppress(Exception):
+                # A client that does not read cannot take a close frame either.
+                await asyncio.wait_for(websocket.close(code), 2.0)
 
 
 async def _read_frames(websocket: WebSocket, session: _Session) -> None:

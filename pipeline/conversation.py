@@ -339,6 +339,15 @@ class Conversation:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._vad.close()
+        # The adapter's emit is usually a bound method of an object that holds this
+        # conversation: drop the reference so the pair is freed when the call ends,
+        # not at the next full garbage collection (loadtest/soak.py found the delay).
+        self._emit = _discard
+        # A cancelled task keeps its CancelledError, whose traceback holds the
+        # task's frame and so this object: forget the finished tasks.
+        self._input_task = self._speculative = self._partial_task = None
+        self._response = self._draft = None
+        self._draft_transcript = None
 
     def update(self, config: SessionConfig) -> None:
         """Apply new settings; audio already accepted keeps flowing."""
@@ -974,6 +983,10 @@ class Conversation:
         )
         if self._response is response:
             self._response = None
+
+
+def _discard(event: Event) -> None:
+    """The emit of a closed conversation."""
 
 
 def _time_from_end_of_turn(timings: dict[str, float]) -> None:
