@@ -35,6 +35,7 @@ from agent.server import (
     CLOSE_UNAUTHORIZED,
     AppState,
     _authorized,
+    _refuse_quietly,
     deny_websocket,
 )
 from pipeline import mulaw
@@ -299,10 +300,8 @@ async def _twilio(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
     api_key = state.settings.api_key
     if not twilio_signature_ok(websocket, state.settings):
-        # Before accept: the handshake is answered with HTTP 403.
-        state.metrics.refusals.labels("bad_signature").inc()
-        logger.warning("telephony: request without a valid X-Twilio-Signature refused")
-        await websocket.close(CLOSE_UNAUTHORIZED)
+        _refuse_quietly(state, websocket, "bad_signature")
+        await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
         return
     refused = refusal(state)
     if refused is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,12 +21,10 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
-from websockets.frames import Frame, Opcode
-from websockets.uri import parse_uri
 
 from agent.config import Settings
+from loadtest.harness import StubbornClient
 from pipeline.engines.bench import ScriptedLLM, ToneTTS
 from tests.e2e.bench_engines import bench_engines
 from tests.e2e.conftest import RunningServer, start_server
@@ -159,64 +156,6 @@ async def test_a_call_longer_than_the_limit_is_told_and_closed() -> None:
 # --------------------------------------------------------- slow readers
 
 
-class StubbornClient:
-    """A WebSocket caller over a plain blocking socket with a small receive buffer,
-    driven by websockets' sans-I/O protocol: it reads only when told to, so the
-    server's writes block after kilobytes, as with a real client that hangs."""
-
-    def __init__(self, server: RunningServer) -> None:
-        self.protocol = ClientProtocol(parse_uri(server.url), subprotocols=subprotocols())
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        host, port = server.http.removeprefix("http://").split(":")
-        self.sock.settimeout(10)
-        self.sock.connect((host, int(port)))
-        self.protocol.send_request(self.protocol.connect())
-        self._flush()
-        self.messages: list[dict[str, Any]] = []
-        while not self.messages:  # the handshake, then session.created
-            self.read_some()
-
-    def _flush(self) -> None:
-        for data in self.protocol.data_to_send():
-            self.sock.sendall(data)
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.protocol.send_binary(msgpack.packb(message))
-        self._flush()
-
-    def read_some(self) -> bool:
-        """Read what has arrived (blocking up to the socket timeout); False at EOF."""
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return True
-        if not data:
-            self.protocol.receive_eof()
-            return False
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.BINARY:
-                self.messages.append(msgpack.unpackb(event.data))
-        self._flush()
-        return True
-
-    def read_until(self, predicate: Any, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        seen = 0
-        while time.monotonic() < deadline:
-            for message in self.messages[seen:]:
-                if predicate(message):
-                    return message
-            seen = len(self.messages)
-            if not self.read_some():
-                break
-        raise TimeoutError(f"not seen; last messages {[m['type'] for m in self.messages[-5:]]}")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 LONG_REPLY = " ".join(["Once upon a time."] * 30)
 """A reply of about 500 s of audio (24 MB): more than the kernel's socket buffers
 (a few MB on loopback) hold, so a client that does not read blocks the server."""
@@ -234,7 +173,7 @@ def _long_reply_server(**limits: Any) -> Iterator[RunningServer]:
 
 async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() -> None:
     for server in _long_reply_server(slow_client_timeout_s=30.0):
-        client = await asyncio.to_thread(StubbornClient, server)
+        client = await asyncio.to_thread(StubbornClient, server.url)
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
             await asyncio.sleep(2.0)  # not reading: the socket fills, then the queue
@@ -259,7 +198,7 @@ async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() 
 
 async def test_a_client_that_never_reads_again_is_disconnected() -> None:
     for server in _long_reply_server(slow_client_timeout_s=1.5):
-        client = await asyncio.to_thread(StubbornClient, server)
+        client = await asyncio.to_thread(StubbornClient, server.url)
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
             await wait_until_no_sessions(server, timeout_s=10.0)
