@@ -34,6 +34,8 @@ import json
 import threading
 from dataclasses import dataclass
 
+from agent.config import Settings
+
 REPLY = "All good here. The line is working fine."
 PARTIAL_TOKENS = ["The", " weather", " today", " is", " sunny", " and", " warm.", " Tomorrow",
                   " it", " will"]
@@ -55,6 +57,37 @@ MODES = (
     "no_choices",
     "html",
 )
+
+RETRIES = Settings().engine_retries
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a fault mode must lead to (the fault tests assert it, the reliability
+    measurement checks and times it)."""
+
+    mode: str
+    code: str
+    category: str
+    requests: int
+    """Requests the endpoint sees for the failed turn (retries included)."""
+    heard_partial: bool = False
+    """Text came (and was spoken) before the fault: no retry, no apology."""
+
+
+FAULTS = [
+    Fault("status_503", "llm_unavailable", "transient", 1 + RETRIES),
+    Fault("status_429", "llm_unavailable", "transient", 1 + RETRIES),
+    Fault("status_400", "llm_failed", "permanent", 1),
+    Fault("refused", "llm_unavailable", "transient", 0),
+    Fault("stall_first", "llm_timeout", "transient", 1 + RETRIES),
+    Fault("stall_mid", "llm_timeout", "transient", 1, heard_partial=True),
+    Fault("break_first", "llm_unavailable", "transient", 1 + RETRIES),
+    Fault("break_mid", "llm_unavailable", "transient", 1, heard_partial=True),
+    Fault("garbage_data", "llm_failed", "permanent", 1),
+    Fault("no_choices", "llm_failed", "permanent", 1),
+    Fault("html", "llm_failed", "permanent", 1),
+]
 
 
 @dataclass

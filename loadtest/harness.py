@@ -152,7 +152,11 @@ class LocalServer:
         return state
 
 
-def _start(app: Starlette, settings: Settings) -> tuple[VoiceForgeServer, threading.Thread, Any]:
+def start_in_thread(
+    app: Starlette, settings: Settings
+) -> tuple[VoiceForgeServer, threading.Thread, Any]:
+    """Serve ``app`` on 127.0.0.1 and a free port in a thread and loop of its own;
+    returns once it listens (stop it with ``stop_in_thread``)."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -178,7 +182,8 @@ def _start(app: Starlette, settings: Settings) -> tuple[VoiceForgeServer, thread
     return server, thread, loop
 
 
-def _stop(server: VoiceForgeServer, thread: threading.Thread, loop: Any) -> None:
+def stop_in_thread(server: VoiceForgeServer, thread: threading.Thread, loop: Any) -> None:
+    """Drain and stop a server from ``start_in_thread`` (bounded: 30 s)."""
     server.should_exit = True
     thread.join(timeout=30)
     if thread.is_alive():
@@ -190,7 +195,7 @@ def _stop(server: VoiceForgeServer, thread: threading.Thread, loop: Any) -> None
 async def serving_app(app: Starlette, settings: Settings) -> AsyncIterator[LocalServer]:
     """Serve ``app`` in a thread until the block ends (started and stopped off
     this loop, so the callers' close handshakes are answered meanwhile)."""
-    server, thread, loop = await asyncio.to_thread(_start, app, settings)
+    server, thread, loop = await asyncio.to_thread(start_in_thread, app, settings)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield LocalServer(
@@ -198,7 +203,7 @@ async def serving_app(app: Starlette, settings: Settings) -> AsyncIterator[Local
             settings=settings,
         )
     finally:
-        await asyncio.to_thread(_stop, server, thread, loop)
+        await asyncio.to_thread(stop_in_thread, server, thread, loop)
 
 
 @contextlib.asynccontextmanager

@@ -52,7 +52,7 @@ from agent.config import Settings
 from agent.limits import FrameRateLimiter
 from agent.server import SWEEP_INTERVAL_S, create_app
 from agent.tokens import issue_token
-from loadtest.fault_llm import PARTIAL_HEARD, FaultyLLMServer
+from loadtest.fault_llm import FAULTS, PARTIAL_HEARD, FaultyLLMServer
 from loadtest.fault_llm import REPLY as FAULT_LLM_REPLY
 from loadtest.harness import (
     AudioSender,
@@ -1016,30 +1016,6 @@ async def idle_timeout(ctx: Context) -> Result:
 # --------------------------------------------------------------------------- 8. LLM faults
 
 
-@dataclass(frozen=True)
-class Fault:
-    mode: str
-    code: str
-    category: str
-    requests: int
-    """Requests the endpoint sees for the failed turn (retries included)."""
-    heard_partial: bool = False
-    """Text came (and was spoken) before the fault: no retry, no apology."""
-
-
-LLM_FAULTS = [
-    Fault("status_503", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("status_429", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("status_400", "llm_failed", "permanent", 1),
-    Fault("refused", "llm_unavailable", "transient", 0),
-    Fault("stall_first", "llm_timeout", "transient", 1 + RETRIES),
-    Fault("stall_mid", "llm_timeout", "transient", 1, heard_partial=True),
-    Fault("break_first", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("break_mid", "llm_unavailable", "transient", 1, heard_partial=True),
-    Fault("garbage_data", "llm_failed", "permanent", 1),
-    Fault("no_choices", "llm_failed", "permanent", 1),
-    Fault("html", "llm_failed", "permanent", 1),
-]
 QUICK_LLM_FAULTS = ("status_503", "refused", "stall_mid", "html")
 FIRST_TOKEN_TIMEOUT_S = 1.0
 STALL_TIMEOUT_S = 0.5
@@ -1051,7 +1027,7 @@ def _all_closed(requests: list[Any]) -> bool:
 
 async def llm_faults(ctx: Context) -> Result:
     r = ctx.result
-    faults = [f for f in LLM_FAULTS if not ctx.quick or f.mode in QUICK_LLM_FAULTS]
+    faults = [f for f in FAULTS if not ctx.quick or f.mode in QUICK_LLM_FAULTS]
     r.settings = {
         "engine": "OpenAICompatLLM against loadtest.fault_llm.FaultyLLMServer (127.0.0.1)",
         "connect_timeout_s": 2.0, "first_token_timeout_s": FIRST_TOKEN_TIMEOUT_S,

@@ -24,9 +24,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from agent.config import Settings
-from loadtest.harness import StubbornClient
+from loadtest.harness import StubbornClient, bench_engines
 from pipeline.engines.bench import ScriptedLLM, ToneTTS
-from tests.e2e.bench_engines import bench_engines
 from tests.e2e.conftest import RunningServer, start_server
 from tests.e2e.raw import RawSession, subprotocols
 

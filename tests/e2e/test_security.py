@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from agent.client import VoiceForgeClient
 from agent.config import Settings
 from agent.gate import twilio_signature
-from tests.e2e.bench_engines import bench_engines
+from loadtest.harness import bench_engines
 from tests.e2e.conftest import RunningServer, start_server
 from tests.e2e.raw import RawSession, subprotocols
 

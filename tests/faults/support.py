@@ -11,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from agent.client import VoiceForgeClient
+from agent.config import Settings
 from agent.protocol import ServerMessage
-from agent.serving import VoiceForgeServer
+from loadtest import harness
+from loadtest.harness import start_in_thread, stop_in_thread
 from pipeline.conversation import Engines
 from pipeline.engines.base import ChatMessage, FloatAudio, LLMEngine, Transcript
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT, ToneTTS
@@ -34,7 +33,6 @@ from pipeline.events import (
     ResponseDone,
     ResponseTextDelta,
 )
-from pipeline.vad import BatchedVADWorker, SileroVAD
 from tests.e2e.conftest import RunningServer, start_server
 from tests.speech import silence
 
@@ -48,12 +46,12 @@ def bench_engines(
     llm: LLMEngine | None = None,
     tts: ToneTTS | None = None,
 ) -> Engines:
-    """Scripted engines (or the ones given) and a VAD worker of their own."""
-    return Engines(
-        stt=stt if stt is not None else ScriptedSTT(),
+    """``loadtest.harness.bench_engines`` with faster defaults (the fault tests
+    time faults, not speech)."""
+    return harness.bench_engines(
+        stt=stt,
         llm=llm if llm is not None else ScriptedLLM(tokens_per_second=200, first_token_ms=5),
         tts=tts if tts is not None else ToneTTS(ms_per_char=5.0, chunk_ms=50.0),
-        vad=BatchedVADWorker(SileroVAD()),
     )
 
 
@@ -65,24 +63,12 @@ serving = contextlib.contextmanager(start_server)
 def serving_app(app: Starlette) -> Iterator[str]:
     """Serve any app (one built with an engine factory) until the block ends; yields
     its ``http://127.0.0.1:<port>`` base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = VoiceForgeServer(config, app)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
+    server, thread, loop = start_in_thread(app, Settings())
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the server did not stop within 30 s"
-        loop.close()
+        stop_in_thread(server, thread, loop)
 
 
 # ------------------------------------------------------------------------- HTTP
@@ -111,22 +97,14 @@ async def wait_ready(server: RunningServer, timeout_s: float = 5.0) -> dict[str,
         await asyncio.sleep(0.05)
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+Samples = harness.Samples
+value = harness.value
 
 
 async def scrape(base: str) -> Samples:
     """Every sample of ``/metrics`` (read on the server's loop), by name and labels."""
-    response = await get(base, "/metrics")
-    assert response.status_code == 200
-    samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        return await harness.scrape(http, base)
 
 
 async def error_count(server: RunningServer, code: str, category: str) -> float:

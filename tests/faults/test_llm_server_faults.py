@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from agent.client import VoiceForgeClient
 from agent.config import Settings
+from loadtest.fault_llm import (
+    FAULTS,
+    PARTIAL_HEARD,
+    PARTIAL_TOKENS,
+    REPLY,
+    RETRIES,
+    Fault,
+    FaultyLLMServer,
+)
 from pipeline.conversation import SessionConfig
 from pipeline.engines.openai_compat import OpenAICompatLLM
 from pipeline.events import ResponseStatus
 from tests.e2e.conftest import RunningServer
-from tests.faults.llm_server import PARTIAL_HEARD, PARTIAL_TOKENS, REPLY, FaultyLLMServer
 from tests.faults.support import (
     audio_of,
     bench_engines,
@@ -46,33 +53,6 @@ from tests.faults.support import (
 APOLOGY = SessionConfig().apology
 FIRST_TOKEN_TIMEOUT_S = 1.0
 STALL_TIMEOUT_S = 0.5
-RETRIES = Settings().engine_retries
-
-
-@dataclass(frozen=True)
-class Fault:
-    mode: str
-    code: str
-    category: str
-    requests: int
-    """Requests the endpoint sees for the failed turn."""
-    heard_partial: bool = False
-    """Text came (and was spoken) before the fault: no retry, no apology."""
-
-
-FAULTS = [
-    Fault("status_503", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("status_429", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("status_400", "llm_failed", "permanent", 1),
-    Fault("refused", "llm_unavailable", "transient", 0),
-    Fault("stall_first", "llm_timeout", "transient", 1 + RETRIES),
-    Fault("break_first", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("stall_mid", "llm_timeout", "transient", 1, heard_partial=True),
-    Fault("break_mid", "llm_unavailable", "transient", 1, heard_partial=True),
-    Fault("garbage_data", "llm_failed", "permanent", 1),
-    Fault("no_choices", "llm_failed", "permanent", 1),
-    Fault("html", "llm_failed", "permanent", 1),
-]
 
 
 @pytest.fixture(scope="module")
