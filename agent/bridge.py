@@ -83,8 +83,13 @@ def observe(state: AppState, session_id: str, event: object) -> None:
         failing = _ENGINE_OF_CODE.get(event.code)
         if failing is not None:
             state.engine_failures[failing] = f"{event.code} ({event.category})"
-        log = logger.error if event.category == "permanent" else logger.warning
-        log(
+        # A bad frame is answered (and counted) per frame: at debug level, so a client
+        # sending garbage at the frame-rate limit cannot flood the log.
+        level = {"permanent": logging.ERROR, "transient": logging.WARNING}.get(
+            event.category, logging.DEBUG
+        )
+        logger.log(
+            level,
             "session=%s error %s (%s): %s", session_id, event.code, event.category,
             event.message,
             extra={"session_id": session_id, "response_id": event.response_id,

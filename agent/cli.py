@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     progress(f"profile {settings.profile}: loading models")
     engines = build_engines(settings, progress)
-    app = create_app(settings, engines)
+    app = create_app(settings, engines, own_engines=True)
     # Bind first so port 0 works and the address printed is the one in use.
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -119,7 +119,8 @@ class _Session:
         self.last_frame_at = self.started_at
         self.slow_responses: set[str] = set()
         self.closing: _Closing | None = None
-        self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None
+        self.writer_task: asyncio.Task[None] | None = None
 
     @property
     def session_id(self) -> str:
@@ -180,10 +181,10 @@ class _Session:
         if self.closing is not None:
             return
         self.closing = _Closing(code, reason, flush)
-        for task in self.tasks:
-            if flush and task.get_name().endswith("-writer"):
-                continue
-            task.cancel()
+        if self.reader is not None:
+            self.reader.cancel()
+        if not flush and self.writer_task is not None:
+            self.writer_task.cancel()
         self.ready.set()
 
     def check_limits(self, now: float) -> None:
@@ -434,7 +435,7 @@ async def _websocket(websocket: WebSocket) -> None:
     reader = asyncio.create_task(
         _read_frames(websocket, session), name=f"{session.session_id}-reader"
     )
-    session.tasks = [reader, writer]
+    session.reader, session.writer_task = reader, writer
     ended_by = "client_closed"
     try:
         await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -462,7 +463,7 @@ async def _websocket(websocket: WebSocket) -> None:
             "session=%s closed (%s, %d)", session.session_id, ended_by, code,
             extra={"session_id": session.session_id},
         )
-        session.tasks.clear()
+        session.reader = session.writer_task = None
         if WebSocketState.DISCONNECTED not in (websocket.client_state, websocket.application_state):
             with contextlib.suppress(Exception):
                 # A client that does not read cannot take a close frame either.
@@ -659,15 +660,30 @@ def _settle(
         future.set_result(result)
 
 
+async def close_engines(engines: Engines) -> None:
+    """Close STT, LLM and TTS (``aclose`` or ``close``, whichever they have)."""
+    for engine in (engines.stt, engines.llm, engines.tts):
+        aclose = getattr(engine, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            continue
+        close = getattr(engine, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+
 def create_app(
     settings: Settings,
     engines: Engines | EngineFactory,
     *,
     on_ready: Callable[[], None] | None = None,
+    own_engines: bool = False,
 ) -> Starlette:
     """The ASGI app. ``engines`` may be built already (tests share them) or a
     factory, run in a thread while the server already answers ``/healthz``
-    (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded."""
+    (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
+    Engines from a factory, or given with ``own_engines``, are closed (their
+    worker threads stopped) when the server stops."""
     # The phone bridges import this module (auth, session view): imported late.
     from agent import telephony, webrtc
 
@@ -711,6 +727,8 @@ def create_app(
             await webrtc.close_all(state)
             if state.loaded:
                 await state.engines.vad.stop()
+                if own_engines or not isinstance(engines, Engines):
+                    await close_engines(state.engines)
 
     return Starlette(
         routes=[
