@@ -6,16 +6,20 @@ apart from the tests' client loop); the engines load once per test session.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
+import uvicorn
 
 from agent.config import Settings
 from agent.profiles import build_embedded
 from agent.server import AppState, create_app
-from loadtest.harness import start_in_thread, stop_in_thread
+from agent.serving import VoiceForgeServer
 from pipeline.conversation import Engines
 from pipeline.engines.base import LLMEngine
 from pipeline.vad import BatchedVADWorker, SileroVAD
@@ -75,7 +79,23 @@ def start_server(
     if not admission:
         settings = replace(settings, latency_budget_ms=0.0)
     app = create_app(settings, engines)
-    server, thread, loop = start_in_thread(app, settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ws_max_size=settings.hard_max_frame_bytes,
+        lifespan="on",
+    )
+    server = VoiceForgeServer(config, app)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not start")
+        time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield RunningServer(
@@ -85,7 +105,9 @@ def start_server(
             settings=settings,
         )
     finally:
-        stop_in_thread(server, thread, loop)
+        server.should_exit = True
+        thread.join(timeout=30)
+        loop.close()
 
 
 @pytest.fixture(scope="session")
