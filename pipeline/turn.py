@@ -9,7 +9,7 @@ which makes the detector deterministic and testable without an event loop.
       ▲                   │ silence                      │ silence           │
       └───────────────────┘                              └──────────▶────────┘
       ▲                                                                      │
-      └─────────────── end_of_turn_silence_ms of silence ────────────────────┘
+      └───── end_of_turn_silence_ms of silence, or end_turn() (learned) ─────┘
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+EndOfTurnPolicyName = Literal["silence", "learned"]
+END_OF_TURN_POLICIES: tuple[EndOfTurnPolicyName, ...] = ("silence", "learned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +43,27 @@ class TurnConfig:
     barge_in_min_speech_ms: float = 300.0
     """Speech sustained this long while the agent talks interrupts it; coughs and
     echo residue are shorter."""
+    end_of_turn_policy: EndOfTurnPolicyName = "silence"
+    """``silence``: a pause of ``end_of_turn_silence_ms`` ends the turn. ``learned``:
+    the end-of-turn model decides between the min and max silences below
+    (pipeline/turn_policy.py)."""
+    end_of_turn_threshold: float = 0.5
+    """Learned policy: a model probability at or above this means the turn is complete."""
+    end_of_turn_min_silence_ms: float = 200.0
+    """Learned policy: silence before the model is first asked; no turn ends sooner."""
+    end_of_turn_max_silence_ms: float = 2000.0
+    """Learned policy: silence that ends the turn whatever the model says."""
+    end_of_turn_recheck_ms: float = 300.0
+    """Learned policy: while the model says "not complete", ask it again after this
+    much more silence."""
 
     def __post_init__(self) -> None:
-        for name in ("speech_threshold", "silence_threshold"):
+        if self.end_of_turn_policy not in END_OF_TURN_POLICIES:
+            raise ValueError(
+                f"end_of_turn_policy must be one of {', '.join(END_OF_TURN_POLICIES)}, "
+                f"got {self.end_of_turn_policy!r}"
+            )
+        for name in ("speech_threshold", "silence_threshold", "end_of_turn_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
@@ -50,10 +72,39 @@ class TurnConfig:
                 f"silence_threshold ({self.silence_threshold}) must not exceed "
                 f"speech_threshold ({self.speech_threshold})"
             )
-        for name in ("min_speech_ms", "end_of_turn_silence_ms", "barge_in_min_speech_ms"):
+        for name in (
+            "min_speech_ms",
+            "end_of_turn_silence_ms",
+            "barge_in_min_speech_ms",
+            "end_of_turn_min_silence_ms",
+            "end_of_turn_max_silence_ms",
+        ):
             value = getattr(self, name)
             if not (value >= 0.0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite duration >= 0 ms, got {value}")
+        if self.end_of_turn_max_silence_ms < self.end_of_turn_min_silence_ms:
+            raise ValueError(
+                f"end_of_turn_max_silence_ms ({self.end_of_turn_max_silence_ms}) must not be "
+                f"below end_of_turn_min_silence_ms ({self.end_of_turn_min_silence_ms})"
+            )
+        # Zero would ask the model on every frame of a pause.
+        if not (self.end_of_turn_recheck_ms >= 32.0 and math.isfinite(self.end_of_turn_recheck_ms)):
+            raise ValueError(
+                "end_of_turn_recheck_ms must be a finite duration >= 32 ms (one VAD frame), "
+                f"got {self.end_of_turn_recheck_ms}"
+            )
+
+    @property
+    def silence_limit_ms(self) -> float:
+        """Silence after which the detector ends a turn by itself.
+
+        Under the learned policy that is the maximum: the policy ends turns
+        sooner through ``TurnDetector.end_turn``, and a policy that never gets
+        an answer still cannot hold a turn open for ever.
+        """
+        if self.end_of_turn_policy == "learned":
+            return self.end_of_turn_max_silence_ms
+        return self.end_of_turn_silence_ms
 
 
 DEFAULT_TURN_CONFIG = TurnConfig()
@@ -249,10 +300,22 @@ class TurnDetector:
         if not agent_speaking:
             self._speech_outside_response = True
 
+    def end_turn(self) -> list[TurnEvent]:
+        """End the paused turn now, before its silence limit (the learned policy's
+        early decision); the same events as a silence that ran out. Nothing when
+        no turn is paused: speech resumed, or the turn already ended."""
+        if self.state is not TurnState.PAUSED:
+            return []
+        events: list[TurnEvent] = []
+        self._end_turn(events)
+        return events
+
     def _count_silence(self, events: list[TurnEvent]) -> None:
         self._silence_ms += self.frame_ms
-        if self._silence_ms < self.config.end_of_turn_silence_ms:
-            return
+        if self._silence_ms >= self.config.silence_limit_ms:
+            self._end_turn(events)
+
+    def _end_turn(self, events: list[TurnEvent]) -> None:
         if self._speech_outside_response or self._barged_in:
             events.append(EndOfTurn(self._turn_start_ms, self._speech_end_ms))
         else:

@@ -148,3 +148,46 @@ def test_ensure_default_gguf_returns_the_verified_model() -> None:
     started = time.perf_counter()
     assert models.ensure_default_gguf(progress=lines.append) == path
     assert time.perf_counter() - started < 0.5
+
+
+def test_smart_turn_model_is_taken_out_of_the_wheel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only the one member is read; the wheel's code is never installed or imported."""
+    monkeypatch.setenv("VOICEFORGE_CACHE", str(tmp_path))
+    content = b"onnx bytes " * 1000
+    monkeypatch.setattr(models, "SMART_TURN_SIZE", len(content))
+    monkeypatch.setattr(models, "SMART_TURN_SHA256", hashlib.sha256(content).hexdigest())
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "pipecat_ai-1.14.0-py3-none-any.whl", "w") as archive:
+        archive.writestr(models.SMART_TURN_MEMBER, content)
+        archive.writestr("pipecat/__init__.py", "raise SystemExit\n")
+    lines: list[str] = []
+    path = models.ensure_smart_turn_model(progress=lines.append)
+    assert path == models.smart_turn_model_path() == tmp_path / "models" / models.SMART_TURN_NAME
+    assert path.read_bytes() == content
+    assert lines == ["verifying sha256", f"model ready at {path}"]
+    assert models.ensure_smart_turn_model(progress=lines.append) == path
+    assert len(lines) == 2  # the marker made the second call a lookup
+
+
+def test_a_smart_turn_wheel_with_other_bytes_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEFORGE_CACHE", str(tmp_path))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "pipecat_ai-1.14.0-py3-none-any.whl", "w") as archive:
+        archive.writestr(models.SMART_TURN_MEMBER, b"not the model")
+    with pytest.raises(ModelLoadError, match=models.SMART_TURN_SHA256):
+        models.ensure_smart_turn_model(progress=None)
+    assert not (tmp_path / "models" / models.SMART_TURN_NAME).exists()
+
+
+def test_ensure_smart_turn_model_returns_the_verified_model() -> None:
+    """The real file (fetched from PyPI once; later runs use the cache)."""
+    path = models.ensure_smart_turn_model(progress=None)
+    assert path.stat().st_size == models.SMART_TURN_SIZE
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == models.SMART_TURN_SHA256

@@ -1,0 +1,142 @@
+"""Cost of one Smart Turn inference on this CPU, and what the model says on examples.
+
+    python -m loadtest.smart_turn_cost --batches 1,8 --rounds 20 --threads 1,2 [--json out.json]
+    python -m loadtest.smart_turn_cost --examples
+
+Cost: features (Whisper log-mel of 8 s) and the onnxruntime call are timed
+apart, per request, for each batch size and thread count, interleaved round by
+round so every setting sees the same machine load; the load average is printed
+with them because the machine may be shared. Examples: the probability that the
+turn is complete for each complete question and its cut-off version
+(loadtest/turn_examples.py), at several lengths of trailing silence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtest.turn_examples import turn_examples, with_silence
+from pipeline.smart_turn import SmartTurnModel, last_window
+
+
+def measure_cost(
+    models: dict[int, SmartTurnModel], batches: list[int], rounds: int, seed: int = 0
+) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    # Noise, not speech: the cost does not depend on what is said.
+    audios = [
+        (0.05 * rng.standard_normal(6 * 16000)).astype(np.float32) for _ in range(max(batches))
+    ]
+    features_s: dict[tuple[int, int], list[float]] = {}
+    model_s: dict[tuple[int, int], list[float]] = {}
+    for model in models.values():  # onnxruntime sizes its buffers on the first call of a shape
+        for batch in batches:
+            model.predict_batch(audios[:batch])
+    for _ in range(rounds):
+        for threads, model in models.items():
+            for batch in batches:
+                started = time.perf_counter()
+                features = np.stack([model.features(audio) for audio in audios[:batch]])
+                featured = time.perf_counter()
+                model.run_features(features)
+                done = time.perf_counter()
+                features_s.setdefault((threads, batch), []).append((featured - started) / batch)
+                model_s.setdefault((threads, batch), []).append((done - featured) / batch)
+    results = []
+    for (threads, batch), model_times in model_s.items():
+        feature_times = features_s[(threads, batch)]
+        results.append(
+            {
+                "threads": threads,
+                "batch": batch,
+                "rounds": rounds,
+                "features_ms_per_request_p50": round(statistics.median(feature_times) * 1000, 2),
+                "model_ms_per_request_p50": round(statistics.median(model_times) * 1000, 2),
+                "model_ms_per_request_min": round(min(model_times) * 1000, 2),
+                "total_ms_per_request_p50": round(
+                    statistics.median(
+                        [f + m for f, m in zip(feature_times, model_times, strict=True)]
+                    )
+                    * 1000,
+                    2,
+                ),
+            }
+        )
+    return results
+
+
+def example_table(model: SmartTurnModel, silences_ms: list[float]) -> list[dict[str, Any]]:
+    rows = []
+    for example in turn_examples():
+        row: dict[str, Any] = {"prefix": example.prefix, "text": example.text}
+        for silence in silences_ms:
+            clips = [with_silence(example.complete, silence), with_silence(example.cut, silence)]
+            complete, cut = model.predict_batch([last_window(clip) for clip in clips])
+            row[f"complete@{silence:g}ms"] = round(float(complete), 3)
+            row[f"cut@{silence:g}ms"] = round(float(cut), 3)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--examples", action="store_true", help="print the example table instead")
+    parser.add_argument("--silences", default="100,200,400,700,1000,1500")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"cpus": os.cpu_count()}
+    if args.examples:
+        silences = [float(value) for value in args.silences.split(",")]
+        model = SmartTurnModel(threads=1)
+        rows = example_table(model, silences)
+        report["examples"] = rows
+        for row in rows:
+            complete = " ".join(f"{row[f'complete@{s:g}ms']:.2f}" for s in silences)
+            cut = " ".join(f"{row[f'cut@{s:g}ms']:.2f}" for s in silences)
+            print(f"complete {complete} | cut {cut} | {row['prefix']}")
+        for silence in silences:
+            complete_p = [row[f"complete@{silence:g}ms"] for row in rows]
+            cut_p = [row[f"cut@{silence:g}ms"] for row in rows]
+            print(
+                f"silence {silence:g} ms: complete >= 0.5 in {sum(p >= 0.5 for p in complete_p)}"
+                f"/{len(rows)}, cut < 0.5 in {sum(p < 0.5 for p in cut_p)}/{len(rows)}, "
+                f"cut below its complete in "
+                f"{sum(c < f for f, c in zip(complete_p, cut_p, strict=True))}/{len(rows)}"
+            )
+    else:
+        batches = [int(value) for value in args.batches.split(",")]
+        threads = [int(value) for value in args.threads.split(",")]
+        models = {count: SmartTurnModel(threads=count) for count in threads}
+        report["load_average_before"] = os.getloadavg()
+        report["cost"] = measure_cost(models, batches, args.rounds)
+        report["load_average_after"] = os.getloadavg()
+        print(
+            f"load average before {report['load_average_before']}, "
+            f"after {report['load_average_after']}"
+        )
+        for row in report["cost"]:
+            print(
+                f"threads {row['threads']} batch {row['batch']}: per request "
+                f"features {row['features_ms_per_request_p50']} ms + model "
+                f"{row['model_ms_per_request_p50']} ms (p50 of {row['rounds']} rounds; "
+                f"model min {row['model_ms_per_request_min']} ms)"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
