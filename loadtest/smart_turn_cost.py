@@ -1,12 +1,13 @@
 """Cost of one Smart Turn inference on this CPU, and what the model says on examples.
 
     python -m loadtest.smart_turn_cost --batches 1,8 --rounds 20 --threads 1,2 [--json out.json]
-    python -m loadtest.smart_turn_cost --examples
+    python -m loadtest.smart_turn_cost --examples [--voice espeak]
 
 Cost: features (Whisper log-mel of 8 s) and the onnxruntime call are timed
 apart, per request, for each batch size and thread count, interleaved round by
-round so every setting sees the same machine load; the load average is printed
-with them because the machine may be shared. Examples: the probability that the
+round so every setting sees the same machine load; the model's CPU time is
+reported beside its wall-clock time, and the load average with them, because the
+machine may be shared. Examples: the probability that the
 turn is complete for each complete question and its cut-off version
 (loadtest/turn_examples.py), at several lengths of trailing silence.
 """
@@ -38,6 +39,8 @@ def measure_cost(
     ]
     features_s: dict[tuple[int, int], list[float]] = {}
     model_s: dict[tuple[int, int], list[float]] = {}
+    model_cpu_s: dict[tuple[int, int], list[float]] = {}
+    features_cpu_s: dict[tuple[int, int], list[float]] = {}
     for model in models.values():  # onnxruntime sizes its buffers on the first call of a shape
         for batch in batches:
             model.predict_batch(audios[:batch])
@@ -45,12 +48,19 @@ def measure_cost(
         for threads, model in models.items():
             for batch in batches:
                 started = time.perf_counter()
+                features_cpu_started = time.process_time()
                 features = np.stack([model.features(audio) for audio in audios[:batch]])
+                features_cpu = time.process_time() - features_cpu_started
                 featured = time.perf_counter()
+                cpu_started = time.process_time()
                 model.run_features(features)
+                cpu_done = time.process_time()
                 done = time.perf_counter()
-                features_s.setdefault((threads, batch), []).append((featured - started) / batch)
-                model_s.setdefault((threads, batch), []).append((done - featured) / batch)
+                key = (threads, batch)
+                features_s.setdefault(key, []).append((featured - started) / batch)
+                model_s.setdefault(key, []).append((done - featured) / batch)
+                model_cpu_s.setdefault(key, []).append((cpu_done - cpu_started) / batch)
+                features_cpu_s.setdefault(key, []).append(features_cpu / batch)
     results = []
     for (threads, batch), model_times in model_s.items():
         feature_times = features_s[(threads, batch)]
@@ -60,8 +70,17 @@ def measure_cost(
                 "batch": batch,
                 "rounds": rounds,
                 "features_ms_per_request_p50": round(statistics.median(feature_times) * 1000, 2),
+                "features_cpu_ms_per_request_p50": round(
+                    statistics.median(features_cpu_s[(threads, batch)]) * 1000, 2
+                ),
                 "model_ms_per_request_p50": round(statistics.median(model_times) * 1000, 2),
                 "model_ms_per_request_min": round(min(model_times) * 1000, 2),
+                # CPU time of the whole process (all onnxruntime threads): what the
+                # call costs the machine, and far less sensitive to other load than
+                # the wall-clock figures when the machine is shared.
+                "model_cpu_ms_per_request_p50": round(
+                    statistics.median(model_cpu_s[(threads, batch)]) * 1000, 2
+                ),
                 "total_ms_per_request_p50": round(
                     statistics.median(
                         [f + m for f, m in zip(feature_times, model_times, strict=True)]
@@ -74,9 +93,11 @@ def measure_cost(
     return results
 
 
-def example_table(model: SmartTurnModel, silences_ms: list[float]) -> list[dict[str, Any]]:
+def example_table(
+    model: SmartTurnModel, silences_ms: list[float], voice: str = "piper"
+) -> list[dict[str, Any]]:
     rows = []
-    for example in turn_examples():
+    for example in turn_examples(voice):
         row: dict[str, Any] = {"prefix": example.prefix, "text": example.text}
         for silence in silences_ms:
             clips = [with_silence(example.complete, silence), with_silence(example.cut, silence)]
@@ -94,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--examples", action="store_true", help="print the example table instead")
     parser.add_argument("--silences", default="100,200,400,700,1000,1500")
+    parser.add_argument("--voice", choices=["piper", "espeak"], default="piper")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.examples:
         silences = [float(value) for value in args.silences.split(",")]
         model = SmartTurnModel(threads=1)
-        rows = example_table(model, silences)
+        rows = example_table(model, silences, args.voice)
         report["examples"] = rows
         for row in rows:
             complete = " ".join(f"{row[f'complete@{s:g}ms']:.2f}" for s in silences)
@@ -129,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in report["cost"]:
             print(
                 f"threads {row['threads']} batch {row['batch']}: per request "
-                f"features {row['features_ms_per_request_p50']} ms + model "
+                f"features {row['features_ms_per_request_p50']} ms "
+                f"(CPU {row['features_cpu_ms_per_request_p50']} ms) + model "
                 f"{row['model_ms_per_request_p50']} ms (p50 of {row['rounds']} rounds; "
-                f"model min {row['model_ms_per_request_min']} ms)"
+                f"model min {row['model_ms_per_request_min']} ms, "
+                f"model CPU time {row['model_cpu_ms_per_request_p50']} ms)"
             )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

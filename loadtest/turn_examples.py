@@ -1,7 +1,7 @@
 """Complete questions and the same audio cut before its end, for the end-of-turn model.
 
-Spoken by Piper's joe voice with its noise turned off, so the audio (and the
-model's answers) are the same on every run. A cut keeps the speech of the full
+Spoken by Piper's joe voice with its noise turned off (or by espeak-ng), so the
+audio (and the model's answers) are the same on every run. A cut keeps the speech of the full
 question up to where its first words end: the quietest 20 ms within 100 ms of
 the end of the prefix spoken alone. The cut audio keeps the intonation of a
 sentence that goes on, as a caller who pauses mid-sentence does.
@@ -72,6 +72,13 @@ def piper_speak(text: str) -> FloatArray:
     return resample(np.concatenate(parts), int(voice.config.sample_rate), SAMPLE_RATE)
 
 
+def espeak_speak(text: str) -> FloatArray:
+    """``text`` by espeak-ng (en-us, 160 words a minute), 16 kHz float32."""
+    from loadtest.speech import speak
+
+    return np.asarray(speak(text), dtype=np.float32)
+
+
 def speech_end(audio: FloatArray) -> int:
     """One past the last sample above -45 dBFS (0 for silence)."""
     loud = np.flatnonzero(np.abs(audio) > 10 ** (QUIET_DBFS / 20))
@@ -87,14 +94,18 @@ def cut_after(prefix: FloatArray, full: FloatArray) -> FloatArray:
     return full[:best]
 
 
-@lru_cache(maxsize=1)
-def turn_examples() -> tuple[TurnExample, ...]:
+@lru_cache(maxsize=2)
+def turn_examples(voice: str = "piper") -> tuple[TurnExample, ...]:
+    """The examples in Piper's joe voice, or (``voice="espeak"``) espeak-ng's en-us."""
+    if voice not in ("piper", "espeak"):
+        raise ValueError(f"voice must be piper or espeak, got {voice!r}")
+    speak = piper_speak if voice == "piper" else espeak_speak
     examples = []
     for utterance in UTTERANCES:
         prefix_text, rest = (part.strip() for part in utterance.split("|"))
         text = prefix_text + rest if rest.startswith(",") else f"{prefix_text} {rest}"
-        full = piper_speak(text)
-        cut = cut_after(piper_speak(prefix_text), full)
+        full = speak(text)
+        cut = cut_after(speak(prefix_text), full)
         examples.append(TurnExample(prefix_text, text, full[: speech_end(full)], cut))
     return tuple(examples)
 
