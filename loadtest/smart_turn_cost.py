@@ -1,7 +1,7 @@
 """Cost of one Smart Turn inference on this CPU, and what the model says on examples.
 
     python -m loadtest.smart_turn_cost --batches 1,8 --rounds 20 --threads 1,2 [--json out.json]
-    python -m loadtest.smart_turn_cost --examples [--voice espeak]
+    python -m loadtest.smart_turn_cost --examples [--voice espeak] [--transcripts]
 
 Cost: features (Whisper log-mel of 8 s) and the onnxruntime call are timed
 apart, per request, for each batch size and thread count, interleaved round by
@@ -9,7 +9,9 @@ round so every setting sees the same machine load; the model's CPU time is
 reported beside its wall-clock time, and the load average with them, because the
 machine may be shared. Examples: the probability that the
 turn is complete for each complete question and its cut-off version
-(loadtest/turn_examples.py), at several lengths of trailing silence.
+(loadtest/turn_examples.py), at several lengths of trailing silence; with
+``--transcripts``, also what tiny.en hears in each and whether the words end open
+(``pipeline.turn_policy.ends_open``), the learned policy's transcript cue.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ import numpy as np
 
 from loadtest.turn_examples import turn_examples, with_silence
 from pipeline.smart_turn import SmartTurnModel, last_window
+from pipeline.turn_policy import ends_open
+
+CUE_SILENCE_MS = 200.0
+"""Where the transcript cue is judged: the learned policy's first question."""
 
 
 def measure_cost(
@@ -108,6 +114,52 @@ def example_table(
     return rows
 
 
+def transcript_cues(voice: str) -> list[dict[str, Any]]:
+    """What tiny.en (the embedded STT) hears in each clip, as the speculative
+    transcript would: 200 ms of lead-in, the words, 200 ms of silence."""
+    import asyncio
+
+    from pipeline.engines.whisper import WhisperSTT
+
+    async def transcribe_all() -> list[dict[str, Any]]:
+        stt = WhisperSTT()
+        rows = []
+        try:
+            for example in turn_examples(voice):
+                row: dict[str, Any] = {"prefix": example.prefix}
+                for kind, audio in (("complete", example.complete), ("cut", example.cut)):
+                    lead_in = np.zeros(3200, np.float32)
+                    clip = np.concatenate([lead_in, with_silence(audio, CUE_SILENCE_MS)])
+                    text = (await stt.transcribe(clip)).text
+                    row[f"{kind}_transcript"] = text
+                    row[f"{kind}_ends_open"] = ends_open(text)
+                rows.append(row)
+        finally:
+            stt.close()
+        return rows
+
+    return asyncio.run(transcribe_all())
+
+
+def print_cue_summary(rows: list[dict[str, Any]], cues: list[dict[str, Any]]) -> None:
+    """Complete questions the first question would end, and cuts it would hold,
+    by the model alone and by the model with the transcript cue."""
+    key = f"@{CUE_SILENCE_MS:g}ms"
+    for name, use_words in (("model alone", False), ("model + transcript cue", True)):
+        ended_complete = held_cut = 0
+        for row, cue in zip(rows, cues, strict=True):
+            for kind in ("complete", "cut"):
+                ends = row[f"{kind}{key}"] >= 0.5 and not (use_words and cue[f"{kind}_ends_open"])
+                if kind == "complete":
+                    ended_complete += ends
+                else:
+                    held_cut += not ends
+        print(
+            f"{name}: after {CUE_SILENCE_MS:g} ms, complete questions ended "
+            f"{ended_complete}/{len(rows)}, cut ones held {held_cut}/{len(rows)}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--batches", default="1,8")
@@ -116,12 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", action="store_true", help="print the example table instead")
     parser.add_argument("--silences", default="100,200,400,700,1000,1500")
     parser.add_argument("--voice", choices=["piper", "espeak"], default="piper")
+    parser.add_argument(
+        "--transcripts", action="store_true", help="with --examples: the transcript cue too"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     report: dict[str, Any] = {"cpus": os.cpu_count()}
     if args.examples:
         silences = [float(value) for value in args.silences.split(",")]
         model = SmartTurnModel(threads=1)
+        if CUE_SILENCE_MS not in silences:
+            silences.append(CUE_SILENCE_MS)
         rows = example_table(model, silences, args.voice)
         report["examples"] = rows
         for row in rows:
@@ -137,6 +194,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"cut below its complete in "
                 f"{sum(c < f for f, c in zip(complete_p, cut_p, strict=True))}/{len(rows)}"
             )
+        if args.transcripts:
+            cues = transcript_cues(args.voice)
+            report["transcripts"] = cues
+            for cue in cues:
+                print(
+                    f"heard {cue['complete_transcript']!r} (open: {cue['complete_ends_open']}) "
+                    f"| cut {cue['cut_transcript']!r} (open: {cue['cut_ends_open']})"
+                )
+            print_cue_summary(rows, cues)
     else:
         batches = [int(value) for value in args.batches.split(",")]
         threads = [int(value) for value in args.threads.split(",")]

@@ -15,7 +15,12 @@ far sound finished, and:
   hold a turn open);
 * falls back to the silence rule (``end_of_turn_silence_ms``, kept within the
   min and max) for the rest of a pause whose model call failed or answered
-  garbage (NaN, outside [0, 1]).
+  garbage (NaN, outside [0, 1]);
+* reads the speculative transcript when the caller says one is coming: a
+  "complete" waits for it (the reply needs it anyway), and a transcript that ends
+  open — on "and", "the", "to", a digit … (``ends_open``) — holds the turn to the
+  maximum whatever the model says. The model leans on the silence and lets many
+  cut-off sentences through; the words catch most of them (docs/decisions.md).
 
 Everything runs on the audio clock, like the detector: the caller feeds the
 detector's pause events and the audio time, forwards ``AskModel`` to the model
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass
 
 from pipeline.turn import DEFAULT_TURN_CONFIG, TurnConfig
@@ -64,6 +70,24 @@ class EndTurn:
 
 
 PolicyAction = AskModel | EndTurn
+
+OPEN_ENDINGS = frozenset(
+    "and or but because the a an my your our their his her to of for with um uh".split()
+)
+"""Last words after which an English sentence is almost never finished. "in", "on",
+"at" and "is" are left out: questions end on them ("what is it in?")."""
+SPOKEN_DIGITS = frozenset("zero oh one two three four five six seven eight nine".split())
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def ends_open(text: str) -> bool:
+    """True when ``text`` stops on a word that needs more after it, or on a digit
+    (a number being read out): "my number is four one five", "bread and"."""
+    words = _WORD.findall(text.lower())
+    if not words:
+        return False
+    last = words[-1]
+    return last in OPEN_ENDINGS or last in SPOKEN_DIGITS or last[-1].isdigit()
 
 
 class PolicyPhase(enum.Enum):
@@ -104,12 +128,16 @@ class EndOfTurnPolicy:
     _in_flight: int | None
     _said_complete: bool
     _model_unavailable: bool
+    _transcript_pending: bool
+    _transcript_open: bool
 
     def __init__(self, config: TurnConfig = DEFAULT_TURN_CONFIG) -> None:
         self.config = config
         self.phase = PolicyPhase.NO_PAUSE
         self.now_ms = 0.0
         self._next_request_id = 1
+        self.pause_id = 0
+        """Which pause a transcript belongs to (``transcript_heard``)."""
         self.requests = 0
         self.dropped_answers = 0
         """Answers that came for no pending request (stale, duplicate, unknown)."""
@@ -123,14 +151,29 @@ class EndOfTurnPolicy:
 
     # ------------------------------------------------------------------ inputs
 
-    def pause_started(self, at_ms: float) -> None:
-        """Silence began at ``at_ms`` (the detector's SpeechStopped).
+    def pause_started(self, at_ms: float, *, transcript_coming: bool = False) -> int:
+        """Silence began at ``at_ms`` (the detector's SpeechStopped); returns the
+        pause's id for ``transcript_heard``.
 
-        A second start without a resume replaces the first pause: whatever was
-        asked about the old one no longer counts.
+        ``transcript_coming``: a speculative transcript of the words before this
+        pause is on its way; the model's "complete" then waits for it. A second
+        start without a resume replaces the first pause: whatever was asked about
+        the old one no longer counts.
         """
         self._move(PolicyPhase.LISTENING)
         self._open_pause(at_ms)
+        self.pause_id += 1
+        self._transcript_pending = transcript_coming
+        return self.pause_id
+
+    def transcript_heard(self, pause_id: int, text: str | None) -> list[PolicyAction]:
+        """The speculative transcript of pause ``pause_id``; None when it failed or
+        was dropped. A transcript for another pause is ignored."""
+        if pause_id != self.pause_id or not self._transcript_pending:
+            return []
+        self._transcript_pending = False
+        self._transcript_open = text is not None and ends_open(text)
+        return self._decide()
 
     def speech_resumed(self) -> None:
         """Speech came back (SpeechResumed): the pause is over, its answers stale."""
@@ -182,11 +225,17 @@ class EndOfTurnPolicy:
         reason: EndReason | None = None
         if silence_ms >= config.end_of_turn_max_silence_ms:
             reason = EndReason.MAX_SILENCE
+        elif self._transcript_open:
+            pass  # the words are unfinished: only the maximum ends this pause
         elif self._model_unavailable and silence_ms >= max(
             config.end_of_turn_silence_ms, config.end_of_turn_min_silence_ms
         ):
             reason = EndReason.MODEL_UNAVAILABLE
-        elif self._said_complete and silence_ms >= config.end_of_turn_min_silence_ms:
+        elif (
+            self._said_complete
+            and not self._transcript_pending
+            and silence_ms >= config.end_of_turn_min_silence_ms
+        ):
             reason = EndReason.MODEL_COMPLETE
         if reason is not None:
             self._move(PolicyPhase.DECIDED)
@@ -195,6 +244,7 @@ class EndOfTurnPolicy:
         if (
             self.phase is PolicyPhase.LISTENING
             and not self._model_unavailable
+            and not self._transcript_open
             and silence_ms >= self._next_ask_silence_ms
         ):
             request_id = self._next_request_id
@@ -220,6 +270,8 @@ class EndOfTurnPolicy:
         self._in_flight = None
         self._said_complete = False
         self._model_unavailable = False
+        self._transcript_pending = False
+        self._transcript_open = False
 
     def _close_pause(self) -> None:
         if self.phase is not PolicyPhase.NO_PAUSE:

@@ -31,6 +31,7 @@ from pipeline.turn_policy import (
     EndTurn,
     PolicyAction,
     PolicyPhase,
+    ends_open,
 )
 
 FRAME = 32.0
@@ -296,6 +297,112 @@ def test_a_config_change_mid_pause_applies_at_the_next_frame() -> None:
     ]
 
 
+# ------------------------------------------------------------ transcript cues
+
+
+@pytest.mark.parametrize(
+    ("text", "open_"),
+    [
+        ("Where can I buy fresh bread and", True),
+        ("I need to buy eggs, milk, and...", True),
+        ("What is the capital of?", True),
+        ("I would like to book a table for", True),
+        ("My phone number is 415.", True),
+        ("my number is four one five", True),
+        ("So, um", True),
+        ("What is the capital of Australia?", False),
+        ("Can you set an alarm for 7.30 tomorrow morning?", False),
+        ("What is it in?", False),
+        ("Yes.", False),
+        ("", False),
+        ("...", False),
+    ],
+)
+def test_ends_open(text: str, open_: bool) -> None:
+    assert ends_open(text) is open_
+
+
+def test_a_complete_answer_waits_for_the_coming_transcript() -> None:
+    policy = EndOfTurnPolicy(LEARNED)
+    policy.advance(1000.0)
+    pause = policy.pause_started(1000.0, transcript_coming=True)
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    assert policy.model_answered(ask.request_id, 0.97) == []
+    assert policy.advance(1000.0 + 8 * FRAME) == []
+    assert policy.transcript_heard(pause, "What is the capital of Australia?") == [
+        EndTurn(1000.0 + 8 * FRAME, 8 * FRAME, EndReason.MODEL_COMPLETE)
+    ]
+
+
+@pytest.mark.parametrize("model_first", [True, False])
+def test_an_open_transcript_holds_the_turn_to_the_maximum(model_first: bool) -> None:
+    policy = EndOfTurnPolicy(LEARNED)
+    policy.advance(1000.0)
+    pause = policy.pause_started(1000.0, transcript_coming=True)
+    if not model_first:
+        assert policy.transcript_heard(pause, "Where can I buy fresh bread and") == []
+        assert run_until_action(policy) == [
+            EndTurn(1000.0 + 47 * FRAME, 47 * FRAME, EndReason.MAX_SILENCE)
+        ]
+        assert policy.requests == 0  # the words decided: the model is not asked
+        return
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    assert policy.model_answered(ask.request_id, 0.99) == []
+    assert policy.transcript_heard(pause, "My phone number is 415.") == []
+    assert run_until_action(policy) == [
+        EndTurn(1000.0 + 47 * FRAME, 47 * FRAME, EndReason.MAX_SILENCE)
+    ]
+    assert policy.requests == 1
+
+
+def test_an_open_transcript_overrides_the_fallback_too() -> None:
+    policy = EndOfTurnPolicy(LEARNED)
+    policy.advance(1000.0)
+    pause = policy.pause_started(1000.0, transcript_coming=True)
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    policy.model_failed(ask.request_id)
+    policy.transcript_heard(pause, "call my mother and")
+    assert run_until_action(policy) == [
+        EndTurn(1000.0 + 47 * FRAME, 47 * FRAME, EndReason.MAX_SILENCE)
+    ]
+
+
+def test_a_lost_transcript_lets_the_model_decide() -> None:
+    policy = EndOfTurnPolicy(LEARNED)
+    policy.advance(1000.0)
+    pause = policy.pause_started(1000.0, transcript_coming=True)
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    policy.model_answered(ask.request_id, 0.9)
+    assert [type(action) for action in policy.transcript_heard(pause, None)] == [EndTurn]
+
+
+def test_a_transcript_of_another_pause_is_ignored() -> None:
+    policy = EndOfTurnPolicy(LEARNED)
+    policy.advance(1000.0)
+    old = policy.pause_started(1000.0, transcript_coming=True)
+    policy.speech_resumed()
+    new = policy.pause_started(1000.0, transcript_coming=True)
+    assert new == old + 1
+    assert policy.transcript_heard(old, "bread and") == []
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    assert policy.model_answered(ask.request_id, 0.9) == []  # still waiting for its own
+    assert policy.transcript_heard(new, "bread and cheese?") != []
+    assert policy.transcript_heard(new, "bread and") == []  # only the first counts
+
+
+def test_without_a_coming_transcript_the_model_alone_decides() -> None:
+    policy = paused_policy()  # transcript_coming defaults to False
+    (ask,) = run_until_action(policy)
+    assert isinstance(ask, AskModel)
+    assert [type(a) for a in policy.model_answered(ask.request_id, 0.9)] == [EndTurn]
+    assert policy.transcript_heard(policy.pause_id, "and") == []
+
+
 # --------------------------------------------------- invariants, any input order
 
 
@@ -313,6 +420,8 @@ _step = st.one_of(
     st.tuples(st.just("turn_ended"), st.just(0)),
     st.tuples(st.just("answer"), st.integers(-1, 3)),
     st.tuples(st.just("fail"), st.integers(-1, 3)),
+    st.tuples(st.just("transcript"), st.integers(-1, 2)),
+    st.tuples(st.just("pause_with_transcript"), st.just(0)),
 )
 _probability = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0.0, 1.0))
 
@@ -346,10 +455,15 @@ def test_invariants_hold_for_any_sequence(
         actions: list[PolicyAction] = []
         if kind == "advance":
             actions = policy.advance(policy.now_ms + value * FRAME)
-        elif kind == "pause":
-            policy.pause_started(policy.now_ms)
+        elif kind in ("pause", "pause_with_transcript"):
+            policy.pause_started(policy.now_ms, transcript_coming=kind != "pause")
             replay.pause_start = policy.now_ms
             replay.ended.clear()
+        elif kind == "transcript":
+            # value -1: a stale pause id; 0: an open ending; 1: a finished one; 2: lost.
+            text = {0: "bread and", 1: "bread and cheese?", 2: None}.get(value, "x")
+            pause_id = policy.pause_id - 1 if value == -1 else policy.pause_id
+            actions = policy.transcript_heard(pause_id, text)
         elif kind in ("resume", "turn_ended"):
             getattr(policy, "speech_resumed" if kind == "resume" else "turn_ended")()
             replay.pause_start = None
@@ -381,6 +495,7 @@ def test_invariants_hold_for_any_sequence(
                 assert silence >= config.end_of_turn_min_silence_ms
                 if action.reason is not EndReason.MAX_SILENCE:
                     assert silence < config.end_of_turn_max_silence_ms + 12 * FRAME
+                    assert not policy._transcript_open, "ended on unfinished words"
                 replay.ended.append(action)
         assert policy.phase is not PolicyPhase.ASKING or policy.requests >= 1
 
