@@ -73,15 +73,31 @@ class Settings:
     # Limits on what a client may send.
     max_frame_bytes: int = 256 * 1024
     """Frames above this get an error event and are dropped; the session goes on."""
-    hard_max_frame_bytes: int = 4 * 1024 * 1024
-    """Frames above this close the socket with 1009 (the transport refuses to buffer them)."""
+    hard_max_frame_bytes: int = 512 * 1024
+    """Frames above this close the socket with 1009: uvicorn's ``ws_max_size``, what it
+    buffers of one frame. Twice ``max_frame_bytes``: a frame a little over the limit
+    gets an error and the call goes on; one far over it costs no more than this."""
+    max_connections: int | None = None
+    """uvicorn's ``limit_concurrency``: with this many connections open (calls and
+    HTTP), new HTTP requests get 503. Default: 2 × ``max_sessions`` + 32."""
     max_audio_realtime_factor: float = 2.0
     audio_burst_ms: float = 2000.0
+    """Audio credit a client may save up; it refills at the factor × real time."""
+    decode_budget_ms_per_s: float = 20.0
+    """CPU time per second the decoder may spend on one client's frames (burst
+    ``decode_burst_ms``); beyond it frames are dropped unread."""
+    decode_burst_ms: float = 200.0
+    errors_per_code_per_s: int = 3
+    """Errors of one code sent a second at most; the next one sent counts the rest."""
     max_outbound_frames: int = 4000
     """Frames waiting for a client that does not read; beyond it the call is closed (1008)."""
+    max_outbound_bytes: int = 4 * 1024 * 1024
+    """The same in bytes: no client makes the server hold more than this for it."""
     slow_client_frames: int = 300
     """Queued frames from which reply audio is dropped (the client is told, the reply
     cancelled); about 30 s of audio at one 100 ms delta per frame."""
+    slow_client_bytes: int = 2 * 1024 * 1024
+    """The same in bytes (about 43 s of 24 kHz audio)."""
     slow_client_timeout_s: float = 15.0
     """A frame that waited this long for the socket closes the call (1008)."""
     # Limits on calls.
@@ -160,6 +176,18 @@ class Settings:
             "VOICEFORGE_MAX_HISTORY_CHARS", settings.max_history_chars
         )
         settings.max_frame_bytes = _env_int("VOICEFORGE_MAX_FRAME_BYTES", settings.max_frame_bytes)
+        settings.hard_max_frame_bytes = _env_int(
+            "VOICEFORGE_HARD_MAX_FRAME_BYTES", settings.hard_max_frame_bytes
+        )
+        connections = _env("VOICEFORGE_MAX_CONNECTIONS")
+        if connections is not None:
+            settings.max_connections = _env_int("VOICEFORGE_MAX_CONNECTIONS", 0)
+        settings.decode_budget_ms_per_s = _env_float(
+            "VOICEFORGE_DECODE_BUDGET_MS_PER_S", settings.decode_budget_ms_per_s
+        )
+        settings.max_outbound_bytes = _env_int(
+            "VOICEFORGE_MAX_OUTBOUND_BYTES", settings.max_outbound_bytes
+        )
         settings.max_audio_realtime_factor = _env_float(
             "VOICEFORGE_MAX_AUDIO_REALTIME_FACTOR", settings.max_audio_realtime_factor
         )
@@ -199,6 +227,8 @@ class Settings:
                 "max_frame_bytes", "max_sessions", "idle_timeout_s", "max_call_s",
                 "max_history_turns", "max_history_chars", "slow_client_timeout_s",
                 "max_audio_realtime_factor", "retry_after_s", "drain_timeout_s",
+                "decode_budget_ms_per_s", "decode_burst_ms", "audio_burst_ms",
+                "errors_per_code_per_s",
             )
             if not getattr(self, name) > 0
         ]
@@ -208,6 +238,12 @@ class Settings:
             problems.append("token_ttl_s must be in (0, 3600]")
         if not 0 < self.slow_client_frames < self.max_outbound_frames:
             problems.append("slow_client_frames must be in (0, max_outbound_frames)")
+        if not 0 < self.slow_client_bytes < self.max_outbound_bytes:
+            problems.append("slow_client_bytes must be in (0, max_outbound_bytes)")
+        if self.hard_max_frame_bytes < self.max_frame_bytes:
+            problems.append("hard_max_frame_bytes must be >= max_frame_bytes")
+        if self.connection_limit() <= self.max_sessions:
+            problems.append("max_connections must be > max_sessions (HTTP needs room too)")
         if problems:
             raise ConfigurationError("invalid limits: " + "; ".join(problems))
         if self.api_key is None and not is_loopback(self.host):
@@ -215,6 +251,12 @@ class Settings:
                 f"refusing to listen on {self.host} without an API key: set VOICEFORGE_API_KEY "
                 "or VOICEFORGE_API_KEY_FILE (without one, only loopback addresses are allowed)"
             )
+
+    def connection_limit(self) -> int:
+        """``max_connections``, or its default sized from ``max_sessions``."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return 2 * self.max_sessions + 32
 
 
 def is_loopback(host: str) -> bool:

@@ -33,11 +33,18 @@ from agent.admission import LatencyAdmission
 from agent.bridge import BridgeSession
 from agent.config import Settings
 from agent.gate import Refusal, api_key_presented, credential_ok, origin_ok, refusal
-from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
+from agent.limits import (
+    AudioRateLimiter,
+    DecodeBudget,
+    ErrorThrottle,
+    FrameRateLimiter,
+    OutboundQueue,
+)
 from agent.metrics import Metrics
 from agent.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL,
+    ClientMessage,
     ConversationText,
     InputAudioAppend,
     OutputAudioPlayed,
@@ -72,6 +79,8 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 SWEEP_INTERVAL_S = 0.5
 """How often idle, call-length and slow-client limits are checked."""
+MAX_ERROR_MESSAGE_CHARS = 300
+"""An error's message is cut here whatever it quotes: a reply never grows with the input."""
 
 
 def session_view(config: SessionConfig) -> dict[str, Any]:
@@ -107,14 +116,17 @@ class _Session:
         self.ws = websocket
         self.state = state
         settings = state.settings
-        self.outbound = OutboundQueue(settings.max_outbound_frames)
+        self.outbound = OutboundQueue(settings.max_outbound_frames, settings.max_outbound_bytes)
         self.ready = asyncio.Event()
         self.limiter = AudioRateLimiter(settings.max_audio_realtime_factor, settings.audio_burst_ms)
         self.frames = FrameRateLimiter()
+        self.decode_budget = DecodeBudget(settings.decode_budget_ms_per_s, settings.decode_burst_ms)
+        self.error_throttle = ErrorThrottle(settings.errors_per_code_per_s)
         self.cleared: set[str] = set()
         self.conversation = Conversation(state.engines, self.emit, state.session_config())
         self.last_rate_error = 0.0
         self.last_frame_error = 0.0
+        self.last_decode_error = 0.0
         self.started_at = time.monotonic()
         self.last_frame_at = self.started_at
         self.slow_responses: set[str] = set()
@@ -133,7 +145,11 @@ class _Session:
         if isinstance(event, ResponseAudioDelta):
             if event.response_id in self.cleared:
                 return
-            if len(self.outbound) >= self.state.settings.slow_client_frames:
+            settings = self.state.settings
+            if (
+                len(self.outbound) >= settings.slow_client_frames
+                or self.outbound.bytes >= settings.slow_client_bytes
+            ):
                 self._drop_audio(event.response_id)
                 return
             ok = self.outbound.push(
@@ -163,8 +179,8 @@ class _Session:
         )
         self.error(
             "client_too_slow",
-            f"{len(self.outbound)} frames wait for you to read them; reply audio is being "
-            "dropped and the reply cancelled",
+            f"{len(self.outbound)} frames ({self.outbound.bytes} bytes) wait for you to read "
+            "them; reply audio is being dropped and the reply cancelled",
         )
         # Not from inside the conversation's own emit call: on the next loop turn.
         asyncio.get_running_loop().call_soon(
@@ -172,8 +188,20 @@ class _Session:
         )
 
     def error(
-        self, code: str, message: str, *, fatal: bool = False, category: str = "client"
+        self, code: str, message: str, *, fatal: bool = False, category: str = "client",
+        throttled: bool = True,
     ) -> None:
+        """Tell the client; errors of one code beyond a few a second are only counted
+        (``throttled=False`` for the one that explains a close)."""
+        if throttled:
+            send, held_back = self.error_throttle.allow(code, time.monotonic())
+            if not send:  # still counted, as every error is
+                self.state.metrics.errors.labels(code, category).inc()
+                return
+            if held_back:
+                message = f"{message} ({held_back} more {code} errors were not sent)"
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
         self.emit(ErrorEvent(code, message, fatal=fatal, category=category))
 
     def finish(self, code: int, reason: str, *, flush: bool) -> None:
@@ -203,12 +231,14 @@ class _Session:
             self.error(
                 "idle_timeout",
                 f"nothing received for {settings.idle_timeout_s:g} s; closing the call",
+                throttled=False,
             )
             self.finish(CLOSE_NORMAL, "idle_timeout", flush=True)
         elif now - self.started_at > settings.max_call_s:
             self.error(
                 "call_time_limit",
                 f"calls last at most {settings.max_call_s:g} s; closing the call",
+                throttled=False,
             )
             self.finish(CLOSE_NORMAL, "call_time_limit", flush=True)
 
@@ -221,36 +251,72 @@ class _Session:
             if self.closing is not None:
                 return
 
-    def handle(self, frame: bytes) -> None:
-        settings = self.state.settings
-        now = time.monotonic()
+    def admit(self, now: float) -> bool:
+        """Count a frame of any kind (text too) against the frame rate; cut a flood off."""
         self.last_frame_at = now
-        if not self.frames.accept(now):
-            if self.frames.flooding:
-                self.error(
-                    "too_many_frames",
-                    f"more than {self.frames.flood_frames:g} frames over the limit within a "
-                    "second; closing the call",
-                )
-                self.finish(CLOSE_TOO_SLOW, "flood", flush=True)
-                return
-            if now - self.last_frame_error > 1.0:
-                self.last_frame_error = now
-                self.error(
-                    "too_many_frames",
-                    f"more than {self.frames.rate:g} frames per second; frames are being dropped",
-                )
-            return
+        if self.frames.accept(now):
+            return True
+        if self.frames.flooding:
+            self.error(
+                "too_many_frames",
+                f"more than {self.frames.flood_frames:g} frames over the limit within a "
+                "second; closing the call",
+                throttled=False,
+            )
+            self.finish(CLOSE_TOO_SLOW, "flood", flush=True)
+        elif now - self.last_frame_error > 1.0:
+            self.last_frame_error = now
+            self.error(
+                "too_many_frames",
+                f"more than {self.frames.rate:g} frames per second; frames are being dropped",
+            )
+        return False
+
+    def handle_text(self) -> None:
+        if self.admit(time.monotonic()):
+            self.error("malformed_frame", "frames must be binary msgpack, not text")
+
+    def decode(self, frame: bytes, now: float) -> ClientMessage | None:
+        """The frame's message, within the session's decoding budget; None if refused."""
+        settings = self.state.settings
         if len(frame) > settings.max_frame_bytes:
             self.error(
                 "frame_too_large",
                 f"frame of {len(frame)} bytes exceeds the limit of {settings.max_frame_bytes}",
             )
-            return
+            return None
+        if not self.decode_budget.admit(now):
+            if self.decode_budget.abusive:
+                self.error(
+                    "decode_budget_exceeded",
+                    "frames keep costing more to decode than the budget allows; closing the "
+                    "call", throttled=False,
+                )
+                self.finish(CLOSE_TOO_SLOW, "decode_budget", flush=True)
+            elif now - self.last_decode_error > 1.0:
+                self.last_decode_error = now
+                self.error(
+                    "decode_budget_exceeded",
+                    f"frames cost more than {settings.decode_budget_ms_per_s:g} ms of decoding "
+                    "a second; frames are being dropped",
+                )
+            return None
+        started = time.thread_time()
         try:
-            message = decode_client_frame(frame)
+            return decode_client_frame(frame)
         except ProtocolError as exc:
             self.error(exc.code, str(exc))
+            return None
+        finally:
+            self.decode_budget.charge((time.thread_time() - started) * 1000.0)
+
+    def handle(self, frame: bytes) -> None:
+        settings = self.state.settings
+        now = time.monotonic()
+        if not self.admit(now):
+            return
+        message = self.decode(frame, now)
+        if message is None:
             return
         conversation = self.conversation
         if isinstance(message, InputAudioAppend):
@@ -480,8 +546,7 @@ async def _read_frames(websocket: WebSocket, session: _Session) -> None:
             return  # frames already queued when the call was ended are not handled
         data = message.get("bytes")
         if data is None:
-            session.last_frame_at = time.monotonic()
-            session.error("malformed_frame", "frames must be binary msgpack, not text")
+            session.handle_text()  # refused, but counted like any frame
             continue
         session.handle(data)
 
@@ -606,7 +671,7 @@ async def drain(state: AppState, timeout_s: float) -> None:
     for session in list(state.sessions):
         session.error(
             "server_shutting_down", "the server is restarting; reconnect to continue",
-            category="transient",
+            category="transient", throttled=False,
         )
         session.finish(CLOSE_GOING_AWAY, "server_shutdown", flush=True)
     from agent import webrtc  # the phone bridges import this module

@@ -15,14 +15,26 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import uvicorn
 from pythonjsonlogger.json import JsonFormatter
 from starlette.applications import Starlette
 
+from agent.config import Settings
 from agent.server import AppState, drain
 
 logger = logging.getLogger("voiceforge.serving")
+
+
+def transport_limits(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options that bound what clients can make it hold:
+    one frame's bytes (``ws_max_size``: over it, close 1009 before the app sees
+    it) and open connections (``limit_concurrency``: beyond it, HTTP 503)."""
+    return {
+        "ws_max_size": settings.hard_max_frame_bytes,
+        "limit_concurrency": settings.connection_limit(),
+    }
 
 
 class VoiceForgeServer(uvicorn.Server):
