@@ -1002,7 +1002,7 @@ def _time_from_end_of_turn(timings: dict[str, float]) -> None:
 
 
 def _category(exc: EngineError) -> str:
-    return "transient" if exc.transient else "permanent"
+    return exc.category
 
 
 def _error_code(exc: EngineError) -> str:
