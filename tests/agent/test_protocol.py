@@ -11,6 +11,7 @@ from agent.protocol import (
     OutputAudioPlayed,
     ProtocolError,
     ResponseCancel,
+    SessionCaps,
     SessionCreated,
     SessionUpdate,
     decode_client_frame,
@@ -103,3 +104,26 @@ def test_session_update_is_all_or_nothing() -> None:
         with pytest.raises(ProtocolError) as caught:
             parse_session_fields(bad, ["joe"])
         assert caught.value.code == "invalid_session"
+
+
+def test_operator_caps_hold_session_updates_to_what_the_server_allows() -> None:
+    caps = SessionCaps(
+        max_instructions_chars=100, max_response_tokens=300, min_partial_transcript_interval_ms=250
+    )
+    changes = parse_session_fields(
+        {"max_response_tokens": 2048, "partial_transcript_interval_ms": 1, "instructions": "hi"},
+        [],
+        caps,
+    )
+    assert changes == {
+        "max_response_tokens": 300, "partial_transcript_interval_ms": 250.0, "instructions": "hi"
+    }
+    # Within the caps, and 0 (partials off), values stand.
+    assert parse_session_fields(
+        {"max_response_tokens": 120, "partial_transcript_interval_ms": 0}, [], caps
+    ) == {"max_response_tokens": 120, "partial_transcript_interval_ms": 0.0}
+    with pytest.raises(ProtocolError, match="≤ 100 chars") as caught:
+        parse_session_fields({"instructions": "x" * 101}, [], caps)
+    assert caught.value.code == "invalid_session"
+    # Without caps, the protocol's own bounds.
+    assert parse_session_fields({"max_response_tokens": 2048}, []) == {"max_response_tokens": 2048}
