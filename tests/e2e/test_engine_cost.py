@@ -73,3 +73,25 @@ async def test_one_slow_call_does_not_make_the_server_refuse_calls() -> None:
                 await RawSession.open(other)
             ready = await _readyz(server)
             assert ready.status_code == 200, ready.json()
+
+
+async def test_session_updates_are_held_to_the_operators_caps() -> None:
+    settings = Settings(max_response_tokens=300, max_instructions_chars=1000,
+                        min_partial_transcript_interval_ms=400.0)
+    for server in start_server(settings, bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            limits = session.created["limits"]
+            assert (limits["max_response_tokens"], limits["max_instructions_chars"],
+                    limits["min_partial_transcript_interval_ms"]) == (300, 1000, 400.0)
+            await session.send({"type": "session.update", "session": {
+                "max_response_tokens": 2048, "partial_transcript_interval_ms": 1}})
+            updated = (await session.wait_type("session.updated"))["session"]
+            assert updated["max_response_tokens"] == 300
+            assert updated["partial_transcript_interval_ms"] == 400.0
+            await session.send(
+                {"type": "session.update", "session": {"instructions": "x" * 1001}})
+            error = await session.wait_type("error")
+            assert (error["code"], error["category"]) == ("invalid_session", "client")
+            assert "1000" in error["message"]
+            assert (await session.say_hello())["status"] == "completed"
