@@ -110,17 +110,34 @@ class Settings:
     max_history_turns: int = 50
     max_history_chars: int = 16000
     """History the LLM sees; beyond either, the oldest turns are dropped (docs/reliability.md)."""
+    # What one caller may make the shared engines do (session.update is held to these).
+    max_response_tokens: int = 512
+    """Cap on a call's ``max_response_tokens``: a larger value is lowered to it."""
+    max_instructions_chars: int = 8000
+    """Longer ``instructions`` are refused (``invalid_session``)."""
+    max_instructions_tokens: int = 1024
+    """Instructions longer than this in the embedded model's tokens fail the turn with a
+    ``client`` error; the prompt is fitted to the context by tokens besides."""
+    min_partial_transcript_interval_ms: float = 250.0
+    """Floor of a call's ``partial_transcript_interval_ms`` (each partial is a whole
+    transcription of the turn so far): a shorter non-zero interval is raised to it."""
     # Admission by measurement.
     latency_budget_ms: float = 2500.0
     """New calls are refused while the recent end-of-speech → first-audio p95 is above
     this (0 turns admission control off)."""
     admission_window_s: float = 60.0
-    admission_min_samples: int = 5
+    admission_min_samples: int = 10
+    admission_min_calls: int = 3
+    """Samples from fewer calls never refuse, nor does a server with fewer open calls."""
     retry_after_s: float = 10.0
     # Engine faults.
     engine_retries: int = 2
     """Retries of an engine call that failed transiently before any of its output
     reached the caller (backoff 0.2 s, 0.4 s, …)."""
+    engine_failure_sessions: int = 2
+    """/readyz reports an engine failing once failures (not the caller's errors) come
+    from this many calls within ``engine_failure_window_s`` with no success since."""
+    engine_failure_window_s: float = 60.0
     # Shutdown.
     drain_timeout_s: float = 10.0
     """On SIGTERM, responses in flight get this long to finish before they are cancelled."""
@@ -194,8 +211,29 @@ class Settings:
         settings.slow_client_timeout_s = _env_float(
             "VOICEFORGE_SLOW_CLIENT_TIMEOUT_S", settings.slow_client_timeout_s
         )
+        settings.max_response_tokens = _env_int(
+            "VOICEFORGE_MAX_RESPONSE_TOKENS", settings.max_response_tokens
+        )
+        settings.max_instructions_chars = _env_int(
+            "VOICEFORGE_MAX_INSTRUCTIONS_CHARS", settings.max_instructions_chars
+        )
+        settings.max_instructions_tokens = _env_int(
+            "VOICEFORGE_MAX_INSTRUCTIONS_TOKENS", settings.max_instructions_tokens
+        )
+        settings.min_partial_transcript_interval_ms = _env_float(
+            "VOICEFORGE_MIN_PARTIAL_INTERVAL_MS", settings.min_partial_transcript_interval_ms
+        )
         settings.latency_budget_ms = _env_float(
             "VOICEFORGE_LATENCY_BUDGET_MS", settings.latency_budget_ms
+        )
+        settings.admission_min_samples = _env_int(
+            "VOICEFORGE_ADMISSION_MIN_SAMPLES", settings.admission_min_samples
+        )
+        settings.admission_min_calls = _env_int(
+            "VOICEFORGE_ADMISSION_MIN_CALLS", settings.admission_min_calls
+        )
+        settings.engine_failure_sessions = _env_int(
+            "VOICEFORGE_ENGINE_FAILURE_SESSIONS", settings.engine_failure_sessions
         )
         settings.retry_after_s = _env_float("VOICEFORGE_RETRY_AFTER_S", settings.retry_after_s)
         settings.engine_retries = _env_int("VOICEFORGE_ENGINE_RETRIES", settings.engine_retries)
@@ -229,11 +267,16 @@ class Settings:
                 "max_audio_realtime_factor", "retry_after_s", "drain_timeout_s",
                 "decode_budget_ms_per_s", "decode_burst_ms", "audio_burst_ms",
                 "errors_per_code_per_s",
+                "max_response_tokens", "max_instructions_chars", "max_instructions_tokens",
+                "admission_min_samples", "admission_min_calls", "engine_failure_sessions",
+                "engine_failure_window_s",
             )
             if not getattr(self, name) > 0
         ]
         if self.latency_budget_ms < 0 or self.engine_retries < 0:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
+        if self.min_partial_transcript_interval_ms < 0:
+            problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:
             problems.append("token_ttl_s must be in (0, 3600]")
         if not 0 < self.slow_client_frames < self.max_outbound_frames:

@@ -98,12 +98,12 @@ def refusal(state: AppState) -> Refusal | None:
             "max_sessions", f"the server is at its limit of {settings.max_sessions} calls", retry
         )
     if state.admission is not None:
-        wait = state.admission.admit(time.monotonic())
+        wait = state.admission.admit(time.monotonic(), state.open_calls())
         if wait is not None:
             p95 = state.admission.recent_p95(time.monotonic()) or 0.0
             return Refusal(
                 "overloaded",
-                f"replies are slow right now (p95 {p95:.0f} ms over the "
+                f"replies are slow right now (a typical call's p95 {p95:.0f} ms, over the "
                 f"{state.admission.budget_ms:.0f} ms budget); try again shortly",
                 wait,
             )

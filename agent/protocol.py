@@ -341,17 +341,36 @@ _INT_FIELDS: dict[str, tuple[int, int]] = {"max_response_tokens": (1, 2048)}
 _BOOL_FIELDS = {"speculative_response", "speculative_transcript", "first_chunk_at_clause"}
 
 
-def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class SessionCaps:
+    """The operator's caps on what one call may ask of the shared engines; the
+    defaults are the protocol's own bounds."""
+
+    max_instructions_chars: int = 8000
+    max_response_tokens: int = 2048
+    min_partial_transcript_interval_ms: float = 0.0
+
+
+def parse_session_fields(
+    session: dict[str, Any], voices: list[str], caps: SessionCaps | None = None
+) -> dict[str, Any]:
     """Validate a ``session.update`` payload; return the SessionConfig changes.
 
     The update is all or nothing: any bad field rejects it whole, so a client never
-    ends up with half its settings applied.
+    ends up with half its settings applied. Within the protocol's bounds, ``caps``
+    lowers ``max_response_tokens`` and raises a non-zero
+    ``partial_transcript_interval_ms`` (``session.updated`` shows what applies) and
+    refuses longer ``instructions``.
     """
+    caps = caps or SessionCaps()
     changes: dict[str, Any] = {}
     for key, value in session.items():
         if key == "instructions":
-            if not isinstance(value, str) or len(value) > 8000:
-                raise ProtocolError("invalid_session", "instructions must be a string ≤ 8000 chars")
+            limit = min(caps.max_instructions_chars, 8000)
+            if not isinstance(value, str) or len(value) > limit:
+                raise ProtocolError(
+                    "invalid_session", f"instructions must be a string ≤ {limit} chars"
+                )
             changes[key] = value
         elif key == "voice":
             if value is not None and value not in voices:
@@ -389,13 +408,15 @@ def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str
             ):
                 raise ProtocolError("invalid_session", f"{key} must be a number in [{low}, {high}]")
             changes[key] = float(value)
+            if key == "partial_transcript_interval_ms" and value:
+                changes[key] = max(float(value), caps.min_partial_transcript_interval_ms)
         elif key in _INT_FIELDS:
             ilow, ihigh = _INT_FIELDS[key]
             if not isinstance(value, int) or isinstance(value, bool) or not ilow <= value <= ihigh:
                 raise ProtocolError(
                     "invalid_session", f"{key} must be an integer in [{ilow}, {ihigh}]"
                 )
-            changes[key] = value
+            changes[key] = min(value, caps.max_response_tokens)
         else:
             raise ProtocolError("invalid_session", f"unknown session field {shown(key)}")
     return changes

@@ -33,6 +33,7 @@ from agent.admission import LatencyAdmission
 from agent.bridge import BridgeSession
 from agent.config import Settings
 from agent.gate import Refusal, api_key_presented, credential_ok, origin_ok, refusal
+from agent.health import EngineHealth
 from agent.limits import (
     AudioRateLimiter,
     DecodeBudget,
@@ -51,6 +52,7 @@ from agent.protocol import (
     ProtocolError,
     ResponseCancel,
     ServerMessage,
+    SessionCaps,
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
@@ -348,7 +350,9 @@ class _Session:
     def update_session(self, fields: dict[str, Any]) -> None:
         current = self.conversation.config
         try:
-            changes = parse_session_fields(fields, list(self.state.engines.tts.voices()))
+            changes = parse_session_fields(
+                fields, list(self.state.engines.tts.voices()), self.state.session_caps()
+            )
             turn = changes.pop("turn", None)
             if turn is not None:
                 changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
@@ -379,6 +383,7 @@ class AppState:
                 settings.latency_budget_ms,
                 window_s=settings.admission_window_s,
                 min_samples=settings.admission_min_samples,
+                min_calls=settings.admission_min_calls,
                 retry_after_s=settings.retry_after_s,
             )
             if settings.latency_budget_ms > 0
@@ -387,8 +392,11 @@ class AppState:
         self.draining = False
         self.load_error: str | None = None
         """Why the engines failed to load (permanent: /healthz fails)."""
-        self.engine_failures: dict[str, str] = {}
-        """Engines whose last use failed, and how: /readyz is not ready while any is."""
+        self.engine_health = EngineHealth(
+            min_sessions=settings.engine_failure_sessions,
+            window_s=settings.engine_failure_window_s,
+        )
+        """Engines failing across calls: /readyz is not ready while any is."""
         self.background: set[asyncio.Task[None]] = set()
 
     @property
@@ -414,6 +422,18 @@ class AppState:
             max_history_turns=settings.max_history_turns,
             max_history_chars=settings.max_history_chars,
             engine_retries=settings.engine_retries,
+            max_response_tokens=min(
+                SessionConfig().max_response_tokens, settings.max_response_tokens
+            ),
+        )
+
+    def session_caps(self) -> SessionCaps:
+        """What ``session.update`` may ask of the shared engines on this server."""
+        settings = self.settings
+        return SessionCaps(
+            max_instructions_chars=settings.max_instructions_chars,
+            max_response_tokens=settings.max_response_tokens,
+            min_partial_transcript_interval_ms=settings.min_partial_transcript_interval_ms,
         )
 
 
@@ -491,6 +511,11 @@ async def _websocket(websocket: WebSocket) -> None:
                 "idle_timeout_s": settings.idle_timeout_s,
                 "max_call_s": settings.max_call_s,
                 "voices": list(state.engines.tts.voices()),
+                "max_response_tokens": settings.max_response_tokens,
+                "max_instructions_chars": settings.max_instructions_chars,
+                "min_partial_transcript_interval_ms": (
+                    settings.min_partial_transcript_interval_ms
+                ),
             },
         )
     )
@@ -577,7 +602,7 @@ async def _readyz(request: Request) -> Response:
     refused = refusal(state)
     if refused is not None:
         reasons[refused.reason] = refused.message
-    for engine, failure in sorted(state.engine_failures.items()):
+    for engine, failure in sorted(state.engine_health.failing(time.monotonic()).items()):
         reasons[f"{engine}_failing"] = failure
     body: dict[str, Any] = {"ready": not reasons, "calls": state.open_calls(),
                             "max_sessions": state.settings.max_sessions}

@@ -510,7 +510,7 @@ def _time_from_end_of_turn(timings: dict[str, float]) -> None:
 
 
 def error_category(exc: EngineError) -> str:
-    return "transient" if exc.transient else "permanent"
+    return exc.category
 
 
 def error_code(exc: EngineError) -> str:

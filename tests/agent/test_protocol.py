@@ -12,6 +12,7 @@ from agent.protocol import (
     OutputAudioPlayed,
     ProtocolError,
     ResponseCancel,
+    SessionCaps,
     SessionCreated,
     SessionUpdate,
     decode_client_frame,
@@ -159,3 +160,24 @@ def test_a_voice_too_long_to_echo_is_cut_with_a_marker() -> None:
     with pytest.raises(ProtocolError) as caught:
         parse_session_fields({"voice": "v" * 100_000}, ["joe"])
     assert "… (100000 chars)" in str(caught.value) and len(str(caught.value)) < 200
+def test_operator_caps_hold_session_updates_to_what_the_server_allows() -> None:
+    caps = SessionCaps(
+        max_instructions_chars=100, max_response_tokens=300, min_partial_transcript_interval_ms=250
+    )
+    changes = parse_session_fields(
+        {"max_response_tokens": 2048, "partial_transcript_interval_ms": 1, "instructions": "hi"},
+        [],
+        caps,
+    )
+    assert changes == {
+        "max_response_tokens": 300, "partial_transcript_interval_ms": 250.0, "instructions": "hi"
+    }
+    # Within the caps, and 0 (partials off), values stand.
+    assert parse_session_fields(
+        {"max_response_tokens": 120, "partial_transcript_interval_ms": 0}, [], caps
+    ) == {"max_response_tokens": 120, "partial_transcript_interval_ms": 0.0}
+    with pytest.raises(ProtocolError, match="≤ 100 chars") as caught:
+        parse_session_fields({"instructions": "x" * 101}, [], caps)
+    assert caught.value.code == "invalid_session"
+    # Without caps, the protocol's own bounds.
+    assert parse_session_fields({"max_response_tokens": 2048}, []) == {"max_response_tokens": 2048}

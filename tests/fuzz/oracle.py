@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -229,11 +229,15 @@ class SessionModel:
 
     view: dict[str, Any]
     voices: list[str]
+    limits: dict[str, Any] = field(default_factory=dict)
+    """``session.created.limits``: the operator's caps lower ``max_response_tokens``,
+    raise a non-zero ``partial_transcript_interval_ms`` and bound ``instructions``."""
 
     def field_codes(self, key: Any, value: Any) -> set[str]:
         """The codes one ``session.update`` field earns on its own (§3.2)."""
         if key == "instructions":
-            good = isinstance(value, str) and len(value) <= MAX_INSTRUCTIONS_CHARS
+            limit = min(MAX_INSTRUCTIONS_CHARS, self.limits.get("max_instructions_chars", 8000))
+            good = isinstance(value, str) and len(value) <= limit
         elif key == "voice":
             good = value is None or (isinstance(value, str) and value in self.voices)
         elif key in ("input_sample_rate", "output_sample_rate"):
@@ -274,6 +278,11 @@ class SessionModel:
                 view["turn"] = turn
             elif key in NUMBER_FIELDS:
                 view[key] = float(value)
+                floor = self.limits.get("min_partial_transcript_interval_ms", 0.0)
+                if key == "partial_transcript_interval_ms" and value:
+                    view[key] = max(float(value), float(floor))
+            elif key == "max_response_tokens":
+                view[key] = min(value, self.limits.get("max_response_tokens", value))
             else:
                 view[key] = value
         return set(), view

@@ -132,7 +132,9 @@ class Probe:
 
     def __init__(self, ws: ClientConnection, created: dict[str, Any]) -> None:
         self.ws = ws
-        self.model = SessionModel(dict(created["session"]), list(created["limits"]["voices"]))
+        self.model = SessionModel(
+            dict(created["session"]), list(created["limits"]["voices"]), dict(created["limits"])
+        )
         self.sent = 0
         self.engine_errors: list[dict[str, Any]] = []
 
