@@ -28,27 +28,32 @@ def _hang_up(state: AppState, call: BridgeCall, reason: str) -> None:
 
 
 def sweep_once(state: AppState, now: float) -> None:
+    """Check every call once; a check that fails (a bug) is logged and skips only
+    that call."""
     settings = state.settings
     for session in list(state.sessions):
-        session.check_limits(now)
+        try:
+            session.check_limits(now)
+        except Exception:
+            logger.exception("sweeper: checking a call failed; sweeping goes on")
     for call in list(state.bridge_sessions):
-        if now - call.started_at > settings.max_call_s:
-            state.bridge_sessions.discard(call)  # hung up once, not at every sweep
-            _hang_up(state, call, "call_time_limit")
-        elif now - call.last_input_at > settings.idle_timeout_s:
-            state.bridge_sessions.discard(call)
-            _hang_up(state, call, "idle_timeout")
+        try:
+            if now - call.started_at > settings.max_call_s:
+                state.bridge_sessions.discard(call)  # hung up once, not at every sweep
+                _hang_up(state, call, "call_time_limit")
+            elif now - call.last_input_at > settings.idle_timeout_s:
+                state.bridge_sessions.discard(call)
+                _hang_up(state, call, "idle_timeout")
+        except Exception:
+            logger.exception("sweeper: checking a call failed; sweeping goes on")
 
 
 async def sweep(state: AppState) -> None:
-    """Enforce per-call time limits for every call, twice a second. A bug in one
-    check must not end the sweeping for the server's lifetime."""
+    """Enforce per-call time limits for every call, twice a second, for the
+    server's lifetime."""
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_S)
-        try:
-            sweep_once(state, time.monotonic())
-        except Exception:
-            logger.exception("sweeper: a check failed; sweeping goes on")
+        sweep_once(state, time.monotonic())
 
 
 def _stop_new_turns(calls: list[Call]) -> None:

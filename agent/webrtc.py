@@ -99,6 +99,8 @@ class ReplyTrack(MediaStreamTrack):
         self._sent_ms: dict[str, float] = {}
         self._start: float | None = None
         self._pts = 0
+        self.frames_sent = 0
+        """Frames handed to the encoder: the caller's n-th frame is our n-th."""
 
     @property
     def buffered_ms(self) -> float:
@@ -152,6 +154,7 @@ class ReplyTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         response_id, samples = self._take()
+        self.frames_sent += 1
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = OUTPUT_RATE
         frame.pts = self._pts
@@ -231,6 +234,8 @@ class WebRTCSession:
                 other.direction = "inactive"
         # aiortc's setLocalDescription gathers every candidate before returning.
         await pc.setLocalDescription(await pc.createAnswer())
+        if self._closed:  # hung up (the server drains) while the answer was made
+            raise ConnectionAbortedError("the call was ended while it was set up")
         self._opened = True
         bridge.session_opened(self.state)
         self.emit(
@@ -475,13 +480,13 @@ async def _answer_offer(request: Request, slot: Slot) -> Response:
     try:
         answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
     except Exception as exc:  # aiortc raises many kinds on a hostile SDP
+        hung_up = session.closed
         await session.close()
+        if hung_up:
+            return JSONResponse({"error": "draining", "message": str(exc)}, status_code=503)
         return JSONResponse(
             {"error": "bad_offer", "message": f"cannot answer the offer: {exc}"}, status_code=400
         )
-    if session.closed:  # hung up (drain) while answering
-        return JSONResponse({"error": "draining", "message": "the server is shutting down"},
-                            status_code=503)
     state.bridge_sessions.add(session)
     return JSONResponse({"sdp": answer.sdp, "type": answer.type, "session_id": session.session_id})
 
