@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -21,15 +22,27 @@ from pipeline.events import (
 )
 
 if TYPE_CHECKING:
-    from agent.server import AppState
+    from agent.state import AppState
+    from pipeline.conversation import SessionConfig
 
 logger = logging.getLogger("voiceforge.bridge")
 
 
-class BridgeSession(Protocol):
-    """A call not tied to an HTTP connection (WebRTC): closed at server shutdown."""
-
-    async def close(self) -> None: ...
+def session_view(config: SessionConfig) -> dict[str, Any]:
+    """The settings a client sees in session.created / session.updated."""
+    return {
+        "instructions": config.instructions,
+        "voice": config.voice,
+        "input_sample_rate": config.input_sample_rate,
+        "output_sample_rate": config.output_sample_rate,
+        "turn": asdict(config.turn),
+        "max_response_tokens": config.max_response_tokens,
+        "temperature": config.temperature,
+        "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
+        "speculative_response": config.speculative_response,
+        "speculative_transcript": config.speculative_transcript,
+        "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
+    }
 
 
 def session_opened(state: AppState) -> None:

@@ -1,7 +1,7 @@
 """Who may start a call, and whether the server takes one now.
 
 Every entry point (``/ws``, ``/webrtc/offer``, ``/telephony/twilio``) asks the
-same three questions before any work is done for a caller:
+same questions, through ``agent.intake``, before any work is done for a caller:
 
 * ``credential_ok``: the API key, or a short-lived session token signed with it
   (``agent.tokens``), by ``Authorization: Bearer`` or the ``bearer.<secret>``
@@ -29,7 +29,7 @@ from agent.tokens import verify_token
 
 if TYPE_CHECKING:
     from agent.config import Settings
-    from agent.server import AppState
+    from agent.state import AppState
 
 
 def presented_secrets(connection: HTTPConnection) -> list[str]:
@@ -85,15 +85,16 @@ class Refusal:
     retry_after_s: float
 
 
-def refusal(state: AppState) -> Refusal | None:
-    """Why a new call cannot start now, or None to take it."""
+def refusal(state: AppState, *, held: int = 0) -> Refusal | None:
+    """Why a new call cannot start now, or None to take it (``held``: slots the
+    asking call holds already, not counted against the limit)."""
     settings = state.settings
     retry = settings.retry_after_s
     if state.draining:
         return Refusal("draining", "the server is shutting down; try another one", retry)
     if not state.loaded:
         return Refusal("not_ready", state.load_error or "models are still loading", retry)
-    if state.open_calls() >= settings.max_sessions:
+    if state.open_calls() - held >= settings.max_sessions:
         return Refusal(
             "max_sessions", f"the server is at its limit of {settings.max_sessions} calls", retry
         )

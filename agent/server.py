@@ -22,18 +22,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from agent import bridge
-from agent.admission import LatencyAdmission
-from agent.bridge import BridgeSession
+from agent import bridge, intake
+from agent.bridge import session_view
 from agent.config import Settings
-from agent.gate import Refusal, api_key_presented, credential_ok, origin_ok, refusal
-from agent.health import EngineHealth
+from agent.gate import api_key_presented, refusal
+from agent.lifecycle import SWEEP_INTERVAL_S, drain, hang_up_all, sweep
 from agent.limits import (
     AudioRateLimiter,
     DecodeBudget,
@@ -41,7 +40,6 @@ from agent.limits import (
     FrameRateLimiter,
     OutboundQueue,
 )
-from agent.metrics import Metrics
 from agent.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL,
@@ -52,7 +50,6 @@ from agent.protocol import (
     ProtocolError,
     ResponseCancel,
     ServerMessage,
-    SessionCaps,
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
@@ -60,9 +57,10 @@ from agent.protocol import (
     encode_server_message,
     parse_session_fields,
 )
+from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
-from pipeline.conversation import Conversation, Engines, SessionConfig
+from pipeline.conversation import Conversation, Engines
 from pipeline.events import ErrorEvent, Event, ResponseAudioClear, ResponseAudioDelta
 from pipeline.turn import TurnConfig
 
@@ -70,36 +68,15 @@ logger = logging.getLogger("voiceforge.server")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_UNAUTHORIZED = 1008
 CLOSE_TOO_SLOW = 1008
 """Also for a flooding client: 1008 is "policy violation"."""
-CLOSE_TRY_AGAIN_LATER = 1013
 
 EngineFactory = Callable[[], Engines]
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 """The static voice chat page and JS SDK, served at ``/``."""
 
-SWEEP_INTERVAL_S = 0.5
-"""How often idle, call-length and slow-client limits are checked."""
 MAX_ERROR_MESSAGE_CHARS = 300
 """An error's message is cut here whatever it quotes: a reply never grows with the input."""
-
-
-def session_view(config: SessionConfig) -> dict[str, Any]:
-    """The settings a client sees in session.created / session.updated."""
-    return {
-        "instructions": config.instructions,
-        "voice": config.voice,
-        "input_sample_rate": config.input_sample_rate,
-        "output_sample_rate": config.output_sample_rate,
-        "turn": asdict(config.turn),
-        "max_response_tokens": config.max_response_tokens,
-        "temperature": config.temperature,
-        "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
-        "speculative_response": config.speculative_response,
-        "speculative_transcript": config.speculative_transcript,
-        "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,128 +347,18 @@ class _Session:
         self.emit(SessionUpdated(session_view(updated)))
 
 
-class AppState:
-    def __init__(self, settings: Settings, engines: Engines | None) -> None:
-        self.settings = settings
-        self._engines = engines
-        self.metrics = Metrics()
-        self.sessions: set[_Session] = set()
-        self.bridge_sessions: set[BridgeSession] = set()
-        """WebRTC and telephony calls: hung up at shutdown, counted against the limit."""
-        self.admission = (
-            LatencyAdmission(
-                settings.latency_budget_ms,
-                window_s=settings.admission_window_s,
-                min_samples=settings.admission_min_samples,
-                min_calls=settings.admission_min_calls,
-                retry_after_s=settings.retry_after_s,
-            )
-            if settings.latency_budget_ms > 0
-            else None
-        )
-        self.draining = False
-        self.load_error: str | None = None
-        """Why the engines failed to load (permanent: /healthz fails)."""
-        self.engine_health = EngineHealth(
-            min_sessions=settings.engine_failure_sessions,
-            window_s=settings.engine_failure_window_s,
-        )
-        """Engines failing across calls: /readyz is not ready while any is."""
-        self.background: set[asyncio.Task[None]] = set()
-
-    @property
-    def loaded(self) -> bool:
-        return self._engines is not None
-
-    @property
-    def engines(self) -> Engines:
-        if self._engines is None:
-            raise RuntimeError("engines are not loaded")
-        return self._engines
-
-    def set_engines(self, engines: Engines) -> None:
-        self._engines = engines
-
-    def open_calls(self) -> int:
-        return len(self.sessions) + len(self.bridge_sessions)
-
-    def session_config(self) -> SessionConfig:
-        """A new call's settings under this server's limits."""
-        settings = self.settings
-        return SessionConfig(
-            max_history_turns=settings.max_history_turns,
-            max_history_chars=settings.max_history_chars,
-            engine_retries=settings.engine_retries,
-            max_response_tokens=min(
-                SessionConfig().max_response_tokens, settings.max_response_tokens
-            ),
-        )
-
-    def session_caps(self) -> SessionCaps:
-        """What ``session.update`` may ask of the shared engines on this server."""
-        settings = self.settings
-        return SessionCaps(
-            max_instructions_chars=settings.max_instructions_chars,
-            max_response_tokens=settings.max_response_tokens,
-            min_partial_transcript_interval_ms=settings.min_partial_transcript_interval_ms,
-        )
-
-
-def _authorized(connection: HTTPConnection, api_key: str | None) -> bool:
-    """The API key or a session token signed with it (``agent.gate``)."""
-    return credential_ok(connection, api_key)
-
-
-def _refuse_quietly(state: AppState, connection: HTTPConnection, reason: str) -> None:
-    """Count and log a refused caller: who and why, never what they presented."""
-    state.metrics.refusals.labels(reason).inc()
-    client = connection.client
-    origin = connection.headers.get("origin", "-")
-    logger.warning(
-        "refused %s from %s (origin %s)", reason, client.host if client else "?", origin,
-        extra={"refusal": reason},
-    )
-
-
-def _refusal_body(refused: Refusal) -> dict[str, Any]:
-    return {"error": refused.reason, "message": refused.message,
-            "retry_after_s": refused.retry_after_s}
-
-
-def refused_response(state: AppState, refused: Refusal) -> JSONResponse:
-    """HTTP 503 with a retry hint; counted."""
-    state.metrics.refusals.labels(refused.reason).inc()
-    logger.warning("call refused: %s (%s)", refused.reason, refused.message)
-    return JSONResponse(
-        _refusal_body(refused), status_code=503,
-        headers={"Retry-After": str(max(1, round(refused.retry_after_s)))},
-    )
-
-
-async def deny_websocket(websocket: WebSocket, state: AppState, refused: Refusal) -> None:
-    """Answer the handshake with 503 + Retry-After, or close 1013 where the
-    server cannot send an HTTP response to a WebSocket request."""
-    response = refused_response(state, refused)
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(response)
-    else:
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, refused.reason)
-
-
 async def _websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
-    if not origin_ok(websocket, state.settings):
-        _refuse_quietly(state, websocket, "origin")
-        await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
+    slot = await intake.admit_websocket(websocket, intake.Transport.WS)
+    if slot is None:
         return
-    if not _authorized(websocket, state.settings.api_key):
-        _refuse_quietly(state, websocket, "unauthorized")
-        await websocket.close(CLOSE_UNAUTHORIZED)
-        return
-    refused = refusal(state)
-    if refused is not None:
-        await deny_websocket(websocket, state, refused)
-        return
+    try:
+        await _serve(websocket, state)
+    finally:
+        slot.release()
+
+
+async def _serve(websocket: WebSocket, state: AppState) -> None:
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     session = _Session(websocket, state)
@@ -661,63 +528,6 @@ async def _session_tokens(request: Request) -> Response:
     )
 
 
-async def _sweep(state: AppState) -> None:
-    """Enforce per-call time limits for every call, twice a second."""
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
-        now = time.monotonic()
-        for session in list(state.sessions):
-            session.check_limits(now)
-        for call in list(state.bridge_sessions):
-            started = getattr(call, "started_at", None)
-            if started is not None and now - started > state.settings.max_call_s:
-                state.metrics.disconnects.labels("call_time_limit").inc()
-                task = asyncio.create_task(call.close())
-                state.background.add(task)
-                task.add_done_callback(state.background.discard)
-
-
-async def drain(state: AppState, timeout_s: float) -> None:
-    """Graceful shutdown, first half: take no new call or turn, let replies in
-    flight finish (up to ``timeout_s``, then cancel them, so each still ends with
-    ``response.done`` and history as heard), tell every caller, close with 1001."""
-    state.draining = True
-    sessions = list(state.sessions)
-    for session in sessions:
-        session.conversation.accepting_turns = False
-    busy = [s for s in sessions if s.conversation.busy]
-    logger.info("draining: %d calls, %d with a reply in flight", len(sessions), len(busy))
-    busy = await _wait_idle(busy, timeout_s)
-    if busy:
-        logger.warning("drain deadline: cancelling %d replies in flight", len(busy))
-        for session in busy:
-            session.conversation.cancel_response(reason="server_shutdown")
-        busy = await _wait_idle(busy, 2.0)  # the played report, then response.done
-    for session in list(state.sessions):
-        session.error(
-            "server_shutting_down", "the server is restarting; reconnect to continue",
-            category="transient", throttled=False,
-        )
-        session.finish(CLOSE_GOING_AWAY, "server_shutdown", flush=True)
-    from agent import webrtc  # the phone bridges import this module
-
-    await webrtc.close_all(state)
-    for _ in range(100):  # their handlers finish within 2 s each (close timeout)
-        if not (state.sessions or state.bridge_sessions):
-            break
-        await asyncio.sleep(0.05)
-
-
-async def _wait_idle(sessions: list[_Session], timeout_s: float) -> list[_Session]:
-    """Wait until no turn or reply is in flight in ``sessions``; the busy ones left."""
-    for _ in range(max(1, int(timeout_s / 0.05))):
-        sessions = [s for s in sessions if s.conversation.busy]
-        if not sessions:
-            break
-        await asyncio.sleep(0.05)
-    return [s for s in sessions if s.conversation.busy]
-
-
 async def _in_daemon_thread(factory: EngineFactory) -> Engines:
     """Run a model loader off the loop in a thread of its own: a server stopped
     while it loads exits at once (the loop's executor would wait for it)."""
@@ -774,7 +584,6 @@ def create_app(
     (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
     Engines from a factory, or given with ``own_engines``, are closed (their
     worker threads stopped) when the server stops."""
-    # The phone bridges import this module (auth, session view): imported late.
     from agent import telephony, webrtc
 
     async def load(state: AppState, factory: EngineFactory) -> None:
@@ -803,7 +612,7 @@ def create_app(
                 on_ready()
         else:
             loader = asyncio.create_task(load(state, engines), name="voiceforge-load")
-        sweeper = asyncio.create_task(_sweep(state), name="voiceforge-sweeper")
+        sweeper = asyncio.create_task(sweep(state), name="voiceforge-sweeper")
         try:
             yield
         finally:
@@ -814,7 +623,7 @@ def create_app(
                 loader.cancel()
             await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
             await asyncio.gather(*state.background, return_exceptions=True)
-            await webrtc.close_all(state)
+            await hang_up_all(state)
             if state.loaded:
                 await state.engines.vad.stop()
                 if own_engines or not isinstance(engines, Engines):
@@ -834,3 +643,8 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+__all__ = ["SWEEP_INTERVAL_S", "AppState", "create_app", "drain", "session_view"]
+"""What other code may import from here: the app factory, and names kept for the
+tests and load tests that import them from this module."""

@@ -3,7 +3,7 @@
 On SIGTERM (or SIGINT) uvicorn's own shutdown closes every WebSocket at once with
 1012. ``VoiceForgeServer`` first stops listening, then lets replies in flight
 finish (``Settings.drain_timeout_s``), tells each caller why and closes its
-socket with 1001 (``agent.server.drain``), and only then hands over to uvicorn,
+socket with 1001 (``agent.lifecycle.drain``), and only then hands over to uvicorn,
 whose lifespan shutdown stops the engines' threads.
 """
 
@@ -22,7 +22,8 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.applications import Starlette
 
 from agent.config import Settings
-from agent.server import AppState, drain
+from agent.lifecycle import drain
+from agent.state import AppState
 
 logger = logging.getLogger("voiceforge.serving")
 
