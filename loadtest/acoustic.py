@@ -72,9 +72,12 @@ class TimedCaller(Caller):
     spoken: list[Spoken] = field(default_factory=list)
     _queued: int = 0
 
+    def say(self, audio: np.ndarray) -> None:
+        super().say(audio)
+        self._queued += 1
+
     def utter(self, audio: np.ndarray) -> int:
         self.say(audio)
-        self._queued += 1
         return self._queued - 1
 
     async def _microphone(self) -> None:

@@ -296,7 +296,7 @@ async def run_trial(
             await turn_trial(caller, item, trial, config)
         else:
             await over_speech_trial(caller, item, prompt, trial, config)
-    except (TimeoutError, ClientError) as exc:
+    except Exception as exc:  # one broken trial (timeout, dropped call) is reported, not fatal
         trial.valid, trial.note = False, f"{type(exc).__name__}: {exc}"
     finally:
         await caller.stop()
