@@ -176,9 +176,13 @@ def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, pat
     plt = _pyplot()
     callers = [r["callers"] for r in reports]
     fig, (left, middle) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for axis, name in ((left, metric), (middle, "latency_ms")):
-        for q, style in (("p50", "o-"), ("p95", "s-")):
-            axis.plot(callers, [r[name][q] or 0.0 for r in reports], style, label=f"{name} {q}")
+    panels = ((left, (metric,)), (middle, ("latency_ms", "acoustic_latency_ms")))
+    for axis, names in panels:
+        for name in names:
+            for q, style in (("p50", "o-"), ("p95", "s-")):
+                # Reports written before the acoustic figure existed lack it.
+                values = [(r.get(name) or {}).get(q) or 0.0 for r in reports]
+                axis.plot(callers, values, style, label=f"{name} {q}")
         axis.set_xlabel("concurrent callers")
         axis.set_ylabel("ms")
     left.axhline(budget_ms, color="r", linestyle=":", label=f"budget {budget_ms:.0f} ms")
@@ -191,7 +195,7 @@ def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, pat
     lines, labels = middle.get_legend_handles_labels()
     more, more_labels = right.get_legend_handles_labels()
     middle.legend(lines + more, labels + more_labels, fontsize=8, loc="upper left")
-    middle.set_title("End of speech → first audio, and errors, vs callers")
+    middle.set_title("End of speech (VAD, server; acoustic, client) → first audio, and errors")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

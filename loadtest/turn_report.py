@@ -136,6 +136,14 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> None:
             left.plot([p95], [100 * rate], "o", mfc="none", color=point.get_color())
         left.annotate(name, (p50, 100 * rate), textcoords="offset points", xytext=(5, 5),
                       fontsize=8)
+    points = sorted(
+        (f["latency_ms"]["p50"], 100 * f["false_cut_off_rate"])
+        for f in report["per_policy"].values()
+        if f["latency_ms"]["p50"] is not None and f["false_cut_off_rate"] is not None
+    )
+    if len(points) > 1:
+        left.plot(*zip(*points, strict=True), ":", color="grey", linewidth=1)
+    left.set_ylim(-3, 103)
     left.set_xlabel("acoustic end of speech → first reply audio at the client, ms (p50 ● p95 ○)")
     left.set_ylabel("false cut-offs on paused utterances, %")
     left.set_title("Turn-taking trade-off per policy")
@@ -150,6 +158,7 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> None:
     right.set_xticks(list(x))
     right.set_xticklabels(names, rotation=20, fontsize=8)
     right.set_ylabel("%")
+    right.set_ylim(0, 105)
     right.set_title("Over the agent's speech")
     right.legend(fontsize=8)
     fig.suptitle(f"loadtest.turns, {report['date']}")
