@@ -27,8 +27,9 @@ Per policy:
 * interruption onset (acoustic) → the agent's audio stopping at the client: its
   ``response.audio.clear`` received (else the last audio of that response received).
 
-``--cost-metric NAME`` reads a Prometheus histogram of the server's model inferences
-(``NAME_sum`` seconds / ``NAME_count``) before and after the run: the mean cost of one.
+``--cost-metric 'NAME{label="value"}'`` reads a Prometheus histogram of the server's
+model inferences (``NAME_sum`` seconds / ``NAME_count``) before and after the run: the
+mean cost of one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -46,6 +48,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.client import ClientError, VoiceForgeClient
 from agent.protocol import ServerMessage
@@ -394,19 +398,37 @@ def _progress_line(done: int, total: int, elapsed: float, trial: Trial) -> str:
             f"{outcome}")
 
 
+def parse_cost_metric(metric: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME{label="value",...}`` → (NAME, labels)."""
+    match = re.fullmatch(r"([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?", metric.strip())
+    if match is None:
+        raise ValueError(f"--cost-metric takes NAME or NAME{{label=\"value\"}}, got {metric!r}")
+    return match.group(1), dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+
+
 def scrape_cost(url: str, metric: str) -> tuple[float, float] | None:
-    """(sum seconds, count) of the histogram ``metric`` on the server's /metrics."""
+    """(sum seconds, count) of the histogram ``metric`` on the server's /metrics;
+    ``metric`` may select labels: ``NAME{stage="end_of_turn_model"}``."""
+    name, selector = parse_cost_metric(metric)
     parts = urlsplit(url)
     base = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
-    values: dict[str, float] = {}
-    with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            name, _, value = line.partition(" ")
-            if name in (f"{metric}_sum", f"{metric}_count"):
-                values[name] = values.get(name, 0.0) + float(value)
-    if f"{metric}_count" not in values:
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
         return None
-    return values.get(f"{metric}_sum", 0.0), values[f"{metric}_count"]
+    totals = {"_sum": 0.0, "_count": 0.0}
+    seen = False
+    for family in text_string_to_metric_families(text):
+        # A labelled histogram is listed before its first observation: zero so far.
+        seen = seen or family.name == name
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(name)
+            if suffix in totals and sample.name == name + suffix and all(
+                sample.labels.get(k) == v for k, v in selector.items()
+            ):
+                totals[suffix] += sample.value
+    return (totals["_sum"], totals["_count"]) if seen else None
 
 
 def model_cost(
@@ -457,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         policies = parse_policies(args.policies)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.cost_metric:
+            parse_cost_metric(args.cost_metric)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

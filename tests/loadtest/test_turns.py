@@ -19,6 +19,8 @@ from loadtest.turns import (
     analyse_turn,
     interleave_kinds,
     main,
+    model_cost,
+    parse_cost_metric,
     parse_policies,
     schedule,
 )
@@ -118,8 +120,11 @@ def test_quick_run_over_the_real_protocol(tmp_path: Path) -> None:
         {"name": "refused", "turn": {"end_of_turn_silence_ms": -1}},  # skipped, not fatal
     ])
     with spawned_server("bench", echo=False) as url:
+        # The hook for a model's cost per inference, on a histogram the server has
+        # today (the STT stage): any labelled histogram of seconds works the same way.
         code = main(["--url", url, "--quick", "--no-piper", "--policies", policies,
-                     "--concurrency", "5", "--json", str(out), "--plot", str(png)])
+                     "--concurrency", "5", "--json", str(out), "--plot", str(png),
+                     "--cost-metric", 'voiceforge_stage_seconds{stage="stt"}'])
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report["per_policy"]) == {"silence-300", "silence-800"}
@@ -153,6 +158,20 @@ def test_quick_run_over_the_real_protocol(tmp_path: Path) -> None:
     }
     assert cut["silence-800"] <= cut["silence-300"]
     assert png.stat().st_size > 0
+    cost = report["model_cost"]
+    assert cost is not None and cost["inferences"] >= 1 and cost["mean_ms"] >= 0
+
+
+def test_cost_metric_selects_a_histogram_and_its_labels() -> None:
+    assert parse_cost_metric("eot_seconds") == ("eot_seconds", {})
+    assert parse_cost_metric('voiceforge_stage_seconds{stage="stt",x="1"}') == (
+        "voiceforge_stage_seconds", {"stage": "stt", "x": "1"}
+    )
+    with pytest.raises(ValueError):
+        parse_cost_metric("not a metric")
+    assert model_cost((1.0, 10.0), (1.5, 20.0)) == {"inferences": 10, "mean_ms": 50.0}
+    assert model_cost((1.0, 10.0), (1.0, 10.0)) is None  # nothing ran
+    assert model_cost(None, (1.0, 10.0)) is None  # not exposed
 
 
 def test_kinds_are_interleaved_so_a_prefix_covers_them_all() -> None:
