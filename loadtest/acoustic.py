@@ -32,7 +32,8 @@ def _window_levels(audio: np.ndarray, rate: int) -> np.ndarray:
     if not len(padded):
         return np.zeros(0)
     rms = np.sqrt(np.mean(np.square(padded.reshape(-1, window)), axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-12))
+    levels: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-12))
+    return levels
 
 
 def acoustic_end_ms(audio: np.ndarray, rate: int = 16000) -> float | None:

@@ -260,8 +260,9 @@ def cough(rng: np.random.Generator) -> np.ndarray:
         np.exp(-np.linspace(0, 3, n_burst - max(1, n_burst // 6))),
         0.35 * np.exp(-np.linspace(0, 4, n_tail)),
     ])
-    audio = noise * envelope
-    return (audio / np.max(np.abs(audio)) * rng.uniform(0.25, 0.6)).astype(np.float32)
+    audio: np.ndarray = noise * envelope
+    peak = float(np.max(np.abs(audio)))
+    return (audio / peak * rng.uniform(0.25, 0.6)).astype(np.float32)
 
 
 def noise_burst(rng: np.random.Generator) -> np.ndarray:
