@@ -27,6 +27,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import bridge
+from agent.credentials import KeyRing
 from agent.gate import refusal, secret_ok, twilio_signature_ok
 from agent.limits import OutboundQueue
 from agent.protocol import ServerMessage
@@ -291,14 +292,17 @@ async def _wait_for_start(websocket: WebSocket) -> Start | None:
     return None
 
 
-def _key_matches(presented: str | None, api_key: str) -> bool:
-    """The API key or a session token, passed as a <Parameter> of the stream."""
-    return presented is not None and secret_ok(presented, api_key)
+def _key_matches(presented: str | None, api_key: KeyRing) -> bool:
+    """A session token for telephony with a call left, passed as a <Parameter> of the
+    stream. Never the API key itself: TwiML is stored and shown by the provider."""
+    return presented is not None and secret_ok(
+        presented, api_key, allow_key=False, audience="telephony"
+    )
 
 
 async def _twilio(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
-    api_key = state.settings.api_key
+    api_key = state.settings.keyring()
     if not twilio_signature_ok(websocket, state.settings):
         _refuse_quietly(state, websocket, "bad_signature")
         await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
@@ -308,6 +312,10 @@ async def _twilio(websocket: WebSocket) -> None:
         await deny_websocket(websocket, state, refused)
         return
     header_ok = _authorized(websocket, api_key)
+    if api_key is None and not header_ok:  # key-less: this machine's callers only
+        _refuse_quietly(state, websocket, "unauthorized")
+        await websocket.close(CLOSE_UNAUTHORIZED)
+        return
     await websocket.accept()
     start = await _wait_for_start(websocket)
     if start is None:

@@ -353,7 +353,7 @@ async def _offer(request: Request) -> Response:
     if not origin_ok(request, state.settings):
         _refuse_quietly(state, request, "origin")
         return JSONResponse({"error": "origin not allowed"}, status_code=403)
-    if not _authorized(request, state.settings.api_key):
+    if not _authorized(request, state.settings.keyring()):
         _refuse_quietly(state, request, "unauthorized")
         return JSONResponse({"error": "unauthorized"}, status_code=403)
     refused = refusal(state)
