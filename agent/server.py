@@ -74,9 +74,15 @@ CLOSE_UNAUTHORIZED = 1008
 CLOSE_TOO_SLOW = 1008
 """Also for a flooding client: 1008 is "policy violation"."""
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_INTERNAL_ERROR = 1011
 
 EngineFactory = Callable[[], Engines]
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = next(
+    (where for where in (Path(__file__).resolve().parent / "web",  # a wheel (setup.py)
+                         Path(__file__).resolve().parent.parent / "web")  # the repository
+     if (where / "index.html").is_file()),
+    Path(__file__).resolve().parent / "web",
+)
 """The static voice chat page and JS SDK, served at ``/``."""
 
 SWEEP_INTERVAL_S = 0.5
@@ -591,19 +597,30 @@ async def _session_tokens(request: Request) -> Response:
 
 
 async def _sweep(state: AppState) -> None:
-    """Enforce per-call time limits for every call, twice a second."""
+    """Enforce per-call time limits for every call, twice a second.
+
+    A call whose check fails is logged and ended (1011): the sweeper itself must
+    outlive it, or no call on the server would ever time out again."""
     while True:
         await asyncio.sleep(SWEEP_INTERVAL_S)
         now = time.monotonic()
         for session in list(state.sessions):
-            session.check_limits(now)
+            try:
+                session.check_limits(now)
+            except Exception:
+                logger.exception("session=%s: checking its limits failed", session.session_id)
+                with contextlib.suppress(Exception):
+                    session.finish(CLOSE_INTERNAL_ERROR, "error", flush=False)
         for call in list(state.bridge_sessions):
-            started = getattr(call, "started_at", None)
-            if started is not None and now - started > state.settings.max_call_s:
-                state.metrics.disconnects.labels("call_time_limit").inc()
-                task = asyncio.create_task(call.close())
-                state.background.add(task)
-                task.add_done_callback(state.background.discard)
+            try:
+                started = getattr(call, "started_at", None)
+                if started is not None and now - started > state.settings.max_call_s:
+                    state.metrics.disconnects.labels("call_time_limit").inc()
+                    task = asyncio.create_task(call.close())
+                    state.background.add(task)
+                    task.add_done_callback(state.background.discard)
+            except Exception:
+                logger.exception("bridge call: checking its limits failed")
 
 
 async def drain(state: AppState, timeout_s: float) -> None:
