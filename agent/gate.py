@@ -58,18 +58,16 @@ def secret_ok(
 ) -> bool:
     """An API key (``allow_key``), or (``allow_token``) an unexpired token signed with
     one whose audience holds ``audience`` and which has a call left (one is counted).
-    ``audience`` None checks a token without counting a call."""
+    Without an ``audience`` no token is accepted: a token opens only what it names."""
     keyring = KeyRing.of(api_key)
     if keyring.matching_key(secret) is not None:
         return allow_key
-    if not allow_token:
+    if not allow_token or audience is None:
         return False
     now = time.time()
     claims = keyring.read_token(secret, now=now)
     if claims is None:
         return False
-    if audience is None:
-        return True
     return audience in claims.audience and calls_by_token.use(claims, now)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,13 @@ def test_a_token_carries_its_audience_and_calls() -> None:
     claims = read_token(token, {"default": KEY_A}.get, now=1.0)
     assert claims is not None
     assert claims.audience == {"telephony"} and claims.max_calls == 1
+    token, _ = issue_token(KEY_A, ttl_s=60, now=time.time(), audience=["telephony"],
+                           max_calls=1)
     assert not secret_ok(token, KEY_A, audience="ws")
+    assert not secret_ok(token, KEY_A)  # no audience named: tokens are not accepted
+    assert secret_ok(token, KEY_A, audience="telephony")
+    assert not secret_ok(token, KEY_A, audience="telephony")  # its one call is spent
+    assert secret_ok(KEY_A, KEY_A) and not secret_ok(KEY_A, KEY_A, allow_key=False)
     with pytest.raises(ValueError):
         issue_token(KEY_A, ttl_s=60, now=0.0, audience=["admin"])
     with pytest.raises(ValueError):
