@@ -283,9 +283,8 @@ class Settings:
                 "or VOICEFORGE_API_KEY_FILE (without one, only loopback addresses are allowed)"
             )
 
-
     def _validate_keys(self) -> None:
-        if self.api_keys and self.api_key not in {key.secret for key in self.api_keys}:
+        if self.api_keys and self.api_key != self.api_keys[0].secret:
             raise ConfigurationError("api_key must be the first of api_keys when both are set")
         keyring = self.keyring()
         for key in keyring.keys if keyring is not None else ():

@@ -83,6 +83,8 @@ def test_several_keys_come_from_the_environment_or_a_file(
     monkeypatch.setenv("VOICEFORGE_API_KEY", KEY_A)
     with pytest.raises(ConfigurationError, match="not both"):
         Settings.from_env()
+    with pytest.raises(ConfigurationError, match="first of api_keys"):
+        Settings(api_key=KEY_B, api_keys=(ApiKey("a", KEY_A), ApiKey("b", KEY_B))).validate()
 
 
 @pytest.mark.parametrize(
