@@ -132,6 +132,16 @@ async def test_keyless_mode_refuses_callers_behind_a_proxy(keyless: RunningServe
     assert offer.status_code == 403
 
 
+async def test_a_keyed_server_answers_the_host_names_it_is_given() -> None:
+    settings = Settings(api_key=NEW_KEY, allowed_hosts=("voice.example.com", "*.example.org"))
+    for server in start_server(settings, bench_engines()):
+        async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+            for host, status in (("voice.example.com", 200), ("eu.example.org", 200),
+                                 ("127.0.0.1", 200), ("other.example", 400)):
+                answer = await http.get("/healthz", headers={"Host": host})
+                assert answer.status_code == status, host
+
+
 # ------------------------------------------------------------------ item 12
 
 
