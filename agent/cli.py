@@ -34,8 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings.validate()
     log_format = args.log_format or os.environ.get("VOICEFORGE_LOG_FORMAT", "text")
     configure_logging(
-        log_format, [settings.api_key, settings.twilio_auth_token, os.environ.get(
-            settings.llm_api_key_env)], logging.INFO,
+        log_format, [*settings.secrets(), os.environ.get(settings.llm_api_key_env)],
+        logging.INFO,
     )
 
     def progress(line: str) -> None:

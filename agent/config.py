@@ -10,6 +10,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.credentials import (
+    ApiKey,
+    KeyRing,
+    check_key_strength,
+    parse_keys,
+)
+from agent.tokens import MAX_CALLS_LIMIT
 from pipeline.errors import ConfigurationError
 
 PROFILES = ("embedded", "bench", "gpu")
@@ -64,12 +71,33 @@ def _read_secret(value_var: str, file_var: str) -> str | None:
     return secret
 
 
+def _read_keys() -> tuple[ApiKey, ...]:
+    """``VOICEFORGE_API_KEYS`` or the file named by ``VOICEFORGE_API_KEYS_FILE``:
+    ``id:secret`` entries, the first signing new tokens (key rotation)."""
+    value = _env("VOICEFORGE_API_KEYS")
+    if value is not None:
+        return parse_keys("VOICEFORGE_API_KEYS", value)
+    path = _env("VOICEFORGE_API_KEYS_FILE")
+    if path is None:
+        return ()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"VOICEFORGE_API_KEYS_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    return parse_keys("VOICEFORGE_API_KEYS_FILE", text)
+
+
 @dataclass(slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     profile: str = "embedded"
     api_key: str | None = field(default=None, repr=False)
+    """The key callers present (id ``default``); with ``api_keys``, the first of them."""
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    """Several keys, for rotation: all accepted, the first signs new tokens."""
     # Limits on what a client may send.
     max_frame_bytes: int = 256 * 1024
     """Frames above this get an error event and are dropped; the session goes on."""
@@ -144,8 +172,16 @@ class Settings:
     # Security.
     token_ttl_s: float = 300.0
     """Lifetime of session tokens from POST /v1/session-tokens (at most 3600)."""
+    token_max_calls: int = 5
+    """The most calls one session token may start on this server (a mint may ask fewer)."""
     allowed_origins: tuple[str, ...] = ()
-    """Browser origins allowed besides the page's own (``*``: any)."""
+    """Browser origins allowed besides the page's own (``*``: any). Only with an API key:
+    without one, only loopback pages may call."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names this server answers to (``*.example.com`` for subdomains); empty:
+    loopback names without an API key, any with one."""
+    metrics_key: str | None = field(default=None, repr=False)
+    """When set, /metrics and the details of /healthz and /readyz need it as a bearer."""
     twilio_auth_token: str | None = field(default=None, repr=False)
     """When set, /telephony/twilio requires a valid X-Twilio-Signature."""
     public_url: str | None = None
@@ -176,6 +212,13 @@ class Settings:
         settings.port = _env_int("VOICEFORGE_PORT", settings.port)
         settings.profile = _env("VOICEFORGE_PROFILE", settings.profile) or settings.profile
         settings.api_key = _read_secret("VOICEFORGE_API_KEY", "VOICEFORGE_API_KEY_FILE")
+        settings.api_keys = _read_keys()
+        if settings.api_keys:
+            if settings.api_key is not None:
+                raise ConfigurationError(
+                    "set either VOICEFORGE_API_KEY(_FILE) or VOICEFORGE_API_KEYS(_FILE), not both"
+                )
+            settings.api_key = settings.api_keys[0].secret
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
         settings.gguf_path = _env("VOICEFORGE_GGUF")
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
@@ -241,7 +284,12 @@ class Settings:
             "VOICEFORGE_DRAIN_TIMEOUT_S", settings.drain_timeout_s
         )
         settings.token_ttl_s = _env_float("VOICEFORGE_TOKEN_TTL_S", settings.token_ttl_s)
+        settings.token_max_calls = _env_int("VOICEFORGE_TOKEN_MAX_CALLS", settings.token_max_calls)
         settings.allowed_origins = _env_list("VOICEFORGE_ALLOWED_ORIGINS")
+        settings.allowed_hosts = _env_list("VOICEFORGE_ALLOWED_HOSTS")
+        settings.metrics_key = _read_secret(
+            "VOICEFORGE_METRICS_KEY", "VOICEFORGE_METRICS_KEY_FILE"
+        )
         settings.twilio_auth_token = _read_secret(
             "VOICEFORGE_TWILIO_AUTH_TOKEN", "VOICEFORGE_TWILIO_AUTH_TOKEN_FILE"
         )
@@ -251,6 +299,22 @@ class Settings:
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
         )
         return settings
+
+    def __post_init__(self) -> None:
+        if self.api_keys and self.api_key is None:
+            self.api_key = self.api_keys[0].secret
+
+    def keyring(self) -> KeyRing | None:
+        """The accepted keys (None: no key, loopback callers only)."""
+        if self.api_keys:
+            return KeyRing(self.api_keys)
+        return None if self.api_key is None else KeyRing.of(self.api_key)
+
+    def secrets(self) -> list[str]:
+        """Every secret configured here: what logs must never show."""
+        keyring = self.keyring()
+        found = keyring.secrets() if keyring is not None else []
+        return found + [s for s in (self.twilio_auth_token, self.metrics_key) if s]
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -279,6 +343,8 @@ class Settings:
             problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:
             problems.append("token_ttl_s must be in (0, 3600]")
+        if not 1 <= self.token_max_calls <= MAX_CALLS_LIMIT:
+            problems.append(f"token_max_calls must be in [1, {MAX_CALLS_LIMIT}]")
         if not 0 < self.slow_client_frames < self.max_outbound_frames:
             problems.append("slow_client_frames must be in (0, max_outbound_frames)")
         if not 0 < self.slow_client_bytes < self.max_outbound_bytes:
@@ -289,6 +355,7 @@ class Settings:
             problems.append("max_connections must be > max_sessions (HTTP needs room too)")
         if problems:
             raise ConfigurationError("invalid limits: " + "; ".join(problems))
+        self._validate_keys()
         if self.api_key is None and not is_loopback(self.host):
             raise ConfigurationError(
                 f"refusing to listen on {self.host} without an API key: set VOICEFORGE_API_KEY "
@@ -300,6 +367,16 @@ class Settings:
         if self.max_connections is not None:
             return self.max_connections
         return 2 * self.max_sessions + 32
+
+    def _validate_keys(self) -> None:
+        if self.api_keys and self.api_key != self.api_keys[0].secret:
+            raise ConfigurationError("api_key must be the first of api_keys when both are set")
+        keyring = self.keyring()
+        for key in keyring.keys if keyring is not None else ():
+            where = f"API key {key.key_id!r}" if self.api_keys else "VOICEFORGE_API_KEY"
+            check_key_strength(where, key.secret)
+        if self.metrics_key is not None:
+            check_key_strength("VOICEFORGE_METRICS_KEY", self.metrics_key)
 
 
 def is_loopback(host: str) -> bool:

@@ -92,7 +92,10 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
         return Denial(403, "origin", "origin not allowed")
     if transport is Transport.TELEPHONY and not twilio_signature_ok(connection, settings):
         return Denial(403, "bad_signature", "the request is not signed by the provider")
-    if transport not in DEFERRED_CREDENTIAL and not credential_ok(connection, settings.api_key):
+    keyring = settings.keyring()
+    deferred = transport in DEFERRED_CREDENTIAL and keyring is not None
+    # Key-less, every transport is this machine's only: nothing to present later.
+    if not deferred and not credential_ok(connection, keyring):
         return Denial(403, "unauthorized", "unauthorized")
     refused = refusal(state)
     if refused is not None:
@@ -117,9 +120,13 @@ def recheck(slot: Slot) -> Refusal | None:
 def authorize_later(slot: Slot, connection: HTTPConnection, presented: str | None) -> bool:
     """For a transport in ``DEFERRED_CREDENTIAL``: the credential of the connection
     or the one the caller presented later. A refusal is counted and logged."""
-    api_key = slot.state.settings.api_key
-    if credential_ok(connection, api_key) or (
-        api_key is not None and presented is not None and secret_ok(presented, api_key)
+    keyring = slot.state.settings.keyring()
+    # Never the API key itself as a stream parameter: TwiML is stored and shown by
+    # the provider. A telephony token with a call left (docs/telephony.md).
+    if credential_ok(connection, keyring) or (
+        keyring is not None
+        and presented is not None
+        and secret_ok(presented, keyring, allow_key=False, audience="telephony")
     ):
         return True
     refuse_quietly(slot.state, connection, "unauthorized")

@@ -7,6 +7,7 @@ of a shutdown (``agent.serving``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -18,6 +19,7 @@ logger = logging.getLogger("voiceforge.lifecycle")
 SWEEP_INTERVAL_S = 0.5
 """How often idle, call-length and slow-client limits are checked."""
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 
 
 def _hang_up(state: AppState, call: BridgeCall, reason: str) -> None:
@@ -35,7 +37,9 @@ def sweep_once(state: AppState, now: float) -> None:
         try:
             session.check_limits(now)
         except Exception:
-            logger.exception("sweeper: checking a call failed; sweeping goes on")
+            logger.exception("sweeper: checking a call failed; it is ended, sweeping goes on")
+            with contextlib.suppress(Exception):
+                session.finish(CLOSE_INTERNAL_ERROR, "error", flush=False)
     for call in list(state.bridge_sessions):
         try:
             if now - call.started_at > settings.max_call_s:

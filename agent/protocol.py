@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from agent.disclosure import caller_safe
 from pipeline.audio import check_sample_rate
 from pipeline.errors import AudioFormatError, VoiceForgeError
 from pipeline.events import (
@@ -294,6 +295,9 @@ _SERVER_CLASSES: dict[str, type] = {name: cls for cls, name in SERVER_TYPES.item
 
 
 def encode_server_message(message: ServerMessage) -> bytes:
+    if isinstance(message, ErrorEvent):
+        # Every transport encodes here: no engine address, path or repr leaves the server.
+        message = dataclasses.replace(message, message=caller_safe(message.message))
     return _pack({"type": SERVER_TYPES[type(message)], **_fields(message)})
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -31,7 +31,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from agent import bridge, intake
 from agent.bridge import session_view
 from agent.config import Settings
-from agent.gate import api_key_presented, refusal
+from agent.credentials import read_mint_request
+from agent.gate import api_key_presented, operator_ok, refusal
+from agent.hosts import TrustedHosts, trusted_hosts
 from agent.lifecycle import SWEEP_INTERVAL_S, drain, hang_up_all, sweep
 from agent.limits import (
     AudioRateLimiter,
@@ -72,7 +74,12 @@ CLOSE_TOO_SLOW = 1008
 """Also for a flooding client: 1008 is "policy violation"."""
 
 EngineFactory = Callable[[], Engines]
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = next(
+    (where for where in (Path(__file__).resolve().parent / "web",  # a wheel (setup.py)
+                         Path(__file__).resolve().parent.parent / "web")  # the repository
+     if (where / "index.html").is_file()),
+    Path(__file__).resolve().parent / "web",
+)
 """The static voice chat page and JS SDK, served at ``/``."""
 
 MAX_ERROR_MESSAGE_CHARS = 300
@@ -459,6 +466,8 @@ async def _healthz(request: Request) -> Response:
                            "tts": engines.tts.name}
     if state.draining:
         body["status"] = "draining"
+    if not operator_ok(request, state.settings):
+        body = {"status": body["status"]}  # the details are the operator's
     return JSONResponse(body)
 
 
@@ -476,6 +485,9 @@ async def _readyz(request: Request) -> Response:
     if state.admission is not None:
         body["first_audio_p95_ms"] = state.admission.recent_p95(time.monotonic())
         body["latency_budget_ms"] = state.admission.budget_ms
+    if not operator_ok(request, state.settings):
+        reasons = dict.fromkeys(reasons, "")  # which checks failed, not what they found
+        body = {"ready": body["ready"]}
     if reasons:
         body["reasons"] = reasons
         return JSONResponse(
@@ -486,44 +498,49 @@ async def _readyz(request: Request) -> Response:
 
 async def _metrics(request: Request) -> Response:
     state: AppState = request.app.state.voiceforge
+    if not operator_ok(request, state.settings):
+        return JSONResponse({"error": "unauthorized", "message": "/metrics needs the metrics "
+                             "key (Authorization: Bearer <VOICEFORGE_METRICS_KEY>)"}, 401,
+                            headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _session_tokens(request: Request) -> Response:
     """``POST /v1/session-tokens``: a short-lived token for a browser, given the API key.
 
-    Body (optional JSON): ``{"ttl_s": seconds}``, at most the configured lifetime.
+    Body (optional JSON): ``{"ttl_s": seconds, "audience": [...], "max_calls": n}``,
+    within the server's caps (``agent.credentials.read_mint_request``).
     """
     state: AppState = request.app.state.voiceforge
     settings = state.settings
-    if settings.api_key is None:
+    keyring = settings.keyring()
+    if keyring is None:
         return JSONResponse(
             {"error": "no_api_key", "message": "this server has no API key, so calls need no "
              "token; set VOICEFORGE_API_KEY to require one"}, 400,
         )
-    if not api_key_presented(request, settings.api_key):
+    if not api_key_presented(request, keyring):
         state.metrics.refusals.labels("unauthorized").inc()
         return JSONResponse(
             {"error": "unauthorized", "message": "minting tokens needs the API key "
              "(Authorization: Bearer <key>); a token cannot mint another"}, 401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    ttl = settings.token_ttl_s
-    body = await request.body()
-    if body:
-        try:
-            asked = json.loads(body[:4096]).get("ttl_s", ttl)
-            if isinstance(asked, bool) or not isinstance(asked, int | float) or asked <= 0:
-                raise ValueError
-        except (ValueError, AttributeError):
-            return JSONResponse(
-                {"error": "bad_request", "message": 'body must be {"ttl_s": <positive number>}'},
-                400,
-            )
-        ttl = min(ttl, float(asked))
-    token, expires_at = issue_token(settings.api_key, ttl_s=ttl, now=time.time())
+    try:
+        asked = read_mint_request(
+            await request.body(), max_ttl_s=settings.token_ttl_s,
+            max_calls=settings.token_max_calls,
+        )
+    except ValueError as exc:
+        return JSONResponse({"error": "bad_request", "message": str(exc)}, 400)
+    token, expires_at = issue_token(
+        keyring.signing.secret, key_id=keyring.signing.key_id, ttl_s=asked.ttl_s,
+        now=time.time(), audience=asked.audience, max_calls=asked.max_calls,
+    )
     return JSONResponse(
-        {"token": token, "expires_at": expires_at, "ttl_s": ttl},
+        {"token": token, "expires_at": expires_at, "ttl_s": asked.ttl_s,
+         "audience": list(asked.audience), "max_calls": asked.max_calls,
+         "key_id": keyring.signing.key_id},
         headers={"Cache-Control": "no-store"},
     )
 
@@ -642,6 +659,9 @@ def create_app(
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="web"),
         ],
         lifespan=lifespan,
+        # Before any route: a key-less server answers loopback names only (DNS rebinding).
+        middleware=[Middleware(TrustedHosts, allowed=trusted_hosts(
+            settings.allowed_hosts, has_key=settings.api_key is not None))],
     )
 
 

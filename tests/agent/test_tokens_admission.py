@@ -21,11 +21,16 @@ def test_a_token_verifies_until_it_expires() -> None:
 def test_a_token_is_bound_to_its_key_and_cannot_be_altered() -> None:
     token, _ = issue_token(KEY, ttl_s=60, now=1000.0)
     assert not verify_token("another-key", token, now=1000.0)
-    version, expiry, nonce, signature = token.split(".")
-    extended = ".".join([version, str(int(expiry) + 10_000), nonce, signature])
+    version, key_id, audience, calls, expiry, nonce, signature = token.split(".")
+    extended = ".".join([version, key_id, audience, calls, str(int(expiry) + 10_000), nonce,
+                         signature])
     assert not verify_token(KEY, extended, now=1000.0)
+    widened = ".".join([version, key_id, "ws+webrtc+telephony", "1000", expiry, nonce,
+                        signature])
+    assert not verify_token(KEY, widened, now=1000.0)
     assert KEY not in token
-    for garbage in ("", "vf1", "vf1.x.y.z", "vf2.99999999999.n.s", token + "x"):
+    for garbage in ("", "vf1", "vf1.x.y.z", "vf2.99999999999.n.s", token + "x",
+                    token.replace("vf2.", "vf1.")):
         assert not verify_token(KEY, garbage, now=1000.0)
 
 
