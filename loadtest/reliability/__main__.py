@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.reliability.cli import main
+
+sys.exit(main())

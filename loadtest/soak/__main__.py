@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.soak.cli import main
+
+sys.exit(main())
