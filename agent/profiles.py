@@ -10,6 +10,7 @@ from agent.bench_profile import build_bench
 from agent.config import Settings
 from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
 from pipeline.vad import BatchedVADWorker, SileroVAD
 
 Progress = Callable[[str], None]
@@ -26,11 +27,12 @@ def _timed(progress: Progress, what: str) -> Callable[[str], None]:
 
 
 def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
-    """The CPU default: Silero VAD, faster-whisper tiny.en, llama.cpp GGUF, Piper joe.
+    """The CPU default: Silero VAD, Smart Turn, faster-whisper tiny.en, llama.cpp GGUF,
+    Piper joe.
 
     Every weight comes from an installed package or a local path; nothing is
-    downloaded at run time (the GGUF is assembled by ``make``/``python -m
-    pipeline.models`` beforehand and only looked up here).
+    downloaded at run time (the GGUF and the Smart Turn model are fetched by
+    ``make``/``python -m pipeline.models`` beforehand and only looked up here).
     """
     from pipeline import models
     from pipeline.engines.piper import PiperTTS
@@ -39,6 +41,10 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
     done = _timed(progress, "VAD (Silero ONNX)")
     vad = SileroVAD()
     done(str(vad.model_path))
+
+    done = _timed(progress, "end-of-turn model (Smart Turn v3.2)")
+    smart_turn = SmartTurnModel(models.ensure_smart_turn_model(progress))
+    done(str(smart_turn.model_path))
 
     whisper = settings.whisper_model or str(models.whisper_model_dir())
     done = _timed(progress, "STT (faster-whisper)")
@@ -56,7 +62,13 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
     done = _timed(progress, "TTS (Piper)")
     tts = PiperTTS(voice)
     done(f"{voice} at {tts.sample_rate} Hz")
-    return Engines(stt=stt, llm=llm, tts=tts, vad=BatchedVADWorker(vad))
+    return Engines(
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        vad=BatchedVADWorker(vad),
+        smart_turn=BatchedSmartTurnWorker(smart_turn),
+    )
 
 
 def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:

@@ -336,7 +336,14 @@ _TURN_FIELDS = {
     "min_speech_ms",
     "end_of_turn_silence_ms",
     "barge_in_min_speech_ms",
+    "end_of_turn_policy",
+    "end_of_turn_threshold",
+    "end_of_turn_min_silence_ms",
+    "end_of_turn_max_silence_ms",
+    "end_of_turn_recheck_ms",
 }
+_TURN_TEXT_FIELDS = {"end_of_turn_policy"}
+"""Turn fields that are names, not numbers; TurnConfig checks their values."""
 _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
     "partial_transcript_interval_ms": (0.0, 10_000.0),
@@ -398,9 +405,15 @@ def parse_session_fields(
                 allowed = ", ".join(sorted(_TURN_FIELDS))
                 raise ProtocolError("invalid_session", f"turn takes a map of: {allowed}")
             for name, number in value.items():
-                if not isinstance(number, int | float) or isinstance(number, bool):
+                if name in _TURN_TEXT_FIELDS:
+                    if not isinstance(number, str):
+                        raise ProtocolError("invalid_session", f"turn.{name} must be a string")
+                elif not isinstance(number, int | float) or isinstance(number, bool):
                     raise ProtocolError("invalid_session", f"turn.{name} must be a number")
-            changes[key] = {name: float(number) for name, number in value.items()}
+            changes[key] = {
+                name: number if name in _TURN_TEXT_FIELDS else float(number)
+                for name, number in value.items()
+            }
         elif key in _BOOL_FIELDS:
             if not isinstance(value, bool):
                 raise ProtocolError("invalid_session", f"{key} must be true or false")

@@ -86,6 +86,11 @@ MAX_ERROR_MESSAGE_CHARS = 300
 """An error's message is cut here whatever it quotes: a reply never grows with the input."""
 
 
+def end_of_turn_policies(engines: Engines) -> list[str]:
+    """The ``session.turn.end_of_turn_policy`` values this server can run."""
+    return ["silence", "learned"] if engines.smart_turn is not None else ["silence"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Closing:
     code: int
@@ -340,6 +345,13 @@ class _Session:
             turn = changes.pop("turn", None)
             if turn is not None:
                 changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
+                policy = changes["turn"].end_of_turn_policy
+                if policy not in end_of_turn_policies(self.state.engines):
+                    raise ProtocolError(
+                        "invalid_session",
+                        f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
+                        "which this server does not run",
+                    )
             at_clause = changes.pop("first_chunk_at_clause", None)
             if at_clause is not None:
                 changes["chunker"] = replace(current.chunker, first_chunk_at_clause=at_clause)
@@ -385,6 +397,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 "idle_timeout_s": settings.idle_timeout_s,
                 "max_call_s": settings.max_call_s,
                 "voices": list(state.engines.tts.voices()),
+                "end_of_turn_policies": end_of_turn_policies(state.engines),
                 "max_response_tokens": settings.max_response_tokens,
                 "max_instructions_chars": settings.max_instructions_chars,
                 "min_partial_transcript_interval_ms": (
@@ -606,7 +619,7 @@ def create_app(
     async def load(state: AppState, factory: EngineFactory) -> None:
         try:
             built = await _in_daemon_thread(factory)
-            await built.vad.start()
+            await built.start_workers()
         except Exception as exc:
             # Permanent: /healthz fails so an orchestrator can see it; no secret
             # is in a load error (paths and model names only).
@@ -623,7 +636,7 @@ def create_app(
         app.state.voiceforge = state
         loader: asyncio.Task[None] | None = None
         if isinstance(engines, Engines):
-            await engines.vad.start()
+            await engines.start_workers()
             state.set_engines(engines)
             if on_ready is not None:
                 on_ready()
@@ -642,7 +655,7 @@ def create_app(
             await asyncio.gather(*state.background, return_exceptions=True)
             await hang_up_all(state)
             if state.loaded:
-                await state.engines.vad.stop()
+                await state.engines.stop_workers()
                 if own_engines or not isinstance(engines, Engines):
                     await close_engines(state.engines)
 

@@ -141,7 +141,7 @@ class Conversation:
         if config.input_sample_rate != self.config.input_sample_rate:
             self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         if config.turn != self.config.turn:
-            self._turns.detector.config = config.turn
+            self._turns.set_turn_config(config.turn)
         self.history.system_prompt = config.instructions
         self._call.config = config
 

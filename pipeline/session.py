@@ -19,6 +19,7 @@ from pipeline.engines.base import LLMEngine, SessionScopedLLM, STTEngine, TTSEng
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent, Event
 from pipeline.history import History
+from pipeline.smart_turn import BatchedSmartTurnWorker
 from pipeline.turn import TurnConfig
 from pipeline.vad import BatchedVADWorker
 
@@ -93,6 +94,20 @@ class Engines:
     llm: LLMEngine
     tts: TTSEngine
     vad: BatchedVADWorker
+    smart_turn: BatchedSmartTurnWorker | None = None
+    """The end-of-turn model, shared by every call; None: the learned turn policy
+    is not available on this server."""
+
+    async def start_workers(self) -> None:
+        """Start the shared batching workers (VAD, end-of-turn model)."""
+        await self.vad.start()
+        if self.smart_turn is not None:
+            await self.smart_turn.start()
+
+    async def stop_workers(self) -> None:
+        if self.smart_turn is not None:
+            await self.smart_turn.stop()
+        await self.vad.stop()
 
     def for_session(self, session_id: str) -> Engines:
         """The engines one call uses: an LLM that routes by call gets a per-call view."""

@@ -112,6 +112,9 @@ class SmartTurnModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # Pool threads would busy-wait after each call, taking a core the other
+        # engines need; a call every few hundred ms gains nothing from spinning.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = onnxruntime.InferenceSession(
                 str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]

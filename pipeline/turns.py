@@ -37,6 +37,13 @@ ask a model whether the turn sounds complete) plugs in at this seam only:
   silence in the detector) — a ``SpeechResumed`` then throws the speculation away as
   it does today.
 
+The learned policy is wired in exactly so (pipeline/turn_policy.py decides, this
+module carries out): ``SpeechStopped``/``SpeechResumed``/the end of a turn and the
+audio clock go to the policy; its ``AskModel`` sends the turn's last 8 s to the shared
+Smart Turn worker and its answer back; its ``EndTurn`` makes the detector end the turn
+now (``TurnDetector.end_turn``), which reaches ``end_turn`` like any ``EndOfTurn``.
+Under the silence policy it never asks or ends anything.
+
 The speculative transcript and the held reply already start at ``SpeechStopped``, so
 an early end releases a reply that is mostly ready. Nothing in the response runner
 (pipeline/responses.py) changes: it only ever sees ``answer`` / ``release``.
@@ -46,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import time
 from collections import deque
@@ -68,16 +76,19 @@ from pipeline.events import (
 )
 from pipeline.responses import Response, ResponsePhase, ResponseRunner, error_category
 from pipeline.session import CallContext
+from pipeline.smart_turn import WINDOW_SECONDS, BatchedSmartTurnWorker
 from pipeline.turn import (
     BargeIn,
     EndOfTurn,
     SpeechResumed,
+    TurnConfig,
     TurnDetector,
     TurnDiscarded,
     TurnEvent,
 )
 from pipeline.turn import SpeechStarted as TurnSpeechStarted
 from pipeline.turn import SpeechStopped as TurnSpeechStopped
+from pipeline.turn_policy import AskModel, EndOfTurnPolicy, PolicyAction
 from pipeline.vad import FRAME_MS
 
 logger = logging.getLogger("voiceforge.conversation")
@@ -162,6 +173,9 @@ class TurnTaking:
         self._responses = responses
         config = call.config
         self.detector = TurnDetector(config.turn, frame_ms=FRAME_MS)
+        self.policy = EndOfTurnPolicy(config.turn)
+        self._asking: asyncio.Task[None] | None = None
+        """The end-of-turn model's answer being awaited (at most one per pause)."""
         self.audio = TurnAudio(config.max_turn_ms + 2 * config.speech_pad_ms)
         self._turn_start_ms: float | None = None
         self._speech_end_ms: float | None = None
@@ -183,6 +197,11 @@ class TurnTaking:
         self.accepting = True
         """False while the server drains: turns that end are ignored (and said so)."""
 
+    def set_turn_config(self, turn: TurnConfig) -> None:
+        """New turn settings, from the next frame on."""
+        self.detector.config = turn
+        self.policy.config = turn
+
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """Everything turn taking has running (for close)."""
         tasks: list[asyncio.Future[Any]] = [
@@ -195,7 +214,7 @@ class TurnTaking:
 
     def forget(self) -> None:
         """Drop references to finished work once the call is closed."""
-        self._speculative = self._partial_task = None
+        self._speculative = self._partial_task = self._asking = None
         self._draft = None
         self._draft_transcript = None
         self._waiting = None
@@ -213,6 +232,7 @@ class TurnTaking:
             probability, agent_speaking=self._responses.agent_speaking
         ):
             self._on_turn_event(event)
+        self._act(self.policy.advance(self.detector.now_ms))
         self._maybe_partial()
         self._maybe_start_draft()
 
@@ -241,18 +261,26 @@ class TurnTaking:
         elif isinstance(event, TurnSpeechStopped):
             self._speech_end_ms = event.end_ms
             emit(SpeechStopped(audio_end_ms=event.end_ms))
-            if self._call.config.speculative_transcript:
-                self._start_speculation(event.end_ms + pad)
+            speculate = self._call.config.speculative_transcript
+            pause = self.policy.pause_started(event.end_ms, transcript_coming=speculate)
+            if speculate:
+                self._start_speculation(event.end_ms + pad, pause)
         elif isinstance(event, SpeechResumed):
             self._speech_end_ms = None
+            self._stop_asking()
+            self.policy.speech_resumed()
             self._discard_speculation()
         elif isinstance(event, BargeIn):
             response = self._responses.active()
             if response is not None:
                 self._responses.cancel(response, "barge_in")
         elif isinstance(event, EndOfTurn):
+            self._stop_asking()
+            self.policy.turn_ended()
             self.end_turn(event.start_ms, event.end_ms)
         elif isinstance(event, TurnDiscarded):
+            self._stop_asking()
+            self.policy.turn_ended()
             self._discard_speculation()
             emit(TurnIgnored(event.reason, event.start_ms, event.end_ms))
 
@@ -281,6 +309,56 @@ class TurnTaking:
             self._call.emit(TurnIgnored("server_shutting_down", start_ms, end_ms))
             return
         self._spawn_turn(self._audio_turn(start_ms, end_ms, speech_end, speculative))
+
+    # ------------------------------------------------------ end-of-turn policy
+
+    def _act(self, actions: list[PolicyAction]) -> None:
+        for action in actions:
+            if isinstance(action, AskModel):
+                self._ask_model(action)
+            else:
+                # EndOfTurn (or TurnDiscarded) comes back through _on_turn_event.
+                for event in self.detector.end_turn():
+                    self._on_turn_event(event)
+
+    def _ask_model(self, ask: AskModel) -> None:
+        worker = self._call.engines.smart_turn
+        if worker is None:  # session.update refuses "learned" then; a bridge might not
+            self._act(self.policy.model_failed(ask.request_id))
+            return
+        start, end = self._turn_window(ask.audio_end_ms)
+        audio = self.audio.slice_ms(max(start, end - WINDOW_SECONDS * 1000.0), end)
+        self._asking = asyncio.create_task(
+            self._ask(worker, ask.request_id, audio), name=f"{self._call.session_id}-eot"
+        )
+        self._keep_until_done(self._asking)
+
+    async def _ask(
+        self, worker: BatchedSmartTurnWorker, request_id: int, audio: FloatAudio
+    ) -> None:
+        try:
+            probability = await worker.predict(audio)
+        except EngineError as exc:
+            logger.warning("session=%s end-of-turn model: %s", self._call.session_id, exc)
+            actions = self.policy.model_failed(request_id)
+        else:
+            actions = self.policy.model_answered(request_id, probability)
+        if self._asking is asyncio.current_task():
+            self._asking = None  # answered: ending the turn below must not cancel it
+        if not self._call.closed:
+            self._act(actions)
+
+    def _stop_asking(self) -> None:
+        """The pause is over: its answer would be stale, so its model call is not needed."""
+        asking, self._asking = self._asking, None
+        if asking is not None:
+            asking.cancel()
+
+    def _on_transcript_for_policy(self, pause: int, task: asyncio.Task[tuple[str, float]]) -> None:
+        if self._call.closed:
+            return
+        text = None if task.cancelled() or task.exception() is not None else task.result()[0]
+        self._act(self.policy.transcript_heard(pause, text))
 
     def _spawn_turn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._keep_until_done(asyncio.create_task(coro))
@@ -314,11 +392,14 @@ class TurnTaking:
         start = (self._turn_start_ms or 0.0) - self._call.config.speech_pad_ms
         return max(0.0, start), end_ms
 
-    def _start_speculation(self, end_ms: float) -> None:
+    def _start_speculation(self, end_ms: float, pause: int) -> None:
         self._discard_speculation()
         start, end = self._turn_window(end_ms)
         self._speculative = asyncio.create_task(self._transcribe(start, end))
         self._speculative_end_ms = end_ms
+        self._speculative.add_done_callback(
+            functools.partial(self._on_transcript_for_policy, pause)
+        )
         if self._call.config.speculative_response:
             self._speculative.add_done_callback(self._on_speculative_transcript)
 

@@ -127,7 +127,10 @@ def test_the_largest_legal_control_frames_fit_under_the_control_frame_cap() -> N
         "partial_transcript_interval_ms": 10_000.0, "speculative_response": True,
         "speculative_transcript": True, "first_chunk_at_clause": True,
         "turn": {"speech_threshold": 0.5, "silence_threshold": 0.35, "min_speech_ms": 200.0,
-                 "end_of_turn_silence_ms": 600.0, "barge_in_min_speech_ms": 250.0},
+                 "end_of_turn_silence_ms": 600.0, "barge_in_min_speech_ms": 250.0,
+                 "end_of_turn_policy": "learned", "end_of_turn_threshold": 0.5,
+                 "end_of_turn_min_silence_ms": 200.0, "end_of_turn_max_silence_ms": 2000.0,
+                 "end_of_turn_recheck_ms": 300.0},
     }
     frame = _frame(type="session.update", session=update)
     assert len(frame) <= MAX_CONTROL_FRAME_BYTES
@@ -181,3 +184,23 @@ def test_operator_caps_hold_session_updates_to_what_the_server_allows() -> None:
     assert caught.value.code == "invalid_session"
     # Without caps, the protocol's own bounds.
     assert parse_session_fields({"max_response_tokens": 2048}, []) == {"max_response_tokens": 2048}
+
+
+def test_turn_policy_fields_are_typed() -> None:
+    """end_of_turn_policy is a name, the other turn fields numbers; TurnConfig then
+    checks the values (an unknown policy name is refused there, as invalid_session)."""
+    changes = parse_session_fields(
+        {"turn": {"end_of_turn_policy": "learned", "end_of_turn_max_silence_ms": 1800}}, []
+    )
+    assert changes == {
+        "turn": {"end_of_turn_policy": "learned", "end_of_turn_max_silence_ms": 1800.0}
+    }
+    for bad in (
+        {"turn": {"end_of_turn_policy": 1}},
+        {"turn": {"end_of_turn_policy": None}},
+        {"turn": {"end_of_turn_threshold": "high"}},
+        {"turn": {"end_of_turn_recheck_ms": True}},
+    ):
+        with pytest.raises(ProtocolError) as caught:
+            parse_session_fields(bad, [])
+        assert caught.value.code == "invalid_session"

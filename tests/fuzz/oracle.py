@@ -94,7 +94,14 @@ TURN_FIELDS = (
     "min_speech_ms",
     "end_of_turn_silence_ms",
     "barge_in_min_speech_ms",
+    "end_of_turn_policy",
+    "end_of_turn_threshold",
+    "end_of_turn_min_silence_ms",
+    "end_of_turn_max_silence_ms",
+    "end_of_turn_recheck_ms",
 )
+TURN_TEXT_FIELDS = ("end_of_turn_policy",)
+END_OF_TURN_POLICIES = ("silence", "learned")
 BOOL_FIELDS = ("speculative_response", "speculative_transcript", "first_chunk_at_clause")
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
 INT_FIELDS = {"max_response_tokens": (1, 2048)}
@@ -210,17 +217,33 @@ def expected_decode(frame: bytes) -> str | None:
     return None if isinstance(text, str) and len(text) <= MAX_TEXT_CHARS else "invalid_message"
 
 
-def turn_is_valid(turn: dict[str, float]) -> bool:
-    """§3.2 turn table: the merged settings, validated as a whole."""
+def turn_is_valid(
+    turn: dict[str, Any], policies: tuple[str, ...] | list[str] = END_OF_TURN_POLICIES
+) -> bool:
+    """§3.2 turn table: the merged settings, validated as a whole; ``policies`` are
+    the ones ``session.created.limits.end_of_turn_policies`` lists."""
     speech, silence = turn["speech_threshold"], turn["silence_threshold"]
     if not (0.0 <= speech <= 1.0 and 0.0 <= silence <= 1.0 and silence <= speech):
+        return False
+    if turn["end_of_turn_policy"] not in policies:
+        return False
+    if not 0.0 <= turn["end_of_turn_threshold"] <= 1.0:
         return False
     durations = (
         turn["min_speech_ms"],
         turn["end_of_turn_silence_ms"],
         turn["barge_in_min_speech_ms"],
+        turn["end_of_turn_min_silence_ms"],
+        turn["end_of_turn_max_silence_ms"],
     )
-    return all(math.isfinite(value) and value >= 0.0 for value in durations)
+    if not all(math.isfinite(value) and value >= 0.0 for value in durations):
+        return False
+    recheck = turn["end_of_turn_recheck_ms"]
+    return (
+        turn["end_of_turn_max_silence_ms"] >= turn["end_of_turn_min_silence_ms"]
+        and math.isfinite(recheck)
+        and recheck >= 32.0
+    )
 
 
 @dataclass
@@ -247,7 +270,10 @@ class SessionModel:
             good = (
                 isinstance(value, dict)
                 and all(name in TURN_FIELDS for name in value)
-                and all(is_number(number) for number in value.values())
+                and all(
+                    isinstance(number, str) if name in TURN_TEXT_FIELDS else is_number(number)
+                    for name, number in value.items()
+                )
             )
         elif key in BOOL_FIELDS:
             good = isinstance(value, bool)
@@ -272,8 +298,12 @@ class SessionModel:
         view = dict(self.view)
         for key, value in session.items():
             if key == "turn":
-                turn = {**view["turn"], **{name: float(n) for name, n in value.items()}}
-                if not turn_is_valid(turn):
+                turn = {
+                    **view["turn"],
+                    **{n: v if n in TURN_TEXT_FIELDS else float(v) for n, v in value.items()},
+                }
+                policies = self.limits.get("end_of_turn_policies", END_OF_TURN_POLICIES)
+                if not turn_is_valid(turn, policies):
                     return {"invalid_session"}, None
                 view["turn"] = turn
             elif key in NUMBER_FIELDS:

@@ -83,7 +83,7 @@ def _repeat(char: str, low: int, high: int) -> st.SearchStrategy[str]:
 
 turn_maps = st.dictionaries(
     st.one_of(st.sampled_from(TURN_FIELDS), st.sampled_from(TURN_FIELDS), texts),
-    numbers,
+    st.one_of(numbers, numbers, st.sampled_from(["silence", "learned", "Learned", ""])),
     max_size=5,
 )
 SESSION_VALUES: dict[str, st.SearchStrategy[Any]] = {
