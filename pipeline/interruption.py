@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_BACKCHANNELS",
+    "NOISE_TRANSCRIPTS",
     "Interrupt",
     "InterruptionConfig",
     "OverlapAction",
@@ -63,6 +64,12 @@ listening noises, not requests. "no", "wait", "stop", questions and anything wit
 content are not here: they interrupt."""
 
 
+NOISE_TRANSCRIPTS: frozenset[str] = frozenset(
+    {"you", "thank you", "thanks for watching", "thank you for watching"}
+)
+"""What Whisper writes for a cough, a breath or a bump: judged as noise."""
+
+
 @dataclass(frozen=True, slots=True)
 class InterruptionConfig:
     long_speech_ms: float = 1500.0
@@ -71,20 +78,22 @@ class InterruptionConfig:
     real interruption to be heard."""
     max_backchannel_words: int = 4
     """More words than this is never a backchannel ("yeah, yeah, I see, okay")."""
-    no_transcript_noise_ms: float = 300.0
-    """With no transcript (transcription failed), speech shorter than this is
-    noise and longer is an interruption: the length that made a barge-in before."""
+    min_interruption_ms: float = 300.0
+    """Overlapping speech shorter than this never interrupts, whatever its words:
+    coughs, clicks and echo residue are shorter, and Whisper hears "you" in them.
+    The length a barge-in needed before pauses existed."""
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
+    noise_words: frozenset[str] = field(default=NOISE_TRANSCRIPTS)
 
     def __post_init__(self) -> None:
         if not (self.long_speech_ms > 0.0 and math.isfinite(self.long_speech_ms)):
             raise ValueError(
                 f"long_speech_ms must be a finite duration > 0, got {self.long_speech_ms}"
             )
-        if not (self.no_transcript_noise_ms >= 0.0 and math.isfinite(self.no_transcript_noise_ms)):
+        if not (self.min_interruption_ms >= 0.0 and math.isfinite(self.min_interruption_ms)):
             raise ValueError(
-                f"no_transcript_noise_ms must be a finite duration >= 0, got "
-                f"{self.no_transcript_noise_ms}"
+                f"min_interruption_ms must be a finite duration >= 0, got "
+                f"{self.min_interruption_ms}"
             )
         if self.max_backchannel_words < 1:
             raise ValueError(
@@ -132,21 +141,21 @@ def classify(
     """What a stretch of caller speech over the agent was.
 
     ``text`` is its transcript, or None when none could be had (transcription
-    failed): then only its length speaks, and speech too short to have been a
-    barge-in before counts as noise.
+    failed): then only its length speaks.
     """
     if speech_ms >= config.long_speech_ms:
         return Verdict.INTERRUPTION
-    if text is None:
-        noise = speech_ms < config.no_transcript_noise_ms
-        return Verdict.NOISE if noise else Verdict.INTERRUPTION
-    words = words_of(text)
-    if not words:
-        return Verdict.NOISE
-    if len(words) <= config.max_backchannel_words and _only_backchannels(
+    words = words_of(text) if text is not None else []
+    if words and len(words) <= config.max_backchannel_words and _only_backchannels(
         words, _phrases(config.backchannels)
     ):
         return Verdict.BACKCHANNEL
+    if speech_ms < config.min_interruption_ms:
+        return Verdict.NOISE
+    if text is None:
+        return Verdict.INTERRUPTION
+    if not words or " ".join(words) in config.noise_words:
+        return Verdict.NOISE
     return Verdict.INTERRUPTION
 
 

@@ -75,6 +75,8 @@ SERVER_TYPES = frozenset(
         "response.text.delta",
         "response.audio.delta",
         "response.audio.clear",
+        "response.audio.pause",
+        "response.audio.resume",
         "response.done",
         "error",
     }
@@ -89,7 +91,12 @@ TURN_FIELDS = (
     "end_of_turn_silence_ms",
     "barge_in_min_speech_ms",
 )
-BOOL_FIELDS = ("speculative_response", "speculative_transcript", "first_chunk_at_clause")
+BOOL_FIELDS = (
+    "speculative_response",
+    "speculative_transcript",
+    "first_chunk_at_clause",
+    "playback_pause",
+)
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
 INT_FIELDS = {"max_response_tokens": (1, 2048)}
 SESSION_FIELDS = (
