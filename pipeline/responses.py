@@ -1,0 +1,525 @@
+"""The response runner: one reply, from the LLM's first delta to what the caller heard.
+
+A reply runs as one referenced task of two stages joined by a bounded queue:
+
+    LLM deltas (retried before the first token) ─► TextChunker ─► chunk queue
+    chunk queue ─► TTS (a chunk retried before its first audio) ─► resample
+               ─► audio deltas of at most ``audio_delta_ms``
+
+It then waits until the caller has heard it (played report, or the clock) and writes
+the assistant turn to history. A failure before any audio is apologised for; a
+cancellation (barge-in, ``response.cancel``, a newer turn) stops both stages, clears
+the client's playback and keeps in history only what was played.
+
+The runner knows nothing of turns: the turn side (pipeline/turns.py) adds the user
+turn to history and asks for a reply with ``answer`` — or, speculatively, starts a
+*held* reply whose events wait until the turn is confirmed (``start_held`` /
+``release``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.audio import StreamResampler, float_to_pcm16
+from pipeline.chunker import TextChunk, TextChunker
+from pipeline.engines.base import ChatMessage, FloatAudio
+from pipeline.errors import EngineError, LLMError, LLMTimeoutError, LLMUnavailableError, TTSError
+from pipeline.events import (
+    ErrorEvent,
+    Event,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseCreated,
+    ResponseDone,
+    ResponseStatus,
+    ResponseTextDelta,
+)
+from pipeline.history import SpokenChunk, heard_text
+from pipeline.session import CallContext
+
+logger = logging.getLogger("voiceforge.conversation")
+
+
+class ResponsePhase(enum.Enum):
+    GENERATING = "generating"
+    PLAYING = "playing"
+    FINISHING = "finishing"
+    DONE = "done"
+
+
+_ALLOWED_PHASES: dict[ResponsePhase, set[ResponsePhase]] = {
+    ResponsePhase.GENERATING: {ResponsePhase.PLAYING, ResponsePhase.FINISHING},
+    ResponsePhase.PLAYING: {ResponsePhase.FINISHING},
+    ResponsePhase.FINISHING: {ResponsePhase.DONE},
+    ResponsePhase.DONE: set(),
+}
+
+ACTIVE_PHASES = (ResponsePhase.GENERATING, ResponsePhase.PLAYING)
+"""A response in one of these can still be cancelled."""
+
+
+@dataclass(slots=True)
+class Response:
+    response_id: str
+    started_at: float
+    """Monotonic time the caller's turn ended (speech end, or text received)."""
+    phase: ResponsePhase = ResponsePhase.GENERATING
+    text: str = ""
+    chunks: list[SpokenChunk] = field(default_factory=list)
+    audio_ms: float = 0.0
+    seq: int = 0
+    first_audio_at: float | None = None
+    played_ms: float | None = None
+    played_event: asyncio.Event = field(default_factory=asyncio.Event)
+    timings: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    held: bool = False
+    """A speculative reply: events wait in ``held_events`` until the turn ends."""
+    held_events: list[Event] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    speculative_task: asyncio.Task[tuple[str, float]] | None = None
+    canned: str | None = None
+    """Text to say instead of asking the LLM (the apology for a lost turn)."""
+
+    def move(self, phase: ResponsePhase) -> None:
+        if phase not in _ALLOWED_PHASES[self.phase]:
+            raise RuntimeError(f"response {self.response_id}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+
+    def estimated_played_ms(self, now: float) -> float:
+        if self.first_audio_at is None:
+            return 0.0
+        return min(self.audio_ms, (now - self.first_audio_at) * 1000.0)
+
+    def best_played_ms(self, now: float) -> float:
+        return self.played_ms if self.played_ms is not None else self.estimated_played_ms(now)
+
+
+def _new_response_id() -> str:
+    return f"resp_{uuid.uuid4().hex[:12]}"
+
+
+class ResponseRunner:
+    """Runs the replies of one call: the current one, and cancelled ones settling."""
+
+    def __init__(self, call: CallContext) -> None:
+        self._call = call
+        self.current: Response | None = None
+        self.finishers: set[asyncio.Task[None]] = set()
+        """Cancelled replies waiting for the played report before writing history."""
+
+    # ----------------------------------------------------------------- queries
+
+    @property
+    def agent_speaking(self) -> bool:
+        response = self.current
+        return response is not None and (
+            response.phase is ResponsePhase.PLAYING
+            or (response.phase is ResponsePhase.GENERATING and response.first_audio_at is not None)
+        )
+
+    def active(self) -> Response | None:
+        """The current reply if it can still be cancelled."""
+        response = self.current
+        if response is not None and response.phase in ACTIVE_PHASES:
+            return response
+        return None
+
+    def tasks(self) -> list[asyncio.Future[Any]]:
+        """Everything the runner has in flight (for close)."""
+        tasks: list[asyncio.Future[Any]] = []
+        if self.current is not None and self.current.task is not None:
+            tasks.append(self.current.task)
+        tasks.extend(self.finishers)
+        return tasks
+
+    async def settle(self) -> None:
+        """Wait until every cancelled reply has written its history."""
+        if self.finishers:
+            await asyncio.gather(*self.finishers, return_exceptions=True)
+
+    # ---------------------------------------------------------------- starting
+
+    async def answer(self, turn_end: float, timings: dict[str, float], *, apology: bool) -> None:
+        """Reply to the history as it stands; ``apology``: only say sorry (turn lost)."""
+        call = self._call
+        response = Response(
+            response_id=_new_response_id(),
+            started_at=turn_end,
+            timings=timings,
+            messages=call.history.messages(),
+            canned=call.config.apology if apology else None,
+        )
+        if apology:
+            response.timings["apology"] = 1.0
+        response.released.set()
+        previous = self.active()
+        if previous is not None:
+            self.cancel(previous, "superseded")
+            await asyncio.gather(*self.finishers, return_exceptions=True)
+        self.current = response
+        call.emit(ResponseCreated(response.response_id))
+        response.task = asyncio.create_task(
+            self._run(response), name=f"{call.session_id}-{response.response_id}"
+        )
+        response.task.add_done_callback(call.report_unexpected)
+
+    def start_held(
+        self,
+        messages: list[ChatMessage],
+        started_at: float,
+        speculative_task: asyncio.Task[tuple[str, float]],
+    ) -> Response:
+        """Start a reply whose events are held back until ``release``."""
+        draft = Response(
+            response_id=_new_response_id(),
+            started_at=started_at,
+            messages=messages,
+            held=True,
+            speculative_task=speculative_task,
+        )
+        draft.task = asyncio.create_task(
+            self._run(draft), name=f"{self._call.session_id}-{draft.response_id}-draft"
+        )
+        draft.task.add_done_callback(self._call.report_unexpected)
+        return draft
+
+    def release(self, draft: Response, timings: dict[str, float]) -> None:
+        """The turn ended as speculated: the held reply becomes the response."""
+        emit = self._call.emit
+        draft.timings = {**timings, **draft.timings, "speculative_response": 1.0}
+        if draft.phase is not ResponsePhase.DONE:
+            self.current = draft
+        emit(ResponseCreated(draft.response_id))
+        now = time.monotonic()
+        held, draft.held_events = draft.held_events, []
+        draft.held = False
+        if any(isinstance(event, ResponseAudioDelta) for event in held):
+            draft.first_audio_at = now
+            draft.timings["end_of_speech_to_first_audio_ms"] = (now - draft.started_at) * 1000
+            _time_from_end_of_turn(draft.timings)
+        for event in held:
+            emit(event)
+        draft.released.set()
+
+    # ------------------------------------------------------------ client input
+
+    def cancel_current(self, response_id: str | None, reason: str) -> bool:
+        response = self.current
+        if response is None or response.phase in (ResponsePhase.FINISHING, ResponsePhase.DONE):
+            return False
+        if response_id is not None and response_id != response.response_id:
+            return False
+        self.cancel(response, reason)
+        return True
+
+    def report_played(self, response_id: str, played_ms: float) -> None:
+        response = self.current
+        if response is not None and response.response_id == response_id:
+            response.played_ms = max(response.played_ms or 0.0, min(played_ms, response.audio_ms))
+            response.played_event.set()
+
+    # ----------------------------------------------------------------- running
+
+    async def _run(self, response: Response) -> None:
+        config = self._call.config
+        chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue(maxsize=16)
+        stages = [
+            asyncio.create_task(self._generate_text(response, chunks)),
+            asyncio.create_task(self._speak(response, chunks)),
+        ]
+        failure: EngineError | None = None
+        try:
+            await asyncio.wait(stages, return_when=asyncio.FIRST_EXCEPTION)
+            for stage in stages:
+                if stage.done() and (exc := stage.exception()) is not None:
+                    raise exc
+        except BaseException as exc:
+            # Cancellation, an engine failure or a bug: neither stage outlives the other.
+            for stage in stages:
+                stage.cancel()
+            await asyncio.gather(*stages, return_exceptions=True)
+            if isinstance(exc, EngineError):
+                failure = exc
+            elif isinstance(exc, Exception):
+                # A bug in an engine or here: the response still ends, as failed.
+                logger.error(
+                    "session=%s response=%s failed", self._call.session_id, response.response_id,
+                    exc_info=exc,
+                )
+                failure = EngineError(f"internal error: {exc!r}", transient=False)
+            else:
+                raise
+        await response.released.wait()
+        if failure is not None:
+            self._call.emit(
+                ErrorEvent(
+                    error_code(failure), str(failure), fatal=False,
+                    response_id=response.response_id, category=error_category(failure),
+                )
+            )
+            if (
+                response.audio_ms == 0
+                and self._call.config.apology
+                and response.canned is None
+                and not response.held
+            ):
+                await self._apologize(response, failure)
+        response.move(ResponsePhase.PLAYING)
+        # Audio already sent plays out (a barge-in can still cut it): the response is
+        # done once the caller has heard it, reported or estimated from the clock.
+        playback_start = response.first_audio_at or time.monotonic()
+        deadline = playback_start + (response.audio_ms + config.playback_grace_ms) / 1000.0
+        while True:
+            now = time.monotonic()
+            if response.played_ms is not None and response.played_ms >= response.audio_ms - 1.0:
+                break
+            if now >= deadline:
+                break
+            response.played_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(response.played_event.wait(), deadline - now)
+            if response.phase is not ResponsePhase.PLAYING:
+                # Cancelled (barge-in) just as the played report came in: Python
+                # 3.11's wait_for can return the result and swallow the
+                # cancellation (found by loadtest/). The finisher settles it.
+                return
+        response.move(ResponsePhase.FINISHING)
+        if failure is None:
+            self._call.history.add_assistant(response.text)
+            self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
+            return
+        played = response.best_played_ms(time.monotonic())
+        heard = heard_text(response.chunks, played) if played > 0 else ""
+        self._call.history.add_assistant(heard)
+        self._finish(response, ResponseStatus.FAILED, heard, played, reason=error_code(failure))
+
+    async def _apologize(self, response: Response, failure: EngineError) -> None:
+        """The caller heard nothing of a failed reply: say sorry, by voice if TTS works."""
+        text = self._call.config.apology
+        response.text += text
+        self._call.emit(ResponseTextDelta(response.response_id, text))
+        if isinstance(failure, TTSError):
+            return
+        chunks: asyncio.Queue[TextChunk | None] = asyncio.Queue()
+        chunks.put_nowait(TextChunk(text, text, 0))
+        chunks.put_nowait(None)
+        try:
+            await self._speak(response, chunks)
+        except EngineError as exc:
+            logger.warning("session=%s apology not spoken: %s", self._call.session_id, exc)
+        except Exception:
+            logger.exception("session=%s apology not spoken", self._call.session_id)
+
+    async def _llm_deltas(self, response: Response) -> AsyncGenerator[str, None]:
+        """The reply's text deltas, retried while nothing of it has come out yet."""
+        if response.canned is not None:
+            yield response.canned
+            return
+        config = self._call.config
+        llm = self._call.engines.llm
+        attempt = 0
+        while True:
+            stream = llm.stream(
+                response.messages,
+                max_tokens=config.max_response_tokens,
+                temperature=config.temperature,
+            )
+            produced = False
+            try:
+                async for delta in stream:
+                    produced = True
+                    yield delta
+                return
+            except EngineError as exc:
+                if produced:
+                    raise
+                attempt = await self._call.retry_or_raise(exc, attempt, "LLM request")
+                response.timings["llm_retries"] = float(attempt)
+            except Exception as exc:  # garbage from the engine, a bug in it
+                raise LLMError(f"{llm.name}: {exc!r}", transient=False) from exc
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _generate_text(
+        self, response: Response, chunks: asyncio.Queue[TextChunk | None]
+    ) -> None:
+        chunker = TextChunker(self._call.config.chunker)
+        requested = time.monotonic()
+        first_token = True
+        stream = self._llm_deltas(response)
+        try:
+            async for delta in stream:
+                if first_token:
+                    response.timings["llm_first_token_ms"] = (time.monotonic() - requested) * 1000
+                    first_token = False
+                response.text += delta
+                self._response_emit(response, ResponseTextDelta(response.response_id, delta))
+                for chunk in chunker.push(delta):
+                    if chunk.index == 0:
+                        response.timings["first_chunk_text_ms"] = (
+                            time.monotonic() - requested
+                        ) * 1000
+                    await chunks.put(chunk)
+            for chunk in chunker.flush():
+                if chunk.index == 0:
+                    response.timings["first_chunk_text_ms"] = (time.monotonic() - requested) * 1000
+                await chunks.put(chunk)
+        finally:
+            await stream.aclose()
+            response.timings["llm_total_ms"] = (time.monotonic() - requested) * 1000
+        await chunks.put(None)
+
+    async def _speak(self, response: Response, chunks: asyncio.Queue[TextChunk | None]) -> None:
+        config = self._call.config
+        tts = self._call.engines.tts
+        resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
+        out_rate = config.output_sample_rate
+        max_samples = max(1, int(config.audio_delta_ms * out_rate / 1000))
+        while (chunk := await chunks.get()) is not None:
+            chunk_start_ms = response.audio_ms
+            chunk_ready = time.monotonic()
+            attempt = 0
+            while True:
+                try:
+                    async for audio in tts.synthesize(chunk.text, voice=config.voice):
+                        if "tts_first_audio_ms" not in response.timings:
+                            response.timings["tts_first_audio_ms"] = (
+                                time.monotonic() - chunk_ready
+                            ) * 1000
+                        self._emit_audio(response, resampler.process(audio), max_samples, out_rate)
+                    break
+                except TTSError as exc:
+                    if response.audio_ms > chunk_start_ms:
+                        raise  # part of the chunk was sent: a retry would repeat it
+                    attempt = await self._call.retry_or_raise(exc, attempt, "speech synthesis")
+                    resampler = StreamResampler(tts.sample_rate, out_rate)
+                except EngineError:
+                    raise
+                except Exception as exc:  # a bug in the engine
+                    raise TTSError(f"{tts.name}: {exc!r}", transient=False) from exc
+            self._emit_audio(response, resampler.flush(), max_samples, out_rate)
+            resampler = StreamResampler(tts.sample_rate, out_rate)
+            response.chunks.append(
+                SpokenChunk(chunk.display_text, chunk_start_ms, response.audio_ms)
+            )
+
+    def _emit_audio(
+        self, response: Response, audio: FloatAudio, max_samples: int, rate: int
+    ) -> None:
+        for offset in range(0, len(audio), max_samples):
+            piece = audio[offset : offset + max_samples]
+            now = time.monotonic()
+            if response.first_audio_at is None and not response.held:
+                response.first_audio_at = now
+                response.timings["end_of_speech_to_first_audio_ms"] = (
+                    now - response.started_at
+                ) * 1000
+                _time_from_end_of_turn(response.timings)
+            duration = len(piece) * 1000.0 / rate
+            response.audio_ms += duration
+            self._response_emit(
+                response,
+                ResponseAudioDelta(
+                    response.response_id, response.seq, float_to_pcm16(piece), rate, duration
+                ),
+            )
+            response.seq += 1
+
+    def _response_emit(self, response: Response, event: Event) -> None:
+        if response.held:
+            response.held_events.append(event)
+        else:
+            self._call.emit(event)
+
+    # ------------------------------------------------------------ cancellation
+
+    def cancel(self, response: Response, reason: str) -> None:
+        """Stop generating now; settle history once the client says what it played."""
+        response.move(ResponsePhase.FINISHING)
+        if response.task is not None:
+            response.task.cancel()
+        finisher = asyncio.create_task(self._finish_cancelled(response, reason))
+        self.finishers.add(finisher)
+        finisher.add_done_callback(self.finishers.discard)
+
+    async def _finish_cancelled(self, response: Response, reason: str) -> None:
+        if response.task is not None:
+            await asyncio.gather(response.task, return_exceptions=True)
+        if response.first_audio_at is not None:
+            # Only now, with the producer stopped, can no delta follow the clear.
+            response.played_event.clear()
+            self._call.emit(ResponseAudioClear(response.response_id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    response.played_event.wait(),
+                    self._call.config.played_report_timeout_ms / 1000,
+                )
+        played = response.best_played_ms(time.monotonic())
+        heard = heard_text(response.chunks, played) if played > 0 else ""
+        self._call.history.add_assistant(heard)
+        response.timings["played_source_client"] = 1.0 if response.played_ms is not None else 0.0
+        self._finish(response, ResponseStatus.CANCELLED, heard, played, reason=reason)
+
+    def _finish(
+        self,
+        response: Response,
+        status: ResponseStatus,
+        heard: str,
+        played_ms: float,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        response.move(ResponsePhase.DONE)
+        self._call.emit(
+            ResponseDone(
+                response_id=response.response_id,
+                status=status,
+                text=response.text,
+                text_heard=heard,
+                audio_ms=response.audio_ms,
+                played_ms=played_ms,
+                timings=dict(response.timings),
+                reason=reason,
+            )
+        )
+        if self.current is response:
+            self.current = None
+
+
+def _time_from_end_of_turn(timings: dict[str, float]) -> None:
+    """The server's own overhead: end of turn decided → first audio sent.
+
+    ``started_at`` is the speech end and the end of turn came
+    ``end_of_turn_wait_ms`` later (0 for typed turns), so the difference is
+    everything the server and its engines added after the caller's turn was over.
+    """
+    timings["end_of_turn_to_first_audio_ms"] = timings[
+        "end_of_speech_to_first_audio_ms"
+    ] - timings.get("end_of_turn_wait_ms", 0.0)
+
+
+def error_category(exc: EngineError) -> str:
+    return "transient" if exc.transient else "permanent"
+
+
+def error_code(exc: EngineError) -> str:
+    if isinstance(exc, LLMUnavailableError):
+        return "llm_unavailable"
+    if isinstance(exc, LLMTimeoutError):
+        return "llm_timeout"
+    if isinstance(exc, LLMError):
+        return "llm_failed"
+    if isinstance(exc, TTSError):
+        return "tts_failed"
+    return "engine_failed"

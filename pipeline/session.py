@@ -1,0 +1,140 @@
+"""What one call is configured with and what its parts share.
+
+``SessionConfig`` holds the per-call settings (``session.update`` replaces fields of
+it), ``Engines`` the engines a call uses, and ``CallContext`` the little state the
+conversation's parts (pipeline/turns.py, pipeline/responses.py) read at the moment
+they use it: the settings and the outlet can be swapped while the call runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pipeline.chunker import ChunkerConfig
+from pipeline.engines.base import LLMEngine, SessionScopedLLM, STTEngine, TTSEngine
+from pipeline.errors import EngineError
+from pipeline.events import ErrorEvent, Event
+from pipeline.history import History
+from pipeline.turn import TurnConfig
+from pipeline.vad import BatchedVADWorker
+
+logger = logging.getLogger("voiceforge.conversation")
+
+DEFAULT_INSTRUCTIONS = (
+    "You are VoiceForge, a friendly voice assistant talking with a caller. Your words are "
+    "spoken aloud, so answer in one to three short, complete sentences of plain speech. "
+    "No lists, no markdown, no code, no emoji."
+)
+
+Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Per-call settings; ``session.update`` replaces fields of it."""
+
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str | None = None
+    input_sample_rate: int = 16000
+    output_sample_rate: int = 24000
+    turn: TurnConfig = field(default_factory=TurnConfig)
+    chunker: ChunkerConfig = field(default_factory=ChunkerConfig)
+    max_response_tokens: int = 150
+    temperature: float = 0.6
+    partial_transcript_interval_ms: float = 0.0
+    """0 turns partial transcripts off: on two cores a partial in flight when the
+    caller stops delays the final transcript (docs/decisions.md)."""
+    speech_pad_ms: float = 200.0
+    """Audio kept before speech start and after speech end for transcription."""
+    max_turn_ms: float = 30_000.0
+    played_report_timeout_ms: float = 400.0
+    """How long a cancelled response waits for the client's played report."""
+    playback_grace_ms: float = 300.0
+    """Extra wait past the estimated end of playback before a response is done."""
+    audio_delta_ms: float = 100.0
+    """Maximum duration of one audio delta."""
+    max_history_turns: int = 50
+    max_history_chars: int = 16_000
+    """History the LLM sees beyond the system prompt; past either limit the oldest
+    turns are dropped (a user turn with the reply to it)."""
+    engine_retries: int = 2
+    """Retries of an engine call that failed transiently before any of its output
+    was used: the LLM before its first token, a TTS chunk before its first audio,
+    a transcription. Never after: the caller would hear the start twice."""
+    retry_backoff_ms: float = 200.0
+    """Wait before the first retry; doubled for each one after."""
+    apology: str = "Sorry, I ran into a problem there. Could you say that again?"
+    """Spoken (or, if speech fails too, sent as text) when a turn is lost before the
+    caller heard any reply; empty to stay silent."""
+    speculative_transcript: bool = True
+    """Start the final transcription when silence begins rather than at the end of
+    turn; off, the reply cannot start speculatively either (loadtest on/off runs)."""
+    speculative_response: bool = True
+    """Start the reply (LLM and TTS) on the speculative transcript while the end of
+    turn is still being confirmed; its events are held back until the turn ends and
+    thrown away if the caller resumes."""
+    playback_pause: bool = False
+    """The client can pause and resume a response's playback: caller speech over the
+    agent pauses the reply at once, and a backchannel or noise resumes it
+    (pipeline/interruption.py). Off, a barge-in cancels as it always did."""
+    speculative_response_min_silence_ms: float = 200.0
+    """Silence needed before a speculative reply starts: pauses between words end
+    sooner, and a reply started on half a sentence only costs CPU."""
+
+
+@dataclass(slots=True)
+class Engines:
+    stt: STTEngine
+    llm: LLMEngine
+    tts: TTSEngine
+    vad: BatchedVADWorker
+
+    def for_session(self, session_id: str) -> Engines:
+        """The engines one call uses: an LLM that routes by call gets a per-call view."""
+        if isinstance(self.llm, SessionScopedLLM):
+            return replace(self, llm=self.llm.for_session(session_id))
+        return self
+
+
+@dataclass(slots=True)
+class CallContext:
+    """The state every part of one call reads when it acts, never copies.
+
+    It holds no reference back to the conversation, so the parts hold none either.
+    """
+
+    session_id: str
+    engines: Engines
+    config: SessionConfig
+    history: History
+    emit: Emit
+    closed: bool = False
+
+    def report_unexpected(self, task: asyncio.Future[Any]) -> None:
+        """A bug in a turn or response task must not vanish with the task."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        logger.error("session=%s task failed", self.session_id, exc_info=exc)
+        self.emit(
+            ErrorEvent("internal_error", f"turn failed: {exc}", fatal=False, category="permanent")
+        )
+
+    async def retry_or_raise(self, exc: EngineError, attempt: int, what: str) -> int:
+        """Sleep before the next attempt of a transient failure; re-raise otherwise."""
+        if not exc.transient or attempt >= self.config.engine_retries:
+            raise exc
+        delay = self.config.retry_backoff_ms * 2**attempt / 1000.0
+        logger.warning(
+            "session=%s %s failed (%s); retry %d in %.1f s",
+            self.session_id, what, exc, attempt + 1, delay,
+        )
+        await asyncio.sleep(delay)
+        return attempt + 1
+
+
+def discard_event(event: Event) -> None:
+    """The emit of a closed conversation."""

@@ -1,0 +1,413 @@
+"""Turn taking: from VAD probabilities to "answer this" — the caller's side of a call.
+
+    frame + VAD probability ─► TurnDetector (pipeline/turn.py, sans-I/O)
+        SpeechStarted ─► drop a reply the caller did not hear yet (they kept talking)
+        SpeechStopped ─► speculative transcript ─► held reply (after a short silence)
+        SpeechResumed ─► throw the speculation and the held reply away
+        BargeIn       ─► cancel the reply playing
+        EndOfTurn     ─► ``end_turn`` ─► final transcript ─► history ─► reply
+    typed text ─► history ─► reply
+
+Where the end of the turn is decided
+------------------------------------
+Deciding and answering meet at one method, ``TurnTaking.end_turn(start_ms, end_ms)``:
+everything before it decides *whether* the caller has finished, everything after it
+answers. Today the decision is the silence rule: the detector emits ``EndOfTurn`` once
+``end_of_turn_silence_ms`` of silence follow speech, and ``_on_turn_event`` passes it to
+``end_turn``. A learned end-of-turn policy (e.g. Smart Turn: after a short silence,
+ask a model whether the turn sounds complete) plugs in at this seam only:
+
+* its input is here: ``SpeechStopped`` marks the pause, ``audio.slice_ms`` gives the
+  turn's audio (16 kHz, on the audio timeline), ``audio.end_sample`` the silence so far;
+* to end the turn early it calls ``end_turn`` with the turn's speech start and end (and
+  tells the detector the turn is over so no second ``EndOfTurn`` follows);
+* to hold the turn longer it keeps the detector's ``EndOfTurn`` back (a longer
+  silence in the detector) — a ``SpeechResumed`` then throws the speculation away as
+  it does today.
+
+The speculative transcript and the held reply already start at ``SpeechStopped``, so
+an early end releases a reply that is mostly ready. Nothing in the response runner
+(pipeline/responses.py) changes: it only ever sees ``answer`` / ``release``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import PIPELINE_SAMPLE_RATE
+from pipeline.engines.base import FloatAudio
+from pipeline.errors import EngineError, STTError
+from pipeline.events import (
+    ErrorEvent,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptDelta,
+    TranscriptFinal,
+    TurnIgnored,
+)
+from pipeline.responses import Response, ResponsePhase, ResponseRunner, error_category
+from pipeline.session import CallContext
+from pipeline.turn import (
+    BargeIn,
+    EndOfTurn,
+    SpeechResumed,
+    TurnDetector,
+    TurnDiscarded,
+    TurnEvent,
+)
+from pipeline.turn import SpeechStarted as TurnSpeechStarted
+from pipeline.turn import SpeechStopped as TurnSpeechStopped
+from pipeline.vad import FRAME_MS
+
+logger = logging.getLogger("voiceforge.conversation")
+
+
+class TurnAudio:
+    """The 16 kHz input audio of the current stream, trimmed as turns end."""
+
+    def __init__(self, max_ms: float) -> None:
+        self._chunks: deque[FloatAudio] = deque()
+        self._start_sample = 0
+        self._samples = 0
+        self._max_samples = int(max_ms * PIPELINE_SAMPLE_RATE / 1000)
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
+
+    @property
+    def end_sample(self) -> int:
+        return self._start_sample + self._samples
+
+    def append(self, audio: FloatAudio, arrived_at: float) -> None:
+        self._chunks.append(audio)
+        self._samples += len(audio)
+        self._arrivals.append((self.end_sample, arrived_at))
+        while self._samples - len(self._chunks[0]) >= self._max_samples:
+            dropped = self._chunks.popleft()
+            self._samples -= len(dropped)
+            self._start_sample += len(dropped)
+
+    def arrival_time(self, sample: int) -> float:
+        """Monotonic time at which the audio holding ``sample`` arrived."""
+        for end, arrived in self._arrivals:
+            if end > sample:
+                return arrived
+        return time.monotonic()
+
+    def slice_ms(self, start_ms: float, end_ms: float) -> FloatAudio:
+        start = max(int(start_ms * 16), self._start_sample)
+        end = min(int(end_ms * 16), self.end_sample)
+        if end <= start or not self._chunks:
+            return np.zeros(0, dtype=np.float32)
+        audio = np.concatenate(list(self._chunks))
+        return audio[start - self._start_sample : end - self._start_sample]
+
+    def trim_before_ms(self, ms: float) -> None:
+        keep_from = int(ms * 16)
+        while self._chunks and self._start_sample + len(self._chunks[0]) <= keep_from:
+            dropped = self._chunks.popleft()
+            self._samples -= len(dropped)
+            self._start_sample += len(dropped)
+
+
+class TurnTaking:
+    """The caller's turns of one call: detection, transcription, handing over to replies."""
+
+    def __init__(self, call: CallContext, responses: ResponseRunner) -> None:
+        self._call = call
+        self._responses = responses
+        config = call.config
+        self.detector = TurnDetector(config.turn, frame_ms=FRAME_MS)
+        self.audio = TurnAudio(config.max_turn_ms + 2 * config.speech_pad_ms)
+        self._turn_start_ms: float | None = None
+        self._speech_end_ms: float | None = None
+        self._last_partial_ms = 0.0
+        self._stt_lock = asyncio.Lock()
+        self._speculative: asyncio.Task[tuple[str, float]] | None = None
+        self._speculative_end_ms: float | None = None
+        self._partial_task: asyncio.Task[None] | None = None
+        self._draft: Response | None = None
+        self._draft_transcript: asyncio.Task[tuple[str, float]] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        """Turns being transcribed or handed over, and discarded drafts stopping."""
+        self.accepting = True
+        """False while the server drains: turns that end are ignored (and said so)."""
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """Everything turn taking has running (for close)."""
+        tasks: list[asyncio.Future[Any]] = [
+            task for task in (self._speculative, self._partial_task) if task is not None
+        ]
+        if self._draft is not None and self._draft.task is not None:
+            tasks.append(self._draft.task)
+        tasks.extend(self.tasks)
+        return tasks
+
+    def forget(self) -> None:
+        """Drop references to finished work once the call is closed."""
+        self._speculative = self._partial_task = None
+        self._draft = None
+        self._draft_transcript = None
+
+    # ------------------------------------------------------------------ inputs
+
+    def hear(self, frame: FloatAudio, arrived: float) -> None:
+        """One VAD frame of 16 kHz audio, kept for transcription."""
+        self.audio.append(frame, arrived)
+
+    def judge(self, probability: float) -> None:
+        """The VAD's verdict on the frame last heard."""
+        for event in self.detector.process(
+            probability, agent_speaking=self._responses.agent_speaking
+        ):
+            self._on_turn_event(event)
+        self._maybe_partial()
+        self._maybe_start_draft()
+
+    def text(self, text: str) -> None:
+        """A typed user turn: interrupts any reply in progress, then answers."""
+        if not self.accepting:
+            self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
+            return
+        self._spawn_turn(self._text_turn(text, time.monotonic()))
+
+    # ------------------------------------------------------------ turn events
+
+    def _on_turn_event(self, event: TurnEvent) -> None:
+        pad = self._call.config.speech_pad_ms
+        emit = self._call.emit
+        if isinstance(event, TurnSpeechStarted):
+            self._turn_start_ms = event.start_ms
+            self._last_partial_ms = event.start_ms
+            emit(SpeechStarted(audio_start_ms=event.start_ms))
+            response = self._responses.current
+            if response is not None and response.phase is ResponsePhase.GENERATING:
+                if response.first_audio_at is None:
+                    # The caller kept talking before hearing anything: their turn
+                    # is not over, so the reply to its first half is dropped.
+                    self._responses.cancel(response, "user_resumed")
+        elif isinstance(event, TurnSpeechStopped):
+            self._speech_end_ms = event.end_ms
+            emit(SpeechStopped(audio_end_ms=event.end_ms))
+            if self._call.config.speculative_transcript:
+                self._start_speculation(event.end_ms + pad)
+        elif isinstance(event, SpeechResumed):
+            self._speech_end_ms = None
+            self._discard_speculation()
+        elif isinstance(event, BargeIn):
+            response = self._responses.active()
+            if response is not None:
+                self._responses.cancel(response, "barge_in")
+        elif isinstance(event, EndOfTurn):
+            self.end_turn(event.start_ms, event.end_ms)
+        elif isinstance(event, TurnDiscarded):
+            self._discard_speculation()
+            emit(TurnIgnored(event.reason, event.start_ms, event.end_ms))
+
+    def end_turn(self, start_ms: float, end_ms: float) -> None:
+        """The caller's turn is over: speech from ``start_ms`` to ``end_ms`` (audio time).
+
+        The seam between deciding and answering (see the module docstring).
+        """
+        pad = self._call.config.speech_pad_ms
+        # Take this turn's state now: by the time the task runs, the next turn
+        # may have begun.
+        speech_end = self.audio.arrival_time(int(end_ms * 16))
+        speculative = self._speculative
+        if speculative is not None and self._speculative_end_ms != end_ms + pad:
+            self._discard_speculation()
+            speculative = None
+        self._speculative = None
+        self._speculative_end_ms = None
+        self._draft_transcript = None
+        self._turn_start_ms = None
+        self._speech_end_ms = None
+        if not self.accepting:
+            if speculative is not None:
+                speculative.cancel()
+            self._discard_draft()
+            self._call.emit(TurnIgnored("server_shutting_down", start_ms, end_ms))
+            return
+        self._spawn_turn(self._audio_turn(start_ms, end_ms, speech_end, speculative))
+
+    def _spawn_turn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._keep_until_done(asyncio.create_task(coro))
+
+    def _keep_until_done(self, task: asyncio.Task[None], *, report: bool = True) -> None:
+        """Keep a task referenced (and cancellable by close) until it has stopped."""
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        if report:
+            task.add_done_callback(self._call.report_unexpected)
+
+    # ----------------------------------------------------------- transcription
+
+    async def _transcribe(self, start_ms: float, end_ms: float) -> tuple[str, float]:
+        audio = self.audio.slice_ms(start_ms, end_ms)
+        stt = self._call.engines.stt
+        attempt = 0
+        while True:
+            try:
+                async with self._stt_lock:
+                    transcript = await stt.transcribe(audio)
+                return transcript.text, transcript.elapsed_ms
+            except STTError as exc:
+                attempt = await self._call.retry_or_raise(exc, attempt, "transcription")
+            except EngineError:
+                raise
+            except Exception as exc:  # an engine bug: reported as a permanent STT failure
+                raise STTError(f"{stt.name}: {exc!r}", transient=False) from exc
+
+    def _turn_window(self, end_ms: float) -> tuple[float, float]:
+        start = (self._turn_start_ms or 0.0) - self._call.config.speech_pad_ms
+        return max(0.0, start), end_ms
+
+    def _start_speculation(self, end_ms: float) -> None:
+        self._discard_speculation()
+        start, end = self._turn_window(end_ms)
+        self._speculative = asyncio.create_task(self._transcribe(start, end))
+        self._speculative_end_ms = end_ms
+        if self._call.config.speculative_response:
+            self._speculative.add_done_callback(self._on_speculative_transcript)
+
+    def _discard_speculation(self) -> None:
+        self._discard_draft()
+        self._draft_transcript = None
+        if self._speculative is not None:
+            self._speculative.cancel()
+            # Retrieve the outcome so a failure of discarded work is not reported.
+            self._speculative.add_done_callback(
+                lambda task: None if task.cancelled() else task.exception()
+            )
+            self._speculative = None
+            self._speculative_end_ms = None
+
+    def _on_speculative_transcript(self, task: asyncio.Task[tuple[str, float]]) -> None:
+        if task is self._speculative and not task.cancelled() and task.exception() is None:
+            self._draft_transcript = task
+            self._maybe_start_draft()
+
+    def _maybe_partial(self) -> None:
+        interval = self._call.config.partial_transcript_interval_ms
+        if interval <= 0 or self._turn_start_ms is None or self._speech_end_ms is not None:
+            return
+        now_ms = self.audio.end_sample / 16
+        if now_ms - self._last_partial_ms < interval or self._stt_lock.locked():
+            return
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+        self._last_partial_ms = now_ms
+        start, end = self._turn_window(now_ms)
+        self._partial_task = asyncio.create_task(self._partial(start, end))
+
+    async def _partial(self, start_ms: float, end_ms: float) -> None:
+        try:
+            text, _ = await self._transcribe(start_ms, end_ms)
+        except EngineError:
+            return  # the final transcript reports failures
+        if text and self._speech_end_ms is None:
+            self._call.emit(TranscriptDelta(text))
+
+    # ------------------------------------------------------------- held reply
+
+    def _maybe_start_draft(self) -> None:
+        """Start a held reply on a transcript that may turn out to be final."""
+        task = self._draft_transcript
+        if task is None or task is not self._speculative or self._speech_end_ms is None:
+            return
+        silence_ms = self.audio.end_sample / 16 - self._speech_end_ms
+        if silence_ms < self._call.config.speculative_response_min_silence_ms:
+            return
+        self._draft_transcript = None
+        text = task.result()[0]
+        if (
+            not text
+            or self._responses.current is not None
+            or self._responses.finishers
+            or self._call.closed
+        ):
+            return
+        preview = copy.deepcopy(self._call.history)
+        preview.add_user(text)
+        self._draft = self._responses.start_held(
+            preview.messages(),
+            self.audio.arrival_time(int(self._speech_end_ms * 16)),
+            task,
+        )
+
+    def _discard_draft(self) -> None:
+        draft, self._draft = self._draft, None
+        if draft is not None and draft.task is not None:
+            # Nothing of it was emitted, so nothing needs clearing.
+            draft.task.cancel()
+            self._keep_until_done(draft.task, report=False)  # reported since creation
+
+    # ------------------------------------------------------------------- turns
+
+    async def _audio_turn(
+        self,
+        start_ms: float,
+        end_ms: float,
+        speech_end: float,
+        speculative: asyncio.Task[tuple[str, float]] | None,
+    ) -> None:
+        eot_at = time.monotonic()
+        pad = self._call.config.speech_pad_ms
+        timings: dict[str, float] = {"end_of_turn_wait_ms": (eot_at - speech_end) * 1000.0}
+        try:
+            if speculative is not None:
+                text, stt_ms = await speculative
+                timings["speculative_transcript"] = 1.0
+            else:
+                window_start = max(0.0, start_ms - pad)
+                text, stt_ms = await self._transcribe(window_start, end_ms + pad)
+                timings["speculative_transcript"] = 0.0
+        except STTError as exc:
+            self._call.emit(
+                ErrorEvent(
+                    "stt_failed", f"transcription failed: {exc}", category=error_category(exc)
+                )
+            )
+            self._call.emit(TurnIgnored("stt_failed", start_ms, end_ms))
+            self._discard_draft()
+            if self._call.config.apology:
+                await self._respond(None, speech_end, timings)
+            return
+        finally:
+            self.audio.trim_before_ms(end_ms - pad)
+        timings["stt_ms"] = stt_ms
+        timings["stt_after_end_of_turn_ms"] = (time.monotonic() - eot_at) * 1000.0
+        emit = self._call.emit
+        emit(TranscriptFinal(text, start_ms, end_ms))
+        if not text:
+            emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
+            return
+        draft = self._draft
+        if draft is not None and speculative is not None and draft.speculative_task is speculative:
+            self._draft = None
+            self._call.history.add_user(text)
+            self._responses.release(draft, timings)
+            return
+        self._discard_draft()
+        await self._respond(text, speech_end, timings)
+
+    async def _text_turn(self, text: str, received_at: float) -> None:
+        response = self._responses.active()
+        if response is not None:
+            self._responses.cancel(response, "new_text_input")
+        await self._respond(text, received_at, {})
+
+    async def _respond(self, text: str | None, turn_end: float, timings: dict[str, float]) -> None:
+        """Answer ``text``; with None, only say the apology (the turn was lost)."""
+        # A cancelled reply must settle its history before the next one reads it.
+        await self._responses.settle()
+        self._discard_draft()
+        if text is not None:
+            self._call.history.add_user(text)
+        await self._responses.answer(turn_end, timings, apology=text is None)
