@@ -57,6 +57,9 @@ DEFAULT_BACKCHANNELS: frozenset[str] = frozenset(
         "oh", "ooh", "huh", "yeah", "yeh", "yes", "yep", "yup", "ya", "right", "okay", "ok",
         "alright", "all right", "sure", "i see", "got it", "cool", "nice", "great", "wow",
         "exactly", "true", "totally", "indeed", "of course", "o k",
+        # What Whisper writes for them: "mm-hmm" comes out as "Mm-mm", "uh-huh" as
+        # "Uh-uh" and "hmm" as "Emm" often enough that these cannot be told apart.
+        "mm mm", "uh uh", "hm", "em", "emm", "er", "erm", "eh",
     }
 )
 """Phrases (normalised: lower case, words split on spaces and hyphens) that are
@@ -271,6 +274,24 @@ class OverlapTracker:
             return [self._interrupt(verdict, "words" if text is not None else "no_transcript")]
         self._move(OverlapPhase.RESUMED)
         self.verdict = verdict
+        return [Resume(verdict)]
+
+    def final_transcript(self, text: str | None, now_ms: float) -> list[OverlapAction]:
+        """The transcript of a turn that has ended while its overlap was pending.
+
+        Unlike ``transcript`` it is judged even when the caller already speaks
+        again: an interruption cancels now; a backchannel leaves the reply paused
+        for the new speech to decide (``verdict`` says what the ended turn was).
+        """
+        if self.phase is not OverlapPhase.PAUSED:
+            return []
+        verdict = classify(text, self.speech_ms(now_ms), self.config)
+        if verdict is Verdict.INTERRUPTION:
+            return [self._interrupt(verdict, "words" if text is not None else "no_transcript")]
+        self.verdict = verdict
+        if self._speaking_since is not None:
+            return []
+        self._move(OverlapPhase.RESUMED)
         return [Resume(verdict)]
 
     def turn_discarded(self) -> list[OverlapAction]:

@@ -42,6 +42,9 @@ from pipeline.interruption import (
         "Sure, sure.",
         "Hmm.",
         "Wow!",
+        "Mm-mm.",  # Whisper tiny's "mm-hmm"
+        "Uh-uh.",  # and "uh-huh"
+        "Emm...",  # and "hmm"
     ],
 )
 def test_backchannels_resume(text: str) -> None:
