@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 
 __all__ = [
+    "CONNECTIVES",
     "DEFAULT_BACKCHANNELS",
     "NOISE_TRANSCRIPTS",
     "Interrupt",
@@ -67,6 +68,10 @@ listening noises, not requests. "no", "wait", "stop", questions and anything wit
 content are not here: they interrupt."""
 
 
+CONNECTIVES: frozenset[str] = frozenset({"and", "so", "well"})
+"""Words allowed around a backchannel but not one alone: Whisper often starts a
+short clip with "And" ("And mm" for a "mm-hmm" over the agent)."""
+
 NOISE_TRANSCRIPTS: frozenset[str] = frozenset(
     {"you", "thank you", "thanks for watching", "thank you for watching"}
 )
@@ -87,6 +92,7 @@ class InterruptionConfig:
     The length a barge-in needed before pauses existed."""
     backchannels: frozenset[str] = field(default=DEFAULT_BACKCHANNELS)
     noise_words: frozenset[str] = field(default=NOISE_TRANSCRIPTS)
+    connectives: frozenset[str] = field(default=CONNECTIVES)
 
     def __post_init__(self) -> None:
         if not (self.long_speech_ms > 0.0 and math.isfinite(self.long_speech_ms)):
@@ -126,16 +132,22 @@ def _phrases(backchannels: frozenset[str]) -> list[tuple[str, ...]]:
     return sorted((p for p in phrases if p), key=len, reverse=True)
 
 
-def _only_backchannels(words: list[str], phrases: list[tuple[str, ...]]) -> bool:
+def _only_backchannels(
+    words: list[str], phrases: list[tuple[str, ...]], connectives: frozenset[str]
+) -> bool:
     at = 0
+    matched = False
     while at < len(words):
         for phrase in phrases:
             if tuple(words[at : at + len(phrase)]) == phrase:
                 at += len(phrase)
+                matched = True
                 break
         else:
-            return False
-    return True
+            if words[at] not in connectives:
+                return False
+            at += 1
+    return matched
 
 
 def classify(
@@ -149,8 +161,8 @@ def classify(
     if speech_ms >= config.long_speech_ms:
         return Verdict.INTERRUPTION
     words = words_of(text) if text is not None else []
-    if words and len(words) <= config.max_backchannel_words and _only_backchannels(
-        words, _phrases(config.backchannels)
+    if len(words) <= config.max_backchannel_words and _only_backchannels(
+        words, _phrases(config.backchannels), config.connectives
     ):
         return Verdict.BACKCHANNEL
     if speech_ms < config.min_interruption_ms:

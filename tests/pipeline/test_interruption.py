@@ -45,6 +45,8 @@ from pipeline.interruption import (
         "Mm-mm.",  # Whisper tiny's "mm-hmm"
         "Uh-uh.",  # and "uh-huh"
         "Emm...",  # and "hmm"
+        "And mm",  # Whisper's "And" at the start of a short clip
+        "Oh, okay, so.",
     ],
 )
 def test_backchannels_resume(text: str) -> None:
@@ -72,6 +74,9 @@ def test_no_words_is_noise(text: str) -> None:
         "All",  # half a phrase is not the phrase
         "I",
         "See",
+        "And",  # a connective alone is no backchannel
+        "So...",
+        "And then what?",
         "okay okay okay okay okay",  # five backchannel words is more than one listens with
         "Actually I meant Paris.",
     ],
