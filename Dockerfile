@@ -23,7 +23,7 @@ COPY --from=ghcr.io/astral-sh/uv:0.5.31 /uv /usr/local/bin/uv
 RUN uv venv --python 3.11 /opt/venv
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY docker/gpu-overrides.txt docker/gpu-overrides.txt
 COPY agent agent
 COPY pipeline pipeline

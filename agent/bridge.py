@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -21,15 +22,28 @@ from pipeline.events import (
 )
 
 if TYPE_CHECKING:
-    from agent.server import AppState
+    from agent.state import AppState
+    from pipeline.conversation import SessionConfig
 
 logger = logging.getLogger("voiceforge.bridge")
 
 
-class BridgeSession(Protocol):
-    """A call not tied to an HTTP connection (WebRTC): closed at server shutdown."""
-
-    async def close(self) -> None: ...
+def session_view(config: SessionConfig) -> dict[str, Any]:
+    """The settings a client sees in session.created / session.updated."""
+    return {
+        "instructions": config.instructions,
+        "voice": config.voice,
+        "input_sample_rate": config.input_sample_rate,
+        "output_sample_rate": config.output_sample_rate,
+        "turn": asdict(config.turn),
+        "max_response_tokens": config.max_response_tokens,
+        "temperature": config.temperature,
+        "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
+        "speculative_response": config.speculative_response,
+        "speculative_transcript": config.speculative_transcript,
+        "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
+        "playback_pause": config.playback_pause,
+    }
 
 
 def session_opened(state: AppState) -> None:
@@ -58,14 +72,15 @@ def observe(state: AppState, session_id: str, event: object) -> None:
     if isinstance(event, ResponseDone):
         state.metrics.observe_response(event)
         answered = event.status is ResponseStatus.COMPLETED and "apology" not in event.timings
-        first_audio = event.timings.get("end_of_speech_to_first_audio_ms")
+        # From the end of the turn: the silence before it is the caller's setting.
+        first_audio = event.timings.get("end_of_turn_to_first_audio_ms")
         # Only real answers measure how fast the server answers: a failed turn's
         # apology comes after the timeouts and retries.
         if answered and first_audio is not None and state.admission is not None:
-            state.admission.observe(first_audio, time.monotonic())
+            state.admission.observe(first_audio, session_id, time.monotonic())
         if answered:
             for engine in ("llm", "tts", "engine"):
-                state.engine_failures.pop(engine, None)
+                state.engine_health.worked(engine)
         logger.info(
             "session=%s response=%s status=%s reason=%s timings=%s",
             session_id,
@@ -77,12 +92,16 @@ def observe(state: AppState, session_id: str, event: object) -> None:
                    "status": event.status.value, "reason": event.reason},
         )
     elif isinstance(event, TranscriptFinal):
-        state.engine_failures.pop("stt", None)
+        state.engine_health.worked("stt")
     elif isinstance(event, ErrorEvent):
         state.metrics.errors.labels(event.code, event.category).inc()
         failing = _ENGINE_OF_CODE.get(event.code)
-        if failing is not None:
-            state.engine_failures[failing] = f"{event.code} ({event.category})"
+        # A request the caller made unservable (category client) is not the engine's
+        # failure; the others count once they come from several calls (agent/health.py).
+        if failing is not None and event.category != "client":
+            state.engine_health.failed(
+                failing, session_id, f"{event.code} ({event.category})", time.monotonic()
+            )
         # A bad frame is answered (and counted) per frame: at debug level, so a client
         # sending garbage at the frame-rate limit cannot flood the log.
         level = {"permanent": logging.ERROR, "transient": logging.WARNING}.get(

@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agent.config import Settings
     from agent.profiles import build_engines
     from agent.server import create_app
-    from agent.serving import VoiceForgeServer, configure_logging
+    from agent.serving import VoiceForgeServer, configure_logging, transport_limits
 
     settings = Settings.from_env()
     if args.host is not None:
@@ -34,8 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings.validate()
     log_format = args.log_format or os.environ.get("VOICEFORGE_LOG_FORMAT", "text")
     configure_logging(
-        log_format, [settings.api_key, settings.twilio_auth_token, os.environ.get(
-            settings.llm_api_key_env)], logging.INFO,
+        log_format, [*settings.secrets(), os.environ.get(settings.llm_api_key_env)],
+        logging.INFO,
     )
 
     def progress(line: str) -> None:
@@ -58,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
     progress(f"or talk in a browser: http://{shown_host}:{port}/")
     config = uvicorn.Config(
         app,
-        ws_max_size=settings.hard_max_frame_bytes,
+        **transport_limits(settings),
         # PCM barely compresses: permessage-deflate cost ~14% of the server's CPU
         # under load (docs/benchmarks.md) for nothing.
         ws_per_message_deflate=False,

@@ -10,6 +10,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.credentials import (
+    ApiKey,
+    KeyRing,
+    check_key_strength,
+    parse_keys,
+)
+from agent.tokens import MAX_CALLS_LIMIT
 from pipeline.errors import ConfigurationError
 
 PROFILES = ("embedded", "bench", "gpu")
@@ -64,24 +71,61 @@ def _read_secret(value_var: str, file_var: str) -> str | None:
     return secret
 
 
+def _read_keys() -> tuple[ApiKey, ...]:
+    """``VOICEFORGE_API_KEYS`` or the file named by ``VOICEFORGE_API_KEYS_FILE``:
+    ``id:secret`` entries, the first signing new tokens (key rotation)."""
+    value = _env("VOICEFORGE_API_KEYS")
+    if value is not None:
+        return parse_keys("VOICEFORGE_API_KEYS", value)
+    path = _env("VOICEFORGE_API_KEYS_FILE")
+    if path is None:
+        return ()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"VOICEFORGE_API_KEYS_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    return parse_keys("VOICEFORGE_API_KEYS_FILE", text)
+
+
 @dataclass(slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     profile: str = "embedded"
     api_key: str | None = field(default=None, repr=False)
+    """The key callers present (id ``default``); with ``api_keys``, the first of them."""
+    api_keys: tuple[ApiKey, ...] = field(default=(), repr=False)
+    """Several keys, for rotation: all accepted, the first signs new tokens."""
     # Limits on what a client may send.
     max_frame_bytes: int = 256 * 1024
     """Frames above this get an error event and are dropped; the session goes on."""
-    hard_max_frame_bytes: int = 4 * 1024 * 1024
-    """Frames above this close the socket with 1009 (the transport refuses to buffer them)."""
+    hard_max_frame_bytes: int = 512 * 1024
+    """Frames above this close the socket with 1009: uvicorn's ``ws_max_size``, what it
+    buffers of one frame. Twice ``max_frame_bytes``: a frame a little over the limit
+    gets an error and the call goes on; one far over it costs no more than this."""
+    max_connections: int | None = None
+    """uvicorn's ``limit_concurrency``: with this many connections open (calls and
+    HTTP), new HTTP requests get 503. Default: 2 × ``max_sessions`` + 32."""
     max_audio_realtime_factor: float = 2.0
     audio_burst_ms: float = 2000.0
+    """Audio credit a client may save up; it refills at the factor × real time."""
+    decode_budget_ms_per_s: float = 20.0
+    """CPU time per second the decoder may spend on one client's frames (burst
+    ``decode_burst_ms``); beyond it frames are dropped unread."""
+    decode_burst_ms: float = 200.0
+    errors_per_code_per_s: int = 3
+    """Errors of one code sent a second at most; the next one sent counts the rest."""
     max_outbound_frames: int = 4000
     """Frames waiting for a client that does not read; beyond it the call is closed (1008)."""
+    max_outbound_bytes: int = 4 * 1024 * 1024
+    """The same in bytes: no client makes the server hold more than this for it."""
     slow_client_frames: int = 300
     """Queued frames from which reply audio is dropped (the client is told, the reply
     cancelled); about 30 s of audio at one 100 ms delta per frame."""
+    slow_client_bytes: int = 2 * 1024 * 1024
+    """The same in bytes (about 43 s of 24 kHz audio)."""
     slow_client_timeout_s: float = 15.0
     """A frame that waited this long for the socket closes the call (1008)."""
     # Limits on calls.
@@ -94,25 +138,50 @@ class Settings:
     max_history_turns: int = 50
     max_history_chars: int = 16000
     """History the LLM sees; beyond either, the oldest turns are dropped (docs/reliability.md)."""
+    # What one caller may make the shared engines do (session.update is held to these).
+    max_response_tokens: int = 512
+    """Cap on a call's ``max_response_tokens``: a larger value is lowered to it."""
+    max_instructions_chars: int = 8000
+    """Longer ``instructions`` are refused (``invalid_session``)."""
+    max_instructions_tokens: int = 1024
+    """Instructions longer than this in the embedded model's tokens fail the turn with a
+    ``client`` error; the prompt is fitted to the context by tokens besides."""
+    min_partial_transcript_interval_ms: float = 250.0
+    """Floor of a call's ``partial_transcript_interval_ms`` (each partial is a whole
+    transcription of the turn so far): a shorter non-zero interval is raised to it."""
     # Admission by measurement.
     latency_budget_ms: float = 2500.0
     """New calls are refused while the recent end-of-speech → first-audio p95 is above
     this (0 turns admission control off)."""
     admission_window_s: float = 60.0
-    admission_min_samples: int = 5
+    admission_min_samples: int = 10
+    admission_min_calls: int = 3
+    """Samples from fewer calls never refuse, nor does a server with fewer open calls."""
     retry_after_s: float = 10.0
     # Engine faults.
     engine_retries: int = 2
     """Retries of an engine call that failed transiently before any of its output
     reached the caller (backoff 0.2 s, 0.4 s, …)."""
+    engine_failure_sessions: int = 2
+    """/readyz reports an engine failing once failures (not the caller's errors) come
+    from this many calls within ``engine_failure_window_s`` with no success since."""
+    engine_failure_window_s: float = 60.0
     # Shutdown.
     drain_timeout_s: float = 10.0
     """On SIGTERM, responses in flight get this long to finish before they are cancelled."""
     # Security.
     token_ttl_s: float = 300.0
     """Lifetime of session tokens from POST /v1/session-tokens (at most 3600)."""
+    token_max_calls: int = 5
+    """The most calls one session token may start on this server (a mint may ask fewer)."""
     allowed_origins: tuple[str, ...] = ()
-    """Browser origins allowed besides the page's own (``*``: any)."""
+    """Browser origins allowed besides the page's own (``*``: any). Only with an API key:
+    without one, only loopback pages may call."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names this server answers to (``*.example.com`` for subdomains); empty:
+    loopback names without an API key, any with one."""
+    metrics_key: str | None = field(default=None, repr=False)
+    """When set, /metrics and the details of /healthz and /readyz need it as a bearer."""
     twilio_auth_token: str | None = field(default=None, repr=False)
     """When set, /telephony/twilio requires a valid X-Twilio-Signature."""
     public_url: str | None = None
@@ -143,6 +212,13 @@ class Settings:
         settings.port = _env_int("VOICEFORGE_PORT", settings.port)
         settings.profile = _env("VOICEFORGE_PROFILE", settings.profile) or settings.profile
         settings.api_key = _read_secret("VOICEFORGE_API_KEY", "VOICEFORGE_API_KEY_FILE")
+        settings.api_keys = _read_keys()
+        if settings.api_keys:
+            if settings.api_key is not None:
+                raise ConfigurationError(
+                    "set either VOICEFORGE_API_KEY(_FILE) or VOICEFORGE_API_KEYS(_FILE), not both"
+                )
+            settings.api_key = settings.api_keys[0].secret
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
         settings.gguf_path = _env("VOICEFORGE_GGUF")
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
@@ -160,14 +236,47 @@ class Settings:
             "VOICEFORGE_MAX_HISTORY_CHARS", settings.max_history_chars
         )
         settings.max_frame_bytes = _env_int("VOICEFORGE_MAX_FRAME_BYTES", settings.max_frame_bytes)
+        settings.hard_max_frame_bytes = _env_int(
+            "VOICEFORGE_HARD_MAX_FRAME_BYTES", settings.hard_max_frame_bytes
+        )
+        connections = _env("VOICEFORGE_MAX_CONNECTIONS")
+        if connections is not None:
+            settings.max_connections = _env_int("VOICEFORGE_MAX_CONNECTIONS", 0)
+        settings.decode_budget_ms_per_s = _env_float(
+            "VOICEFORGE_DECODE_BUDGET_MS_PER_S", settings.decode_budget_ms_per_s
+        )
+        settings.max_outbound_bytes = _env_int(
+            "VOICEFORGE_MAX_OUTBOUND_BYTES", settings.max_outbound_bytes
+        )
         settings.max_audio_realtime_factor = _env_float(
             "VOICEFORGE_MAX_AUDIO_REALTIME_FACTOR", settings.max_audio_realtime_factor
         )
         settings.slow_client_timeout_s = _env_float(
             "VOICEFORGE_SLOW_CLIENT_TIMEOUT_S", settings.slow_client_timeout_s
         )
+        settings.max_response_tokens = _env_int(
+            "VOICEFORGE_MAX_RESPONSE_TOKENS", settings.max_response_tokens
+        )
+        settings.max_instructions_chars = _env_int(
+            "VOICEFORGE_MAX_INSTRUCTIONS_CHARS", settings.max_instructions_chars
+        )
+        settings.max_instructions_tokens = _env_int(
+            "VOICEFORGE_MAX_INSTRUCTIONS_TOKENS", settings.max_instructions_tokens
+        )
+        settings.min_partial_transcript_interval_ms = _env_float(
+            "VOICEFORGE_MIN_PARTIAL_INTERVAL_MS", settings.min_partial_transcript_interval_ms
+        )
         settings.latency_budget_ms = _env_float(
             "VOICEFORGE_LATENCY_BUDGET_MS", settings.latency_budget_ms
+        )
+        settings.admission_min_samples = _env_int(
+            "VOICEFORGE_ADMISSION_MIN_SAMPLES", settings.admission_min_samples
+        )
+        settings.admission_min_calls = _env_int(
+            "VOICEFORGE_ADMISSION_MIN_CALLS", settings.admission_min_calls
+        )
+        settings.engine_failure_sessions = _env_int(
+            "VOICEFORGE_ENGINE_FAILURE_SESSIONS", settings.engine_failure_sessions
         )
         settings.retry_after_s = _env_float("VOICEFORGE_RETRY_AFTER_S", settings.retry_after_s)
         settings.engine_retries = _env_int("VOICEFORGE_ENGINE_RETRIES", settings.engine_retries)
@@ -175,7 +284,12 @@ class Settings:
             "VOICEFORGE_DRAIN_TIMEOUT_S", settings.drain_timeout_s
         )
         settings.token_ttl_s = _env_float("VOICEFORGE_TOKEN_TTL_S", settings.token_ttl_s)
+        settings.token_max_calls = _env_int("VOICEFORGE_TOKEN_MAX_CALLS", settings.token_max_calls)
         settings.allowed_origins = _env_list("VOICEFORGE_ALLOWED_ORIGINS")
+        settings.allowed_hosts = _env_list("VOICEFORGE_ALLOWED_HOSTS")
+        settings.metrics_key = _read_secret(
+            "VOICEFORGE_METRICS_KEY", "VOICEFORGE_METRICS_KEY_FILE"
+        )
         settings.twilio_auth_token = _read_secret(
             "VOICEFORGE_TWILIO_AUTH_TOKEN", "VOICEFORGE_TWILIO_AUTH_TOKEN_FILE"
         )
@@ -185,6 +299,22 @@ class Settings:
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
         )
         return settings
+
+    def __post_init__(self) -> None:
+        if self.api_keys and self.api_key is None:
+            self.api_key = self.api_keys[0].secret
+
+    def keyring(self) -> KeyRing | None:
+        """The accepted keys (None: no key, loopback callers only)."""
+        if self.api_keys:
+            return KeyRing(self.api_keys)
+        return None if self.api_key is None else KeyRing.of(self.api_key)
+
+    def secrets(self) -> list[str]:
+        """Every secret configured here: what logs must never show."""
+        keyring = self.keyring()
+        found = keyring.secrets() if keyring is not None else []
+        return found + [s for s in (self.twilio_auth_token, self.metrics_key) if s]
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -199,22 +329,54 @@ class Settings:
                 "max_frame_bytes", "max_sessions", "idle_timeout_s", "max_call_s",
                 "max_history_turns", "max_history_chars", "slow_client_timeout_s",
                 "max_audio_realtime_factor", "retry_after_s", "drain_timeout_s",
+                "decode_budget_ms_per_s", "decode_burst_ms", "audio_burst_ms",
+                "errors_per_code_per_s",
+                "max_response_tokens", "max_instructions_chars", "max_instructions_tokens",
+                "admission_min_samples", "admission_min_calls", "engine_failure_sessions",
+                "engine_failure_window_s",
             )
             if not getattr(self, name) > 0
         ]
         if self.latency_budget_ms < 0 or self.engine_retries < 0:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
+        if self.min_partial_transcript_interval_ms < 0:
+            problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:
             problems.append("token_ttl_s must be in (0, 3600]")
+        if not 1 <= self.token_max_calls <= MAX_CALLS_LIMIT:
+            problems.append(f"token_max_calls must be in [1, {MAX_CALLS_LIMIT}]")
         if not 0 < self.slow_client_frames < self.max_outbound_frames:
             problems.append("slow_client_frames must be in (0, max_outbound_frames)")
+        if not 0 < self.slow_client_bytes < self.max_outbound_bytes:
+            problems.append("slow_client_bytes must be in (0, max_outbound_bytes)")
+        if self.hard_max_frame_bytes < self.max_frame_bytes:
+            problems.append("hard_max_frame_bytes must be >= max_frame_bytes")
+        if self.connection_limit() <= self.max_sessions:
+            problems.append("max_connections must be > max_sessions (HTTP needs room too)")
         if problems:
             raise ConfigurationError("invalid limits: " + "; ".join(problems))
+        self._validate_keys()
         if self.api_key is None and not is_loopback(self.host):
             raise ConfigurationError(
                 f"refusing to listen on {self.host} without an API key: set VOICEFORGE_API_KEY "
                 "or VOICEFORGE_API_KEY_FILE (without one, only loopback addresses are allowed)"
             )
+
+    def connection_limit(self) -> int:
+        """``max_connections``, or its default sized from ``max_sessions``."""
+        if self.max_connections is not None:
+            return self.max_connections
+        return 2 * self.max_sessions + 32
+
+    def _validate_keys(self) -> None:
+        if self.api_keys and self.api_key != self.api_keys[0].secret:
+            raise ConfigurationError("api_key must be the first of api_keys when both are set")
+        keyring = self.keyring()
+        for key in keyring.keys if keyring is not None else ():
+            where = f"API key {key.key_id!r}" if self.api_keys else "VOICEFORGE_API_KEY"
+            check_key_strength(where, key.secret)
+        if self.metrics_key is not None:
+            check_key_strength("VOICEFORGE_METRICS_KEY", self.metrics_key)
 
 
 def is_loopback(host: str) -> bool:

@@ -76,7 +76,9 @@ def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
     else:
         path = str(models.ensure_default_gguf(progress))
     done = _timed(progress, "LLM (llama.cpp)")
-    llm = LlamaCppLLM(path, n_threads=settings.threads)
+    llm = LlamaCppLLM(
+        path, n_threads=settings.threads, max_instruction_tokens=settings.max_instructions_tokens
+    )
     # Evaluate the default system prompt once: llama.cpp reuses the cached prefix,
     # so no caller pays for it on their first turn.
     asyncio.run(_warm_up(llm))

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from agent.disclosure import caller_safe
 from pipeline.audio import check_sample_rate
 from pipeline.errors import AudioFormatError, VoiceForgeError
 from pipeline.events import (
@@ -88,6 +89,34 @@ ClientMessage = (
 )
 
 MAX_TEXT_CHARS = 4000
+MAX_CONTROL_FRAME_BYTES = 40 * 1024
+"""Any frame but ``input_audio.append`` above this is ``frame_too_large``.
+
+The largest legal control frame is a ``session.update`` with 8000 characters of
+instructions: up to 32 000 bytes of UTF-8, plus every other field (well under 1 KiB).
+"""
+MAX_MAP_KEYS = 32
+"""Entries a map may have (a ``session.update`` knows 14 fields)."""
+SHOWN_CHARS = 64
+"""How much of a client's value an error message echoes back."""
+
+# msgpack lead bytes (msgpack spec "Formats"): what a value is, before reading it.
+_MAP_LEADS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_ARRAY_LEADS = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+_STR_LEADS = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB}
+_EXT_LEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
+_NESTED_MAPS = frozenset({("session",), ("session", "turn")})
+"""The only places the protocol has a map inside the frame's map."""
+
+
+def shown(value: object) -> str:
+    """A client's value for an error message: strings quoted and cut to SHOWN_CHARS,
+    anything else by its type only (never the repr of unbounded client data)."""
+    if not isinstance(value, str):
+        return f"of type {type(value).__name__}"
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}… ({len(value)} chars)"
 
 
 def _require(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -95,7 +124,7 @@ def _require(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ProtocolError(
-            "invalid_message", f"{message.get('type')}: field {key!r} must be {name}"
+            "invalid_message", f"{shown(message.get('type'))}: field {key!r} must be {name}"
         )
     return value
 
@@ -104,22 +133,94 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
-def _str_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-    """Maps have str keys only (§1): bin, int or nil keys make the frame malformed."""
-    if not all(type(key) is str for key, _ in pairs):
-        raise ValueError("map keys must be msgpack str")
-    return dict(pairs)
+class _Malformed(Exception):
+    """The frame breaks §1's shape; the message says how."""
+
+
+class _SchemaReader:
+    """Reads one client frame by the protocol's shape, not msgpack's.
+
+    msgpack alone would build whatever a frame holds: a 256 KiB frame of empty maps
+    is ~262 000 dicts (16 ms of the event loop, 80 ms with a hook per map, measured
+    by ``python -m loadtest.decode_cost``). Here each value's first byte is looked
+    at before it is read: a map is read only where the protocol has one (the
+    frame, ``session``, ``session.turn``), an array or ext type nowhere, so a frame
+    costs a bounded number of scalar reads whatever its shape. msgpack's own
+    limits bound every string, bin and map it reads.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.unpacker = msgpack.Unpacker(
+            raw=False,
+            max_buffer_size=max(1, len(data)),
+            max_str_len=len(data),
+            max_bin_len=len(data),
+            max_array_len=0,
+            max_map_len=MAX_MAP_KEYS,
+            max_ext_len=0,
+        )
+        self.unpacker.feed(data)
+
+    def frame(self) -> dict[str, Any]:
+        message = self._map(())
+        if self.unpacker.tell() != len(self.data):
+            raise _Malformed("trailing bytes after the message")
+        return message
+
+    def _lead(self) -> int:
+        position: int = self.unpacker.tell()
+        if position >= len(self.data):
+            raise _Malformed("frame ends inside the message")
+        return self.data[position]
+
+    def _map(self, path: tuple[str, ...]) -> dict[str, Any]:
+        if self._lead() not in _MAP_LEADS:
+            raise _Malformed("not a map" if path else "frame must be a msgpack map")
+        entries = self.unpacker.read_map_header()
+        if entries > MAX_MAP_KEYS:
+            raise _Malformed(f"a map has more than {MAX_MAP_KEYS} keys")
+        out: dict[str, Any] = {}
+        for _ in range(entries):
+            if self._lead() not in _STR_LEADS:
+                raise _Malformed("map keys must be msgpack str")
+            key: str = self.unpacker.unpack()
+            out[key] = self._value((*path, key))
+        return out
+
+    def _value(self, path: tuple[str, ...]) -> Any:
+        lead = self._lead()
+        if lead in _MAP_LEADS:
+            if path in _NESTED_MAPS:
+                return self._map(path)
+            raise _Malformed(
+                f"a map at {shown('.'.join(path))}: maps only at 'session' and 'session.turn'"
+            )
+        if lead in _ARRAY_LEADS:
+            raise _Malformed(f"an array at {shown('.'.join(path))}: client messages have none")
+        if lead in _EXT_LEADS:
+            raise _Malformed(f"an ext type at {shown('.'.join(path))}")
+        return self.unpacker.unpack()
 
 
 def decode_client_frame(data: bytes) -> ClientMessage:
     """Parse one binary frame. Raises ProtocolError with the error code to send."""
     try:
-        message = msgpack.unpackb(data, raw=False, object_pairs_hook=_str_keyed)
+        message = _SchemaReader(data).frame()
+    except _Malformed as exc:
+        raise ProtocolError("malformed_frame", f"frame is not a valid message: {exc}") from None
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError("malformed_frame", f"frame is not valid msgpack: {exc}") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        reason = f"{type(exc).__name__}: {exc}"[:SHOWN_CHARS * 2]
+        raise ProtocolError("malformed_frame", f"frame is not valid msgpack: {reason}") from None
+    kind = message.get("type")
+    if not isinstance(kind, str):
         raise ProtocolError("malformed_frame", "frame must be a msgpack map with a string 'type'")
-    kind = message["type"]
+    if kind != "input_audio.append" and len(data) > MAX_CONTROL_FRAME_BYTES:
+        raise ProtocolError(
+            "frame_too_large",
+            f"frame of {len(data)} bytes: only input_audio.append may exceed "
+            f"{MAX_CONTROL_FRAME_BYTES} bytes",
+        )
     if kind == "input_audio.append":
         audio = _require(message, "audio", bytes)
         if len(audio) % 2:
@@ -146,7 +247,7 @@ def decode_client_frame(data: bytes) -> ClientMessage:
                 "invalid_message", f"conversation.text: text longer than {MAX_TEXT_CHARS} chars"
             )
         return ConversationText(text)
-    raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+    raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}")
 
 
 def encode_client_message(message: ClientMessage) -> bytes:
@@ -202,6 +303,9 @@ _SERVER_CLASSES: dict[str, type] = {name: cls for cls, name in SERVER_TYPES.item
 
 
 def encode_server_message(message: ServerMessage) -> bytes:
+    if isinstance(message, ErrorEvent):
+        # Every transport encodes here: no engine address, path or repr leaves the server.
+        message = dataclasses.replace(message, message=caller_safe(message.message))
     return _pack({"type": SERVER_TYPES[type(message)], **_fields(message)})
 
 
@@ -254,25 +358,45 @@ _BOOL_FIELDS = {
 }
 
 
-def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class SessionCaps:
+    """The operator's caps on what one call may ask of the shared engines; the
+    defaults are the protocol's own bounds."""
+
+    max_instructions_chars: int = 8000
+    max_response_tokens: int = 2048
+    min_partial_transcript_interval_ms: float = 0.0
+
+
+def parse_session_fields(
+    session: dict[str, Any], voices: list[str], caps: SessionCaps | None = None
+) -> dict[str, Any]:
     """Validate a ``session.update`` payload; return the SessionConfig changes.
 
     The update is all or nothing: any bad field rejects it whole, so a client never
-    ends up with half its settings applied.
+    ends up with half its settings applied. Within the protocol's bounds, ``caps``
+    lowers ``max_response_tokens`` and raises a non-zero
+    ``partial_transcript_interval_ms`` (``session.updated`` shows what applies) and
+    refuses longer ``instructions``.
     """
+    caps = caps or SessionCaps()
     changes: dict[str, Any] = {}
     for key, value in session.items():
         if key == "instructions":
-            if not isinstance(value, str) or len(value) > 8000:
-                raise ProtocolError("invalid_session", "instructions must be a string ≤ 8000 chars")
+            limit = min(caps.max_instructions_chars, 8000)
+            if not isinstance(value, str) or len(value) > limit:
+                raise ProtocolError(
+                    "invalid_session", f"instructions must be a string ≤ {limit} chars"
+                )
             changes[key] = value
         elif key == "voice":
             if value is not None and value not in voices:
-                # Never repr a non-string: a list nested ~1000 deep (msgpack decodes
-                # 1024 levels) raises RecursionError there and ends the session.
-                shown = repr(value) if isinstance(value, str) else f"of type {type(value).__name__}"
+                # Never repr a non-string (a list nested ~1000 deep raises
+                # RecursionError there), nor a whole string (the reply would be as
+                # large as the frame).
                 raise ProtocolError(
-                    "invalid_session", f"unknown voice {shown}; available: {', '.join(voices)}"
+                    "invalid_session",
+                    f"unknown voice {shown(value)}; available: {', '.join(voices)}",
                 )
             changes[key] = value
         elif key in ("input_sample_rate", "output_sample_rate"):
@@ -301,13 +425,15 @@ def parse_session_fields(session: dict[str, Any], voices: list[str]) -> dict[str
             ):
                 raise ProtocolError("invalid_session", f"{key} must be a number in [{low}, {high}]")
             changes[key] = float(value)
+            if key == "partial_transcript_interval_ms" and value:
+                changes[key] = max(float(value), caps.min_partial_transcript_interval_ms)
         elif key in _INT_FIELDS:
             ilow, ihigh = _INT_FIELDS[key]
             if not isinstance(value, int) or isinstance(value, bool) or not ilow <= value <= ihigh:
                 raise ProtocolError(
                     "invalid_session", f"{key} must be an integer in [{ilow}, {ihigh}]"
                 )
-            changes[key] = value
+            changes[key] = min(value, caps.max_response_tokens)
         else:
-            raise ProtocolError("invalid_session", f"unknown session field {key!r}")
+            raise ProtocolError("invalid_session", f"unknown session field {shown(key)}")
     return changes

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -22,22 +21,31 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import HTTPConnection, Request
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from agent import bridge
-from agent.admission import LatencyAdmission
-from agent.bridge import BridgeSession
+from agent import bridge, intake
+from agent.bridge import session_view
 from agent.config import Settings
-from agent.gate import Refusal, api_key_presented, credential_ok, origin_ok, refusal
-from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
-from agent.metrics import Metrics
+from agent.credentials import read_mint_request
+from agent.gate import api_key_presented, operator_ok, refusal
+from agent.hosts import TrustedHosts, trusted_hosts
+from agent.lifecycle import SWEEP_INTERVAL_S, drain, hang_up_all, sweep
+from agent.limits import (
+    AudioRateLimiter,
+    DecodeBudget,
+    ErrorThrottle,
+    FrameRateLimiter,
+    OutboundQueue,
+)
 from agent.protocol import (
     PROTOCOL_VERSION,
     SUBPROTOCOL,
+    ClientMessage,
     ConversationText,
     InputAudioAppend,
     OutputAudioPlayed,
@@ -51,9 +59,10 @@ from agent.protocol import (
     encode_server_message,
     parse_session_fields,
 )
+from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
-from pipeline.conversation import Conversation, Engines, SessionConfig
+from pipeline.conversation import Conversation, Engines
 from pipeline.events import ErrorEvent, Event, ResponseAudioClear, ResponseAudioDelta
 from pipeline.turn import TurnConfig
 
@@ -61,35 +70,20 @@ logger = logging.getLogger("voiceforge.server")
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
-CLOSE_UNAUTHORIZED = 1008
 CLOSE_TOO_SLOW = 1008
 """Also for a flooding client: 1008 is "policy violation"."""
-CLOSE_TRY_AGAIN_LATER = 1013
 
 EngineFactory = Callable[[], Engines]
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = next(
+    (where for where in (Path(__file__).resolve().parent / "web",  # a wheel (setup.py)
+                         Path(__file__).resolve().parent.parent / "web")  # the repository
+     if (where / "index.html").is_file()),
+    Path(__file__).resolve().parent / "web",
+)
 """The static voice chat page and JS SDK, served at ``/``."""
 
-SWEEP_INTERVAL_S = 0.5
-"""How often idle, call-length and slow-client limits are checked."""
-
-
-def session_view(config: SessionConfig) -> dict[str, Any]:
-    """The settings a client sees in session.created / session.updated."""
-    return {
-        "instructions": config.instructions,
-        "voice": config.voice,
-        "input_sample_rate": config.input_sample_rate,
-        "output_sample_rate": config.output_sample_rate,
-        "turn": asdict(config.turn),
-        "max_response_tokens": config.max_response_tokens,
-        "temperature": config.temperature,
-        "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
-        "speculative_response": config.speculative_response,
-        "speculative_transcript": config.speculative_transcript,
-        "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
-        "playback_pause": config.playback_pause,
-    }
+MAX_ERROR_MESSAGE_CHARS = 300
+"""An error's message is cut here whatever it quotes: a reply never grows with the input."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +102,17 @@ class _Session:
         self.ws = websocket
         self.state = state
         settings = state.settings
-        self.outbound = OutboundQueue(settings.max_outbound_frames)
+        self.outbound = OutboundQueue(settings.max_outbound_frames, settings.max_outbound_bytes)
         self.ready = asyncio.Event()
         self.limiter = AudioRateLimiter(settings.max_audio_realtime_factor, settings.audio_burst_ms)
         self.frames = FrameRateLimiter()
+        self.decode_budget = DecodeBudget(settings.decode_budget_ms_per_s, settings.decode_burst_ms)
+        self.error_throttle = ErrorThrottle(settings.errors_per_code_per_s)
         self.cleared: set[str] = set()
         self.conversation = Conversation(state.engines, self.emit, state.session_config())
         self.last_rate_error = 0.0
         self.last_frame_error = 0.0
+        self.last_decode_error = 0.0
         self.started_at = time.monotonic()
         self.last_frame_at = self.started_at
         self.slow_responses: set[str] = set()
@@ -134,7 +131,11 @@ class _Session:
         if isinstance(event, ResponseAudioDelta):
             if event.response_id in self.cleared:
                 return
-            if len(self.outbound) >= self.state.settings.slow_client_frames:
+            settings = self.state.settings
+            if (
+                len(self.outbound) >= settings.slow_client_frames
+                or self.outbound.bytes >= settings.slow_client_bytes
+            ):
                 self._drop_audio(event.response_id)
                 return
             ok = self.outbound.push(
@@ -164,8 +165,8 @@ class _Session:
         )
         self.error(
             "client_too_slow",
-            f"{len(self.outbound)} frames wait for you to read them; reply audio is being "
-            "dropped and the reply cancelled",
+            f"{len(self.outbound)} frames ({self.outbound.bytes} bytes) wait for you to read "
+            "them; reply audio is being dropped and the reply cancelled",
         )
         # Not from inside the conversation's own emit call: on the next loop turn.
         asyncio.get_running_loop().call_soon(
@@ -173,8 +174,20 @@ class _Session:
         )
 
     def error(
-        self, code: str, message: str, *, fatal: bool = False, category: str = "client"
+        self, code: str, message: str, *, fatal: bool = False, category: str = "client",
+        throttled: bool = True,
     ) -> None:
+        """Tell the client; errors of one code beyond a few a second are only counted
+        (``throttled=False`` for the one that explains a close)."""
+        if throttled:
+            send, held_back = self.error_throttle.allow(code, time.monotonic())
+            if not send:  # still counted, as every error is
+                self.state.metrics.errors.labels(code, category).inc()
+                return
+            if held_back:
+                message = f"{message} ({held_back} more {code} errors were not sent)"
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
         self.emit(ErrorEvent(code, message, fatal=fatal, category=category))
 
     def finish(self, code: int, reason: str, *, flush: bool) -> None:
@@ -204,12 +217,14 @@ class _Session:
             self.error(
                 "idle_timeout",
                 f"nothing received for {settings.idle_timeout_s:g} s; closing the call",
+                throttled=False,
             )
             self.finish(CLOSE_NORMAL, "idle_timeout", flush=True)
         elif now - self.started_at > settings.max_call_s:
             self.error(
                 "call_time_limit",
                 f"calls last at most {settings.max_call_s:g} s; closing the call",
+                throttled=False,
             )
             self.finish(CLOSE_NORMAL, "call_time_limit", flush=True)
 
@@ -222,36 +237,72 @@ class _Session:
             if self.closing is not None:
                 return
 
-    def handle(self, frame: bytes) -> None:
-        settings = self.state.settings
-        now = time.monotonic()
+    def admit(self, now: float) -> bool:
+        """Count a frame of any kind (text too) against the frame rate; cut a flood off."""
         self.last_frame_at = now
-        if not self.frames.accept(now):
-            if self.frames.flooding:
-                self.error(
-                    "too_many_frames",
-                    f"more than {self.frames.flood_frames:g} frames over the limit within a "
-                    "second; closing the call",
-                )
-                self.finish(CLOSE_TOO_SLOW, "flood", flush=True)
-                return
-            if now - self.last_frame_error > 1.0:
-                self.last_frame_error = now
-                self.error(
-                    "too_many_frames",
-                    f"more than {self.frames.rate:g} frames per second; frames are being dropped",
-                )
-            return
+        if self.frames.accept(now):
+            return True
+        if self.frames.flooding:
+            self.error(
+                "too_many_frames",
+                f"more than {self.frames.flood_frames:g} frames over the limit within a "
+                "second; closing the call",
+                throttled=False,
+            )
+            self.finish(CLOSE_TOO_SLOW, "flood", flush=True)
+        elif now - self.last_frame_error > 1.0:
+            self.last_frame_error = now
+            self.error(
+                "too_many_frames",
+                f"more than {self.frames.rate:g} frames per second; frames are being dropped",
+            )
+        return False
+
+    def handle_text(self) -> None:
+        if self.admit(time.monotonic()):
+            self.error("malformed_frame", "frames must be binary msgpack, not text")
+
+    def decode(self, frame: bytes, now: float) -> ClientMessage | None:
+        """The frame's message, within the session's decoding budget; None if refused."""
+        settings = self.state.settings
         if len(frame) > settings.max_frame_bytes:
             self.error(
                 "frame_too_large",
                 f"frame of {len(frame)} bytes exceeds the limit of {settings.max_frame_bytes}",
             )
-            return
+            return None
+        if not self.decode_budget.admit(now):
+            if self.decode_budget.abusive:
+                self.error(
+                    "decode_budget_exceeded",
+                    "frames keep costing more to decode than the budget allows; closing the "
+                    "call", throttled=False,
+                )
+                self.finish(CLOSE_TOO_SLOW, "decode_budget", flush=True)
+            elif now - self.last_decode_error > 1.0:
+                self.last_decode_error = now
+                self.error(
+                    "decode_budget_exceeded",
+                    f"frames cost more than {settings.decode_budget_ms_per_s:g} ms of decoding "
+                    "a second; frames are being dropped",
+                )
+            return None
+        started = time.thread_time()
         try:
-            message = decode_client_frame(frame)
+            return decode_client_frame(frame)
         except ProtocolError as exc:
             self.error(exc.code, str(exc))
+            return None
+        finally:
+            self.decode_budget.charge((time.thread_time() - started) * 1000.0)
+
+    def handle(self, frame: bytes) -> None:
+        settings = self.state.settings
+        now = time.monotonic()
+        if not self.admit(now):
+            return
+        message = self.decode(frame, now)
+        if message is None:
             return
         conversation = self.conversation
         if isinstance(message, InputAudioAppend):
@@ -283,7 +334,9 @@ class _Session:
     def update_session(self, fields: dict[str, Any]) -> None:
         current = self.conversation.config
         try:
-            changes = parse_session_fields(fields, list(self.state.engines.tts.voices()))
+            changes = parse_session_fields(
+                fields, list(self.state.engines.tts.voices()), self.state.session_caps()
+            )
             turn = changes.pop("turn", None)
             if turn is not None:
                 changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
@@ -301,112 +354,18 @@ class _Session:
         self.emit(SessionUpdated(session_view(updated)))
 
 
-class AppState:
-    def __init__(self, settings: Settings, engines: Engines | None) -> None:
-        self.settings = settings
-        self._engines = engines
-        self.metrics = Metrics()
-        self.sessions: set[_Session] = set()
-        self.bridge_sessions: set[BridgeSession] = set()
-        """WebRTC and telephony calls: hung up at shutdown, counted against the limit."""
-        self.admission = (
-            LatencyAdmission(
-                settings.latency_budget_ms,
-                window_s=settings.admission_window_s,
-                min_samples=settings.admission_min_samples,
-                retry_after_s=settings.retry_after_s,
-            )
-            if settings.latency_budget_ms > 0
-            else None
-        )
-        self.draining = False
-        self.load_error: str | None = None
-        """Why the engines failed to load (permanent: /healthz fails)."""
-        self.engine_failures: dict[str, str] = {}
-        """Engines whose last use failed, and how: /readyz is not ready while any is."""
-        self.background: set[asyncio.Task[None]] = set()
-
-    @property
-    def loaded(self) -> bool:
-        return self._engines is not None
-
-    @property
-    def engines(self) -> Engines:
-        if self._engines is None:
-            raise RuntimeError("engines are not loaded")
-        return self._engines
-
-    def set_engines(self, engines: Engines) -> None:
-        self._engines = engines
-
-    def open_calls(self) -> int:
-        return len(self.sessions) + len(self.bridge_sessions)
-
-    def session_config(self) -> SessionConfig:
-        """A new call's settings under this server's limits."""
-        settings = self.settings
-        return SessionConfig(
-            max_history_turns=settings.max_history_turns,
-            max_history_chars=settings.max_history_chars,
-            engine_retries=settings.engine_retries,
-        )
-
-
-def _authorized(connection: HTTPConnection, api_key: str | None) -> bool:
-    """The API key or a session token signed with it (``agent.gate``)."""
-    return credential_ok(connection, api_key)
-
-
-def _refuse_quietly(state: AppState, connection: HTTPConnection, reason: str) -> None:
-    """Count and log a refused caller: who and why, never what they presented."""
-    state.metrics.refusals.labels(reason).inc()
-    client = connection.client
-    origin = connection.headers.get("origin", "-")
-    logger.warning(
-        "refused %s from %s (origin %s)", reason, client.host if client else "?", origin,
-        extra={"refusal": reason},
-    )
-
-
-def _refusal_body(refused: Refusal) -> dict[str, Any]:
-    return {"error": refused.reason, "message": refused.message,
-            "retry_after_s": refused.retry_after_s}
-
-
-def refused_response(state: AppState, refused: Refusal) -> JSONResponse:
-    """HTTP 503 with a retry hint; counted."""
-    state.metrics.refusals.labels(refused.reason).inc()
-    logger.warning("call refused: %s (%s)", refused.reason, refused.message)
-    return JSONResponse(
-        _refusal_body(refused), status_code=503,
-        headers={"Retry-After": str(max(1, round(refused.retry_after_s)))},
-    )
-
-
-async def deny_websocket(websocket: WebSocket, state: AppState, refused: Refusal) -> None:
-    """Answer the handshake with 503 + Retry-After, or close 1013 where the
-    server cannot send an HTTP response to a WebSocket request."""
-    response = refused_response(state, refused)
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(response)
-    else:
-        await websocket.close(CLOSE_TRY_AGAIN_LATER, refused.reason)
-
-
 async def _websocket(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.voiceforge
-    if not origin_ok(websocket, state.settings):
-        _refuse_quietly(state, websocket, "origin")
-        await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
+    slot = await intake.admit_websocket(websocket, intake.Transport.WS)
+    if slot is None:
         return
-    if not _authorized(websocket, state.settings.api_key):
-        _refuse_quietly(state, websocket, "unauthorized")
-        await websocket.close(CLOSE_UNAUTHORIZED)
-        return
-    refused = refusal(state)
-    if refused is not None:
-        await deny_websocket(websocket, state, refused)
-        return
+    try:
+        await _serve(websocket, state)
+    finally:
+        slot.release()
+
+
+async def _serve(websocket: WebSocket, state: AppState) -> None:
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     session = _Session(websocket, state)
@@ -426,6 +385,11 @@ async def _websocket(websocket: WebSocket) -> None:
                 "idle_timeout_s": settings.idle_timeout_s,
                 "max_call_s": settings.max_call_s,
                 "voices": list(state.engines.tts.voices()),
+                "max_response_tokens": settings.max_response_tokens,
+                "max_instructions_chars": settings.max_instructions_chars,
+                "min_partial_transcript_interval_ms": (
+                    settings.min_partial_transcript_interval_ms
+                ),
             },
         )
     )
@@ -481,8 +445,7 @@ async def _read_frames(websocket: WebSocket, session: _Session) -> None:
             return  # frames already queued when the call was ended are not handled
         data = message.get("bytes")
         if data is None:
-            session.last_frame_at = time.monotonic()
-            session.error("malformed_frame", "frames must be binary msgpack, not text")
+            session.handle_text()  # refused, but counted like any frame
             continue
         session.handle(data)
 
@@ -503,6 +466,8 @@ async def _healthz(request: Request) -> Response:
                            "tts": engines.tts.name}
     if state.draining:
         body["status"] = "draining"
+    if not operator_ok(request, state.settings):
+        body = {"status": body["status"]}  # the details are the operator's
     return JSONResponse(body)
 
 
@@ -513,13 +478,16 @@ async def _readyz(request: Request) -> Response:
     refused = refusal(state)
     if refused is not None:
         reasons[refused.reason] = refused.message
-    for engine, failure in sorted(state.engine_failures.items()):
+    for engine, failure in sorted(state.engine_health.failing(time.monotonic()).items()):
         reasons[f"{engine}_failing"] = failure
     body: dict[str, Any] = {"ready": not reasons, "calls": state.open_calls(),
                             "max_sessions": state.settings.max_sessions}
     if state.admission is not None:
         body["first_audio_p95_ms"] = state.admission.recent_p95(time.monotonic())
         body["latency_budget_ms"] = state.admission.budget_ms
+    if not operator_ok(request, state.settings):
+        reasons = dict.fromkeys(reasons, "")  # which checks failed, not what they found
+        body = {"ready": body["ready"]}
     if reasons:
         body["reasons"] = reasons
         return JSONResponse(
@@ -530,103 +498,51 @@ async def _readyz(request: Request) -> Response:
 
 async def _metrics(request: Request) -> Response:
     state: AppState = request.app.state.voiceforge
+    if not operator_ok(request, state.settings):
+        return JSONResponse({"error": "unauthorized", "message": "/metrics needs the metrics "
+                             "key (Authorization: Bearer <VOICEFORGE_METRICS_KEY>)"}, 401,
+                            headers={"WWW-Authenticate": "Bearer"})
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _session_tokens(request: Request) -> Response:
     """``POST /v1/session-tokens``: a short-lived token for a browser, given the API key.
 
-    Body (optional JSON): ``{"ttl_s": seconds}``, at most the configured lifetime.
+    Body (optional JSON): ``{"ttl_s": seconds, "audience": [...], "max_calls": n}``,
+    within the server's caps (``agent.credentials.read_mint_request``).
     """
     state: AppState = request.app.state.voiceforge
     settings = state.settings
-    if settings.api_key is None:
+    keyring = settings.keyring()
+    if keyring is None:
         return JSONResponse(
             {"error": "no_api_key", "message": "this server has no API key, so calls need no "
              "token; set VOICEFORGE_API_KEY to require one"}, 400,
         )
-    if not api_key_presented(request, settings.api_key):
+    if not api_key_presented(request, keyring):
         state.metrics.refusals.labels("unauthorized").inc()
         return JSONResponse(
             {"error": "unauthorized", "message": "minting tokens needs the API key "
              "(Authorization: Bearer <key>); a token cannot mint another"}, 401,
             headers={"WWW-Authenticate": "Bearer"},
         )
-    ttl = settings.token_ttl_s
-    body = await request.body()
-    if body:
-        try:
-            asked = json.loads(body[:4096]).get("ttl_s", ttl)
-            if isinstance(asked, bool) or not isinstance(asked, int | float) or asked <= 0:
-                raise ValueError
-        except (ValueError, AttributeError):
-            return JSONResponse(
-                {"error": "bad_request", "message": 'body must be {"ttl_s": <positive number>}'},
-                400,
-            )
-        ttl = min(ttl, float(asked))
-    token, expires_at = issue_token(settings.api_key, ttl_s=ttl, now=time.time())
+    try:
+        asked = read_mint_request(
+            await request.body(), max_ttl_s=settings.token_ttl_s,
+            max_calls=settings.token_max_calls,
+        )
+    except ValueError as exc:
+        return JSONResponse({"error": "bad_request", "message": str(exc)}, 400)
+    token, expires_at = issue_token(
+        keyring.signing.secret, key_id=keyring.signing.key_id, ttl_s=asked.ttl_s,
+        now=time.time(), audience=asked.audience, max_calls=asked.max_calls,
+    )
     return JSONResponse(
-        {"token": token, "expires_at": expires_at, "ttl_s": ttl},
+        {"token": token, "expires_at": expires_at, "ttl_s": asked.ttl_s,
+         "audience": list(asked.audience), "max_calls": asked.max_calls,
+         "key_id": keyring.signing.key_id},
         headers={"Cache-Control": "no-store"},
     )
-
-
-async def _sweep(state: AppState) -> None:
-    """Enforce per-call time limits for every call, twice a second."""
-    while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
-        now = time.monotonic()
-        for session in list(state.sessions):
-            session.check_limits(now)
-        for call in list(state.bridge_sessions):
-            started = getattr(call, "started_at", None)
-            if started is not None and now - started > state.settings.max_call_s:
-                state.metrics.disconnects.labels("call_time_limit").inc()
-                task = asyncio.create_task(call.close())
-                state.background.add(task)
-                task.add_done_callback(state.background.discard)
-
-
-async def drain(state: AppState, timeout_s: float) -> None:
-    """Graceful shutdown, first half: take no new call or turn, let replies in
-    flight finish (up to ``timeout_s``, then cancel them, so each still ends with
-    ``response.done`` and history as heard), tell every caller, close with 1001."""
-    state.draining = True
-    sessions = list(state.sessions)
-    for session in sessions:
-        session.conversation.accepting_turns = False
-    busy = [s for s in sessions if s.conversation.busy]
-    logger.info("draining: %d calls, %d with a reply in flight", len(sessions), len(busy))
-    busy = await _wait_idle(busy, timeout_s)
-    if busy:
-        logger.warning("drain deadline: cancelling %d replies in flight", len(busy))
-        for session in busy:
-            session.conversation.cancel_response(reason="server_shutdown")
-        busy = await _wait_idle(busy, 2.0)  # the played report, then response.done
-    for session in list(state.sessions):
-        session.error(
-            "server_shutting_down", "the server is restarting; reconnect to continue",
-            category="transient",
-        )
-        session.finish(CLOSE_GOING_AWAY, "server_shutdown", flush=True)
-    from agent import webrtc  # the phone bridges import this module
-
-    await webrtc.close_all(state)
-    for _ in range(100):  # their handlers finish within 2 s each (close timeout)
-        if not (state.sessions or state.bridge_sessions):
-            break
-        await asyncio.sleep(0.05)
-
-
-async def _wait_idle(sessions: list[_Session], timeout_s: float) -> list[_Session]:
-    """Wait until no turn or reply is in flight in ``sessions``; the busy ones left."""
-    for _ in range(max(1, int(timeout_s / 0.05))):
-        sessions = [s for s in sessions if s.conversation.busy]
-        if not sessions:
-            break
-        await asyncio.sleep(0.05)
-    return [s for s in sessions if s.conversation.busy]
 
 
 async def _in_daemon_thread(factory: EngineFactory) -> Engines:
@@ -685,7 +601,6 @@ def create_app(
     (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
     Engines from a factory, or given with ``own_engines``, are closed (their
     worker threads stopped) when the server stops."""
-    # The phone bridges import this module (auth, session view): imported late.
     from agent import telephony, webrtc
 
     async def load(state: AppState, factory: EngineFactory) -> None:
@@ -714,7 +629,7 @@ def create_app(
                 on_ready()
         else:
             loader = asyncio.create_task(load(state, engines), name="voiceforge-load")
-        sweeper = asyncio.create_task(_sweep(state), name="voiceforge-sweeper")
+        sweeper = asyncio.create_task(sweep(state), name="voiceforge-sweeper")
         try:
             yield
         finally:
@@ -725,7 +640,7 @@ def create_app(
                 loader.cancel()
             await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
             await asyncio.gather(*state.background, return_exceptions=True)
-            await webrtc.close_all(state)
+            await hang_up_all(state)
             if state.loaded:
                 await state.engines.vad.stop()
                 if own_engines or not isinstance(engines, Engines):
@@ -744,4 +659,12 @@ def create_app(
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="web"),
         ],
         lifespan=lifespan,
+        # Before any route: a key-less server answers loopback names only (DNS rebinding).
+        middleware=[Middleware(TrustedHosts, allowed=trusted_hosts(
+            settings.allowed_hosts, has_key=settings.api_key is not None))],
     )
+
+
+__all__ = ["SWEEP_INTERVAL_S", "AppState", "create_app", "drain", "session_view"]
+"""What other code may import from here: the app factory, and names kept for the
+tests and load tests that import them from this module."""

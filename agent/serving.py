@@ -3,7 +3,7 @@
 On SIGTERM (or SIGINT) uvicorn's own shutdown closes every WebSocket at once with
 1012. ``VoiceForgeServer`` first stops listening, then lets replies in flight
 finish (``Settings.drain_timeout_s``), tells each caller why and closes its
-socket with 1001 (``agent.server.drain``), and only then hands over to uvicorn,
+socket with 1001 (``agent.lifecycle.drain``), and only then hands over to uvicorn,
 whose lifespan shutdown stops the engines' threads.
 """
 
@@ -15,14 +15,27 @@ import socket
 import sys
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import uvicorn
 from pythonjsonlogger.json import JsonFormatter
 from starlette.applications import Starlette
 
-from agent.server import AppState, drain
+from agent.config import Settings
+from agent.lifecycle import drain
+from agent.state import AppState
 
 logger = logging.getLogger("voiceforge.serving")
+
+
+def transport_limits(settings: Settings) -> dict[str, Any]:
+    """The ``uvicorn.Config`` options that bound what clients can make it hold:
+    one frame's bytes (``ws_max_size``: over it, close 1009 before the app sees
+    it) and open connections (``limit_concurrency``: beyond it, HTTP 503)."""
+    return {
+        "ws_max_size": settings.hard_max_frame_bytes,
+        "limit_concurrency": settings.connection_limit(),
+    }
 
 
 class VoiceForgeServer(uvicorn.Server):
@@ -55,21 +68,64 @@ class VoiceForgeServer(uvicorn.Server):
         )
 
 
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime"}
+"""Attributes every record has; the others are ``extra=`` fields (JSON logs print them)."""
+
+
 class RedactSecrets(logging.Filter):
-    """Defence in depth: no configured secret reaches a log line, whoever logs it."""
+    """Defence in depth: no configured secret reaches a log line, whoever logs it:
+    not in the message, an exception's traceback, a stack, or an ``extra`` field."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         super().__init__()
         self.secrets = [secret for secret in secrets if secret]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(secret in text for secret in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, "[redacted]")
-                record.msg, record.args = text, None
+        if not self.secrets:
+            return True
+        text = record.getMessage()
+        if self._found(text):
+            record.msg, record.args = self._redact(text), None
+        if record.exc_info is not None:
+            # Formatted once here, redacted, and the live exception dropped: the text
+            # and the JSON formatter both print ``exc_text`` then.
+            record.exc_text = record.exc_text or logging.Formatter().formatException(
+                record.exc_info
+            )
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_FIELDS:
+                setattr(record, name, self._redact_value(value))
         return True
+
+    def _found(self, text: str) -> bool:
+        return any(secret in text for secret in self.secrets)
+
+    def _redact(self, text: str) -> str:
+        if self._found(text):
+            for secret in self.secrets:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def _redact_value(self, value: object) -> object:
+        if isinstance(value, str):
+            return self._redact(value)
+        if isinstance(value, dict):
+            return {self._redact_value(k): self._redact_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._redact_value(item) for item in value]
+        if type(value) is tuple:
+            return tuple(self._redact_value(item) for item in value)
+        if isinstance(value, bytes | int | float | bool) or value is None:
+            return value
+        # Anything else is printed by its str(): redact that.
+        shown = str(value)
+        return self._redact(shown) if self._found(shown) else value
 
 
 def configure_logging(log_format: str, secrets: Iterable[str | None], level: int) -> None:

@@ -26,18 +26,10 @@ from dataclasses import dataclass, replace
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from agent import bridge
-from agent.gate import refusal, secret_ok, twilio_signature_ok
-from agent.limits import OutboundQueue
+from agent import bridge, intake
+from agent.limits import FrameRateLimiter, OutboundQueue
 from agent.protocol import ServerMessage
-from agent.server import (
-    CLOSE_GOING_AWAY,
-    CLOSE_UNAUTHORIZED,
-    AppState,
-    _authorized,
-    _refuse_quietly,
-    deny_websocket,
-)
+from agent.state import AppState, Slot
 from pipeline import mulaw
 from pipeline.audio import pcm16_to_float
 from pipeline.conversation import Conversation
@@ -50,7 +42,22 @@ SAMPLE_RATE = 8000
 API_KEY_PARAMETER = "api_key"
 """Providers cannot set headers: the key may come as a <Parameter> of the stream."""
 MAX_MESSAGE_CHARS = 64 * 1024
-CLOSE_TOO_SLOW = 1008
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+"""Unauthorized, flooding, too slow to start, or a stream we cannot read."""
+CLOSE_TRY_AGAIN_LATER = 1013
+FIRST_MESSAGE_TIMEOUT_S = 5.0
+"""Twilio sends ``connected`` (or ``start``) as soon as the stream opens."""
+START_TIMEOUT_S = 10.0
+"""From the accept to ``start``: a stream that never starts gives its slot back."""
+MAX_MESSAGES_BEFORE_START = 20
+"""Twilio sends ``connected`` then ``start``; a few more are tolerated, not a stream."""
+FRAME_RATE = 150.0
+"""Messages per second: 50 media, 50 marks and a few others at most (Twilio's 20 ms)."""
+FRAME_BURST = 1000.0
+"""Messages read at once after the server was busy for a while are not a flood."""
+FLOOD_FACTOR = 2.0
+"""Twice the rate refused within a second: not a provider, closed."""
 
 
 # ------------------------------------------------------------------ the codec
@@ -165,15 +172,19 @@ def read_mark(name: str) -> tuple[str, float] | None:
 
 
 class TelephonySession:
-    def __init__(self, websocket: WebSocket, state: AppState, start: Start) -> None:
+    def __init__(
+        self, websocket: WebSocket, state: AppState, slot: Slot, start: Start
+    ) -> None:
         self.ws = websocket
         self.state = state
+        self.slot = slot
         self.stream_sid = start.stream_sid
         config = replace(
             state.session_config(), input_sample_rate=SAMPLE_RATE, output_sample_rate=SAMPLE_RATE
         )
         self.conversation = Conversation(state.engines, self.emit, config)
         self.started_at = time.monotonic()
+        self.last_input_at = self.started_at
         self.guard: EchoGuard | None = bridge.echo_guard(state, SAMPLE_RATE, echo_cancelled=False)
         self.playout = bridge.PlayoutClock()
         self.outbound = OutboundQueue(state.settings.max_outbound_frames)
@@ -244,6 +255,7 @@ class TelephonySession:
     def on_media(self, media: Media) -> None:
         if media.track not in ("inbound", "inbound_track"):
             return
+        self.last_input_at = time.monotonic()
         audio = mulaw.decode_float(media.payload)
         if self.guard is not None:
             audio = self.guard.filter(audio, time.monotonic())
@@ -260,85 +272,137 @@ class TelephonySession:
             await self.ready.wait()
             self.ready.clear()
             if self.overflowed:
-                await self.ws.close(CLOSE_TOO_SLOW, "provider does not read the stream")
+                await self.ws.close(CLOSE_POLICY, "provider does not read the stream")
                 return
             while (frame := self.outbound.pop()) is not None:
                 await self.ws.send_text(frame.decode())
 
 
-async def _receive_text(websocket: WebSocket) -> str | None:
-    """The next text message, or None once the provider hung up."""
-    message = await websocket.receive()
-    if message["type"] == "websocket.disconnect":
+def _log(state: AppState, key: str, message: str, *args: object) -> None:
+    """What a hostile stream can repeat: a few lines per window, not one per message."""
+    state.sampled_log.log(logger, logging.WARNING, f"telephony:{key}", message, *args)
+
+
+class _Stream:
+    """The provider's side of the socket: text messages under a frame-rate limit."""
+
+    def __init__(self, websocket: WebSocket, state: AppState) -> None:
+        self.ws = websocket
+        self.state = state
+        self.frames = FrameRateLimiter(FRAME_RATE, FRAME_BURST, flood_factor=FLOOD_FACTOR)
+        self.flooding = False
+
+    async def receive(self) -> str | None:
+        """The next message within the rate, or None once the provider hung up or
+        flooded (then the stream is closed with 1008)."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            if not self.frames.accept(time.monotonic()):
+                if self.frames.flooding:
+                    self.flooding = True
+                    _log(self.state, "flood", "telephony: a stream floods; closed")
+                    await self.ws.close(CLOSE_POLICY, "too many messages")
+                    return None
+                continue  # over the rate: dropped, as on /ws
+            text = message.get("text")
+            if text is None and message.get("bytes") is not None:
+                text = message["bytes"][:MAX_MESSAGE_CHARS].decode("utf-8", errors="replace")
+            return str(text or "")
+
+
+def _parse_logged(stream: _Stream, text: str, session: str) -> ProviderMessage | None:
+    """``parse``; an unreadable message is logged (sampled) and read as nothing."""
+    try:
+        return parse(text[:MAX_MESSAGE_CHARS])
+    except TelephonyProtocolError as exc:
+        _log(stream.state, "unreadable", "session=%s: %s", session, exc)
         return None
-    text = message.get("text")
-    if text is None and message.get("bytes") is not None:
-        text = message["bytes"].decode("utf-8", errors="replace")
-    return str(text or "")
 
 
-async def _wait_for_start(websocket: WebSocket) -> Start | None:
-    while (text := await _receive_text(websocket)) is not None:
+async def _wait_for_start(stream: _Stream) -> Start | str:
+    """The ``start`` message, or why there is none: ``stopped`` (the provider hung
+    up or said stop), ``timeout``, ``not_a_stream`` (too many other messages first)."""
+    deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
+    for count in range(MAX_MESSAGES_BEFORE_START):
+        wait = FIRST_MESSAGE_TIMEOUT_S if count == 0 else START_TIMEOUT_S
         try:
-            message = parse(text[:MAX_MESSAGE_CHARS])
-        except TelephonyProtocolError as exc:
-            logger.warning("telephony: %s", exc)
-            continue
+            async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + wait)):
+                text = await stream.receive()
+        except TimeoutError:
+            return "timeout"
+        if text is None:
+            return "stopped"
+        message = _parse_logged(stream, text, "-")
         if isinstance(message, Start):
             return message
         if isinstance(message, Stop):
-            return None
-    return None
-
-
-def _key_matches(presented: str | None, api_key: str) -> bool:
-    """The API key or a session token, passed as a <Parameter> of the stream."""
-    return presented is not None and secret_ok(presented, api_key)
+            return "stopped"
+    return "not_a_stream"
 
 
 async def _twilio(websocket: WebSocket) -> None:
-    state: AppState = websocket.app.state.voiceforge
-    api_key = state.settings.api_key
-    if not twilio_signature_ok(websocket, state.settings):
-        _refuse_quietly(state, websocket, "bad_signature")
-        await websocket.close(CLOSE_UNAUTHORIZED)  # before accept: HTTP 403
+    slot = await intake.admit_websocket(websocket, intake.Transport.TELEPHONY)
+    if slot is None:
         return
-    refused = refusal(state)
-    if refused is not None:
-        await deny_websocket(websocket, state, refused)
-        return
-    header_ok = _authorized(websocket, api_key)
+    try:
+        await _take_call(websocket, slot)
+    finally:
+        slot.release()
+
+
+async def _take_call(websocket: WebSocket, slot: Slot) -> None:
+    state = slot.state
+
+    async def hang_up() -> None:
+        with contextlib.suppress(Exception):
+            await websocket.close(CLOSE_GOING_AWAY)
+
+    slot.hang_up = hang_up
     await websocket.accept()
-    start = await _wait_for_start(websocket)
-    if start is None:
+    stream = _Stream(websocket, state)
+    start = await _wait_for_start(stream)
+    if not isinstance(start, Start):
+        why = "flood" if stream.flooding else start
+        if why != "stopped":
+            state.metrics.refusals.labels(f"stream_{why}").inc()
+            _log(state, why, "telephony: no start (%s); closed", why)
+        if not stream.flooding:
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_POLICY, f"no start ({why})")
         return
-    if not header_ok and not (
-        api_key is not None
-        and _key_matches(start.custom_parameters.get(API_KEY_PARAMETER), api_key)
-    ):
-        await websocket.close(CLOSE_UNAUTHORIZED)
+    if not intake.authorize_later(slot, websocket, start.custom_parameters.get(API_KEY_PARAMETER)):
+        await websocket.close(CLOSE_POLICY)
+        return
+    refused = intake.recheck(slot)
+    if refused is not None:
+        state.metrics.refusals.labels(refused.reason).inc()
+        with contextlib.suppress(Exception):
+            await websocket.close(CLOSE_TRY_AGAIN_LATER, refused.reason)
         return
     if start.encoding != "audio/x-mulaw" or start.sample_rate != SAMPLE_RATE:
-        logger.warning(
-            "telephony: unsupported media format %s/%s", start.encoding, start.sample_rate
-        )
-        await websocket.close(CLOSE_UNAUTHORIZED, "only audio/x-mulaw at 8000 Hz")
+        _log(state, "format", "telephony: unsupported media format %s/%s",
+             start.encoding[:64], start.sample_rate)
+        await websocket.close(CLOSE_POLICY, "only audio/x-mulaw at 8000 Hz")
         return
-    await _serve(websocket, state, start)
+    await _serve(stream, state, slot, start)
 
 
-async def _serve(websocket: WebSocket, state: AppState, start: Start) -> None:
-    session = TelephonySession(websocket, state, start)
+async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> None:
+    websocket = stream.ws
+    session = TelephonySession(websocket, state, slot, start)
     bridge.session_opened(state)
     state.bridge_sessions.add(session)
     logger.info(
-        "session=%s: call %s stream %s", session.session_id, start.call_sid, start.stream_sid
+        "session=%s: call %s stream %s", session.session_id, start.call_sid[:64],
+        start.stream_sid[:64],
     )
     session.conversation.start()
-    writer = asyncio.create_task(session.writer())
+    writer = asyncio.create_task(session.writer(), name=f"{session.session_id}-writer")
     try:
         while True:
-            receive = asyncio.create_task(_receive_text(websocket))
+            receive = asyncio.create_task(stream.receive())
             done, _ = await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:
                 receive.cancel()
@@ -347,17 +411,13 @@ async def _serve(websocket: WebSocket, state: AppState, start: Start) -> None:
             text = receive.result()
             if text is None:
                 break
-            try:
-                message = parse(text[:MAX_MESSAGE_CHARS])
-            except TelephonyProtocolError as exc:
-                logger.warning("session=%s: %s", session.session_id, exc)
-                continue
+            message = _parse_logged(stream, text, session.session_id)
             if isinstance(message, Media):
                 session.on_media(message)
             elif isinstance(message, Mark):
                 session.on_mark(message.name)
             elif isinstance(message, Dtmf):
-                logger.info("session=%s: dtmf %s", session.session_id, message.digit)
+                logger.info("session=%s: dtmf %s", session.session_id, message.digit[:8])
             elif isinstance(message, Stop):
                 break
     except WebSocketDisconnect:
@@ -365,11 +425,16 @@ async def _serve(websocket: WebSocket, state: AppState, start: Start) -> None:
     finally:
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
-        await session.conversation.close()
-        state.bridge_sessions.discard(session)
-        bridge.session_closed(state)
-        with contextlib.suppress(Exception):
-            await websocket.close(CLOSE_GOING_AWAY)
+        try:
+            await session.conversation.close()
+        except Exception:
+            logger.exception("session=%s: closing the call failed", session.session_id)
+        finally:
+            state.bridge_sessions.discard(session)
+            bridge.session_closed(state)
+            slot.release()
+            with contextlib.suppress(Exception):
+                await websocket.close(CLOSE_GOING_AWAY)
 
 
 routes = [WebSocketRoute("/telephony/twilio", _twilio)]

@@ -11,6 +11,7 @@ Every other event goes to the peer as JSON text on the data channel ``events``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
 import logging
@@ -29,6 +30,8 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -36,8 +39,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import bridge
-from agent.gate import origin_ok, refusal
+from agent import bridge, intake
+from agent.bridge import session_view
+from agent.limits import AudioRateLimiter, FrameRateLimiter
 from agent.protocol import (
     PROTOCOL_VERSION,
     ConversationText,
@@ -47,13 +51,7 @@ from agent.protocol import (
     SessionCreated,
     decode_client_frame,
 )
-from agent.server import (
-    AppState,
-    _authorized,
-    _refuse_quietly,
-    refused_response,
-    session_view,
-)
+from agent.state import AppState, Slot
 from pipeline.conversation import Conversation
 from pipeline.echo import EchoGuard
 from pipeline.events import ErrorEvent, ResponseAudioClear, ResponseAudioDelta
@@ -70,6 +68,19 @@ CONNECT_TIMEOUT_S = 30.0
 DATA_CHANNEL_LABEL = "events"
 MAX_PENDING_EVENTS = 1000
 MAX_OFFER_BYTES = 64 * 1024
+MAX_CHANNEL_MESSAGE_CHARS = 16 * 1024
+"""A ``conversation.text`` or ``response.cancel`` in JSON is far smaller."""
+AUDIO_CODECS = frozenset({"audio/opus", "audio/pcmu", "audio/pcma"})
+"""What the call's one audio line may negotiate (aiortc would add G722)."""
+MEDIA_FRAME_RATE = 100.0
+"""Frames per second read from the caller's track: 50 of 20 ms is normal, and
+Opus frames are never shorter than 10 ms (100/s). Beyond the burst, frames over
+this rate are dropped; a second's worth of drops more closes the call."""
+MEDIA_FRAME_BURST = 200.0
+CHANNEL_MESSAGE_RATE = 20.0
+"""Data channel messages per second (typed turns and cancels, not a stream)."""
+OFFER_READ_TIMEOUT_S = 5.0
+"""An offer is a few kB sent at once; a caller that trickles it holds a slot."""
 
 Sent = Callable[[str | None, float, npt.NDArray[np.int16]], None]
 """(response id or None for silence, ms of that response sent so far, the samples)."""
@@ -88,6 +99,8 @@ class ReplyTrack(MediaStreamTrack):
         self._sent_ms: dict[str, float] = {}
         self._start: float | None = None
         self._pts = 0
+        self.frames_sent = 0
+        """Frames handed to the encoder: the caller's n-th frame is our n-th."""
 
     @property
     def buffered_ms(self) -> float:
@@ -141,6 +154,7 @@ class ReplyTrack(MediaStreamTrack):
             if wait > 0:
                 await asyncio.sleep(wait)
         response_id, samples = self._take()
+        self.frames_sent += 1
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = OUTPUT_RATE
         frame.pts = self._pts
@@ -153,19 +167,32 @@ class ReplyTrack(MediaStreamTrack):
 class WebRTCSession:
     """One call over one peer connection."""
 
-    def __init__(self, state: AppState, *, echo_cancelled: bool) -> None:
+    def __init__(self, state: AppState, slot: Slot, *, echo_cancelled: bool) -> None:
         self.state = state
+        self.slot = slot
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         config = replace(
             state.session_config(), input_sample_rate=INPUT_RATE, output_sample_rate=OUTPUT_RATE
         )
         self.conversation = Conversation(state.engines, self.emit, config)
         self.started_at = time.monotonic()
+        self.last_input_at = self.started_at
         self.track = ReplyTrack(self._on_sent)
         self.guard: EchoGuard | None = bridge.echo_guard(
             state, OUTPUT_RATE, echo_cancelled=echo_cancelled
         )
         self.channel: RTCDataChannel | None = None
+        self.audio: RTCRtpTransceiver | None = None
+        """The one audio line of the offer this call takes; any other is inactive."""
+        self.media_frames = FrameRateLimiter(MEDIA_FRAME_RATE, MEDIA_FRAME_BURST, flood_factor=1.0)
+        self.audio_rate = AudioRateLimiter(
+            state.settings.max_audio_realtime_factor, state.settings.audio_burst_ms
+        )
+        self.channel_messages = FrameRateLimiter(
+            CHANNEL_MESSAGE_RATE, 2 * CHANNEL_MESSAGE_RATE, flood_factor=5.0
+        )
+        self.ended_by: str | None = None
+        """Why the server hung up (a metric label), if it did."""
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
         self._cleared: set[str] = set()
         self._frames_since_report = 0
@@ -178,6 +205,10 @@ class WebRTCSession:
     def session_id(self) -> str:
         return self.conversation.session_id
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # ------------------------------------------------------------- signalling
 
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
@@ -185,12 +216,26 @@ class WebRTCSession:
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
+        # Ours before the offer is read: its first audio line takes this
+        # transceiver, and with it the codec preferences.
+        audio = pc.addTransceiver(self.track, direction="sendrecv")
+        audio.setCodecPreferences([
+            codec for codec in RTCRtpSender.getCapabilities("audio").codecs
+            if codec.mimeType.lower() in AUDIO_CODECS
+        ])
+        self.audio = audio
         await pc.setRemoteDescription(offer)
-        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+        if audio.mid is None:
             raise ValueError("the offer has no audio track")
-        pc.addTrack(self.track)
+        for other in pc.getTransceivers():
+            if other is not audio:
+                # Video, or a second audio line: answered inactive, so nothing of
+                # it is received, decoded or buffered.
+                other.direction = "inactive"
         # aiortc's setLocalDescription gathers every candidate before returning.
         await pc.setLocalDescription(await pc.createAnswer())
+        if self._closed:  # hung up (the server drains) while the answer was made
+            raise ConnectionAbortedError("the call was ended while it was set up")
         self._opened = True
         bridge.session_opened(self.state)
         self.emit(
@@ -211,11 +256,16 @@ class WebRTCSession:
         task.add_done_callback(self._tasks.discard)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
+        if self.audio is not None and track is self.audio.receiver.track:
             self._spawn(self._read_input(track))
+        else:
+            # Its line is inactive; should frames reach it anyway, they are read
+            # and dropped here rather than pile up in aiortc's queue.
+            self._spawn(self._discard(track))
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if channel.label != DATA_CHANNEL_LABEL:
+        if channel.label != DATA_CHANNEL_LABEL or self.channel is not None:
+            channel.close()
             return
         self.channel = channel
         channel.on("message", self._on_channel_message)
@@ -241,18 +291,41 @@ class WebRTCSession:
         try:
             while True:
                 frame = await track.recv()
+                now = time.monotonic()
+                if not self._media_frame_ok(now):
+                    return
                 assert isinstance(frame, av.AudioFrame)
+                self.last_input_at = now
+                if not self.audio_rate.accept(frame.samples * 1000.0 / frame.sample_rate, now):
+                    continue  # faster than real time allows: dropped, as on /ws
                 for out in resampler.resample(frame):
                     audio = out.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
                     if self.guard is not None:
-                        audio = self.guard.filter(audio, time.monotonic())
+                        audio = self.guard.filter(audio, now)
                     if not self.conversation.feed_audio(audio):
-                        logger.warning(
+                        logger.debug(
                             "session=%s: input queue full, frame dropped", self.session_id
                         )
         except MediaStreamError:
             logger.info("session=%s: caller's track ended", self.session_id)
             self.close_soon()
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while self._media_frame_ok(time.monotonic()):
+                await track.recv()
+
+    def _media_frame_ok(self, now: float) -> bool:
+        """False once the peer sends frames far faster than any caller does: the
+        call is closed (a flood costs decoding and memory before it costs us)."""
+        if self.media_frames.accept(now) or not self.media_frames.flooding:
+            return True
+        logger.warning("session=%s: media floods (> %g frames/s); closing the call",
+                       self.session_id, MEDIA_FRAME_RATE)
+        self.emit(ErrorEvent("too_many_frames", "media frames arrive far faster than real "
+                             "time; closing the call", fatal=True))
+        self.close_soon("media_flood")
+        return False
 
     def _on_sent(
         self, response_id: str | None, sent_ms: float, samples: npt.NDArray[np.int16]
@@ -301,14 +374,26 @@ class WebRTCSession:
             self.channel.send(self._pending.popleft())
 
     def _on_channel_message(self, data: str | bytes) -> None:
+        if not self.channel_messages.accept(time.monotonic()):
+            if self.channel_messages.flooding:
+                self.emit(ErrorEvent("too_many_frames", "data channel flood; closing the call",
+                                     fatal=True))
+                self.close_soon("flood")
+            return
+        if len(data) > MAX_CHANNEL_MESSAGE_CHARS:
+            self.emit(ErrorEvent("frame_too_large", "data channel messages are at most "
+                                 f"{MAX_CHANNEL_MESSAGE_CHARS} characters"))
+            return
         try:
             raw = msgpack.packb(json.loads(data), use_bin_type=True)
             message = decode_client_frame(raw)
-        except (ValueError, TypeError) as exc:
-            self.emit(ErrorEvent("malformed_frame", f"data channel messages are JSON maps: {exc}"))
-            return
         except ProtocolError as exc:
             self.emit(ErrorEvent(exc.code, str(exc)))
+            return
+        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+            # Too deep, a number msgpack cannot hold, not JSON: the call goes on.
+            self.emit(ErrorEvent("malformed_frame", "data channel messages are JSON maps "
+                                 f"({type(exc).__name__})"))
             return
         if isinstance(message, ResponseCancel):
             self.conversation.cancel_response(message.response_id)
@@ -325,67 +410,87 @@ class WebRTCSession:
 
     # -------------------------------------------------------------- lifecycle
 
-    def close_soon(self) -> None:
+    def close_soon(self, reason: str | None = None) -> None:
         if self._closer is None and not self._closed:
+            if reason is not None and self.ended_by is None:
+                self.ended_by = reason
+                self.state.metrics.disconnects.labels(reason).inc()
             self._closer = asyncio.create_task(self.close())
 
     async def close(self) -> None:
-        """Stop every task and track of this call; safe to call more than once."""
+        """Stop every task and track of this call; safe to call more than once.
+        Whatever fails on the way is logged, and the call still leaves the
+        server's books and frees its slot."""
         if self._closed:
             return
         self._closed = True
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.conversation.close()
-        self.track.stop()
-        await self.pc.close()
-        self.state.bridge_sessions.discard(self)
-        if self._opened:
-            bridge.session_closed(self.state)
-        logger.info("session=%s: WebRTC call closed", self.session_id)
+        try:
+            current = asyncio.current_task()
+            tasks = [task for task in self._tasks if task is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await self.conversation.close()
+            finally:
+                self.track.stop()
+                await self.pc.close()
+        except Exception:
+            logger.exception("session=%s: closing the call failed", self.session_id)
+        finally:
+            self.state.bridge_sessions.discard(self)
+            self.slot.release()
+            if self._opened:
+                bridge.session_closed(self.state)
+            logger.info("session=%s: WebRTC call closed", self.session_id)
 
 
 async def _offer(request: Request) -> Response:
+    admitted = intake.admit_request(request, intake.Transport.WEBRTC)
+    if isinstance(admitted, Response):
+        return admitted
+    slot = admitted
+    try:
+        return await _answer_offer(request, slot)
+    finally:
+        if slot.hang_up is None:  # no call came of it
+            slot.release()
+
+
+async def _answer_offer(request: Request, slot: Slot) -> Response:
     state: AppState = request.app.state.voiceforge
-    if not origin_ok(request, state.settings):
-        _refuse_quietly(state, request, "origin")
-        return JSONResponse({"error": "origin not allowed"}, status_code=403)
-    if not _authorized(request, state.settings.api_key):
-        _refuse_quietly(state, request, "unauthorized")
-        return JSONResponse({"error": "unauthorized"}, status_code=403)
-    refused = refusal(state)
-    if refused is not None:
-        return refused_response(state, refused)
-    body = await request.body()
-    if len(body) > MAX_OFFER_BYTES:
-        return JSONResponse({"error": "offer too large"}, status_code=413)
+    try:
+        body = await intake.read_body(
+            request, max_bytes=MAX_OFFER_BYTES, timeout_s=OFFER_READ_TIMEOUT_S
+        )
+    except intake.BodyRefused as refused:
+        return JSONResponse({"error": "bad_offer", "message": refused.message},
+                            status_code=refused.status)
     try:
         offer = json.loads(body)
         sdp, kind = offer["sdp"], offer["type"]
         if not isinstance(sdp, str) or kind != "offer":
             raise ValueError("expected {'sdp': str, 'type': 'offer'}")
         echo_cancelled = offer.get("echo_cancelled", False) is True
-    except (ValueError, KeyError, TypeError) as exc:
-        return JSONResponse({"error": f"bad offer: {exc}"}, status_code=400)
-    session = WebRTCSession(state, echo_cancelled=echo_cancelled)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        return JSONResponse({"error": "bad_offer", "message": f"bad offer: {exc}"},
+                            status_code=400)
+    session = WebRTCSession(state, slot, echo_cancelled=echo_cancelled)
+    slot.hang_up = session.close
     try:
         answer = await session.answer(RTCSessionDescription(sdp=sdp, type="offer"))
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # aiortc raises many kinds on a hostile SDP
+        hung_up = session.closed
         await session.close()
-        return JSONResponse({"error": f"cannot answer the offer: {exc}"}, status_code=400)
+        if hung_up:
+            return JSONResponse({"error": "draining", "message": str(exc)}, status_code=503)
+        return JSONResponse(
+            {"error": "bad_offer", "message": f"cannot answer the offer: {exc}"}, status_code=400
+        )
     state.bridge_sessions.add(session)
     return JSONResponse({"sdp": answer.sdp, "type": answer.type, "session_id": session.session_id})
 
 
-async def close_all(state: AppState) -> None:
-    """Hang up every WebRTC call (server shutdown)."""
-    sessions = list(state.bridge_sessions)
-    await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-
-
 routes = [Route("/webrtc/offer", _offer, methods=["POST"])]
 
-__all__ = ["ReplyTrack", "WebRTCSession", "close_all", "routes"]
+__all__ = ["ReplyTrack", "WebRTCSession", "routes"]

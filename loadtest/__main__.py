@@ -26,7 +26,7 @@ from loadtest.report import plot_distribution, plot_sweep, print_summary, summar
 from loadtest.runner import LoadConfig, prepare_speech, run_load
 from loadtest.scenarios import SCENARIOS
 
-BUDGET_METRICS = ("server_overhead_ms", "latency_ms", "client_latency_ms")
+BUDGET_METRICS = ("server_overhead_ms", "latency_ms", "client_latency_ms", "acoustic_latency_ms")
 
 
 def _parser() -> argparse.ArgumentParser:

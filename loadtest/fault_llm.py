@@ -78,7 +78,7 @@ class Fault:
 FAULTS = [
     Fault("status_503", "llm_unavailable", "transient", 1 + RETRIES),
     Fault("status_429", "llm_unavailable", "transient", 1 + RETRIES),
-    Fault("status_400", "llm_failed", "permanent", 1),
+    Fault("status_400", "llm_failed", "client", 1),  # the request, not the engine
     Fault("refused", "llm_unavailable", "transient", 0),
     Fault("stall_first", "llm_timeout", "transient", 1 + RETRIES),
     Fault("stall_mid", "llm_timeout", "transient", 1, heard_partial=True),

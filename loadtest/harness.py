@@ -50,7 +50,7 @@ from websockets.uri import parse_uri
 from agent.config import Settings
 from agent.protocol import SUBPROTOCOL
 from agent.server import AppState, create_app
-from agent.serving import VoiceForgeServer
+from agent.serving import VoiceForgeServer, transport_limits
 from pipeline.conversation import Engines
 from pipeline.engines.base import ChatMessage, FloatAudio, LLMEngine, Transcript
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT, ToneTTS
@@ -163,7 +163,7 @@ def start_in_thread(
         port=0,
         log_level="warning",
         log_config=None,  # records go to the root logger (LogWatch sees them)
-        ws_max_size=settings.hard_max_frame_bytes,
+        **transport_limits(settings),
         ws_per_message_deflate=False,
         lifespan="on",
     )
@@ -341,7 +341,7 @@ def _serve_spec(spec: dict[str, Any]) -> int:
     print(f"ready: connect to ws://127.0.0.1:{sock.getsockname()[1]}/ws", flush=True)
     config = uvicorn.Config(
         app,
-        ws_max_size=settings.hard_max_frame_bytes,
+        **transport_limits(settings),
         ws_per_message_deflate=False,
         log_level="warning",
         log_config=None,

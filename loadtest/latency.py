@@ -8,6 +8,14 @@ turn is a question spoken by espeak-ng, streamed in real time as 20 ms frames by
 an open microphone; the caller "plays" the reply in real time and reports
 ``output_audio.played`` like a real client. Sessions hold ``--turns-per-session``
 turns, so history grows as in a real conversation.
+
+Three figures per turn, all ending at the first reply audio:
+
+* ``acoustic_ms`` (the headline, at the client): from the acoustic end of speech,
+  the last 10 ms above −45 dBFS of the audio sent (``loadtest.acoustic``), to the
+  first ``response.audio.delta`` received;
+* ``client_ms``: the same from the VAD's end of speech (``speech_stopped``);
+* ``server_ms``: the server's own ``end_of_speech_to_first_audio_ms``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from agent.caller import Caller
 from agent.client import VoiceForgeClient
 from agent.protocol import ServerMessage
+from loadtest.acoustic import TimedCaller, elapsed_ms
 from loadtest.speech import speak
 from pipeline.events import ResponseDone, SpeechStopped, TranscriptFinal
 
@@ -83,6 +91,8 @@ class Turn:
     status: str
     server_ms: float | None
     client_ms: float | None
+    acoustic_ms: float | None = None
+    """Client: acoustic end of speech sent → first reply audio received."""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -154,15 +164,16 @@ async def run_turns(
         async with await VoiceForgeClient.connect(url) as client:
             if session:
                 await client.update_session(**session)
-            caller = Caller(client)
+            caller = TimedCaller(client)
             caller.start()
             try:
                 for question in questions[session_start : session_start + per_session]:
                     results.append(await one_turn(client, caller, question, speak(question)))
                     turn = results[-1]
                     print(
-                        f"  turn {len(results):2d}/{turns}: server {turn.server_ms or 0:6.0f} ms"
-                        f"  client {turn.client_ms or 0:6.0f} ms  [{turn.status}]"
+                        f"  turn {len(results):2d}/{turns}: acoustic {turn.acoustic_ms or 0:6.0f}"
+                        f"  client {turn.client_ms or 0:6.0f}  server {turn.server_ms or 0:6.0f}"
+                        f" ms  [{turn.status}]"
                         f"  {turn.transcript!r} -> {turn.reply[:60]!r}",
                         flush=True,
                     )
@@ -172,15 +183,18 @@ async def run_turns(
 
 
 async def one_turn(
-    client: VoiceForgeClient, caller: Caller, question: str, audio: np.ndarray
+    client: VoiceForgeClient, caller: TimedCaller, question: str, audio: np.ndarray
 ) -> Turn:
     start = len(caller.log)
-    caller.say(audio)
+    spoken = caller.utter(audio)
     done = await caller.wait_done(90, after=start)
     assert isinstance(done, ResponseDone)
     finals = [m for m in caller.messages(TranscriptFinal, after=start)]
     stops = [m for m in caller.messages(SpeechStopped, after=start)]
     client_ms = client_latency_ms(client, stops, done.response_id)
+    acoustic_ms = elapsed_ms(
+        caller.acoustic_end_sent_at(spoken), client.first_audio_at.get(done.response_id)
+    )
     # Let the caller "hear" the end of the reply before asking the next question.
     await asyncio.sleep(0.5)
     return Turn(
@@ -190,6 +204,7 @@ async def one_turn(
         status=done.status.value,
         server_ms=done.timings.get("end_of_speech_to_first_audio_ms"),
         client_ms=client_ms,
+        acoustic_ms=acoustic_ms,
         timings=dict(done.timings),
     )
 
@@ -211,6 +226,7 @@ def client_latency_ms(
 def summarize(turns: list[Turn]) -> dict[str, Any]:
     server = [t.server_ms for t in turns if t.server_ms is not None]
     client = [t.client_ms for t in turns if t.client_ms is not None]
+    acoustic = [t.acoustic_ms for t in turns if t.acoustic_ms is not None]
     stages = {
         stage: {
             "p50": percentile([t.timings[stage] for t in turns if stage in t.timings], 50),
@@ -221,6 +237,7 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
     return {
         "turns": len(turns),
         "completed": sum(t.status == "completed" for t in turns),
+        "acoustic_latency_ms": {q: percentile(acoustic, n) for q, n in QUANTILES},
         "latency_ms": {q: percentile(server, n) for q, n in QUANTILES},
         "client_latency_ms": {q: percentile(client, n) for q, n in QUANTILES},
         "stages_ms": stages,
@@ -261,9 +278,11 @@ def plot(turns: list[Turn], path: Path) -> None:
     left.set_ylabel("ms")
     left.set_title("End of speech → first audio, by stage")
     left.legend(fontsize=8)
-    right.hist(server, bins=12, color="tab:blue", alpha=0.8, label="server")
+    right.hist(server, bins=12, color="tab:blue", alpha=0.8, label="server (VAD end)")
     client = [t.client_ms for t in turns if t.client_ms is not None]
-    right.hist(client, bins=12, color="tab:orange", alpha=0.6, label="client (SDK)")
+    right.hist(client, bins=12, color="tab:orange", alpha=0.6, label="client (VAD end)")
+    acoustic = [t.acoustic_ms for t in turns if t.acoustic_ms is not None]
+    right.hist(acoustic, bins=12, color="tab:green", alpha=0.6, label="client (acoustic end)")
     right.set_xlabel("ms")
     right.set_title("Latency distribution")
     right.legend()
@@ -292,11 +311,14 @@ def main(argv: list[str] | None = None) -> int:
             turns = asyncio.run(run_turns(url, args.turns, args.turns_per_session, session))
     summary = summarize(turns)
     latency, client = summary["latency_ms"], summary["client_latency_ms"]
+    acoustic = summary["acoustic_latency_ms"]
     print(f"\n{summary['turns']} turns, {summary['completed']} completed")
-    print(f"end of speech -> first audio (server): p50 {latency['p50']:.0f} ms, "
-          f"p95 {latency['p95']:.0f} ms, p99 {latency['p99']:.0f} ms")
-    print(f"end of speech -> first audio (client): p50 {client['p50']:.0f} ms, "
-          f"p95 {client['p95']:.0f} ms")
+    print(f"acoustic end of speech -> first audio (client, headline): p50 {acoustic['p50']:.0f} ms,"
+          f" p95 {acoustic['p95']:.0f} ms, p99 {acoustic['p99']:.0f} ms")
+    print(f"VAD end of speech -> first audio (client):               p50 {client['p50']:.0f} ms,"
+          f" p95 {client['p95']:.0f} ms")
+    print(f"VAD end of speech -> first audio (server):               p50 {latency['p50']:.0f} ms,"
+          f" p95 {latency['p95']:.0f} ms, p99 {latency['p99']:.0f} ms")
     for stage, values in summary["stages_ms"].items():
         print(f"  {stage:28s} p50 {values['p50']:6.0f}  p95 {values['p95']:6.0f}")
     if args.json:

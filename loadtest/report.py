@@ -19,9 +19,14 @@ def _quantiles(values: list[float], qs: tuple[int, ...] = (50, 95, 99)) -> dict[
     return {f"p{q}": (round(percentile(values, q), 1) if values else None) for q in qs}
 
 
-def _figures(turns: list[TurnResult], barge_in: list[float]) -> dict[str, Any]:
+def _figures(
+    turns: list[TurnResult], barge_in: list[float], barge_in_acoustic: list[float]
+) -> dict[str, Any]:
     return {
         "turns": len(turns),
+        "acoustic_latency_ms": _quantiles(
+            [t.acoustic_ms for t in turns if t.acoustic_ms is not None]
+        ),
         "latency_ms": _quantiles([t.server_ms for t in turns if t.server_ms is not None]),
         "client_latency_ms": _quantiles([t.client_ms for t in turns if t.client_ms is not None]),
         "server_overhead_ms": _quantiles(
@@ -32,6 +37,10 @@ def _figures(turns: list[TurnResult], barge_in: list[float]) -> dict[str, Any]:
         ),
         "input_lag_ms": _quantiles([t.input_lag_ms for t in turns if t.input_lag_ms is not None]),
         "barge_in_ms": {**_quantiles(barge_in, (50, 95)), "count": len(barge_in)},
+        "barge_in_acoustic_ms": {
+            **_quantiles(barge_in_acoustic, (50, 95)),
+            "count": len(barge_in_acoustic),
+        },
     }
 
 
@@ -50,7 +59,11 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "ramp_s": config.ramp_s,
         "scenarios": config.scenarios,
         "url": config.url,
-        **_figures(stats.turns, [ms for _, ms in stats.barge_in_ms]),
+        **_figures(
+            stats.turns,
+            [ms for _, ms in stats.barge_in_ms],
+            [ms for _, ms in stats.barge_in_acoustic_ms],
+        ),
         "completed": sum(t.status == "completed" for t in stats.turns),
         "errors": stats.errors,
         "error_codes": dict(stats.error_codes),
@@ -72,6 +85,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
             name: _figures(
                 [t for t in stats.turns if t.variant == name],
                 [ms for v, ms in stats.barge_in_ms if v == name],
+                [ms for v, ms in stats.barge_in_acoustic_ms if v == name],
             )
             for name in ("on", "off")
         }
@@ -80,7 +94,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
                 q: _ratio(variants["on"][metric][q], variants["off"][metric][q])
                 for q in ("p50", "p95")
             }
-            for metric in ("latency_ms", "client_latency_ms", "server_overhead_ms")
+            for metric in (
+                "acoustic_latency_ms", "latency_ms", "client_latency_ms", "server_overhead_ms"
+            )
         }
         report["compare"] = {"field": config.compare, **variants, "ratio_on_off": ratios}
     report["_turns"] = stats.turns  # for the plots; dropped before JSON
@@ -98,12 +114,14 @@ def print_summary(report: dict[str, Any]) -> None:
         f"{report['errors']} errors, {report['dropped_sessions']} dropped, "
         f"{report['underruns']} underruns"
     )
-    print(f"  end of speech -> first audio, server  {_fmt(report['latency_ms'])} ms")
-    print(f"  end of speech -> first audio, client  {_fmt(report['client_latency_ms'])} ms")
+    print(f"  acoustic end -> first audio, client   {_fmt(report['acoustic_latency_ms'])} ms")
+    print(f"  VAD end -> first audio, client        {_fmt(report['client_latency_ms'])} ms")
+    print(f"  VAD end -> first audio, server        {_fmt(report['latency_ms'])} ms")
     print(f"  end of turn -> first audio (overhead) {_fmt(report['server_overhead_ms'])} ms")
     print(f"  end of turn wait (silence + input lag) {_fmt(report['end_of_turn_wait_ms'])} ms")
     print(f"  input lag (wait beyond the silence)   {_fmt(report['input_lag_ms'])} ms")
     print(f"  barge-in: speech sent -> clear        {_fmt(report['barge_in_ms'])}")
+    print(f"  barge-in: acoustic onset -> clear     {_fmt(report['barge_in_acoustic_ms'])}")
     server = report["server"]
     print(
         f"  server: CPU {server['cpu_percent']:.0f}%, RSS {server['rss_mb_before']:.0f} -> "
@@ -117,7 +135,8 @@ def print_summary(report: dict[str, Any]) -> None:
         for name in ("on", "off"):
             print(
                 f"  {compare['field']}={name}: {compare[name]['turns']} turns, "
-                f"latency {_fmt(compare[name]['latency_ms'])}, "
+                f"acoustic latency {_fmt(compare[name]['acoustic_latency_ms'])}, "
+                f"server latency {_fmt(compare[name]['latency_ms'])}, "
                 f"overhead {_fmt(compare[name]['server_overhead_ms'])}"
             )
         print(f"  ratio on/off: {compare['ratio_on_off']}")
@@ -132,8 +151,9 @@ def plot_distribution(report: dict[str, Any], path: Path) -> None:
     turns: list[TurnResult] = report["_turns"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, values in (
-        ("server", [t.server_ms for t in turns if t.server_ms is not None]),
-        ("client (SDK)", [t.client_ms for t in turns if t.client_ms is not None]),
+        ("client, from acoustic end", [t.acoustic_ms for t in turns if t.acoustic_ms is not None]),
+        ("client, from VAD end", [t.client_ms for t in turns if t.client_ms is not None]),
+        ("server, from VAD end", [t.server_ms for t in turns if t.server_ms is not None]),
     ):
         if values:
             left.hist(values, bins=30, alpha=0.6, label=label)
@@ -156,9 +176,13 @@ def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, pat
     plt = _pyplot()
     callers = [r["callers"] for r in reports]
     fig, (left, middle) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for axis, name in ((left, metric), (middle, "latency_ms")):
-        for q, style in (("p50", "o-"), ("p95", "s-")):
-            axis.plot(callers, [r[name][q] or 0.0 for r in reports], style, label=f"{name} {q}")
+    panels = ((left, (metric,)), (middle, ("latency_ms", "acoustic_latency_ms")))
+    for axis, names in panels:
+        for name in names:
+            for q, style in (("p50", "o-"), ("p95", "s-")):
+                # Reports written before the acoustic figure existed lack it.
+                values = [(r.get(name) or {}).get(q) or 0.0 for r in reports]
+                axis.plot(callers, values, style, label=f"{name} {q}")
         axis.set_xlabel("concurrent callers")
         axis.set_ylabel("ms")
     left.axhline(budget_ms, color="r", linestyle=":", label=f"budget {budget_ms:.0f} ms")
@@ -171,7 +195,7 @@ def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, pat
     lines, labels = middle.get_legend_handles_labels()
     more, more_labels = right.get_legend_handles_labels()
     middle.legend(lines + more, labels + more_labels, fontsize=8, loc="upper left")
-    middle.set_title("End of speech → first audio, and errors, vs callers")
+    middle.set_title("End of speech (VAD, server; acoustic, client) → first audio, and errors")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

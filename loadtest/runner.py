@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from agent.caller import Caller
 from agent.client import VoiceForgeClient
+from loadtest.acoustic import TimedCaller
 from loadtest.latency import QUESTIONS, percentile
 from loadtest.scenarios import SCENARIOS, Session, Stats, collect_session_errors
 from loadtest.speech import speak
@@ -117,7 +117,7 @@ class _Run:
             return
         stats.sessions += 1
         stats.sessions_active += 1
-        caller = Caller(client)
+        caller = TimedCaller(client)
         session = Session(
             caller, client, stats, self.speech, variant, self.deadline, config.turn_timeout_s
         )
@@ -149,12 +149,12 @@ class _Run:
                 server = await asyncio.to_thread(scrape_server, config.http_base)
                 self.rss_max = max(self.rss_max, server.get("rss_bytes", 0.0))
             overhead = [t.overhead_ms for t in self.stats.turns if t.overhead_ms is not None]
-            latency = [t.server_ms for t in self.stats.turns if t.server_ms is not None]
+            latency = [t.acoustic_ms for t in self.stats.turns if t.acoustic_ms is not None]
             print(
                 f"  [{time.monotonic() - self.started:5.0f}s]"
                 f"  sessions {self.stats.sessions_active:4d}"
                 f"  turns {len(self.stats.turns):5d}  errors {self.stats.errors:3d}"
-                f"  latency p95 {percentile(latency, 95):6.0f} ms"
+                f"  latency p95 {percentile(latency, 95):6.0f} ms (acoustic end, client)"
                 f"  overhead p95 {percentile(overhead, 95):6.0f} ms",
                 file=sys.stderr,
                 flush=True,

@@ -1,7 +1,8 @@
 """What one simulated caller does during one session, and what it measured.
 
-Every scenario drives an ``agent.caller.Caller`` (an open microphone streaming
-20 ms frames in real time) on an ``agent.client.VoiceForgeClient`` (whose
+Every scenario drives a ``loadtest.acoustic.TimedCaller`` (``agent.caller.Caller``,
+an open microphone streaming 20 ms frames in real time, that remembers where each
+utterance began so its acoustic end can be timed) on an ``agent.client.VoiceForgeClient`` (whose
 ``PlaybackClock`` plays the reply in real time and reports ``output_audio.played``).
 """
 
@@ -15,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.caller import Caller
 from agent.client import VoiceForgeClient
+from loadtest.acoustic import TimedCaller, elapsed_ms
 from loadtest.latency import client_latency_ms
 from pipeline.events import (
     ErrorEvent,
@@ -44,6 +45,9 @@ class TurnResult:
     overhead_ms: float | None
     """end_of_turn_to_first_audio_ms: the server's own share."""
     client_ms: float | None
+    """Client: sending the audio of the VAD's end of speech → first audio received."""
+    acoustic_ms: float | None = None
+    """Client: sending the acoustic end of speech → first audio received (the headline)."""
     end_of_turn_wait_ms: float | None = None
     """Silence wait plus any lag of the input path: grows when the server falls behind."""
     input_lag_ms: float | None = None
@@ -56,6 +60,9 @@ class Stats:
 
     turns: list[TurnResult] = field(default_factory=list)
     barge_in_ms: list[tuple[str, float]] = field(default_factory=list)
+    """(variant, speech_started's audio sent → clear received)."""
+    barge_in_acoustic_ms: list[tuple[str, float]] = field(default_factory=list)
+    """(variant, acoustic onset of the interruption sent → clear received)."""
     error_codes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     """Caller-side failures: timeouts, refused connections, dropped sessions."""
@@ -74,7 +81,7 @@ class Stats:
 
 @dataclass
 class Session:
-    caller: Caller
+    caller: TimedCaller
     client: VoiceForgeClient
     stats: Stats
     speech: list[np.ndarray]
@@ -88,8 +95,15 @@ class Session:
         return self.speech[self.turn_counter % len(self.speech)]
 
     def record(
-        self, scenario: str, done: ResponseDone, after: int, until: int | None = None
+        self,
+        scenario: str,
+        done: ResponseDone,
+        after: int,
+        until: int | None = None,
+        *,
+        spoken: int | None = None,
     ) -> None:
+        """``spoken``: the caller's utterance this is the reply to (for the acoustic end)."""
         stops = [m for _, m in self.caller.log[after:until] if isinstance(m, SpeechStopped)]
         wait = done.timings.get("end_of_turn_wait_ms")
         silence_ms = float(self.client.session["turn"]["end_of_turn_silence_ms"])
@@ -101,6 +115,12 @@ class Session:
                 server_ms=done.timings.get("end_of_speech_to_first_audio_ms"),
                 overhead_ms=done.timings.get("end_of_turn_to_first_audio_ms"),
                 client_ms=client_latency_ms(self.client, stops, done.response_id),
+                acoustic_ms=None
+                if spoken is None
+                else elapsed_ms(
+                    self.caller.acoustic_end_sent_at(spoken),
+                    self.client.first_audio_at.get(done.response_id),
+                ),
                 end_of_turn_wait_ms=wait,
                 input_lag_ms=None if wait is None else wait - silence_ms,
             )
@@ -110,9 +130,9 @@ class Session:
 async def _ask(session: Session, scenario: str) -> None:
     """One question; returns once the caller has heard the whole reply."""
     start = len(session.caller.log)
-    session.caller.say(session.next_question())
+    spoken = session.caller.utter(session.next_question())
     done = await session.caller.wait_done(session.turn_timeout_s, after=start)
-    session.record(scenario, done, start)
+    session.record(scenario, done, start, spoken=spoken)
 
 
 async def plain_qa(session: Session) -> None:
@@ -130,7 +150,7 @@ async def multi_turn(session: Session) -> None:
 async def barge_in(session: Session) -> None:
     caller = session.caller
     start = len(caller.log)
-    caller.say(session.next_question())
+    question = caller.utter(session.next_question())
     created = await caller.wait_for(
         lambda m: isinstance(m, ResponseCreated), session.turn_timeout_s, after=start
     )
@@ -142,9 +162,9 @@ async def barge_in(session: Session) -> None:
     )
     await asyncio.sleep(BARGE_IN_AFTER_S)
     interrupt_at = len(caller.log)
-    caller.say(session.next_question())
+    interruption = caller.utter(session.next_question())
     done = await caller.wait_done(session.turn_timeout_s, after=start)
-    session.record("barge_in", done, start, until=interrupt_at)
+    session.record("barge_in", done, start, until=interrupt_at, spoken=question)
     if done.status.value == "cancelled" and done.reason == "barge_in":
         clear_at = next(
             (t for t, m in caller.log[interrupt_at:] if isinstance(m, ResponseAudioClear)), None
@@ -156,6 +176,9 @@ async def barge_in(session: Session) -> None:
             sent = session.client.sent_at(first.audio_start_ms)
             if sent is not None:
                 session.stats.barge_in_ms.append((session.variant, (clear_at - sent) * 1000))
+        onset = elapsed_ms(caller.acoustic_onset_sent_at(interruption), clear_at)
+        if onset is not None:
+            session.stats.barge_in_acoustic_ms.append((session.variant, onset))
     # The interruption is a turn of its own (or, if the reply ended before it
     # landed, a plain new question): its reply is measured like any other.
     second = await caller.wait_for(
@@ -164,7 +187,7 @@ async def barge_in(session: Session) -> None:
         after=interrupt_at,
     )
     assert isinstance(second, ResponseDone)
-    session.record("barge_in", second, interrupt_at)
+    session.record("barge_in", second, interrupt_at, spoken=interruption)
 
 
 async def noise_only(session: Session) -> None:

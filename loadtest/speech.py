@@ -16,14 +16,26 @@ def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
 
 
-def speak(text: str, sample_rate: int = 16000, *, words_per_minute: int = 160) -> np.ndarray:
-    """Return ``text`` spoken by espeak-ng as mono float32 at ``sample_rate``."""
+def speak(
+    text: str,
+    sample_rate: int = 16000,
+    *,
+    words_per_minute: int = 160,
+    voice: str = "en-us",
+    pitch: int = 50,
+) -> np.ndarray:
+    """Return ``text`` spoken by espeak-ng as mono float32 at ``sample_rate``.
+
+    ``voice``: an espeak-ng voice, optionally with a variant (``en-gb+m3``);
+    ``pitch``: 0–99.
+    """
     if not espeak_available():
         raise RuntimeError("espeak-ng is not installed; `make test` installs it")
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
         subprocess.run(
-            ["espeak-ng", "-v", "en-us", "-s", str(words_per_minute), "-w", str(wav), text],
+            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-p", str(pitch),
+             "-w", str(wav), text],
             check=True,
             capture_output=True,
         )

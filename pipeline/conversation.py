@@ -77,6 +77,9 @@ class Conversation:
         self._vad = engines.vad.open_stream()
         self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         self._input_queue: asyncio.Queue[tuple[FloatAudio, float]] = asyncio.Queue(maxsize=500)
+        self._queued_input_samples = 0
+        """Samples in ``_input_queue``: the bound that counts (its item bound only
+        caps the per-frame overhead of tiny frames)."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._input_task: asyncio.Task[None] | None = None
 
@@ -146,10 +149,15 @@ class Conversation:
 
     def feed_audio(self, audio: FloatAudio) -> bool:
         """Queue input audio at ``config.input_sample_rate``; False when the queue is full."""
+        config = self.config
+        limit = config.max_queued_input_ms * config.input_sample_rate / 1000
+        if self._queued_input_samples and self._queued_input_samples + len(audio) > limit:
+            return False
         try:
             self._input_queue.put_nowait((audio, time.monotonic()))
         except asyncio.QueueFull:
             return False
+        self._queued_input_samples += len(audio)
         return True
 
     def send_text(self, text: str) -> None:
@@ -187,6 +195,7 @@ class Conversation:
     async def _input_loop(self) -> None:
         while True:
             audio, arrived = await self._input_queue.get()
+            self._queued_input_samples -= len(audio)
             pcm = self._input_resampler.process(audio)
             self._pending = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
             while len(self._pending) >= FRAME_SAMPLES:

@@ -3,18 +3,19 @@
 When the caller barges in, the assistant's reply stops mid-way. The history must
 hold the part that was played, not the part that was generated, or the LLM will
 believe it said things the caller never heard. `heard_text` computes that part from
-the chunk timeline; `History` keeps the turns the LLM sees.
+the chunk timeline; `History` keeps the turns the LLM sees; `fit_to_context` trims
+a request to the model's context by tokens (an engine that can count them calls it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.engines.base import ChatMessage
 
-__all__ = ["History", "SpokenChunk", "heard_text"]
+__all__ = ["History", "SpokenChunk", "fit_to_context", "heard_text"]
 
 
 class History:
@@ -91,6 +92,36 @@ class History:
             ):
                 self._turns.pop(0)
                 self.dropped += 1
+
+
+def fit_to_context(
+    messages: Sequence[ChatMessage], count_tokens: Callable[[str], int], budget: int
+) -> list[ChatMessage] | None:
+    """The newest ``messages`` whose tokens fit ``budget``; None when nothing fits.
+
+    The system messages and the newest turn are always kept; the oldest turns go
+    first, a user turn with the assistant's reply to it (the rule ``History`` uses),
+    so the model never sees a reply without its question. ``count_tokens`` gives a
+    message's cost (its content plus the chat template around it). None when the
+    system messages and the newest turn alone are over ``budget``.
+    """
+    system = [m for m in messages if m["role"] == "system"]
+    turns = [m for m in messages if m["role"] != "system"]
+    used = sum(count_tokens(m["content"]) for m in system)
+    used += sum(count_tokens(m["content"]) for m in turns)
+    start = 0
+    while used > budget and start < len(turns) - 1:
+        used -= count_tokens(turns[start]["content"])
+        dropped_user = turns[start]["role"] == "user"
+        start += 1
+        if dropped_user and start < len(turns) - 1 and turns[start]["role"] == "assistant":
+            used -= count_tokens(turns[start]["content"])
+            start += 1
+    if used > budget:
+        return None
+    return [
+        ChatMessage(role=m["role"], content=m["content"]) for m in [*system, *turns[start:]]
+    ]
 
 
 @dataclass(frozen=True, slots=True)

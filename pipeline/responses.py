@@ -170,8 +170,14 @@ class ResponseRunner:
 
     # ---------------------------------------------------------------- starting
 
-    async def answer(self, turn_end: float, timings: dict[str, float], *, apology: bool) -> None:
-        """Reply to the history as it stands; ``apology``: only say sorry (turn lost)."""
+    def answer(self, turn_end: float, timings: dict[str, float], *, apology: bool) -> None:
+        """Reply to the history as it stands; ``apology``: only say sorry (turn lost).
+
+        The caller (turn taking) has settled every earlier reply first: two replies
+        never run at once, and the one before has written its history.
+        """
+        if self.current is not None or self.finishers:
+            raise RuntimeError("a reply was started while another one was still running")
         call = self._call
         response = Response(
             response_id=_new_response_id(),
@@ -183,10 +189,6 @@ class ResponseRunner:
         if apology:
             response.timings["apology"] = 1.0
         response.released.set()
-        previous = self.active()
-        if previous is not None:
-            self.cancel(previous, "superseded")
-            await asyncio.gather(*self.finishers, return_exceptions=True)
         self.current = response
         call.emit(ResponseCreated(response.response_id))
         response.task = asyncio.create_task(
@@ -573,7 +575,7 @@ def _time_from_end_of_turn(timings: dict[str, float]) -> None:
 
 
 def error_category(exc: EngineError) -> str:
-    return "transient" if exc.transient else "permanent"
+    return exc.category
 
 
 def error_code(exc: EngineError) -> str:

@@ -51,6 +51,11 @@ class SessionConfig:
     speech_pad_ms: float = 200.0
     """Audio kept before speech start and after speech end for transcription."""
     max_turn_ms: float = 30_000.0
+    max_queued_input_ms: float = 10_000.0
+    """Input audio that may wait for the VAD, at the input rate; past it frames are
+    refused (the adapter says ``input_overloaded``). Bounded in samples, not frames:
+    500 large frames would hold hundreds of MiB. One frame is always taken when
+    nothing waits."""
     played_report_timeout_ms: float = 400.0
     """How long a cancelled response waits for the client's played report."""
     playback_grace_ms: float = 300.0

@@ -5,8 +5,20 @@
         SpeechStopped ─► speculative transcript ─► held reply (after a short silence)
         SpeechResumed ─► throw the speculation and the held reply away
         BargeIn       ─► cancel the reply playing
-        EndOfTurn     ─► ``end_turn`` ─► final transcript ─► history ─► reply
-    typed text ─► history ─► reply
+        EndOfTurn     ─► ``end_turn`` ─► final transcript ─► hand-over
+    typed text ─► hand-over
+    hand-over (one turn at a time): cancel the reply running ─► wait until it has
+        written what was heard ─► the user turn enters history ─► the next reply
+
+One turn at a time
+------------------
+Finished turns wait in one slot for the hand-over, which a single task runs. A turn
+that finishes while another waits (or while the hand-over waits for a cancelled
+reply to settle) joins it: one reply answers both, and their words enter history
+in order as one user turn — the caller said them before hearing any answer.
+The backlog is bounded (``MAX_QUEUED_INPUTS``; the oldest beyond it is dropped and
+reported as ``TurnIgnored("backlog_full")``). Only the hand-over starts replies,
+and it reads the state again after each await (docs/decisions.md).
 
 Where the end of the turn is decided
 ------------------------------------
@@ -38,12 +50,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE
-from pipeline.engines.base import FloatAudio
+from pipeline.engines.base import ChatMessage, FloatAudio
 from pipeline.errors import EngineError, STTError
 from pipeline.events import (
     ErrorEvent,
@@ -69,6 +82,31 @@ from pipeline.turn import SpeechStopped as TurnSpeechStopped
 from pipeline.vad import FRAME_MS
 
 logger = logging.getLogger("voiceforge.conversation")
+
+MAX_QUEUED_INPUTS = 8
+"""User inputs (typed texts, audio turns) that may wait, joined, for one reply; past
+it the oldest waiting one is dropped and said so (``TurnIgnored("backlog_full")``)."""
+
+
+@dataclass(slots=True)
+class _QueuedTurn:
+    """A finished user turn waiting for its reply; newer input joins it."""
+
+    texts: list[str]
+    """What the caller said or typed, oldest first; empty: the turn was lost and
+    only the apology is due."""
+    turn_end: float
+    timings: dict[str, float]
+    cancel_reason: str
+    """Why the reply playing when this turn is answered is cancelled."""
+    speculative: asyncio.Task[tuple[str, float]] | None = None
+    """The speculative transcript the turn's text came from, to match a held reply."""
+
+    def join(self, newer: _QueuedTurn) -> _QueuedTurn:
+        """This turn superseded by ``newer``: one reply answers both, timed by the newer."""
+        return _QueuedTurn(
+            [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason
+        )
 
 
 class TurnAudio:
@@ -134,7 +172,13 @@ class TurnTaking:
         self._speculative_end_ms: float | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._draft: Response | None = None
+        self._draft_base: list[ChatMessage] = []
+        """The history the held reply was started on; it is released only onto that."""
         self._draft_transcript: asyncio.Task[tuple[str, float]] | None = None
+        self._waiting: _QueuedTurn | None = None
+        """The finished turn waiting for its reply (at most one: newer input joins it)."""
+        self._handing_over: asyncio.Task[None] | None = None
+        """The one task that turns waiting turns into replies, one at a time."""
         self.tasks: set[asyncio.Task[None]] = set()
         """Turns being transcribed or handed over, and discarded drafts stopping."""
         self.overlaps = OverlapHandling(call, responses)
@@ -157,6 +201,8 @@ class TurnTaking:
         self._speculative = self._partial_task = None
         self._draft = None
         self._draft_transcript = None
+        self._waiting = None
+        self._handing_over = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -179,7 +225,7 @@ class TurnTaking:
         if not self.accepting:
             self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
             return
-        self._spawn_turn(self._text_turn(text, time.monotonic()))
+        self._queue(_QueuedTurn([text], time.monotonic(), {}, "new_text_input"))
 
     # ------------------------------------------------------------ turn events
 
@@ -350,9 +396,12 @@ class TurnTaking:
             not text
             or self._responses.current is not None
             or self._responses.finishers
+            or self._waiting is not None
+            or self._handing_over is not None
             or self._call.closed
         ):
             return
+        self._draft_base = self._call.history.messages()
         preview = copy.deepcopy(self._call.history)
         preview.add_user(text)
         self._draft = self._responses.start_held(
@@ -399,7 +448,7 @@ class TurnTaking:
             # Noise over a reply that resumes needs no apology: the reply goes on.
             answered = self.overlaps.answers(end_ms, None, self.detector.now_ms)
             if self._call.config.apology and answered:
-                await self._respond(None, speech_end, timings)
+                self._queue(_QueuedTurn([], speech_end, timings, "superseded"))
             return
         finally:
             self.audio.trim_before_ms(end_ms - pad)
@@ -415,26 +464,65 @@ class TurnTaking:
             self._discard_draft()
             emit(TurnIgnored("backchannel", start_ms, end_ms))
             return
+        self._queue(_QueuedTurn([text], speech_end, timings, "superseded", speculative))
+
+    # --------------------------------------------------------------- hand-over
+
+    def _queue(self, turn: _QueuedTurn) -> None:
+        """A finished turn waits for its reply; one already waiting is joined to it."""
+        self._waiting = turn if self._waiting is None else self._join(self._waiting, turn)
+        if self._handing_over is None:
+            self._handing_over = asyncio.create_task(
+                self._hand_over_waiting(), name=f"{self._call.session_id}-turns"
+            )
+            self._keep_until_done(self._handing_over)
+
+    def _join(self, older: _QueuedTurn, newer: _QueuedTurn) -> _QueuedTurn:
+        """``newer`` supersedes ``older``: one reply answers both (bounded backlog)."""
+        joined = older.join(newer)
+        if len(joined.texts) > MAX_QUEUED_INPUTS:
+            del joined.texts[: len(joined.texts) - MAX_QUEUED_INPUTS]
+            self._call.emit(TurnIgnored("backlog_full", 0.0, 0.0))
+        return joined
+
+    async def _hand_over_waiting(self) -> None:
+        try:
+            while (turn := self._waiting) is not None:
+                self._waiting = None
+                await self._hand_over(turn)
+        finally:
+            self._handing_over = None
+
+    async def _hand_over(self, turn: _QueuedTurn) -> None:
+        """Answer ``turn`` once every earlier reply has stopped and written its history.
+
+        Only this method starts replies, and only one runs it at a time. Each await
+        lets other input in, so the state is read again after every one: a reply
+        still running is cancelled, one still settling is waited for, and a turn that
+        finished meanwhile joins this one (its words are answered by the same reply).
+        """
+        responses = self._responses
+        while True:
+            if (active := responses.active()) is not None:
+                responses.cancel(active, turn.cancel_reason)
+            if not responses.finishers:
+                break
+            await responses.settle()
+            if self._waiting is not None:
+                turn, self._waiting = self._join(turn, self._waiting), None
+        history = self._call.history
         draft = self._draft
-        if draft is not None and speculative is not None and draft.speculative_task is speculative:
+        if (
+            draft is not None
+            and turn.speculative is not None
+            and draft.speculative_task is turn.speculative
+            and history.messages() == self._draft_base
+        ):
             self._draft = None
-            self._call.history.add_user(text)
-            self._responses.release(draft, timings)
+            history.add_user(turn.texts[0])
+            responses.release(draft, turn.timings)
             return
         self._discard_draft()
-        await self._respond(text, speech_end, timings)
-
-    async def _text_turn(self, text: str, received_at: float) -> None:
-        response = self._responses.active()
-        if response is not None:
-            self._responses.cancel(response, "new_text_input")
-        await self._respond(text, received_at, {})
-
-    async def _respond(self, text: str | None, turn_end: float, timings: dict[str, float]) -> None:
-        """Answer ``text``; with None, only say the apology (the turn was lost)."""
-        # A cancelled reply must settle its history before the next one reads it.
-        await self._responses.settle()
-        self._discard_draft()
-        if text is not None:
-            self._call.history.add_user(text)
-        await self._responses.answer(turn_end, timings, apology=text is None)
+        for text in turn.texts:
+            history.add_user(text)
+        responses.answer(turn.turn_end, turn.timings, apology=not turn.texts)

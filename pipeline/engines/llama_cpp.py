@@ -1,8 +1,14 @@
 """In-process chat model with llama-cpp-python, streamed from one worker thread.
 
 The model lives on a single dedicated thread: the one-worker executor is what
-guarantees one generation at a time on the shared model (a second stream waits
-for the first to finish or be cancelled). Tokens cross to the event loop with
+guarantees one generation at a time on the shared model. Streams waiting for it
+queue per call (``for_session``) and are served round robin between calls
+(``FairJobQueue``), so one call's backlog never goes ahead of another call's turn;
+a stream closed while it waits is withdrawn and never runs, so a discarded
+speculative draft costs no prefill. Each prompt is fitted to the context by tokens
+first (``fit_to_context``): the system prompt and the newest turns are kept, the
+oldest turns dropped, and a prompt that cannot fit is the caller's error
+(``LLMRequestError``), not the engine's. Tokens cross to the event loop with
 ``call_soon_threadsafe``, so the loop never blocks; the queue is bounded by a
 credit semaphore the worker takes before each token, so a slow consumer slows
 generation down instead of growing memory. A stop flag checked at every token,
@@ -22,11 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines.base import ChatMessage
-from pipeline.errors import LLMError, ModelLoadError
+from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.engines.fair_queue import FairJobQueue, Job
+from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
+from pipeline.history import fit_to_context
 
 _CREDIT_POLL_S = 0.05
 """How often a worker waiting for queue space rechecks the stop flag."""
+MESSAGE_OVERHEAD_TOKENS = 8
+"""Chat-template tokens around each message (ChatML: ``<|im_start|>role\n`` …
+``<|im_end|>\n`` is 5), counted on top of its content."""
+CONTEXT_MARGIN_TOKENS = 32
+"""Room kept free besides the reply: the assistant header and any template extras."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +61,23 @@ class LlamaCppLLM:
         n_batch: int = 512,
         chat_format: str | None = None,
         queue_size: int = 32,
+        max_instruction_tokens: int | None = None,
+        max_jobs_per_session: int = 4,
     ) -> None:
         from llama_cpp import Llama
 
         self.model_path = Path(model_path)
         self.name = f"llama.cpp:{self.model_path.stem}"
+        self.n_ctx = n_ctx
+        self.max_instruction_tokens = (
+            max_instruction_tokens if max_instruction_tokens is not None else n_ctx // 4
+        )
+        """System prompts longer than this are refused (the caller's error)."""
+        self.generations_started = 0
+        """Generations the worker began (each one a prefill): a withdrawn job is not one."""
         self._queue_size = queue_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._jobs = FairJobQueue(max_jobs_per_session)
         self._closed = False
         self._generating = threading.Event()
         if not self.model_path.is_file():
@@ -79,14 +102,23 @@ class LlamaCppLLM:
         """True while the worker thread is generating."""
         return self._generating.is_set()
 
+    def for_session(self, session_id: str) -> LLMEngine:
+        """A call's view: its streams queue as that call's, served round robin."""
+        return _SessionView(self, session_id)
+
     async def stream(
         self,
         messages: Sequence[ChatMessage],
         *,
         max_tokens: int = 256,
         temperature: float = 0.7,
+        session: str = "",
     ) -> AsyncGenerator[str, None]:
-        """Yield text deltas; ``aclose()`` or cancellation stops within one token."""
+        """Yield text deltas; ``aclose()`` or cancellation stops within one token.
+
+        ``session`` is whose stream this is (``for_session`` sets it): the worker
+        serves the waiting streams of different sessions in turn.
+        """
         if self._closed:
             raise LLMError(f"{self.name}: engine is closed", transient=False)
         loop = asyncio.get_running_loop()
@@ -107,14 +139,33 @@ class LlamaCppLLM:
                 return False
             return not stop.is_set()
 
-        request = [{"role": m["role"], "content": m["content"]} for m in messages]
-        worker = loop.run_in_executor(
-            self._executor, self._generate, request, max_tokens, temperature, stop, emit
-        )
+        request = [ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            try:
+                if not stop.is_set():
+                    self._generate(request, max_tokens, temperature, stop, emit)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    loop.call_soon_threadsafe(_resolve, finished)
+
+        job = Job(session, run)
+        if not self._jobs.put(job):
+            raise LLMRequestError(
+                f"{self.name}: this call already has {self._jobs.max_per_key} requests waiting"
+            )
+        try:
+            self._executor.submit(self._run_next)
+        except RuntimeError as error:  # shut down by close() meanwhile
+            self._jobs.withdraw(job)
+            raise LLMError(f"{self.name}: engine is closed", transient=False) from error
         try:
             while True:
                 item = await queue.get()
                 if isinstance(item, _End):
+                    if isinstance(item.error, LLMError):
+                        raise item.error
                     if item.error is not None:
                         raise LLMError(f"{self.name}: generation failed: {item.error}") from (
                             item.error
@@ -124,14 +175,52 @@ class LlamaCppLLM:
                 yield item
         finally:
             stop.set()
-            # Wait for the worker to notice (at most one token), so the model is idle
-            # when the generator is closed; shielded so a second cancel cannot orphan it.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(worker)
+            if not self._jobs.withdraw(job):
+                # The worker took it: wait for it to notice (at most one token), so the
+                # model is idle when the generator is closed; shielded so a second
+                # cancel cannot orphan it.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(finished)
+
+    def _run_next(self) -> None:
+        """One executor task per job put: run whichever job is due (worker thread)."""
+        job = self._jobs.take()
+        if job is not None:
+            job.run()
+
+    def fit(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[ChatMessage]:
+        """``messages`` trimmed to leave ``max_tokens`` of the context for the reply.
+
+        Keeps the system prompt and the newest turns. Raises LLMRequestError when
+        the system prompt is over ``max_instruction_tokens`` or it and the newest
+        turn alone do not fit. Thread-safe (tokenizing reads only the vocabulary).
+        """
+        counted: dict[str, int] = {}
+
+        def count(text: str) -> int:
+            if text not in counted:
+                tokens = self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+                counted[text] = len(tokens) + MESSAGE_OVERHEAD_TOKENS
+            return counted[text]
+
+        system = sum(count(m["content"]) for m in messages if m["role"] == "system")
+        if system > self.max_instruction_tokens:
+            raise LLMRequestError(
+                f"the instructions take {system} tokens; this server allows "
+                f"{self.max_instruction_tokens}"
+            )
+        budget = self.n_ctx - max_tokens - CONTEXT_MARGIN_TOKENS
+        fitted = fit_to_context(messages, count, budget)
+        if fitted is None:
+            raise LLMRequestError(
+                f"the instructions and the last message do not fit the model's context of "
+                f"{self.n_ctx} tokens with room for a reply of {max_tokens}"
+            )
+        return fitted
 
     def _generate(
         self,
-        messages: list[dict[str, str]],
+        messages: list[ChatMessage],
         max_tokens: int,
         temperature: float,
         stop: threading.Event,
@@ -141,8 +230,13 @@ class LlamaCppLLM:
         error: BaseException | None = None
         self._generating.set()
         try:
+            fitted = self.fit(messages, max_tokens)
+            self.generations_started += 1
             chunks = self._model.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True
+                messages=[dict(m) for m in fitted],
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
             )
             try:
                 for chunk in chunks:
@@ -166,3 +260,28 @@ class LlamaCppLLM:
         self._closed = True
         self._executor.shutdown(wait=True)
         self._model.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _SessionView:
+    """One call's view of the shared model: its streams are queued as that call's."""
+
+    def __init__(self, engine: LlamaCppLLM, session_id: str) -> None:
+        self._engine = engine
+        self._session = session_id
+        self.name = engine.name
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncGenerator[str, None]:
+        return self._engine.stream(
+            messages, max_tokens=max_tokens, temperature=temperature, session=self._session
+        )

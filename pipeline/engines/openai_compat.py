@@ -20,9 +20,12 @@ from typing import Any
 import openai
 
 from pipeline.engines.base import ChatMessage
-from pipeline.errors import LLMError, LLMTimeoutError, LLMUnavailableError
+from pipeline.errors import LLMError, LLMRequestError, LLMTimeoutError, LLMUnavailableError
 
 DEFAULT_API_KEY_ENV = "VOICEFORGE_LLM_API_KEY"
+_REQUEST_REFUSED = frozenset({400, 413, 422})
+"""Statuses that refuse the request itself (vLLM answers 400 to a prompt over the
+model's context); 401/403/404 stay engine errors: the deployment is misconfigured."""
 
 
 class OpenAICompatLLM:
@@ -150,6 +153,10 @@ class OpenAICompatLLM:
             detail = f"{where} answered HTTP {status}: {error.message}"
             if status >= 500 or status == 429:
                 return LLMUnavailableError(detail)
+            if status in _REQUEST_REFUSED:
+                # The request (a prompt over the context, a bad parameter) is at fault,
+                # not the server: the caller's error, which says nothing about health.
+                return LLMRequestError(detail)
             return LLMError(detail, transient=False)
         return LLMError(f"{where} failed: {error}")
 

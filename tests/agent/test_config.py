@@ -10,7 +10,7 @@ import pytest
 from agent.config import Settings
 from pipeline.errors import ConfigurationError
 
-KEY = "k-unit-test-secret"
+KEY = "k-unit-test-secret-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)

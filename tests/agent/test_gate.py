@@ -48,7 +48,28 @@ def test_the_key_or_a_live_token_is_a_credential() -> None:
 )
 def test_origins(origin: str | None, allowed: tuple[str, ...], ok: bool) -> None:
     headers = {"Origin": origin} if origin else {}
-    assert origin_ok(connection(headers=headers), Settings(allowed_origins=allowed)) is ok
+    settings = Settings(api_key=KEY, allowed_origins=allowed)
+    assert origin_ok(connection(headers=headers), settings) is ok
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "ok"),
+    [
+        (None, "127.0.0.1:8000", True),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+        ("http://localhost:5173", "127.0.0.1:8000", True),  # a dev server on this machine
+        ("http://[::1]:8000", "[::1]:8000", True),
+        ("http://rebound.example:8000", "rebound.example:8000", False),  # DNS rebinding
+        ("https://evil.example", "127.0.0.1:8000", False),
+    ],
+)
+def test_without_a_key_only_loopback_pages_may_call(
+    origin: str | None, host: str, ok: bool
+) -> None:
+    headers = {"Origin": origin} if origin else {}
+    for allowed in ((), ("*",), ("https://evil.example",)):
+        settings = Settings(allowed_origins=allowed)
+        assert origin_ok(connection(headers=headers, host=host), settings) is ok
 
 
 def test_twilio_signatures_are_checked_against_the_public_url() -> None:

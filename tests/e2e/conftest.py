@@ -19,7 +19,7 @@ import uvicorn
 from agent.config import Settings
 from agent.profiles import build_embedded
 from agent.server import AppState, create_app
-from agent.serving import VoiceForgeServer
+from agent.serving import VoiceForgeServer, transport_limits
 from pipeline.conversation import Engines
 from pipeline.engines.base import LLMEngine
 from pipeline.vad import BatchedVADWorker, SileroVAD
@@ -84,7 +84,7 @@ def start_server(
         host="127.0.0.1",
         port=0,
         log_level="warning",
-        ws_max_size=settings.hard_max_frame_bytes,
+        **transport_limits(settings),
         lifespan="on",
     )
     server = VoiceForgeServer(config, app)

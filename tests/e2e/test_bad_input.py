@@ -134,3 +134,35 @@ async def test_a_frame_over_the_hard_limit_closes_with_1009_and_the_server_goes_
 
     async with connect(url, subprotocols=subprotocols()) as ws:
         await _assert_survives(await RawSession.open(ws))
+
+
+async def test_an_error_about_a_huge_value_is_small(server: RunningServer) -> None:
+    async with connect(server.url, subprotocols=subprotocols()) as ws:
+        session = await RawSession.open(ws)
+        # Values the control-frame cap (40 KiB) lets through, echoed in the error.
+        for frame, code in (
+            ({"type": "t" * 30_000}, "unknown_type"),
+            ({"type": "session.update", "session": {"v" * 30_000: 1}}, "invalid_session"),
+            ({"type": "session.update", "session": {"voice": "v" * 30_000}}, "invalid_session"),
+        ):
+            await session.send(frame)
+            error = await session.wait_type("error", 10)
+            assert error["code"] == code
+            assert len(msgpack.packb(error, use_bin_type=True)) < 512, len(error["message"])
+            assert "… (30000 chars)" in error["message"]
+        await _assert_survives(session)
+
+
+async def test_a_frame_over_the_default_transport_limit_is_closed_1009_by_the_server(
+    server: RunningServer,
+) -> None:
+    # The default hard limit is twice max_frame_bytes (512 KiB), not 4 MiB: what
+    # the server buffers of one frame is sized to what the protocol can use.
+    assert server.settings.hard_max_frame_bytes == 2 * server.settings.max_frame_bytes
+    async with connect(server.url, subprotocols=subprotocols(), max_size=None) as ws:
+        await RawSession.open(ws)
+        await ws.send(_audio(bytes(server.settings.hard_max_frame_bytes + 2)))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await RawSession(ws, {}).wait_type("never", 30)
+    assert closed.value.rcvd is not None, "the server sent a close frame"
+    assert closed.value.rcvd.code == 1009

@@ -10,7 +10,9 @@ engines are the fast scripted ones: these are the server's own mechanics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -90,13 +92,16 @@ async def test_calls_beyond_the_session_limit_get_503_with_a_retry_hint() -> Non
 
 async def test_new_calls_are_refused_while_the_measured_p95_is_over_budget() -> None:
     slow = ScriptedLLM(first_token_ms=400.0, tokens_per_second=200.0)
-    settings = Settings(latency_budget_ms=250.0, admission_min_samples=2, retry_after_s=3)
+    # One call stands for the load here (test_engine_cost.py checks that by default one
+    # call cannot trip admission).
+    settings = Settings(latency_budget_ms=250.0, admission_min_samples=2, admission_min_calls=1,
+                        retry_after_s=3)
     for server in start_server(settings, bench_engines(llm=slow), admission=True):
         async with connect(server.url, subprotocols=subprotocols()) as ws:
             session = await RawSession.open(ws)
             for _ in range(2):
                 done = await session.say_hello()
-                assert done["timings"]["end_of_speech_to_first_audio_ms"] > 250
+                assert done["timings"]["end_of_turn_to_first_audio_ms"] > 250
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(server.url, subprotocols=subprotocols()):
                     pass
@@ -162,7 +167,7 @@ LONG_REPLY_FRAMES = len(LONG_REPLY) * 10  # 1 s per character, 100 ms per delta
 
 
 def _long_reply_server(**limits: Any) -> Iterator[RunningServer]:
-    settings = Settings(slow_client_frames=20, max_outbound_frames=400, **limits)
+    settings = Settings(**{"slow_client_frames": 20, "max_outbound_frames": 400, **limits})
     engines = bench_engines(
         llm=ScriptedLLM(LONG_REPLY, first_token_ms=0.0, tokens_per_second=1000.0),
         tts=ToneTTS(ms_per_char=1000.0, chunk_ms=1000.0),
@@ -193,6 +198,39 @@ async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() 
             client.close()
         assert metric(server, "voiceforge_dropped_audio_frames_total") > 0
         assert metric(server, "voiceforge_cancellations_total", reason="client_too_slow") == 1
+
+
+def _queued_bytes(server: RunningServer) -> int:
+    """Bytes the server holds for its one call now, read on the server's loop."""
+    (session,) = server.app_state.sessions
+    assert session.writer_task is not None
+    answer: concurrent.futures.Future[int] = concurrent.futures.Future()
+    session.writer_task.get_loop().call_soon_threadsafe(
+        lambda: answer.set_result(sum(len(item[1]) for item in session.outbound._items))
+    )
+    return answer.result(timeout=10)
+
+
+async def test_what_waits_for_a_client_that_does_not_read_is_bounded_in_bytes() -> None:
+    limit = 96 * 1024  # twenty 100 ms deltas of 24 kHz audio
+    for server in _long_reply_server(
+        slow_client_frames=3000, max_outbound_frames=4000, slow_client_bytes=limit // 2,
+        max_outbound_bytes=limit, slow_client_timeout_s=30.0,
+    ):
+        client = await asyncio.to_thread(StubbornClient, server.url)
+        try:
+            client.send({"type": "conversation.text", "text": "Tell me a long story."})
+            most = 0
+            for _ in range(30):  # 3 s without reading: the socket fills, then the queue
+                await asyncio.sleep(0.1)
+                most = max(most, await asyncio.to_thread(_queued_bytes, server))
+            assert 0 < most <= limit, most
+            done = await asyncio.to_thread(
+                client.read_until, lambda m: m["type"] == "response.done", 20
+            )
+            assert done["reason"] == "client_too_slow"
+        finally:
+            client.close()
 
 
 async def test_a_client_that_never_reads_again_is_disconnected() -> None:
@@ -242,6 +280,111 @@ async def test_a_client_over_the_frame_rate_is_throttled_then_a_flood_is_cut_off
             assert (await asyncio.wait_for(answer, 30))["status"] == "completed"
             assert not bystander.errors()
         assert metric(server, "voiceforge_disconnects_total", reason="flood") == 1
+
+
+async def test_a_flood_of_text_frames_is_counted_and_cut_off_like_binary_ones() -> None:
+    for server in start_server(Settings(), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as flood:
+            flooder = await RawSession.open(flood)
+            await flood.send("hello")  # one text frame: answered, the call goes on
+            assert (await flooder.wait_type("error", 10))["code"] == "malformed_frame"
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for _ in range(50_000):  # as fast as the socket takes them
+                    await flood.send("{}")
+            code, errors = await closed_with(flooder, 10.0)
+            assert code == 1008 and errors[-1] == "too_many_frames", (code, errors[-3:])
+        assert metric(server, "voiceforge_disconnects_total", reason="flood") == 1
+
+
+async def test_a_thousand_bad_frames_get_a_bounded_number_of_errors() -> None:
+    for server in start_server(Settings(), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            started = time.monotonic()
+            for i in range(1000):  # within the frame rate's burst and refill
+                await ws.send(msgpack.packb({"type": f"no.such.type.{i}"}))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.5)
+            await session.send({"type": "session.update", "session": {"temperature": 0.2}})
+            await session.wait_type("session.updated", 10)
+            elapsed_s = time.monotonic() - started
+            errors = session.errors()
+            assert {e["code"] for e in errors} == {"unknown_type"}
+            # A few a second, whatever the client sends; the first after a pause
+            # says how many were held back.
+            assert len(errors) <= 3 * (elapsed_s + 1), (len(errors), elapsed_s)
+            assert any("more unknown_type errors were not sent" in e["message"] for e in errors)
+        # Each bad frame is still counted.
+        assert metric(server, "voiceforge_errors_total", code="unknown_type") == 1000
+
+
+async def test_decoding_over_the_sessions_budget_drops_frames_then_closes_1008() -> None:
+    # A budget no frame fits in: every frame after the first is over it.
+    settings = Settings(decode_budget_ms_per_s=0.0001, decode_burst_ms=0.0001)
+    for server in start_server(settings, bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws, connect(
+            server.url, subprotocols=subprotocols()
+        ) as other:
+            session = await RawSession.open(ws)
+            bystander = await RawSession.open(other)
+            frame = msgpack.packb({"type": "input_audio.append", "audio": bytes(640)})
+
+            async def keep_sending(audio: bytes) -> None:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for _ in range(500):  # 10 s at 20 ms a frame
+                        await ws.send(audio)
+                        await asyncio.sleep(0.02)
+
+            sender = asyncio.create_task(keep_sending(frame))
+            try:
+                code, errors = await closed_with(session, 15.0)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+            assert code == 1008, code
+            assert set(errors) == {"decode_budget_exceeded"} and len(errors) <= 4, errors
+            # The budget is per call: another caller is served as usual.
+            assert (await bystander.say_hello())["status"] == "completed"
+        assert metric(server, "voiceforge_disconnects_total", reason="decode_budget") == 1
+
+
+async def test_audio_credit_does_not_build_up_while_the_caller_is_idle() -> None:
+    for server in start_server(Settings(audio_burst_ms=200.0), bench_engines()):
+        async with connect(server.url, subprotocols=subprotocols()) as ws:
+            session = await RawSession.open(ws)
+            frame = msgpack.packb({"type": "input_audio.append", "audio": bytes(640)})
+            await ws.send(frame)
+            # Two idle seconds would have earned 4 s of credit (2x real time)
+            # on top of the 200 ms burst; a token bucket holds the burst only.
+            await asyncio.sleep(2.0)
+            for _ in range(100):  # 2 s of audio, as fast as the socket takes it
+                await ws.send(frame)
+            await session.send({"type": "session.update", "session": {"temperature": 0.2}})
+            await session.wait_type("session.updated", 10)
+            assert [e["code"] for e in session.errors()] == ["audio_rate_exceeded"]
+
+
+async def test_connections_beyond_the_transport_limit_get_503_from_uvicorn() -> None:
+    for server in start_server(Settings(max_sessions=2, max_connections=3), bench_engines()):
+        host, port = server.http.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(3)]
+        try:
+            # uvicorn counts a connection once its protocol is set up: poll briefly.
+            for _ in range(100):
+                response = await http_get(server, "/healthz")
+                if response.status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert response.status_code == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(100):
+            response = await http_get(server, "/healthz")
+            if response.status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert response.status_code == 200
 
 
 # -------------------------------------------------------------- history

@@ -57,12 +57,15 @@ def test_a_token_is_minted_only_with_the_api_key(secured: RunningServer) -> None
     minted = _mint(secured)
     assert minted.status_code == 200
     body = minted.json()
-    assert body["token"].startswith("vf1.") and API_KEY not in body["token"]
+    assert body["token"].startswith("vf2.default.ws+webrtc.") and API_KEY not in body["token"]
     assert body["ttl_s"] == 60.0
     assert minted.headers["cache-control"] == "no-store"
     assert _mint(secured, body={"ttl_s": 5}).json()["ttl_s"] == 5.0
     assert _mint(secured, body={"ttl_s": 10_000}).json()["ttl_s"] == 60.0  # capped
     assert _mint(secured, body={"ttl_s": "soon"}).status_code == 400
+    assert _mint(secured, body={"audience": ["admin"]}).status_code == 400
+    assert _mint(secured, body={"max_calls": 0}).status_code == 400
+    assert _mint(secured, body=[1]).status_code == 400
     assert _mint(secured, key=None).status_code == 401
     assert _mint(secured, key="wrong").status_code == 401
     # A token cannot mint another: a leaked token dies with its expiry.
@@ -76,7 +79,7 @@ def test_minting_needs_a_configured_key() -> None:
 
 
 async def test_a_token_opens_a_call_until_it_expires(secured: RunningServer) -> None:
-    minted = _mint(secured, body={"ttl_s": 3}).json()
+    minted = _mint(secured, body={"ttl_s": 3, "max_calls": 3}).json()
     token = minted["token"]
     async with await VoiceForgeClient.connect(secured.url, api_key=token) as client:
         assert client.session_id
@@ -91,8 +94,8 @@ async def test_a_token_opens_a_call_until_it_expires(secured: RunningServer) -> 
             pass
     assert refused.value.response.status_code == 403
     # A tampered token (expiry pushed out) fails its signature.
-    version, expiry, nonce, signature = token.split(".")
-    forged = ".".join([version, str(int(expiry) + 3600), nonce, signature])
+    *claims, expiry, nonce, signature = token.split(".")
+    forged = ".".join([*claims, str(int(expiry) + 3600), nonce, signature])
     with pytest.raises(InvalidStatus):
         async with connect(secured.url, subprotocols=subprotocols(f"bearer.{forged}")):
             pass
@@ -150,7 +153,7 @@ async def test_twilio_streams_need_a_valid_signature(secured: RunningServer) -> 
             TWILIO_TOKEN, "wss://voice.example.com/telephony/twilio"
         )
     }
-    token = _mint(secured).json()["token"]
+    token = _mint(secured, body={"audience": ["telephony"], "max_calls": 1}).json()["token"]
     async with connect(telephony, additional_headers=signed) as ws:
         await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send(json.dumps({

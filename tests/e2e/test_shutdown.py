@@ -118,7 +118,7 @@ async def test_at_the_drain_deadline_replies_are_cancelled_and_still_reported() 
 
 
 async def test_json_logs_carry_session_and_response_ids_and_no_secret() -> None:
-    key = "json-log-test-key-0123456789"
+    key = "json-log-test-key-0123456789abcdef"
     with serve(VOICEFORGE_LOG_FORMAT="json", VOICEFORGE_API_KEY=key) as (process, url, lines):
         async with connect(url, subprotocols=subprotocols(f"bearer.{key}")) as ws:
             session = await RawSession.open(ws)

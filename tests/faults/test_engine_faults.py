@@ -83,7 +83,10 @@ def tts() -> ProbeTTS:
 
 @pytest.fixture(scope="module")
 def server(stt: ProbeSTT, llm: ProbeLLM, tts: ProbeTTS) -> Iterator[RunningServer]:
-    with serving(Settings(), bench_engines(stt=stt, llm=llm, tts=tts)) as running:
+    # One call's failures are enough to report here (test_engine_health.py checks the
+    # default, which wants failures from several calls).
+    settings = Settings(engine_failure_sessions=1)
+    with serving(settings, bench_engines(stt=stt, llm=llm, tts=tts)) as running:
         yield running
 
 

@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -47,7 +47,9 @@ ERROR_CATEGORIES = frozenset({"client", "transient", "permanent"})
 """§5 ``error.category``; §7: ``client`` unless the table brackets another."""
 TRANSIENT_FRAME_CODES = frozenset({"input_overloaded"})
 """The one code a client frame can earn whose category is not ``client``."""
-DECODER_CODES = frozenset({"malformed_frame", "unknown_type", "invalid_message", "invalid_audio"})
+DECODER_CODES = frozenset(
+    {"malformed_frame", "unknown_type", "invalid_message", "invalid_audio", "frame_too_large"}
+)
 """What a single frame can be refused with, before any session state matters."""
 SESSION_CODES = frozenset({"invalid_session", "unsupported_sample_rate"})
 AUDIO_FLOW_CODES = frozenset({"audio_rate_exceeded", "input_overloaded"})
@@ -82,6 +84,10 @@ SERVER_TYPES = frozenset(
     }
 )
 MAX_TEXT_CHARS = 4000
+MAX_CONTROL_FRAME_BYTES = 40960
+"""§7: a frame other than ``input_audio.append`` over this is ``frame_too_large``."""
+MAX_MAP_KEYS = 32
+"""§1: a map with more entries is ``malformed_frame``."""
 MAX_INSTRUCTIONS_CHARS = 8000
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 32000, 44100, 48000)
 TURN_FIELDS = (
@@ -133,6 +139,40 @@ def keys_are_strings(obj: Any) -> bool:
     return True
 
 
+def shape_is_allowed(message: dict[str, Any]) -> bool:
+    """§1 nesting: maps only as ``session`` and ``session.turn``, no array or ext value
+    anywhere, at most 32 entries per map."""
+    def flat(obj: dict[str, Any], maps_at: dict[str, Any]) -> bool:
+        if len(obj) > MAX_MAP_KEYS:
+            return False
+        for key, value in obj.items():
+            if isinstance(value, dict):
+                if key not in maps_at or not flat(value, maps_at[key]):
+                    return False
+            elif isinstance(value, list | msgpack.ExtType | msgpack.Timestamp):
+                return False
+        return True
+
+    return flat(message, {"session": {"turn": {}}})
+
+
+def entries_within_limit(frame: bytes) -> bool:
+    """§1: no map has more than 32 entries, repeated keys counted (a reader that keeps
+    the last of each, as ``generic_unpack`` does, would hide them)."""
+    largest = 0
+
+    def count(pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+        nonlocal largest
+        largest = max(largest, len(pairs))
+        return pairs
+
+    try:
+        msgpack.unpackb(frame, raw=False, strict_map_key=False, object_pairs_hook=count)
+    except Exception:  # generic_unpack has already judged the frame
+        return False
+    return largest <= MAX_MAP_KEYS
+
+
 def is_number(value: Any) -> bool:
     """§1: a *number* is a msgpack int or float, never a boolean."""
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -143,9 +183,15 @@ def expected_decode(frame: bytes) -> str | None:
     ok, message = generic_unpack(frame)
     if not ok or not keys_are_strings(message):
         return "malformed_frame"
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+    if not isinstance(message, dict) or not shape_is_allowed(message):
+        return "malformed_frame"
+    if not entries_within_limit(frame):
+        return "malformed_frame"
+    if not isinstance(message.get("type"), str):
         return "malformed_frame"
     kind = message["type"]
+    if kind != "input_audio.append" and len(frame) > MAX_CONTROL_FRAME_BYTES:
+        return "frame_too_large"
     if kind not in CLIENT_TYPES:
         return "unknown_type"
     if kind == "input_audio.append":
@@ -190,11 +236,15 @@ class SessionModel:
 
     view: dict[str, Any]
     voices: list[str]
+    limits: dict[str, Any] = field(default_factory=dict)
+    """``session.created.limits``: the operator's caps lower ``max_response_tokens``,
+    raise a non-zero ``partial_transcript_interval_ms`` and bound ``instructions``."""
 
     def field_codes(self, key: Any, value: Any) -> set[str]:
         """The codes one ``session.update`` field earns on its own (§3.2)."""
         if key == "instructions":
-            good = isinstance(value, str) and len(value) <= MAX_INSTRUCTIONS_CHARS
+            limit = min(MAX_INSTRUCTIONS_CHARS, self.limits.get("max_instructions_chars", 8000))
+            good = isinstance(value, str) and len(value) <= limit
         elif key == "voice":
             good = value is None or (isinstance(value, str) and value in self.voices)
         elif key in ("input_sample_rate", "output_sample_rate"):
@@ -235,6 +285,11 @@ class SessionModel:
                 view["turn"] = turn
             elif key in NUMBER_FIELDS:
                 view[key] = float(value)
+                floor = self.limits.get("min_partial_transcript_interval_ms", 0.0)
+                if key == "partial_transcript_interval_ms" and value:
+                    view[key] = max(float(value), float(floor))
+            elif key == "max_response_tokens":
+                view[key] = min(value, self.limits.get("max_response_tokens", value))
             else:
                 view[key] = value
         return set(), view

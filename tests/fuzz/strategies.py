@@ -334,3 +334,39 @@ rate_updates = st.fixed_dictionaries(
     },
 ).map(lambda session: msgpack.packb({"type": "session.update", "session": session}))
 """``session.update`` with sample rates, supported or not."""
+
+
+COSTLY_SHAPES = (
+    b"\x80",  # {}
+    b"\x90",  # []
+    b"\xc0",  # nil
+    b"\xcf\xff\xff\xff\xff\xff\xff\xff\xff",  # the largest uint64
+    b"\xa2ab",  # a short str
+    b"\xd4\x01\x00",  # a fixext 1
+)
+"""Small values that cost a generic decoder the most per byte when repeated."""
+
+
+@st.composite
+def costly_frames(draw: st.DrawFn, max_bytes: int) -> bytes:
+    """A frame of at most ``max_bytes`` filled with many small values or deep nesting,
+    under a key or position drawn from where the protocol has nesting and where not."""
+    shape = draw(st.sampled_from(COSTLY_SHAPES))
+    kind = draw(st.sampled_from(["array", "map", "nest_arrays", "nest_maps"]))
+    where = draw(st.sampled_from([("pad",), ("session",), ("session", "turn")]))
+    prefix = b"\x82\xa4type" + msgpack.packb(draw(st.sampled_from(CLIENT_TYPES)))
+    prefix += msgpack.packb(where[0])
+    key_chain = b"".join(b"\x81" + msgpack.packb(key) for key in where[1:])
+    room = max_bytes - len(prefix) - len(key_chain) - 8
+    count = draw(st.integers(1, max(1, room // len(shape))))
+    if kind == "array":
+        body = b"\xdd" + count.to_bytes(4, "big") + shape * count
+    elif kind == "map":
+        pairs = max(1, count // 2)
+        body = b"\xdf" + pairs.to_bytes(4, "big") + (b"\xa1k" + shape[:1]) * pairs
+        body = body if len(body) <= room else b"\x80"
+    elif kind == "nest_arrays":
+        body = b"\x91" * count + shape
+    else:
+        body = b"\x81\xa1k" * (count // 3) + shape
+    return (prefix + key_chain + body)[:max_bytes]

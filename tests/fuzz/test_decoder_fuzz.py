@@ -4,11 +4,20 @@
 ``ProtocolError`` with a code from docs/protocol.md §7; anything else escaping them
 (TypeError, KeyError, msgpack's own errors, RecursionError ...) would end the
 caller's session instead of answering it with an ``error``.
+
+Cost, too: no frame within the size limit may cost more than 2 ms of decoding
+(issue 13). Every decode here is timed in CPU time of the test's thread
+(``time.thread_time``, which other processes on a loaded machine do not inflate);
+a frame whose single decode goes over is decoded again, and it is the best of
+those repeats (``loadtest.decode_cost.cpu_ms``) that must stay within the limit,
+so a preemption or a cold cache in one run cannot fail the test, while a decoder
+that does real work per byte of a 256 KiB frame (16 ms and more) always does.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import msgpack
@@ -28,6 +37,7 @@ from agent.protocol import (
     encode_client_message,
     parse_session_fields,
 )
+from loadtest.decode_cost import WORST_ALLOWED_MS, adversarial_frames, cpu_ms
 from tests.fuzz.conftest import TEST_TIMEOUT_S
 from tests.fuzz.oracle import (
     DECODER_CODES,
@@ -45,6 +55,7 @@ from tests.fuzz.strategies import (
     Deep,
     any_value,
     client_messages,
+    costly_frames,
     deep_frames,
     deep_recipes,
     map_keys,
@@ -70,17 +81,37 @@ MESSAGE_CLASSES = {
 }
 
 
+MAX_FRAME_BYTES = 256 * 1024
+"""``Settings.max_frame_bytes``: larger frames are refused before decoding."""
+COST_REPEATS = 5
+
+
+def check_cost(frame: bytes, single_ms: float, test: str) -> None:
+    """A frame within the limit decodes in at most WORST_ALLOWED_MS (best of repeats)."""
+    if len(frame) > MAX_FRAME_BYTES:
+        return
+    cost_ms = single_ms
+    if cost_ms > WORST_ALLOWED_MS:
+        with production_recursion_limit():
+            cost_ms = cpu_ms(decode_client_frame, frame, COST_REPEATS)
+    STATS.worst_decode_ms[test] = max(STATS.worst_decode_ms.get(test, 0.0), cost_ms)
+    assert cost_ms <= WORST_ALLOWED_MS, (cost_ms, len(frame), frame[:64])
+
+
 def decode(frame: bytes, test: str) -> ClientMessage | ProtocolError:
     """The decoder's answer; any exception other than ProtocolError fails the test."""
+    started = time.thread_time()
     try:
         with production_recursion_limit():
             message = decode_client_frame(frame)
     except ProtocolError as exc:
+        check_cost(frame, (time.thread_time() - started) * 1000.0, test)
         assert exc.code in DOCUMENTED_ERROR_CODES, exc.code
         assert exc.code in DECODER_CODES, exc.code
         assert str(exc), "the error event carries a message"
         STATS.count(test, exc.code)
         return exc
+    check_cost(frame, (time.thread_time() - started) * 1000.0, test)
     STATS.count(test, f"accepted:{type(message).__name__}")
     return message
 
@@ -176,6 +207,27 @@ def test_deeply_nested_frames_decode_or_raise_protocol_error(frame: bytes) -> No
             STATS.count("decoder.deep.session", exc.code)
         else:
             STATS.count("decoder.deep.session", "accepted")
+
+
+@given(costly_frames(MAX_FRAME_BYTES))
+def test_frames_of_many_small_values_decode_as_documented_and_cheaply(frame: bytes) -> None:
+    check_against_model(frame, "decoder.costly")
+
+
+ADVERSARIAL = {
+    f"{shape} ({limit} bytes)": frame
+    for limit in (MAX_FRAME_BYTES, 40 * 1024, 4096)
+    for shape, frame in adversarial_frames(limit).items()
+}
+
+
+@pytest.mark.parametrize("shape", list(ADVERSARIAL))
+def test_the_known_worst_shapes_decode_as_documented_within_the_cost_limit(shape: str) -> None:
+    frame = ADVERSARIAL[shape]
+    check_against_model(frame, "decoder.adversarial")
+    # Measured whatever the single run said: these are the frames the limit is about.
+    cost_ms = cpu_ms(decode_client_frame, frame, COST_REPEATS)
+    assert cost_ms <= WORST_ALLOWED_MS, (shape, cost_ms)
 
 
 def test_bin_map_keys_are_malformed_frames_as_documented() -> None:

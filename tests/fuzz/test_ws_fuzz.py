@@ -81,7 +81,12 @@ Frame = bytes | str
 
 @pytest.fixture(scope="module")
 def fuzz_server() -> Iterator[RunningServer]:
-    settings = Settings(max_frame_bytes=MAX_FRAME_BYTES, hard_max_frame_bytes=HARD_MAX_FRAME_BYTES)
+    # Every frame must earn its own answer here: no errors held back (§7's few
+    # errors a second per code is tested over the socket in tests/e2e/test_limits.py).
+    settings = Settings(
+        max_frame_bytes=MAX_FRAME_BYTES, hard_max_frame_bytes=HARD_MAX_FRAME_BYTES,
+        errors_per_code_per_s=1_000_000,
+    )
     # Fresh engines: the app's lifespan starts and stops its VAD worker.
     yield from start_server(settings, build_bench(settings, progress=lambda line: None))
 
@@ -127,7 +132,9 @@ class Probe:
 
     def __init__(self, ws: ClientConnection, created: dict[str, Any]) -> None:
         self.ws = ws
-        self.model = SessionModel(dict(created["session"]), list(created["limits"]["voices"]))
+        self.model = SessionModel(
+            dict(created["session"]), list(created["limits"]["voices"]), dict(created["limits"])
+        )
         self.sent = 0
         self.engine_errors: list[dict[str, Any]] = []
 

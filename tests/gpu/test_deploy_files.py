@@ -37,6 +37,9 @@ def test_compose_file_validates_with_the_example_env(tmp_path: Path) -> None:
     assert "VOICEFORGE_LLM_URL: http://vllm:8000/v1" in config
     assert config.count("driver: nvidia") == 2
     assert "VLLM_API_KEY: change-me-vllm-key" in config
+    # Plain HTTP is published on loopback only unless the operator says otherwise.
+    assert "- 127.0.0.1:8000:8000/tcp" in config
+    assert "- 8000:8000" not in config
 
 
 def test_env_file_is_ignored_and_the_example_is_not() -> None:

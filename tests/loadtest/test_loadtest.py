@@ -19,7 +19,7 @@ from loadtest.speech import espeak_available
 REQUIRED = {
     "callers", "turns", "errors", "latency_ms", "client_latency_ms", "server_overhead_ms",
     "barge_in_ms", "underruns", "dropped_sessions", "server", "compare", "input_lag_ms",
-    "end_of_turn_wait_ms",
+    "end_of_turn_wait_ms", "acoustic_latency_ms", "barge_in_acoustic_ms",
 }
 
 
@@ -47,6 +47,10 @@ def test_short_run_reports_every_figure_without_errors(bench_url: str, tmp_path:
     assert report["noise_false_turns"] == 0
     assert report["barge_in_ms"]["count"] >= 1
     assert set(report["latency_ms"]) == {"p50", "p95", "p99"}
+    # Every answered turn is timed from the acoustic end of its question too.
+    assert report["acoustic_latency_ms"]["p50"] is not None
+    assert report["barge_in_acoustic_ms"]["count"] >= 1
+    assert set(report["compare"]["ratio_on_off"]) >= {"acoustic_latency_ms", "latency_ms"}
     assert set(report["barge_in_ms"]) >= {"p50", "p95"}
     assert report["server"]["sessions_left_open"] == 0
     assert report["server"]["rss_mb_max"] > 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.history import History, SpokenChunk, heard_text
+from pipeline.engines.base import ChatMessage
+from pipeline.history import History, SpokenChunk, fit_to_context, heard_text
 
 # --- History --------------------------------------------------------------------------
 
@@ -147,3 +148,62 @@ def test_whitespace_is_normalised() -> None:
 
 def test_no_chunks() -> None:
     assert heard_text([], 1000.0) == ""
+
+
+# --- fit_to_context -------------------------------------------------------------------
+
+
+def _words(text: str) -> int:
+    """One token a word, plus two for the template around a message."""
+    return len(text.split()) + 2
+
+
+def _turns(count: int) -> list[ChatMessage]:
+    turns: list[ChatMessage] = []
+    for index in range(count):
+        turns.append(ChatMessage(role="user", content=f"question {index} " + "w " * 8))
+        turns.append(ChatMessage(role="assistant", content=f"answer {index} " + "w " * 8))
+    return turns
+
+
+def test_fit_keeps_everything_that_fits() -> None:
+    messages = [ChatMessage(role="system", content="be brief"), *_turns(3)]
+    assert fit_to_context(messages, _words, budget=1000) == messages
+
+
+def test_fit_keeps_the_system_prompt_and_the_newest_turns() -> None:
+    system = ChatMessage(role="system", content="be brief " * 10)
+    newest = ChatMessage(role="user", content="and the weather?")
+    messages = [system, *_turns(10), newest]
+    fitted = fit_to_context(messages, _words, budget=80)
+    assert fitted is not None
+    assert fitted[0] == system
+    assert fitted[-1] == newest
+    # A suffix of the turns, starting with a question: no reply without its question.
+    kept = fitted[1:]
+    assert kept == messages[len(messages) - len(kept):]
+    assert kept[0]["role"] == "user"
+    assert sum(_words(m["content"]) for m in fitted) <= 80
+    # As many turns as fit: one more pair would not.
+    assert sum(_words(m["content"]) for m in fitted) + 2 * 12 > 80
+
+
+def test_fit_drops_a_question_with_its_answer() -> None:
+    messages = [ChatMessage(role="system", content="s"), *_turns(2)]
+    messages.append(ChatMessage(role="user", content="last"))
+    total = sum(_words(m["content"]) for m in messages)
+    fitted = fit_to_context(messages, _words, budget=total - 1)
+    assert fitted is not None
+    assert [m["content"].split()[:2] for m in fitted[1:]] == [
+        ["question", "1"], ["answer", "1"], ["last"]
+    ]
+
+
+def test_fit_gives_up_when_the_system_prompt_and_the_newest_turn_do_not_fit() -> None:
+    messages = [
+        ChatMessage(role="system", content="rule " * 50),
+        *_turns(2),
+        ChatMessage(role="user", content="hello"),
+    ]
+    assert fit_to_context(messages, _words, budget=40) is None
+    assert fit_to_context(messages[:1] + messages[-1:], _words, budget=55) is not None

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.llama_cpp import LlamaCppLLM
-from pipeline.errors import LLMError, ModelLoadError
+from pipeline.errors import LLMRequestError, ModelLoadError
 from pipeline.models import ensure_default_gguf
 
 QUESTION: list[ChatMessage] = [
@@ -92,12 +92,105 @@ async def test_concurrent_streams_take_turns(llm: LlamaCppLLM) -> None:
     assert "paris" in first.lower()
 
 
-async def test_prompt_longer_than_context_is_an_llm_error(llm: LlamaCppLLM) -> None:
+async def test_prompt_longer_than_context_is_the_callers_error(llm: LlamaCppLLM) -> None:
     huge: list[ChatMessage] = [{"role": "user", "content": "word " * 6000}]
-    with pytest.raises(LLMError, match="generation failed"):
+    with pytest.raises(LLMRequestError, match="do not fit the model's context") as caught:
         async for _ in llm.stream(huge, max_tokens=8, temperature=0.0):
             pass
+    assert caught.value.category == "client"
     assert not llm.busy
+
+
+def _prompt_tokens_evaluated(llm: LlamaCppLLM) -> int:
+    """llama.cpp's own count of prompt tokens decoded (prefill), from its perf hooks."""
+    import llama_cpp
+
+    return int(llama_cpp.llama_perf_context(llm._model._ctx.ctx).n_p_eval)
+
+
+async def test_a_stream_closed_while_it_waits_never_runs(llm: LlamaCppLLM) -> None:
+    """Issue 13: a cancelled job (a discarded draft) still ran its whole prefill
+    ahead of the real reply."""
+    blocker = llm.stream(LONG_ANSWER, max_tokens=400, temperature=0.0)
+    assert await anext(blocker)  # the model is busy with it (its prefill is done)
+    started = llm.generations_started if hasattr(llm, "generations_started") else None
+    before = _prompt_tokens_evaluated(llm)
+    # A long prompt that shares nothing with the blocker's: hundreds of tokens to prefill.
+    draft: list[ChatMessage] = [
+        {"role": "system", "content": "Answer as a pirate would. " * 40},
+        {"role": "user", "content": "Tell me a long story about a dragon."},
+    ]
+    waiting = asyncio.ensure_future(anext(llm.stream(draft, max_tokens=400, temperature=0.0)))
+    await asyncio.sleep(0)  # the stream has queued its job behind the blocker
+    waiting.cancel()
+    await blocker.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # The model is free at once; the next request proves the worker's queue is empty.
+    deltas = [d async for d in llm.stream(QUESTION, max_tokens=8, temperature=0.0)]
+    assert deltas
+    question_tokens = len(llm._model.tokenize(QUESTION[0]["content"].encode())) + len(
+        llm._model.tokenize(QUESTION[1]["content"].encode())
+    )
+    evaluated = _prompt_tokens_evaluated(llm) - before
+    assert evaluated <= question_tokens + 32, f"{evaluated} prompt tokens: the draft ran"
+    assert llm.generations_started == (started or 0) + 1
+
+
+async def test_calls_take_turns_on_the_shared_model(llm: LlamaCppLLM) -> None:
+    """One call's backlog does not go ahead of another call's request."""
+    blocker = llm.stream(LONG_ANSWER, max_tokens=400, temperature=0.0)
+    assert await anext(blocker)
+    first, second = llm.for_session("call-a"), llm.for_session("call-b")
+    finished: list[str] = []
+
+    async def ask(engine: LLMEngine, name: str) -> None:
+        async for _ in engine.stream(QUESTION, max_tokens=2, temperature=0.0):
+            pass
+        finished.append(name)
+
+    tasks = [
+        asyncio.create_task(ask(first, "a1")),
+        asyncio.create_task(ask(first, "a2")),
+        asyncio.create_task(ask(first, "a3")),
+        asyncio.create_task(ask(second, "b1")),
+    ]
+    await asyncio.sleep(0)  # all four have queued behind the blocker, in that order
+    await blocker.aclose()
+    await asyncio.gather(*tasks)
+    assert finished == ["a1", "b1", "a2", "a3"]
+
+
+def test_fitting_keeps_the_instructions_and_the_newest_turns(llm: LlamaCppLLM) -> None:
+    system: ChatMessage = {"role": "system", "content": "You are a voice assistant."}
+    turns: list[ChatMessage] = []
+    for index in range(40):
+        turns.append({"role": "user", "content": f"Question {index}: " + "tell me more " * 30})
+        turns.append({"role": "assistant", "content": f"Answer {index}: " + "here is more " * 30})
+    newest: ChatMessage = {"role": "user", "content": "And what is the capital of France?"}
+    messages = [system, *turns, newest]
+    fitted = llm.fit(messages, max_tokens=256)
+    assert fitted[0] == system and fitted[-1] == newest
+    assert fitted[1]["role"] == "user"
+    assert fitted[1:] == messages[len(messages) - len(fitted) + 1 :]
+    assert 3 < len(fitted) < len(messages)
+    prompt = sum(len(llm._model.tokenize(m["content"].encode())) + 8 for m in fitted)
+    assert prompt <= llm.n_ctx - 256
+
+
+async def test_instructions_over_the_token_limit_are_the_callers_error(llm: LlamaCppLLM) -> None:
+    # Digits are one token each: 8000 characters of them overflow a 4096-token context.
+    digits: list[ChatMessage] = [
+        {"role": "system", "content": "1234567890" * 800},
+        {"role": "user", "content": "Hello."},
+    ]
+    with pytest.raises(LLMRequestError, match="instructions take") as caught:
+        async for _ in llm.stream(digits, max_tokens=150, temperature=0.0):
+            pass
+    assert caught.value.category == "client"
+    assert not llm.busy
+    deltas = [d async for d in llm.stream(QUESTION, max_tokens=48, temperature=0.0)]
+    assert "paris" in "".join(deltas).lower()
 
 
 def test_missing_model_file() -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.openai_compat import OpenAICompatLLM
-from pipeline.errors import LLMError, LLMTimeoutError, LLMUnavailableError
+from pipeline.errors import LLMError, LLMRequestError, LLMTimeoutError, LLMUnavailableError
 from pipeline.models import ensure_default_gguf
 
 QUESTION: list[ChatMessage] = [
@@ -268,17 +268,19 @@ async def test_stall_after_a_token_is_timeout() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "error_type", "transient"),
+    ("status", "error_type", "transient", "category"),
     [
-        (503, LLMUnavailableError, True),
-        (500, LLMUnavailableError, True),
-        (429, LLMUnavailableError, True),
-        (401, LLMError, False),
-        (400, LLMError, False),
+        (503, LLMUnavailableError, True, "transient"),
+        (500, LLMUnavailableError, True, "transient"),
+        (429, LLMUnavailableError, True, "transient"),
+        (401, LLMError, False, "permanent"),
+        # The request is refused (vLLM: a prompt over the context): the caller's error.
+        (400, LLMRequestError, False, "client"),
+        (413, LLMRequestError, False, "client"),
     ],
 )
 async def test_http_status_mapping(
-    status: int, error_type: type[LLMError], transient: bool
+    status: int, error_type: type[LLMError], transient: bool, category: str
 ) -> None:
     async with fake_server(_status(status)) as server:
         engine = OpenAICompatLLM(server.url, "m", api_key="sk-secret-key")
@@ -290,6 +292,7 @@ async def test_http_status_mapping(
             await engine.aclose()
     assert type(caught.value) is error_type
     assert caught.value.transient is transient
+    assert caught.value.category == category
     assert str(status) in str(caught.value) and server.url in str(caught.value)
     assert "sk-secret-key" not in str(caught.value)
     assert len(server.requests) == 1  # never retried
