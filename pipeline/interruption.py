@@ -58,14 +58,17 @@ DEFAULT_BACKCHANNELS: frozenset[str] = frozenset(
         "oh", "ooh", "huh", "yeah", "yeh", "yes", "yep", "yup", "ya", "right", "okay", "ok",
         "alright", "all right", "sure", "i see", "got it", "cool", "nice", "great", "wow",
         "exactly", "true", "totally", "indeed", "of course", "o k",
+        # Continuers: they ask the agent to go on, which resuming does.
+        "and then", "go on", "go ahead", "really", "no way", "interesting", "i know",
+        "makes sense", "fair enough",
         # What Whisper writes for them: "mm-hmm" comes out as "Mm-mm", "uh-huh" as
         # "Uh-uh" and "hmm" as "Emm" often enough that these cannot be told apart.
         "mm mm", "uh uh", "hm", "em", "emm", "er", "erm", "eh",
     }
 )
 """Phrases (normalised: lower case, words split on spaces and hyphens) that are
-listening noises, not requests. "no", "wait", "stop", questions and anything with
-content are not here: they interrupt."""
+listening noises or continuers, not requests. "no", "wait", "stop", questions and
+anything with content are not here: they interrupt."""
 
 
 CONNECTIVES: frozenset[str] = frozenset({"and", "so", "well"})

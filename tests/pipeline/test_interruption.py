@@ -47,6 +47,9 @@ from pipeline.interruption import (
         "Emm...",  # and "hmm"
         "And mm",  # Whisper's "And" at the start of a short clip
         "Oh, okay, so.",
+        "And then...",  # a continuer (and Whisper's reading of one "mm-hmm")
+        "Go on.",
+        "Really?",
     ],
 )
 def test_backchannels_resume(text: str) -> None:
