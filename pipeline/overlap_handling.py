@@ -17,7 +17,7 @@ cancels as before, so a 1.0 client sees exactly the 1.0 behaviour.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipeline.interruption import (
     Interrupt,
@@ -75,6 +75,11 @@ class OverlapHandling:
         if not self.enabled:
             return
         self._forget_gone_reply()
+        if self.tracker.phase is OverlapPhase.IDLE:
+            # Shorter than a 1.0 barge-in never interrupts: the session's own setting.
+            minimum = self._call.config.turn.barge_in_min_speech_ms
+            if self.tracker.config.min_interruption_ms != minimum:
+                self.tracker.config = replace(self.tracker.config, min_interruption_ms=minimum)
         audible = self._audible()
         actions = self.tracker.speech_started(at_ms, agent_audible=audible is not None)
         for action in actions:
