@@ -27,7 +27,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import bridge, intake
-from agent.limits import FrameRateLimiter, OutboundQueue
+from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
 from agent.protocol import ServerMessage
 from agent.state import AppState, Slot
 from pipeline import mulaw
@@ -188,6 +188,9 @@ class TelephonySession:
         self.guard: EchoGuard | None = bridge.echo_guard(state, SAMPLE_RATE, echo_cancelled=False)
         self.playout = bridge.PlayoutClock()
         self.outbound = OutboundQueue(state.settings.max_outbound_frames)
+        self.audio_rate = AudioRateLimiter(
+            state.settings.max_audio_realtime_factor, state.settings.audio_burst_ms
+        )
         self.ready = asyncio.Event()
         self.overflowed = False
         self.cleared: set[str] = set()
@@ -255,12 +258,17 @@ class TelephonySession:
     def on_media(self, media: Media) -> None:
         if media.track not in ("inbound", "inbound_track"):
             return
-        self.last_input_at = time.monotonic()
+        now = time.monotonic()
+        self.last_input_at = now
+        # One µ-law byte per sample: a message may carry seconds of audio, so the
+        # message rate alone does not bound the audio rate.
+        if not self.audio_rate.accept(len(media.payload) * 1000.0 / SAMPLE_RATE, now):
+            return
         audio = mulaw.decode_float(media.payload)
         if self.guard is not None:
-            audio = self.guard.filter(audio, time.monotonic())
+            audio = self.guard.filter(audio, now)
         if not self.conversation.feed_audio(audio):
-            logger.warning("session=%s: input queue full, frame dropped", self.session_id)
+            logger.debug("session=%s: input queue full, frame dropped", self.session_id)
 
     async def close(self) -> None:
         """Hang up (server shutdown); the endpoint's own cleanup does the rest."""
