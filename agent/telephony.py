@@ -381,7 +381,8 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
                 await websocket.close(CLOSE_POLICY, f"no start ({why})")
         return
     if not intake.authorize_later(slot, websocket, start.custom_parameters.get(API_KEY_PARAMETER)):
-        await websocket.close(CLOSE_POLICY)
+        with contextlib.suppress(Exception):  # the provider may have gone already
+            await websocket.close(CLOSE_POLICY)
         return
     refused = intake.recheck(slot)
     if refused is not None:
@@ -392,7 +393,8 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
     if start.encoding != "audio/x-mulaw" or start.sample_rate != SAMPLE_RATE:
         _log(state, "format", "telephony: unsupported media format %s/%s",
              start.encoding[:64], start.sample_rate)
-        await websocket.close(CLOSE_POLICY, "only audio/x-mulaw at 8000 Hz")
+        with contextlib.suppress(Exception):
+            await websocket.close(CLOSE_POLICY, "only audio/x-mulaw at 8000 Hz")
         return
     await _serve(stream, state, slot, start)
 
