@@ -3,6 +3,7 @@ wire format, the echo guard settings, and an estimate of when sent audio plays."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,6 +17,7 @@ from pipeline.echo import EchoGuard, EchoGuardConfig
 from pipeline.events import (
     ErrorEvent,
     ResponseAudioDelta,
+    ResponseCreated,
     ResponseDone,
     ResponseStatus,
     TranscriptFinal,
@@ -42,6 +44,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "speculative_response": config.speculative_response,
         "speculative_transcript": config.speculative_transcript,
         "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
+        "playback_pause": config.playback_pause,
     }
 
 
@@ -92,6 +95,8 @@ def observe(state: AppState, session_id: str, event: object) -> None:
         )
     elif isinstance(event, TranscriptFinal):
         state.engine_health.worked("stt")
+    elif isinstance(event, ResponseCreated) and state.draining:
+        _refuse_reply_while_draining(state, session_id, event.response_id)
     elif isinstance(event, ErrorEvent):
         state.metrics.errors.labels(event.code, event.category).inc()
         failing = _ENGINE_OF_CODE.get(event.code)
@@ -113,6 +118,21 @@ def observe(state: AppState, session_id: str, event: object) -> None:
             extra={"session_id": session_id, "response_id": event.response_id,
                    "code": event.code, "category": event.category},
         )
+
+
+def _refuse_reply_while_draining(state: AppState, session_id: str, response_id: str) -> None:
+    """A turn that was already being transcribed when the drain began ends in a
+    reply; a draining server starts none: it is cancelled before any audio."""
+    for call in state.calls():
+        conversation = call.conversation
+        if conversation.session_id == session_id:
+            logger.info("session=%s response=%s: cancelled, the server drains",
+                        session_id, response_id, extra={"session_id": session_id})
+            # Not from inside the conversation's own emit call: on the next loop turn.
+            asyncio.get_running_loop().call_soon(
+                conversation.cancel_response, response_id, "server_shutdown"
+            )
+            return
 
 
 def event_json(event: ServerMessage) -> str | None:

@@ -39,11 +39,16 @@ class Caller:
     def say(self, audio: np.ndarray) -> None:
         self._script.put_nowait(audio)
 
+    def _utterance_starts(self, audio: np.ndarray, sent_samples: int) -> None:
+        """Called just before the first frame of a queued utterance is sent, with
+        the number of samples sent before it (its start on the audio timeline)."""
+
     async def _microphone(self) -> None:
         frame = int(self.rate * FRAME_S)
         silence = np.zeros(frame, dtype=np.float32)
         started = time.monotonic()
-        sent = 0
+        sent_frames = 0
+        sent_samples = 0
         while True:
             audio = self._script.get_nowait() if not self._script.empty() else None
             frames = (
@@ -51,12 +56,15 @@ class Caller:
                 if audio is not None
                 else [silence]
             )
-            for piece in frames:
-                delay = started + sent * FRAME_S - time.monotonic()
+            for index, piece in enumerate(frames):
+                delay = started + sent_frames * FRAME_S - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if audio is not None and index == 0:
+                    self._utterance_starts(audio, sent_samples)
                 await self.client.send_audio(piece, self.rate)
-                sent += 1
+                sent_frames += 1
+                sent_samples += len(piece)
 
     async def _listen(self) -> None:
         async for message in self.client.events():

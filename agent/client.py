@@ -7,9 +7,10 @@
             ...
 
 ``PlaybackClock`` plays reply audio at real-time pace (without a speaker), drops
-audio of cleared responses and reports ``output_audio.played``, as a real client
-must for history to match what was heard. Used by ``voiceforge talk``, the tests
-and the load generator.
+audio of cleared responses, pauses and resumes playback when told to, and reports
+``output_audio.played``, as a real client must for history to match what was heard.
+``update_session(playback_pause=True)`` asks the server for pauses (protocol 1.1).
+Used by ``voiceforge talk``, the tests and the load generator.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from pipeline.events import (
     ErrorEvent,
     ResponseAudioClear,
     ResponseAudioDelta,
+    ResponseAudioPause,
+    ResponseAudioResume,
     ResponseDone,
     SpeechStopped,
 )
@@ -65,6 +68,8 @@ class _ResponsePlayback:
     """Wall time at which the audio received so far will have finished playing."""
     frozen_played_ms: float | None = None
     """Set by a clear: playback stopped there."""
+    paused_played_ms: float | None = None
+    """Set by a pause: playback holds there, the buffer kept, until a resume."""
 
 
 @dataclass(slots=True)
@@ -72,7 +77,8 @@ class PlaybackClock:
     """Plays responses in real time on the wall clock, with no speaker.
 
     A delta that arrives after the buffer ran dry restarts playback and counts
-    as an underrun (the caller would have heard a gap).
+    as an underrun (the caller would have heard a gap). A paused response keeps
+    its buffer and takes more audio; a resume plays on from where it stopped.
     """
 
     responses: dict[str, _ResponsePlayback] = field(default_factory=dict)
@@ -85,6 +91,9 @@ class PlaybackClock:
         if state.frozen_played_ms is not None:
             self.dropped_after_clear += 1
             return False
+        if state.paused_played_ms is not None:
+            state.received_ms += duration_ms
+            return True
         if state.buffer_end is None:
             state.buffer_end = now
         elif state.buffer_end < now:
@@ -96,10 +105,14 @@ class PlaybackClock:
 
     def played_ms(self, response_id: str, now: float) -> float:
         state = self.responses.get(response_id)
-        if state is None or state.buffer_end is None:
+        if state is None:
             return 0.0
         if state.frozen_played_ms is not None:
             return state.frozen_played_ms
+        if state.paused_played_ms is not None:
+            return state.paused_played_ms
+        if state.buffer_end is None:
+            return 0.0
         return state.received_ms - max(0.0, state.buffer_end - now) * 1000.0
 
     def clear(self, response_id: str, now: float) -> float:
@@ -107,13 +120,39 @@ class PlaybackClock:
         state = self.responses.setdefault(response_id, _ResponsePlayback())
         played = self.played_ms(response_id, now)
         state.frozen_played_ms = played
+        state.paused_played_ms = None
         return played
+
+    def pause(self, response_id: str, now: float) -> float:
+        """Hold playback of ``response_id`` where it is; returns what had been played.
+
+        Pausing a cleared or already paused response changes nothing.
+        """
+        state = self.responses.setdefault(response_id, _ResponsePlayback())
+        played = self.played_ms(response_id, now)
+        if state.frozen_played_ms is None and state.paused_played_ms is None:
+            state.paused_played_ms = played
+        return played
+
+    def resume(self, response_id: str, now: float) -> None:
+        """Play on from the pause: the rest of the buffer plays from ``now``."""
+        state = self.responses.get(response_id)
+        if state is None or state.paused_played_ms is None:
+            return
+        remaining_ms = state.received_ms - state.paused_played_ms
+        state.paused_played_ms = None
+        state.buffer_end = now + remaining_ms / 1000.0 if state.received_ms > 0 else None
+
+    def is_paused(self, response_id: str) -> bool:
+        state = self.responses.get(response_id)
+        return state is not None and state.paused_played_ms is not None
 
     def is_playing(self, response_id: str, now: float) -> bool:
         state = self.responses.get(response_id)
         return (
             state is not None
             and state.frozen_played_ms is None
+            and state.paused_played_ms is None
             and state.buffer_end is not None
             and state.buffer_end > now
         )
@@ -292,6 +331,13 @@ class VoiceForgeClient:
             # Right after a clear the server waits for this to truncate history.
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self.report_played(message.response_id, played)
+        elif isinstance(message, ResponseAudioPause):
+            played = self.playback.pause(message.response_id, now)
+            # Where it stopped: what the caller heard if the pause becomes a cancel.
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self.report_played(message.response_id, played)
+        elif isinstance(message, ResponseAudioResume):
+            self.playback.resume(message.response_id, now)
 
     def sent_at(self, audio_ms: float) -> float | None:
         """Wall time at which the input audio up to ``audio_ms`` had been sent."""
@@ -326,8 +372,12 @@ class VoiceForgeClient:
                 await asyncio.sleep(interval_s)
                 now = time.monotonic()
                 for response_id, state in list(self.playback.responses.items()):
-                    if state.frozen_played_ms is not None or state.buffer_end is None:
-                        continue
+                    if (
+                        state.frozen_played_ms is not None
+                        or state.paused_played_ms is not None
+                        or state.buffer_end is None
+                    ):
+                        continue  # cleared or paused: reported when it happened
                     if state.buffer_end + interval_s < now:
                         continue  # finished and already reported
                     await self.report_played(response_id, self.playback.played_ms(response_id, now))

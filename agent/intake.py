@@ -107,14 +107,14 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
 
 def recheck(slot: Slot) -> Refusal | None:
     """Whether a call admitted a while ago (a media stream that has just sent
-    ``start``) may still start: the server may have begun to drain since. Its own
-    slot is already counted, so the session limit is not asked again."""
+    ``start``) may still start: the server may have begun to drain, or replies
+    may have gone over the latency budget, since. Its own slot is not counted
+    against the session limit twice."""
     state = slot.state
     if slot.released:
         return Refusal("draining", "the call was ended while it was set up",
                        state.settings.retry_after_s)
-    refused = refusal(state, held=1)
-    return refused
+    return refusal(state, held=1)
 
 
 def authorize_later(slot: Slot, connection: HTTPConnection, presented: str | None) -> bool:

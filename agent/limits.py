@@ -24,6 +24,8 @@ class AudioRateLimiter:
         self.burst_ms = burst_ms
         self._tokens_ms = burst_ms
         self._at: float | None = None
+        self.accepted_ms = 0.0
+        """Audio taken so far (what the load tests compare with the limit)."""
 
     def accept(self, audio_ms: float, now: float) -> bool:
         if self._at is not None:
@@ -33,6 +35,7 @@ class AudioRateLimiter:
         if audio_ms > self._tokens_ms:
             return False
         self._tokens_ms -= audio_ms
+        self.accepted_ms += audio_ms
         return True
 
 

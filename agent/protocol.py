@@ -23,6 +23,8 @@ from pipeline.events import (
     Event,
     ResponseAudioClear,
     ResponseAudioDelta,
+    ResponseAudioPause,
+    ResponseAudioResume,
     ResponseCreated,
     ResponseDone,
     ResponseStatus,
@@ -35,6 +37,9 @@ from pipeline.events import (
 )
 
 PROTOCOL_VERSION = 1
+PROTOCOL_MINOR = 1
+"""Additions a version-1 client may ignore: 1 = ``response.audio.pause`` / ``resume``
+(sent only to a client that sets ``session.playback_pause``)."""
 SUBPROTOCOL = "voiceforge.v1"
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 """Browsers cannot set headers on a WebSocket: they offer ``bearer.<key>`` as a subprotocol."""
@@ -267,6 +272,7 @@ class SessionCreated:
     protocol_version: int
     session: dict[str, Any]
     limits: dict[str, Any]
+    protocol_minor: int = PROTOCOL_MINOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +294,8 @@ SERVER_TYPES: dict[type, str] = {
     ResponseTextDelta: "response.text.delta",
     ResponseAudioDelta: "response.audio.delta",
     ResponseAudioClear: "response.audio.clear",
+    ResponseAudioPause: "response.audio.pause",
+    ResponseAudioResume: "response.audio.resume",
     ResponseDone: "response.done",
     ErrorEvent: "error",
 }
@@ -349,7 +357,12 @@ _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "partial_transcript_interval_ms": (0.0, 10_000.0),
 }
 _INT_FIELDS: dict[str, tuple[int, int]] = {"max_response_tokens": (1, 2048)}
-_BOOL_FIELDS = {"speculative_response", "speculative_transcript", "first_chunk_at_clause"}
+_BOOL_FIELDS = {
+    "speculative_response",
+    "speculative_transcript",
+    "first_chunk_at_clause",
+    "playback_pause",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 
 The WebSocket endpoint is glue: it decodes frames, hands them to a
 ``pipeline.conversation.Conversation`` and writes the events that come back.
-Who may call and whether the server takes a call now is ``agent.gate``'s; the
-limits every call lives under are in ``Settings`` and docs/reliability.md.
+Who may call and whether the server takes a call now is ``agent.intake``'s (the
+one way in for every transport); the limits every call lives under are in
+``Settings`` and docs/reliability.md, enforced per call here and by
+``agent.lifecycle``.
 """
 
 from __future__ import annotations

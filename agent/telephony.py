@@ -27,7 +27,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import bridge, intake
-from agent.limits import FrameRateLimiter, OutboundQueue
+from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
 from agent.protocol import ServerMessage
 from agent.state import AppState, Slot
 from pipeline import mulaw
@@ -188,6 +188,9 @@ class TelephonySession:
         self.guard: EchoGuard | None = bridge.echo_guard(state, SAMPLE_RATE, echo_cancelled=False)
         self.playout = bridge.PlayoutClock()
         self.outbound = OutboundQueue(state.settings.max_outbound_frames)
+        self.audio_rate = AudioRateLimiter(
+            state.settings.max_audio_realtime_factor, state.settings.audio_burst_ms
+        )
         self.ready = asyncio.Event()
         self.overflowed = False
         self.cleared: set[str] = set()
@@ -255,12 +258,17 @@ class TelephonySession:
     def on_media(self, media: Media) -> None:
         if media.track not in ("inbound", "inbound_track"):
             return
-        self.last_input_at = time.monotonic()
+        now = time.monotonic()
+        self.last_input_at = now
+        # One µ-law byte per sample: a message may carry seconds of audio, so the
+        # message rate alone does not bound the audio rate.
+        if not self.audio_rate.accept(len(media.payload) * 1000.0 / SAMPLE_RATE, now):
+            return
         audio = mulaw.decode_float(media.payload)
         if self.guard is not None:
-            audio = self.guard.filter(audio, time.monotonic())
+            audio = self.guard.filter(audio, now)
         if not self.conversation.feed_audio(audio):
-            logger.warning("session=%s: input queue full, frame dropped", self.session_id)
+            logger.debug("session=%s: input queue full, frame dropped", self.session_id)
 
     async def close(self) -> None:
         """Hang up (server shutdown); the endpoint's own cleanup does the rest."""
@@ -373,7 +381,8 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
                 await websocket.close(CLOSE_POLICY, f"no start ({why})")
         return
     if not intake.authorize_later(slot, websocket, start.custom_parameters.get(API_KEY_PARAMETER)):
-        await websocket.close(CLOSE_POLICY)
+        with contextlib.suppress(Exception):  # the provider may have gone already
+            await websocket.close(CLOSE_POLICY)
         return
     refused = intake.recheck(slot)
     if refused is not None:
@@ -384,7 +393,8 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
     if start.encoding != "audio/x-mulaw" or start.sample_rate != SAMPLE_RATE:
         _log(state, "format", "telephony: unsupported media format %s/%s",
              start.encoding[:64], start.sample_rate)
-        await websocket.close(CLOSE_POLICY, "only audio/x-mulaw at 8000 Hz")
+        with contextlib.suppress(Exception):
+            await websocket.close(CLOSE_POLICY, "only audio/x-mulaw at 8000 Hz")
         return
     await _serve(stream, state, slot, start)
 

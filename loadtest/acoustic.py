@@ -81,31 +81,9 @@ class TimedCaller(Caller):
         self.say(audio)
         return self._queued - 1
 
-    async def _microphone(self) -> None:
-        # The same open microphone as Caller's, plus the bookkeeping: an utterance's
-        # start on the audio timeline is the number of samples sent before it.
-        frame = int(self.rate * FRAME_S)
-        silence = np.zeros(frame, dtype=np.float32)
-        started = time.monotonic()
-        sent_samples = 0
-        sent_frames = 0
-        while True:
-            audio = self._script.get_nowait() if not self._script.empty() else None
-            frames = (
-                [audio[i : i + frame] for i in range(0, len(audio), frame)]
-                if audio is not None
-                else [silence]
-            )
-            for index, piece in enumerate(frames):
-                delay = started + sent_frames * FRAME_S - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if audio is not None and index == 0:
-                    start_ms = sent_samples * 1000.0 / self.rate
-                    self.spoken.append(Spoken(audio, start_ms, time.monotonic()))
-                await self.client.send_audio(piece, self.rate)
-                sent_samples += len(piece)
-                sent_frames += 1
+    def _utterance_starts(self, audio: np.ndarray, sent_samples: int) -> None:
+        start_ms = sent_samples * 1000.0 / self.rate
+        self.spoken.append(Spoken(audio, start_ms, time.monotonic()))
 
     async def wait_sent(self, index: int, timeout_s: float) -> Spoken:
         """Wait until the microphone has sent all of utterance ``index``."""

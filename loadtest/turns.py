@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,10 +78,13 @@ POLL_S = 0.02
 class Policy:
     name: str
     turn: dict[str, Any]
+    session: dict[str, Any] = field(default_factory=dict)
+    """Other ``session.update`` fields of the policy (``playback_pause``)."""
 
 
 def parse_policies(text: str) -> list[Policy]:
-    """A JSON list of ``session.turn`` maps, or of ``{"name": ..., "turn": {...}}``."""
+    """A JSON list of ``session.turn`` maps, or of ``{"name": ..., "turn": {...},
+    "session": {...}}`` (``session``: other fields of the update, e.g. ``playback_pause``)."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -93,7 +96,11 @@ def parse_policies(text: str) -> list[Policy]:
         if not isinstance(entry, dict):
             raise ValueError(f"a policy is a JSON object, got {entry!r}")
         if "turn" in entry and isinstance(entry["turn"], dict):
-            policies.append(Policy(str(entry.get("name") or _name(entry["turn"])), entry["turn"]))
+            session = entry.get("session") or {}
+            if not isinstance(session, dict) or "turn" in session:
+                raise ValueError(f"a policy's session is a map without 'turn', got {session!r}")
+            name = str(entry.get("name") or _name(entry["turn"]))
+            policies.append(Policy(name, entry["turn"], session))
         else:
             policies.append(Policy(_name(entry), entry))
     names = [p.name for p in policies]
@@ -294,7 +301,7 @@ async def run_trial(
     client = await VoiceForgeClient.connect(config.url, api_key=config.api_key)
     caller = TimedCaller(client)
     try:
-        await client.update_session(input_sample_rate=16000, turn=policy.turn)
+        await client.update_session(input_sample_rate=16000, turn=policy.turn, **policy.session)
         caller.start()
         if item.kind in ("paused", "complete"):
             await turn_trial(caller, item, trial, config)
@@ -320,7 +327,7 @@ async def accepted_policies(
     for policy in policies:
         async with await VoiceForgeClient.connect(url, api_key=api_key) as client:
             try:
-                await client.update_session(turn=policy.turn)
+                await client.update_session(turn=policy.turn, **policy.session)
             except ClientError as exc:
                 if not str(exc).startswith("invalid_session"):
                     raise
@@ -457,7 +464,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", help="ws://HOST:PORT/ws of a running server (default: start one)")
     parser.add_argument("--profile", default="embedded", help="profile of the started server")
     parser.add_argument("--policies", default=DEFAULT_POLICIES,
-                        help="JSON list of session.turn maps (or {\"name\", \"turn\"} objects), "
+                        help="JSON list of session.turn maps (or {\"name\", \"turn\", "
+                        "\"session\"} objects, session holding other fields such as "
+                        "playback_pause), "
                         f"default {DEFAULT_POLICIES}")
     parser.add_argument("--quick", action="store_true",
                         help="a handful of utterances (2 paused, 1 complete, 1 backchannel, "
@@ -516,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     report = summarize(trials, [p.name for p in accepted])
     report.update({
         "policies": {p.name: p.turn for p in accepted},
+        "policy_sessions": {p.name: p.session for p in accepted if p.session},
         "skipped_policies": refused,
         "model_cost": model_cost(before, after) if args.cost_metric else None,
         "cost_metric": args.cost_metric,

@@ -75,6 +75,22 @@ class ResponseAudioClear:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseAudioPause:
+    """Stop playing this response now but keep its buffered audio: the caller began
+    speaking over it, and it may resume (a backchannel) or be cleared (a barge-in)."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseAudioResume:
+    """Play on from where the pause stopped: what the caller said was a backchannel,
+    a cough or noise."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseDone:
     response_id: str
     status: ResponseStatus
@@ -113,6 +129,8 @@ Event = (
     | ResponseTextDelta
     | ResponseAudioDelta
     | ResponseAudioClear
+    | ResponseAudioPause
+    | ResponseAudioResume
     | ResponseDone
     | ErrorEvent
 )

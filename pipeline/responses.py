@@ -38,6 +38,8 @@ from pipeline.events import (
     Event,
     ResponseAudioClear,
     ResponseAudioDelta,
+    ResponseAudioPause,
+    ResponseAudioResume,
     ResponseCreated,
     ResponseDone,
     ResponseStatus,
@@ -67,6 +69,12 @@ ACTIVE_PHASES = (ResponsePhase.GENERATING, ResponsePhase.PLAYING)
 """A response in one of these can still be cancelled."""
 
 
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(slots=True)
 class Response:
     response_id: str
@@ -90,16 +98,28 @@ class Response:
     speculative_task: asyncio.Task[tuple[str, float]] | None = None
     canned: str | None = None
     """Text to say instead of asking the LLM (the apology for a lost turn)."""
+    paused_at: float | None = None
+    """Monotonic time of the playback pause in force (protocol 1.1), else None."""
+    paused_s: float = 0.0
+    """Seconds spent paused before the pause in force: the clock estimate skips them."""
+    paused_audio: list[ResponseAudioDelta] = field(default_factory=list)
+    """Audio made while paused, sent on resume (at most the chunk being spoken)."""
+    unpaused: asyncio.Event = field(default_factory=_set_event)
+    """Set unless paused; speech synthesis waits on it between chunks."""
 
     def move(self, phase: ResponsePhase) -> None:
         if phase not in _ALLOWED_PHASES[self.phase]:
             raise RuntimeError(f"response {self.response_id}: {self.phase.value} -> {phase.value}")
         self.phase = phase
 
+    def paused_for_s(self, now: float) -> float:
+        """Seconds this response has spent paused so far."""
+        return self.paused_s + (now - self.paused_at if self.paused_at is not None else 0.0)
+
     def estimated_played_ms(self, now: float) -> float:
         if self.first_audio_at is None:
             return 0.0
-        return min(self.audio_ms, (now - self.first_audio_at) * 1000.0)
+        return min(self.audio_ms, (now - self.first_audio_at - self.paused_for_s(now)) * 1000.0)
 
     def best_played_ms(self, now: float) -> float:
         return self.played_ms if self.played_ms is not None else self.estimated_played_ms(now)
@@ -225,6 +245,35 @@ class ResponseRunner:
         self.cancel(response, reason)
         return True
 
+    def pause(self, response: Response) -> bool:
+        """Pause the reply's playback at the caller's ear (``response.audio.pause``).
+
+        Generation goes on up to the end of the chunk being spoken; its audio is held
+        until ``resume``. False when it cannot be paused (not playing, or paused).
+        """
+        if response.phase not in ACTIVE_PHASES or response.paused_at is not None or response.held:
+            return False
+        response.paused_at = time.monotonic()
+        response.unpaused.clear()
+        self._call.emit(ResponseAudioPause(response.response_id))
+        return True
+
+    def resume(self, response: Response) -> bool:
+        """Play on from the pause (``response.audio.resume``), held audio first."""
+        if response.paused_at is None:
+            return False
+        response.paused_s += time.monotonic() - response.paused_at
+        response.paused_at = None
+        if response.phase in ACTIVE_PHASES:
+            emit = self._call.emit
+            emit(ResponseAudioResume(response.response_id))
+            held, response.paused_audio = response.paused_audio, []
+            for delta in held:
+                emit(delta)
+        response.unpaused.set()
+        response.played_event.set()  # the playback wait recomputes its deadline
+        return True
+
     def report_played(self, response_id: str, played_ms: float) -> None:
         response = self.current
         if response is not None and response.response_id == response_id:
@@ -281,11 +330,21 @@ class ResponseRunner:
         # Audio already sent plays out (a barge-in can still cut it): the response is
         # done once the caller has heard it, reported or estimated from the clock.
         playback_start = response.first_audio_at or time.monotonic()
-        deadline = playback_start + (response.audio_ms + config.playback_grace_ms) / 1000.0
         while True:
             now = time.monotonic()
             if response.played_ms is not None and response.played_ms >= response.audio_ms - 1.0:
                 break
+            if response.paused_at is not None:
+                # Not heard while paused: wait for the resume (or the cancel).
+                await response.unpaused.wait()
+                if response.phase is not ResponsePhase.PLAYING:
+                    return
+                continue
+            deadline = (
+                playback_start
+                + response.paused_for_s(now)
+                + (response.audio_ms + config.playback_grace_ms) / 1000.0
+            )
             if now >= deadline:
                 break
             response.played_event.clear()
@@ -389,6 +448,8 @@ class ResponseRunner:
         out_rate = config.output_sample_rate
         max_samples = max(1, int(config.audio_delta_ms * out_rate / 1000))
         while (chunk := await chunks.get()) is not None:
+            # Paused: finish no more than the chunk in progress; the rest may never play.
+            await response.unpaused.wait()
             chunk_start_ms = response.audio_ms
             chunk_ready = time.monotonic()
             attempt = 0
@@ -441,6 +502,8 @@ class ResponseRunner:
     def _response_emit(self, response: Response, event: Event) -> None:
         if response.held:
             response.held_events.append(event)
+        elif response.paused_at is not None and isinstance(event, ResponseAudioDelta):
+            response.paused_audio.append(event)
         else:
             self._call.emit(event)
 

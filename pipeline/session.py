@@ -83,6 +83,10 @@ class SessionConfig:
     """Start the reply (LLM and TTS) on the speculative transcript while the end of
     turn is still being confirmed; its events are held back until the turn ends and
     thrown away if the caller resumes."""
+    playback_pause: bool = False
+    """The client can pause and resume a response's playback: caller speech over the
+    agent pauses the reply at once, and a backchannel or noise resumes it
+    (pipeline/interruption.py). Off, a barge-in cancels as it always did."""
     speculative_response_min_silence_ms: float = 200.0
     """Silence needed before a speculative reply starts: pauses between words end
     sooner, and a reply started on half a sentence only costs CPU."""

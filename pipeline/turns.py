@@ -74,6 +74,7 @@ from pipeline.events import (
     TranscriptFinal,
     TurnIgnored,
 )
+from pipeline.overlap_handling import OverlapHandling
 from pipeline.responses import Response, ResponsePhase, ResponseRunner, error_category
 from pipeline.session import CallContext
 from pipeline.smart_turn import WINDOW_SECONDS, BatchedSmartTurnWorker
@@ -194,6 +195,8 @@ class TurnTaking:
         """The one task that turns waiting turns into replies, one at a time."""
         self.tasks: set[asyncio.Task[None]] = set()
         """Turns being transcribed or handed over, and discarded drafts stopping."""
+        self.overlaps = OverlapHandling(call, responses)
+        """Pause, resume or cancel a reply the caller speaks over (protocol 1.1)."""
         self.accepting = True
         """False while the server drains: turns that end are ignored (and said so)."""
 
@@ -232,6 +235,7 @@ class TurnTaking:
             probability, agent_speaking=self._responses.agent_speaking
         ):
             self._on_turn_event(event)
+        self.overlaps.tick(self.detector.now_ms)
         self._act(self.policy.advance(self.detector.now_ms))
         self._maybe_partial()
         self._maybe_start_draft()
@@ -258,8 +262,10 @@ class TurnTaking:
                     # The caller kept talking before hearing anything: their turn
                     # is not over, so the reply to its first half is dropped.
                     self._responses.cancel(response, "user_resumed")
+            self.overlaps.speech_started(event.start_ms)
         elif isinstance(event, TurnSpeechStopped):
             self._speech_end_ms = event.end_ms
+            self.overlaps.speech_stopped(event.end_ms)
             emit(SpeechStopped(audio_end_ms=event.end_ms))
             speculate = self._call.config.speculative_transcript
             pause = self.policy.pause_started(event.end_ms, transcript_coming=speculate)
@@ -270,9 +276,13 @@ class TurnTaking:
             self._stop_asking()
             self.policy.speech_resumed()
             self._discard_speculation()
+            self.overlaps.speech_started(event.at_ms)
         elif isinstance(event, BargeIn):
             response = self._responses.active()
-            if response is not None:
+            if not self.overlaps.barge_in_cancels:
+                # The verdict on the words decides; pause if not paused yet.
+                self.overlaps.speech_started(event.at_ms)
+            elif response is not None:
                 self._responses.cancel(response, "barge_in")
         elif isinstance(event, EndOfTurn):
             self._stop_asking()
@@ -282,6 +292,7 @@ class TurnTaking:
             self._stop_asking()
             self.policy.turn_ended()
             self._discard_speculation()
+            self.overlaps.turn_discarded()
             emit(TurnIgnored(event.reason, event.start_ms, event.end_ms))
 
     def end_turn(self, start_ms: float, end_ms: float) -> None:
@@ -289,6 +300,7 @@ class TurnTaking:
 
         The seam between deciding and answering (see the module docstring).
         """
+        self.overlaps.turn_over(end_ms)
         pad = self._call.config.speech_pad_ms
         # Take this turn's state now: by the time the task runs, the next turn
         # may have begun.
@@ -400,6 +412,7 @@ class TurnTaking:
         self._speculative.add_done_callback(
             functools.partial(self._on_transcript_for_policy, pause)
         )
+        self._speculative.add_done_callback(self._on_overlap_transcript)
         if self._call.config.speculative_response:
             self._speculative.add_done_callback(self._on_speculative_transcript)
 
@@ -419,6 +432,13 @@ class TurnTaking:
         if task is self._speculative and not task.cancelled() and task.exception() is None:
             self._draft_transcript = task
             self._maybe_start_draft()
+
+    def _on_overlap_transcript(self, task: asyncio.Task[tuple[str, float]]) -> None:
+        """Words of speech over a paused reply: judge them while the turn may go on."""
+        if task is not self._speculative or task.cancelled():
+            return
+        text = None if task.exception() is not None else task.result()[0]
+        self.overlaps.transcript(text, self.detector.now_ms)
 
     def _maybe_partial(self) -> None:
         interval = self._call.config.partial_transcript_interval_ms
@@ -506,7 +526,9 @@ class TurnTaking:
             )
             self._call.emit(TurnIgnored("stt_failed", start_ms, end_ms))
             self._discard_draft()
-            if self._call.config.apology:
+            # Noise over a reply that resumes needs no apology: the reply goes on.
+            answered = self.overlaps.answers(end_ms, None, self.detector.now_ms)
+            if self._call.config.apology and answered:
                 self._queue(_QueuedTurn([], speech_end, timings, "superseded"))
             return
         finally:
@@ -515,8 +537,13 @@ class TurnTaking:
         timings["stt_after_end_of_turn_ms"] = (time.monotonic() - eot_at) * 1000.0
         emit = self._call.emit
         emit(TranscriptFinal(text, start_ms, end_ms))
+        answered = self.overlaps.answers(end_ms, text, self.detector.now_ms)
         if not text:
             emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
+            return
+        if not answered:
+            self._discard_draft()
+            emit(TurnIgnored("backchannel", start_ms, end_ms))
             return
         self._queue(_QueuedTurn([text], speech_end, timings, "superseded", speculative))
 

@@ -16,6 +16,7 @@ const STATE_LABELS = {
   user_speaking: "You are speaking",
   thinking: "Thinking…",
   agent_speaking: "Agent speaking",
+  agent_paused: "Agent paused — go on, or it resumes",
 };
 const STAGE_LABELS = {
   end_of_turn_wait_ms: "end-of-turn wait",
@@ -173,6 +174,19 @@ function agentTurn(responseId) {
   return turn;
 }
 
+/** The caller spoke over a reply: it paused, then resumed (a backchannel) or was cut. */
+function markPlayback(responseId, status) {
+  const { item } = agentTurn(responseId);
+  item.dataset.playback = status;
+  let badge = item.querySelector(".badge.playback");
+  if (!badge) {
+    badge = document.createElement("span");
+    badge.className = "badge playback";
+    item.querySelector(".who").append(badge);
+  }
+  badge.textContent = status;
+}
+
 function formatMs(ms) {
   return `${Math.round(ms).toLocaleString()} ms`;
 }
@@ -183,6 +197,7 @@ function finishTurn(done) {
   item.dataset.status = done.status;
   const label = item.querySelector(".who");
   if (done.status === "cancelled") {
+    item.querySelector(".badge.playback")?.remove(); // "interrupted" says it all
     item.classList.add("interrupted");
     const badge = document.createElement("span");
     badge.className = "badge interrupted";
@@ -304,6 +319,8 @@ function wire(session) {
     turn.bubble.textContent = turn.text;
     scrollLog();
   });
+  on("response.audio.pause", (message) => markPlayback(message.response_id, "paused"));
+  on("response.audio.resume", (message) => markPlayback(message.response_id, "resumed"));
   on("response.done", (message) => finishTurn(message));
   on("error", (message) => {
     const text = `Server error ${message.code}: ${message.message}`;

@@ -1,4 +1,4 @@
-// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1
+// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.1
 // (docs/protocol.md). No framework, no build step: an ES module.
 //
 //   import { VoiceChat } from "./voiceforge.js";
@@ -8,7 +8,7 @@
 //
 // Every server message is re-dispatched as a CustomEvent named by its `type`
 // (`event.detail` is the message). The SDK adds `state` (listening, user_speaking,
-// thinking, agent_speaking), `level` (microphone RMS, 0..1), `played` (playback
+// thinking, agent_speaking, agent_paused), `level` (microphone RMS, 0..1), `played` (playback
 // counters) and `close` ({code, reason, clean}).
 //
 // What the SDK does for the protocol, so the page does not have to:
@@ -19,11 +19,15 @@
 // - plays reply audio through a ring-buffer AudioWorklet, flushes it on
 //   response.audio.clear and drops any later audio of that response id;
 // - reports output_audio.played every 250 ms while a reply plays, when it runs dry,
-//   and right after a clear, from the worklet's exact frame counters.
+//   and right after a clear, from the worklet's exact frame counters;
+// - asks for playback pauses (protocol 1.1, `playbackPause: false` to opt out): the
+//   reply goes quiet the moment the caller speaks over it and resumes where it
+//   stopped if that was only "mm-hmm" or a cough (`response.audio.pause`/`resume`).
 
 import { decode, encode } from "./vendor/msgpack/index.mjs";
 
 export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_MINOR = 1;
 export const SUBPROTOCOL = "voiceforge.v1";
 export const SUPPORTED_SAMPLE_RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000];
 const INPUT_SAMPLE_RATE = 16000;
@@ -141,9 +145,15 @@ export class ChatSession extends EventTarget {
     if (!this.ready) state = "connecting";
     else if (this.userSpeaking) state = "user_speaking";
     else if (this.agentAudible()) state = "agent_speaking";
+    else if (this.agentPaused()) state = "agent_paused";
     else if (this.awaitingReply) state = "thinking";
     else state = "listening";
     this.setState(state);
+  }
+
+  /** A transport that can pause replies says so; the base cannot. */
+  agentPaused() {
+    return false;
   }
 
   setState(state) {
@@ -166,6 +176,8 @@ export class VoiceChat extends ChatSession {
    * @param {object} [options.session]     session.update fields (instructions, voice, ...)
    * @param {object} [options.microphone]  echoCancellation, noiseSuppression, autoGainControl
    * @param {string} [options.workletBase] URL of the worklets/ folder
+   * @param {boolean} [options.playbackPause] ask the server to pause (not cancel) a
+   *   reply the caller speaks over, and resume it after a backchannel (default true)
    */
   constructor(options) {
     super();
@@ -179,6 +191,7 @@ export class VoiceChat extends ChatSession {
       ...(options.microphone || {}),
     };
     this.workletBase = options.workletBase || new URL("./worklets/", import.meta.url).href;
+    this.playbackPause = options.playbackPause ?? true;
     this.ws = null;
     this.context = null;
     this.stream = null;
@@ -192,6 +205,8 @@ export class VoiceChat extends ChatSession {
     this.userSpeaking = false;
     this.awaitingReply = false;
     this.buffered = 0;
+    this.audible = 0; // buffered frames that will play (none while paused)
+    this.paused = new Set(); // response ids paused by the server
     this.cleared = new Set();
     this.active = new Set(); // responses with audio, neither cleared nor done
     this.reported = new Map(); // response id → frames last reported
@@ -206,6 +221,9 @@ export class VoiceChat extends ChatSession {
       droppedAfterClear: 0,
       cleared: [], // response ids cleared (barge-in, cancel) or ended unfinished
       clearedAtFrames: {}, // response id → frames played when the worklet flushed it
+      pausedAtFrames: {}, // response id → frames played at its last pause
+      pauses: [], // response ids, once per response.audio.pause
+      resumes: [], // response ids, once per response.audio.resume
       playedReports: 0,
       responses: {}, // response id → {status, reason, text, text_heard}
       transcripts: [],
@@ -271,6 +289,7 @@ export class VoiceChat extends ChatSession {
     if (message.type === "status") {
       Object.assign(this.stats.playedFrames, message.played);
       this.buffered = message.buffered;
+      this.audible = message.audible ?? message.buffered;
       if (message.buffered === 0) this.reportPlayed(); // ran dry: tell the server now
       this.emit("played", { played: this.stats.playedFrames, buffered: message.buffered });
       this.updateState();
@@ -279,6 +298,11 @@ export class VoiceChat extends ChatSession {
       this.stats.playedFrames[message.id] = message.frames;
       this.stats.clearedAtFrames[message.id] = message.frames;
       if (!message.flushOnly) this.sendPlayed(message.id, message.frames);
+    } else if (message.type === "paused") {
+      // Where the pause caught it: what the caller heard if the pause becomes a cancel.
+      this.stats.playedFrames[message.id] = message.frames;
+      this.stats.pausedAtFrames[message.id] = message.frames;
+      this.sendPlayed(message.id, message.frames);
     } else if (message.type === "dropped") {
       this.stats.droppedAfterClear += 1;
     }
@@ -384,10 +408,15 @@ export class VoiceChat extends ChatSession {
         this.created = message;
         this.session = message.session;
         stats.sessionId = message.session_id;
-        // Rates first and alone: a bad user field must not leave them unset.
+        // Rates first and alone: a bad user field must not leave them unset. A 1.0
+        // server rejects playback_pause (and the update with it): ask 1.1 servers only.
         this.send({
           type: "session.update",
-          session: { input_sample_rate: INPUT_SAMPLE_RATE, output_sample_rate: this.outputSampleRate },
+          session: {
+            input_sample_rate: INPUT_SAMPLE_RATE,
+            output_sample_rate: this.outputSampleRate,
+            ...(this.playbackPause && (message.protocol_minor || 0) >= 1 ? { playback_pause: true } : {}),
+          },
         });
         if (Object.keys(this.sessionFields).length) {
           this.send({ type: "session.update", session: this.sessionFields });
@@ -431,6 +460,20 @@ export class VoiceChat extends ChatSession {
       case "response.audio.clear":
         this.clearResponse(message.response_id);
         break;
+      case "response.audio.pause":
+        this.stats.pauses.push(message.response_id);
+        if (!this.cleared.has(message.response_id)) {
+          this.paused.add(message.response_id);
+          this.audible = 0; // silent from this instant; the worklet confirms
+          if (this.playback) this.playback.port.postMessage({ type: "pause", id: message.response_id });
+        }
+        break;
+      case "response.audio.resume":
+        this.stats.resumes.push(message.response_id);
+        if (this.paused.delete(message.response_id) && this.playback) {
+          this.playback.port.postMessage({ type: "resume", id: message.response_id });
+        }
+        break;
       case "response.done":
         this.awaitingReply = false;
         this.active.delete(message.response_id);
@@ -471,6 +514,7 @@ export class VoiceChat extends ChatSession {
   clearResponse(responseId, { flushOnly = false } = {}) {
     if (this.cleared.has(responseId)) return;
     this.cleared.add(responseId);
+    this.paused.delete(responseId);
     this.active.delete(responseId);
     this.stats.cleared.push(responseId);
     if (this.playback) this.playback.port.postMessage({ type: "clear", id: responseId, flushOnly });
@@ -484,7 +528,12 @@ export class VoiceChat extends ChatSession {
   // ------------------------------------------------------------------ state
 
   agentAudible() {
-    return this.buffered > 0;
+    return this.audible > 0;
+  }
+
+  /** A reply is paused (the caller is speaking over it); it may resume. */
+  agentPaused() {
+    return this.paused.size > 0;
   }
 
   teardown() {
@@ -505,7 +554,8 @@ export class VoiceChat extends ChatSession {
     if (this.context) this.context.close();
     this.stream = this.context = this.capture = this.playback = null;
     this.userSpeaking = this.awaitingReply = false;
-    this.buffered = 0;
+    this.buffered = this.audible = 0;
+    this.paused.clear();
     this.active.clear();
   }
 }

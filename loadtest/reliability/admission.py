@@ -111,12 +111,14 @@ async def admission(ctx: Context) -> Result:
     r = ctx.result
     min_samples, attempts, turns_during = (2, 10, 2) if ctx.quick else (5, 50, 5)
     window_s = 4.0 if ctx.quick else 10.0
+    # One call measures the mechanism: the rules that need several calls
+    # (admission_min_calls) are tests/agent/test_tokens_admission.py's.
     settings = Settings(latency_budget_ms=300.0, admission_min_samples=min_samples,
-                        admission_window_s=window_s, retry_after_s=3.0)
+                        admission_min_calls=1, admission_window_s=window_s, retry_after_s=3.0)
     llm = ScriptedLLM(first_token_ms=500.0, tokens_per_second=200.0)
     r.settings = {
         **settings_of(settings, "latency_budget_ms", "admission_min_samples",
-                      "admission_window_s", "retry_after_s"),
+                      "admission_min_calls", "admission_window_s", "retry_after_s"),
         "engines": "scripted LLM with a 500 ms first token (200 tokens/s), tone TTS",
         "handshakes_during_refusal": attempts, "turns_during_refusal": turns_during,
     }

@@ -129,7 +129,8 @@ async def engine_faults(ctx: Context) -> Result:
     stt, llm = ProbeSTT([TRANSCRIPT]), ProbeLLM(ENGINE_REPLY, tokens_per_second=200,
                                                   first_token_ms=5)
     tts = ProbeTTS(ms_per_char=4.0, chunk_ms=50.0)
-    async with serving(Settings(), bench_engines(stt=stt, llm=llm, tts=tts)) as server:
+    settings = Settings(engine_failure_sessions=1)  # one call's failures mark the engine
+    async with serving(settings, bench_engines(stt=stt, llm=llm, tts=tts)) as server:
         for fault in faults:
             ctx.step(fault.name)
             for queue in (stt.failures, llm.failures, tts.failures, tts.failures_midway):

@@ -338,7 +338,7 @@ async def audio_flood(ctx: Context) -> Result:
             await asyncio.sleep(1.2)  # the last errors, at most one a second
             stop.set()
             await reader
-            accepted_ms = getattr(session.limiter, "_accepted_ms", None)
+            accepted_ms = getattr(session.limiter, "accepted_ms", None)
             turn = await call.typed_turn(QUESTION)
         finally:
             await call.close()

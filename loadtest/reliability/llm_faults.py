@@ -52,7 +52,10 @@ async def llm_faults(ctx: Context) -> Result:
             llm_server.url, "fault-model", api_key="unused", connect_timeout_s=2.0,
             first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S, stall_timeout_s=STALL_TIMEOUT_S,
         )
-        settings = Settings(llm_backend="openai", llm_url=llm.base_url)
+        # One call's failures mark the engine here (engine health across calls is
+        # tests/faults/test_engine_health.py's).
+        settings = Settings(llm_backend="openai", llm_url=llm.base_url,
+                            engine_failure_sessions=1)
         engines = bench_engines(llm=llm, tts=ToneTTS(ms_per_char=5.0, chunk_ms=50.0))
         async with serving(settings, engines) as server:
             for fault in faults:

@@ -69,8 +69,9 @@ class SessionScopedLLM(Protocol):
     """An LLM that wants to know which call a request belongs to (optional).
 
     A replicated server keeps one call on one replica (so its prefix cache is
-    reused) when every request of the call carries the same routing key.
-    ``Engines.for_session`` asks such an engine for a per-call view; the
+    reused) when every request of the call carries the same routing key; the
+    in-process llama.cpp engine serves the waiting requests of different calls in
+    turn. ``Engines.for_session`` asks such an engine for a per-call view; the
     ``LLMEngine.stream`` seam itself stays session-agnostic.
     """
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +134,37 @@ def test_impossible_limits_are_refused(name: str, value: float) -> None:
     setattr(settings, name, value)
     with pytest.raises(ConfigurationError, match="invalid limits"):
         settings.validate()
+
+
+def test_the_transport_limits_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.serving import transport_limits
+
+    defaults = Settings()
+    assert transport_limits(defaults) == {
+        "ws_max_size": 2 * defaults.max_frame_bytes,
+        "limit_concurrency": 2 * defaults.max_sessions + 32,
+    }
+    monkeypatch.setenv("VOICEFORGE_HARD_MAX_FRAME_BYTES", "300000")
+    monkeypatch.setenv("VOICEFORGE_MAX_CONNECTIONS", "150")
+    monkeypatch.setenv("VOICEFORGE_DECODE_BUDGET_MS_PER_S", "5")
+    monkeypatch.setenv("VOICEFORGE_MAX_OUTBOUND_BYTES", "3000000")
+    settings = Settings.from_env()
+    settings.validate()
+    assert transport_limits(settings) == {"ws_max_size": 300000, "limit_concurrency": 150}
+    assert (settings.decode_budget_ms_per_s, settings.max_outbound_bytes) == (5.0, 3000000)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"hard_max_frame_bytes": 1000}, "hard_max_frame_bytes"),
+        ({"max_connections": 100}, "max_connections"),
+        ({"slow_client_bytes": 5 * 1024 * 1024}, "slow_client_bytes"),
+        ({"decode_budget_ms_per_s": 0.0}, "decode_budget_ms_per_s"),
+    ],
+)
+def test_limits_that_contradict_each_other_are_refused(
+    changes: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=problem):
+        Settings(**changes).validate()

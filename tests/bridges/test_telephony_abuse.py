@@ -158,3 +158,43 @@ async def test_a_call_whose_media_stops_is_hung_up() -> None:
             await ws.send(MEDIA)
             assert await close_code(ws) == 1001
         await wait_until(lambda: not server.app_state.slots, 10, "slot given back")
+
+
+async def test_media_faster_than_real_time_is_not_taken() -> None:
+    with serving(Settings(), bench_engines()) as server:
+        async with connect(media_url(server)) as ws:
+            await ws.send(json.dumps(START))
+            await wait_until(lambda: bool(server.app_state.bridge_sessions), 10, "call up")
+            (session,) = server.app_state.bridge_sessions
+            assert isinstance(session, telephony.TelephonySession)
+            taken_ms: list[float] = []
+            feed = session.conversation.feed_audio
+
+            def counted(audio: Any) -> bool:
+                taken = feed(audio)
+                if taken:
+                    taken_ms.append(len(audio) / 8.0)
+                return taken
+
+            session.conversation.feed_audio = counted  # type: ignore[method-assign]
+            marks: list[str] = []
+            on_mark = session.on_mark
+
+            def seen(name: str) -> None:
+                marks.append(name)
+                on_mark(name)
+
+            session.on_mark = seen  # type: ignore[method-assign]
+            second = json.dumps({  # one second of audio in one message, 100 of them
+                "event": "media", "streamSid": STREAM_SID,
+                "media": {"track": "inbound", "payload": base64.b64encode(b"\xff" * 8000).decode()},
+            })
+            started = asyncio.get_running_loop().time()
+            for _ in range(100):
+                await ws.send(second)
+            await ws.send(json.dumps({"event": "mark", "streamSid": STREAM_SID,
+                                      "mark": {"name": "last"}}))
+            await wait_until(lambda: "last" in marks, 30, "every message read")
+            elapsed = asyncio.get_running_loop().time() - started
+        # 2 s of burst, then twice real time: far below the 100 s offered.
+        assert sum(taken_ms) <= 2000.0 + 2.0 * elapsed * 1000.0, (sum(taken_ms), elapsed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from agent import webrtc
+from agent import intake, webrtc
 from agent.config import Settings
 from agent.webrtc import WebRTCSession
 from loadtest.harness import bench_engines
@@ -159,35 +160,57 @@ async def test_concurrent_offers_cannot_exceed_the_session_limit(
         await until(lambda: not server.app_state.slots, 30, "every slot given back")
 
 
-async def test_a_trickled_offer_body_times_out_and_holds_no_slot(
+class TrickledBody:
+    """An offer body that sends its first bytes, then stalls until released."""
+
+    def __init__(self) -> None:
+        self.stalled = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'{"sdp": "v=0'
+        self.stalled.set()
+        await self.release.wait()
+        yield b'", "type": "offer"}'
+
+
+async def test_a_trickled_offer_body_holds_its_slot_then_times_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(webrtc, "OFFER_READ_TIMEOUT_S", 0.5)
     with serving(Settings(max_sessions=1), bench_engines()) as server:
-        stalled = asyncio.Event()
-        release = asyncio.Event()
-
-        async def trickle() -> AsyncIterator[bytes]:
-            yield b'{"sdp": "v=0'
-            stalled.set()
-            await release.wait()  # the rest never comes while the server waits
-            yield b'", "type": "offer"}'
-
-        async with httpx.AsyncClient(base_url=server.http, timeout=30) as http:
-            slow = asyncio.create_task(http.post("/webrtc/offer", content=trickle()))
-            await stalled.wait()
-            await until(lambda: server.app_state.open_calls() == 1, 10, "the slot is reserved")
-            # The slot is taken from the moment the caller is admitted.
-            async with peers() as (peer,):
-                peer.pc.addTrack(AudioStreamTrack())
-                refused = await post_offer(server, await peer.offer_sdp())
+        state = server.app_state
+        async with peers() as (peer,), httpx.AsyncClient(base_url=server.http, timeout=30) as http:
+            peer.pc.addTrack(AudioStreamTrack())
+            sdp = await peer.offer_sdp()
+            # While the body trickles, the caller holds its slot: no other call fits.
+            monkeypatch.setattr(webrtc, "OFFER_READ_TIMEOUT_S", 60.0)
+            body = TrickledBody()
+            slow = asyncio.create_task(http.post("/webrtc/offer", content=body))
+            await body.stalled.wait()
+            await until(lambda: state.open_calls() == 1, 10, "the slot is reserved")
+            refused = await post_offer(server, sdp)
             assert refused.status_code == 503 and refused.json()["error"] == "max_sessions"
-            # The server stops waiting for the body and frees the slot by itself.
-            await until(lambda: server.app_state.open_calls() == 0, 20, "the slot given back")
-            release.set()  # httpx reads the answer once its body is out
-            reply = await asyncio.wait_for(slow, 20)
-        assert reply.status_code == 408, reply.text
-        assert server.app_state.open_calls() == 0
+            body.release.set()
+            assert (await asyncio.wait_for(slow, 20)).status_code == 400  # "v=0" is no SDP
+            assert state.open_calls() == 0
+            # A body that never completes is not waited for: the server gives up.
+            monkeypatch.setattr(webrtc, "OFFER_READ_TIMEOUT_S", 0.5)
+            reading = threading.Event()  # set on the server's thread
+            read_body = intake.read_body
+
+            async def watched(request: Any, **limits: float) -> bytes:
+                assert state.open_calls() == 1  # admitted: the slot is taken first
+                reading.set()
+                return await read_body(request, max_bytes=int(limits["max_bytes"]),
+                                       timeout_s=limits["timeout_s"])
+
+            monkeypatch.setattr(intake, "read_body", watched)
+            body = TrickledBody()
+            slow = asyncio.create_task(http.post("/webrtc/offer", content=body))
+            await until(reading.is_set, 10, "the server reads the body")
+            await until(lambda: state.open_calls() == 0, 20, "the slot given back")
+            body.release.set()  # httpx reads the answer once its body is out
+            assert (await asyncio.wait_for(slow, 20)).status_code == 408
 
 
 async def test_an_oversized_offer_body_is_refused_unread() -> None:

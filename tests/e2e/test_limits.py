@@ -136,9 +136,9 @@ async def test_an_idle_call_is_told_and_closed() -> None:
 
 async def test_a_call_longer_than_the_limit_is_told_and_closed() -> None:
     for server in start_server(Settings(max_call_s=1.5), bench_engines()):
+        started = time.monotonic()  # before the server's clock for the call starts
         async with connect(server.url, subprotocols=subprotocols()) as ws:
             session = await RawSession.open(ws)
-            started = time.monotonic()
 
             async def keep_talking() -> None:
                 silence = msgpack.packb({"type": "input_audio.append", "audio": bytes(640)})
@@ -152,7 +152,7 @@ async def test_a_call_longer_than_the_limit_is_told_and_closed() -> None:
             finally:
                 talker.cancel()
                 await asyncio.gather(talker, return_exceptions=True)
-            assert 1.5 <= time.monotonic() - started < 4.0
+            assert time.monotonic() - started >= 1.5  # not before the limit; closed by it:
         assert (code, errors) == (1000, ["call_time_limit"])
         assert metric(server, "voiceforge_disconnects_total", reason="call_time_limit") == 1
 
@@ -255,11 +255,13 @@ async def test_a_client_over_the_frame_rate_is_throttled_then_a_flood_is_cut_off
                                "played_ms": 0})
         async with connect(server.url, subprotocols=subprotocols()) as ws:
             eager = await RawSession.open(ws)
-            # 800 frames at ~1000/s: over the 250/s rate after the 500-frame burst,
-            # but not a flood: dropped with at most one error a second, call kept.
-            for _ in range(800):
+            # 1200 frames back to back: over the 250/s rate after the 500-frame
+            # burst unless the server took 2.8 s to read them (pacing them in the
+            # test made the rate depend on how loaded the machine was), and never a
+            # flood (at most 700 refused): dropped with at most one error a
+            # second, call kept.
+            for _ in range(1200):
                 await ws.send(frame)
-                await asyncio.sleep(0.001)
             await asyncio.sleep(1.1)  # the bucket refills
             await eager.send({"type": "session.update", "session": {"temperature": 0.2}})
             await eager.wait_type("session.updated", 10)

@@ -77,6 +77,8 @@ SERVER_TYPES = frozenset(
         "response.text.delta",
         "response.audio.delta",
         "response.audio.clear",
+        "response.audio.pause",
+        "response.audio.resume",
         "response.done",
         "error",
     }
@@ -102,7 +104,12 @@ TURN_FIELDS = (
 )
 TURN_TEXT_FIELDS = ("end_of_turn_policy",)
 END_OF_TURN_POLICIES = ("silence", "learned")
-BOOL_FIELDS = ("speculative_response", "speculative_transcript", "first_chunk_at_clause")
+BOOL_FIELDS = (
+    "speculative_response",
+    "speculative_transcript",
+    "first_chunk_at_clause",
+    "playback_pause",
+)
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
 INT_FIELDS = {"max_response_tokens": (1, 2048)}
 SESSION_FIELDS = (

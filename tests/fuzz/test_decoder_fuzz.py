@@ -224,10 +224,10 @@ ADVERSARIAL = {
 @pytest.mark.parametrize("shape", list(ADVERSARIAL))
 def test_the_known_worst_shapes_decode_as_documented_within_the_cost_limit(shape: str) -> None:
     frame = ADVERSARIAL[shape]
-    check_against_model(frame, "decoder.adversarial")
-    # Measured whatever the single run said: these are the frames the limit is about.
+    # Measured whatever a single run says: these are the frames the limit is about.
     cost_ms = cpu_ms(decode_client_frame, frame, COST_REPEATS)
     assert cost_ms <= WORST_ALLOWED_MS, (shape, cost_ms)
+    check_against_model(frame, "decoder.adversarial")
 
 
 def test_bin_map_keys_are_malformed_frames_as_documented() -> None:

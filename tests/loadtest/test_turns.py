@@ -75,7 +75,14 @@ def test_policies_come_from_json_and_get_names() -> None:
     )
     assert [p.name for p in policies] == ["silence-300", "learned-0.5", "mine"]
     assert policies[2].turn == {"end_of_turn_silence_ms": 650}
-    for bad in ("not json", "[]", "[1]", '[{"a": 1}, {"a": 1}]'):
+    assert policies[2].session == {}
+    paused = parse_policies(
+        '[{"name": "p", "turn": {"end_of_turn_silence_ms": 500},'
+        ' "session": {"playback_pause": true}}]'
+    )
+    assert paused[0].session == {"playback_pause": True}
+    for bad in ("not json", "[]", "[1]", '[{"a": 1}, {"a": 1}]',
+                '[{"turn": {}, "session": {"turn": {}}}]', '[{"turn": {}, "session": 3}]'):
         with pytest.raises(ValueError):
             parse_policies(bad)
 

@@ -4,8 +4,10 @@
 // the processor knows exactly how many frames of each response it has played.
 // `clear` removes a response's unplayed samples at once, answers with the frames
 // played so far (the page turns that into `output_audio.played`) and refuses any
-// audio of that id that still arrives. Audio at another rate than the context's is
-// linearly interpolated on the way in.
+// audio of that id that still arrives. `pause` holds a response where it is (its
+// samples stay buffered and more may arrive; the output is silence) and answers with
+// the frames played so far; `resume` plays on from there. Audio at another rate
+// than the context's is linearly interpolated on the way in.
 
 const INITIAL_SECONDS = 30;
 const MAX_SECONDS = 300;
@@ -87,6 +89,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.segments = []; // [{id, frames}] in ring order
     this.played = new Map(); // response id → frames played
     this.cleared = new Set();
+    this.paused = new Set();
     this.resamplers = new Map();
     this.overflowFrames = 0;
     this.sinceStatus = 0;
@@ -97,6 +100,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   onMessage(message) {
     if (message.type === "audio") this.push(message.id, message.pcm, message.rate);
     else if (message.type === "clear") this.clear(message.id, Boolean(message.flushOnly));
+    else if (message.type === "pause") this.pause(message.id);
+    else if (message.type === "resume") this.resume(message.id);
     else if (message.type === "reset") this.reset();
   }
 
@@ -123,8 +128,25 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     if (!this.played.has(id)) this.played.set(id, 0);
   }
 
+  pause(id) {
+    if (!this.cleared.has(id)) this.paused.add(id);
+    this.port.postMessage({ type: "paused", id, frames: this.played.get(id) || 0 });
+    this.postStatus();
+  }
+
+  resume(id) {
+    this.paused.delete(id);
+    this.postStatus();
+  }
+
+  /** Frames that will be heard: none while the response in front is paused. */
+  audible() {
+    return this.segments.length && !this.paused.has(this.segments[0].id) ? this.ring.length : 0;
+  }
+
   clear(id, flushOnly) {
     this.cleared.add(id);
+    this.paused.delete(id);
     this.resamplers.delete(id);
     // Keep the other responses' samples, in order (normally the cleared one is first).
     const kept = [];
@@ -155,6 +177,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       type: "status",
       played: Object.fromEntries(this.played),
       buffered: this.ring.length,
+      audible: this.audible(),
+      paused: [...this.paused],
       playing: this.segments.length ? this.segments[0].id : null,
       overflowFrames: this.overflowFrames,
     });
@@ -163,9 +187,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const output = outputs[0];
     const channel = output[0];
-    const wasPlaying = this.ring.length > 0;
+    const wasPlaying = this.audible() > 0;
     let written = 0;
-    while (written < channel.length && this.segments.length) {
+    // A paused response in front holds everything behind it: replies play in order.
+    while (written < channel.length && this.segments.length && !this.paused.has(this.segments[0].id)) {
       const segment = this.segments[0];
       const count = Math.min(channel.length - written, segment.frames);
       this.ring.read(channel, written, count);
@@ -174,10 +199,11 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       written += count;
       if (segment.frames === 0) this.segments.shift();
     }
+    channel.fill(0, written); // silence: ran dry, or paused (the buffer can be reused)
     for (let c = 1; c < output.length; c++) output[c].set(channel);
     this.sinceStatus += channel.length;
     // Report at once when the buffer runs dry, so "done playing" is not late.
-    if (this.sinceStatus >= this.statusEvery || (wasPlaying && this.ring.length === 0)) {
+    if (this.sinceStatus >= this.statusEvery || (wasPlaying && this.audible() === 0)) {
       this.postStatus();
     }
     return true;
