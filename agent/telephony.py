@@ -6,7 +6,10 @@ The provider opens a WebSocket per call and sends JSON text messages: ``connecte
 8 kHz, 20 ms), ``mark`` (a mark we sent has been played), ``dtmf``, ``stop``. We send
 ``media`` with the reply, a ``mark`` after each piece of it — its acknowledgement
 tells what the caller has heard, which is what history keeps after a barge-in —
-and ``clear`` to flush the provider's playback buffer on barge-in.
+and ``clear`` to flush the provider's playback buffer on barge-in. The call asks
+for pauses (protocol 1.1): the provider has none, so a pause is a ``clear`` while
+the unacknowledged audio is kept here, and a resume sends it again from the last
+acknowledged mark (pipeline/marked_playback.py).
 
 The message codec is sans-I/O (``parse``, ``media_message``, ...); the endpoint is glue.
 """
@@ -34,7 +37,15 @@ from pipeline import mulaw
 from pipeline.audio import pcm16_to_float
 from pipeline.conversation import Conversation
 from pipeline.echo import EchoGuard
-from pipeline.events import ResponseAudioClear, ResponseAudioDelta, ResponseDone
+from pipeline.engines.base import FloatAudio
+from pipeline.events import (
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseAudioPause,
+    ResponseAudioResume,
+    ResponseDone,
+)
+from pipeline.marked_playback import MarkedPlayback, Send, mark_name, read_mark
 
 logger = logging.getLogger("voiceforge.telephony")
 
@@ -155,19 +166,6 @@ def clear_message(stream_sid: str) -> str:
     return json.dumps({"event": "clear", "streamSid": stream_sid})
 
 
-def mark_name(response_id: str, played_ms: float) -> str:
-    """Our marks say which response and how far into it: ``resp_…:1234.5``."""
-    return f"{response_id}:{played_ms:.1f}"
-
-
-def read_mark(name: str) -> tuple[str, float] | None:
-    response_id, _, ms = name.rpartition(":")
-    try:
-        return (response_id, float(ms)) if response_id else None
-    except ValueError:
-        return None
-
-
 # ------------------------------------------------------------------- the call
 
 
@@ -180,7 +178,10 @@ class TelephonySession:
         self.slot = slot
         self.stream_sid = start.stream_sid
         config = replace(
-            state.session_config(), input_sample_rate=SAMPLE_RATE, output_sample_rate=SAMPLE_RATE
+            state.session_config(),
+            input_sample_rate=SAMPLE_RATE,
+            output_sample_rate=SAMPLE_RATE,
+            playback_pause=True,
         )
         self.conversation = Conversation(state.engines, self.emit, config)
         self.started_at = time.monotonic()
@@ -194,10 +195,8 @@ class TelephonySession:
         self.ready = asyncio.Event()
         self.overflowed = False
         self.cleared: set[str] = set()
-        self.sent_ms: dict[str, float] = {}
-        """Reply audio sent per response (the end of each mark)."""
-        self.heard_ms: dict[str, float] = {}
-        """Reply audio the provider acknowledged as played, per response."""
+        self.marks = MarkedPlayback()
+        """What was sent, acknowledged, and is kept to send again after a pause."""
         self.finished: deque[ResponseDone] = deque(maxlen=16)
         """The last responses of the call (what was heard of each), for inspection."""
 
@@ -209,33 +208,53 @@ class TelephonySession:
         bridge.observe(self.state, self.session_id, event)
         if isinstance(event, ResponseDone):
             self.finished.append(event)
+            self.marks.drop(event.response_id)
         elif isinstance(event, ResponseAudioDelta):
-            self._send_audio(event)
+            self._add_audio(event)
+        elif isinstance(event, ResponseAudioPause):
+            if event.response_id not in self.cleared:
+                # Marks acknowledged before the clear are what the caller heard.
+                self._clear_line(event.response_id)
+                heard = self.marks.pause(event.response_id)
+                self.conversation.report_played(event.response_id, heard)
+        elif isinstance(event, ResponseAudioResume):
+            if event.response_id not in self.cleared:
+                for send in self.marks.resume(event.response_id):
+                    self._send(send, mulaw.decode_float(send.payload))
         elif isinstance(event, ResponseAudioClear):
             rid = event.response_id
             self.cleared.add(rid)
-            self.outbound.purge_audio(rid)
-            self._push(clear_message(self.stream_sid))
-            now = time.monotonic()
-            self.playout.flush(now)
-            if self.guard is not None:
-                self.guard.flushed(now)
-            # Marks acknowledged before the clear are what the caller heard; the
-            # provider answers the clear by returning the pending marks unplayed.
-            self.conversation.report_played(rid, self.heard_ms.pop(rid, 0.0))
+            self._clear_line(rid)
+            # The provider answers the clear by returning the pending marks unplayed.
+            self.conversation.report_played(rid, self.marks.drop(rid))
 
-    def _send_audio(self, event: ResponseAudioDelta) -> None:
+    def _clear_line(self, response_id: str) -> None:
+        self.outbound.purge_audio(response_id)
+        self._push(clear_message(self.stream_sid))
+        now = time.monotonic()
+        self.playout.flush(now)
+        if self.guard is not None:
+            self.guard.flushed(now)
+
+    def _add_audio(self, event: ResponseAudioDelta) -> None:
         rid = event.response_id
         if rid in self.cleared:
             return
         audio = pcm16_to_float(event.audio)
-        play_at = self.playout.schedule(event.duration_ms, time.monotonic())
+        send = self.marks.add(rid, mulaw.encode_float(audio), event.duration_ms)
+        if send == "dropped":
+            # Per piece of audio while the provider does not acknowledge: sampled.
+            _log(self.state, "unheard_full", "session=%s: the provider acknowledges no "
+                 "marks; reply audio dropped", self.session_id)
+        elif send != "held":
+            self._send(send, audio)
+
+    def _send(self, send: Send, audio: FloatAudio) -> None:
+        play_at = self.playout.schedule(send.duration_ms, time.monotonic())
         if self.guard is not None:
             self.guard.played(audio, play_at)
-        end_ms = self.sent_ms.get(rid, 0.0) + event.duration_ms
-        self.sent_ms[rid] = end_ms
-        self._push(media_message(self.stream_sid, mulaw.encode_float(audio)), rid)
-        self._push(mark_message(self.stream_sid, mark_name(rid, end_ms)), rid)
+        self._push(media_message(self.stream_sid, send.payload), send.response_id)
+        self._push(mark_message(self.stream_sid, send.mark), send.response_id)
 
     def _push(self, text: str, response_id: str | None = None) -> None:
         ok = self.outbound.push(
@@ -246,14 +265,9 @@ class TelephonySession:
         self.ready.set()
 
     def on_mark(self, name: str) -> None:
-        mark = read_mark(name)
-        if mark is None:
-            return
-        rid, played_ms = mark
-        if rid in self.cleared:
-            return
-        self.heard_ms[rid] = max(self.heard_ms.get(rid, 0.0), played_ms)
-        self.conversation.report_played(rid, played_ms)
+        heard = self.marks.acknowledge(name)
+        if heard is not None:
+            self.conversation.report_played(*heard)
 
     def on_media(self, media: Media) -> None:
         if media.track not in ("inbound", "inbound_track"):
@@ -449,4 +463,4 @@ async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> 
 
 routes = [WebSocketRoute("/telephony/twilio", _twilio)]
 
-__all__ = ["Start", "TelephonySession", "parse", "routes"]
+__all__ = ["Start", "TelephonySession", "mark_name", "parse", "read_mark", "routes"]

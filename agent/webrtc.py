@@ -2,9 +2,11 @@
 
 Glue only. The caller's audio track (Opus, 48 kHz) is resampled to 16 kHz mono and
 fed to a ``Conversation``; the reply goes out through ``ReplyTrack``, which paces
-20 ms frames in real time, sends silence when idle, drops what it holds of a
-response the moment it is cleared, and reports how much of each response it has
-actually sent (``report_played``), so history truncation after a barge-in is exact.
+20 ms frames in real time, sends silence when idle or while a response is paused
+(protocol 1.1: caller speech over the reply, resumed if it was a backchannel),
+drops what it holds of a response the moment it is cleared, and reports how much
+of each response it has actually sent (``report_played``), so history truncation
+after a barge-in is exact.
 Every other event goes to the peer as JSON text on the data channel ``events``.
 """
 
@@ -54,7 +56,13 @@ from agent.protocol import (
 from agent.state import AppState, Slot
 from pipeline.conversation import Conversation
 from pipeline.echo import EchoGuard
-from pipeline.events import ErrorEvent, ResponseAudioClear, ResponseAudioDelta
+from pipeline.events import (
+    ErrorEvent,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    ResponseAudioPause,
+    ResponseAudioResume,
+)
 
 logger = logging.getLogger("voiceforge.webrtc")
 
@@ -87,16 +95,19 @@ Sent = Callable[[str | None, float, npt.NDArray[np.int16]], None]
 
 
 class ReplyTrack(MediaStreamTrack):
-    """The agent's voice: 20 ms frames paced in real time, silence when idle."""
+    """The agent's voice: 20 ms frames paced in real time, silence when idle or
+    paused (a paused response keeps its queue until resumed or cleared)."""
 
     kind = "audio"
 
     def __init__(self, on_sent: Sent) -> None:
         super().__init__()
         self._on_sent = on_sent
-        self._queue: deque[tuple[str, npt.NDArray[np.int16]]] = deque()
-        self._buffered = 0
+        self._queues: dict[str, deque[npt.NDArray[np.int16]]] = {}
+        """Queued samples per response, responses in arrival order."""
+        self._buffered: dict[str, int] = {}
         self._sent_ms: dict[str, float] = {}
+        self._paused: set[str] = set()
         self._start: float | None = None
         self._pts = 0
         self.frames_sent = 0
@@ -104,42 +115,61 @@ class ReplyTrack(MediaStreamTrack):
 
     @property
     def buffered_ms(self) -> float:
-        return self._buffered * 1000.0 / OUTPUT_RATE
+        return sum(self._buffered.values()) * 1000.0 / OUTPUT_RATE
+
+    def buffered_ms_of(self, response_id: str) -> float:
+        return self._buffered.get(response_id, 0) * 1000.0 / OUTPUT_RATE
 
     def push(self, response_id: str, pcm: bytes) -> bool:
         """Queue reply audio (PCM16 at 48 kHz); False when the buffer is full."""
         if self.buffered_ms >= MAX_BUFFERED_MS:
             return False
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.int16)
-        self._queue.append((response_id, samples))
-        self._buffered += len(samples)
+        self._queues.setdefault(response_id, deque()).append(samples)
+        self._buffered[response_id] = self._buffered.get(response_id, 0) + len(samples)
         self._sent_ms.setdefault(response_id, 0.0)
         return True
 
+    def pause(self, response_id: str) -> float:
+        """Stop sending ``response_id`` (silence instead), keep its queue; return the
+        ms of it sent."""
+        self._paused.add(response_id)
+        return self._sent_ms.get(response_id, 0.0)
+
+    def resume(self, response_id: str) -> None:
+        self._paused.discard(response_id)
+
     def clear(self, response_id: str) -> float:
         """Drop every queued sample of ``response_id``; return the ms of it sent."""
-        kept = deque(item for item in self._queue if item[0] != response_id)
-        self._buffered = sum(len(samples) for _, samples in kept)
-        self._queue = kept
+        self._queues.pop(response_id, None)
+        self._buffered.pop(response_id, None)
+        self._paused.discard(response_id)
         return self._sent_ms.pop(response_id, 0.0)
 
     def _take(self) -> tuple[str | None, npt.NDArray[np.int16]]:
         frame = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        if not self._queue:
-            return None, frame
         # One frame never mixes two responses: the next one starts on a fresh frame.
-        response_id = self._queue[0][0]
+        response_id = next(
+            (rid for rid, queue in self._queues.items() if queue and rid not in self._paused),
+            None,
+        )
+        if response_id is None:
+            return None, frame
+        queue = self._queues[response_id]
         filled = 0
-        while filled < FRAME_SAMPLES and self._queue and self._queue[0][0] == response_id:
-            _, samples = self._queue[0]
+        while filled < FRAME_SAMPLES and queue:
+            samples = queue[0]
             n = min(FRAME_SAMPLES - filled, len(samples))
             frame[filled : filled + n] = samples[:n]
             filled += n
             if n == len(samples):
-                self._queue.popleft()
+                queue.popleft()
             else:
-                self._queue[0] = (response_id, samples[n:])
-        self._buffered -= filled
+                queue[0] = samples[n:]
+        self._buffered[response_id] -= filled
+        if not queue:
+            del self._queues[response_id]
+            del self._buffered[response_id]
         self._sent_ms[response_id] += filled * 1000.0 / OUTPUT_RATE
         return response_id, frame
 
@@ -172,7 +202,10 @@ class WebRTCSession:
         self.slot = slot
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         config = replace(
-            state.session_config(), input_sample_rate=INPUT_RATE, output_sample_rate=OUTPUT_RATE
+            state.session_config(),
+            input_sample_rate=INPUT_RATE,
+            output_sample_rate=OUTPUT_RATE,
+            playback_pause=True,
         )
         self.conversation = Conversation(state.engines, self.emit, config)
         self.started_at = time.monotonic()
@@ -336,7 +369,7 @@ class WebRTCSession:
         if response_id is None:
             return
         self._frames_since_report += 1
-        drained = self.track.buffered_ms == 0.0
+        drained = self.track.buffered_ms_of(response_id) == 0.0
         if drained or self._frames_since_report >= REPORT_EVERY_FRAMES:
             self._frames_since_report = 0
             self.conversation.report_played(response_id, sent_ms)
@@ -351,7 +384,15 @@ class WebRTCSession:
             ):
                 logger.warning("session=%s: reply buffer full, audio dropped", self.session_id)
             return
-        if isinstance(event, ResponseAudioClear):
+        if isinstance(event, ResponseAudioPause) and event.response_id not in self._cleared:
+            # Silence from the next frame on; the echo guard hears that silence as
+            # it is sent. What went out before the pause is what was heard.
+            self.conversation.report_played(
+                event.response_id, self.track.pause(event.response_id)
+            )
+        elif isinstance(event, ResponseAudioResume):
+            self.track.resume(event.response_id)
+        elif isinstance(event, ResponseAudioClear):
             self._cleared.add(event.response_id)
             sent_ms = self.track.clear(event.response_id)
             if self.guard is not None:

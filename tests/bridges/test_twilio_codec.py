@@ -74,3 +74,5 @@ def test_mark_names_carry_the_response_and_position() -> None:
     assert telephony.read_mark(telephony.mark_name("resp_abc", 1234.5)) == ("resp_abc", 1234.5)
     assert telephony.read_mark("someone else's mark") is None
     assert telephony.read_mark("resp:x") is None
+    # Re-sent after a pause: a fresh name, the same position.
+    assert telephony.read_mark(telephony.mark_name("resp_abc", 1.5, 1)) == ("resp_abc", 1.5)
