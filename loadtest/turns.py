@@ -112,10 +112,14 @@ def parse_policies(text: str) -> list[Policy]:
 def _name(turn: dict[str, Any]) -> str:
     if set(turn) == {"end_of_turn_silence_ms"}:
         return f"silence-{turn['end_of_turn_silence_ms']:g}"
-    if turn.get("policy") == "learned" and "eot_threshold" in turn:
-        rest = {k: v for k, v in turn.items() if k not in ("policy", "eot_threshold")}
+    if turn.get("end_of_turn_policy") == "learned":
+        threshold = turn.get("end_of_turn_threshold", 0.5)
+        rest = {
+            k: v for k, v in turn.items()
+            if k not in ("end_of_turn_policy", "end_of_turn_threshold")
+        }
         suffix = "".join(f",{k}={v}" for k, v in sorted(rest.items()))
-        return f"learned-{turn['eot_threshold']:g}{suffix}"
+        return f"learned-{threshold:g}{suffix}"
     return ",".join(f"{k}={v}" for k, v in sorted(turn.items()))
 
 

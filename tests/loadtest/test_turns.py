@@ -70,7 +70,8 @@ def test_an_ignored_final_turn_has_no_reply() -> None:
 
 def test_policies_come_from_json_and_get_names() -> None:
     policies = parse_policies(
-        '[{"end_of_turn_silence_ms": 300}, {"policy": "learned", "eot_threshold": 0.5},'
+        '[{"end_of_turn_silence_ms": 300}, {"end_of_turn_policy": "learned",'
+        ' "end_of_turn_threshold": 0.5},'
         ' {"name": "mine", "turn": {"end_of_turn_silence_ms": 650}}]'
     )
     assert [p.name for p in policies] == ["silence-300", "learned-0.5", "mine"]
