@@ -60,6 +60,7 @@ from loadtest.turn_report import plot_tradeoff, print_table, summarize
 from pipeline.events import (
     ResponseAudioClear,
     ResponseAudioDelta,
+    ResponseAudioPause,
     ResponseCreated,
     ResponseDone,
     TranscriptFinal,
@@ -278,6 +279,13 @@ async def over_speech_trial(
          if isinstance(m, ResponseAudioClear) and m.response_id == reply),
         None,
     )
+    # With playback pauses (protocol 1.1) the caller's player goes quiet at the
+    # pause, before the verdict: that is when the agent stops at the caller's ear.
+    pause_at = next(
+        (t for t, m in caller.log[mark:]
+         if isinstance(m, ResponseAudioPause) and m.response_id == reply),
+        None,
+    )
     if clear_at is not None:  # the clear flow ends in response.done: let it finish
         await _wait_until(lambda: _done_of(caller, reply, mark) is not None, config.observe_s)
     done = _done_of(caller, reply, mark)
@@ -285,7 +293,9 @@ async def over_speech_trial(
         done is not None and done.status.value == "cancelled" and done.reason != "client_cancelled"
     )
     if item.kind == "interruption" and trial.cancelled:
-        if clear_at is not None:
+        if pause_at is not None:
+            trial.stop_ms, trial.stop_source = elapsed_ms(onset_sent, pause_at), "pause"
+        elif clear_at is not None:
             trial.stop_ms, trial.stop_source = elapsed_ms(onset_sent, clear_at), "clear"
         else:
             last_audio = max(
