@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy.typing as npt
 import onnxruntime
 
 from pipeline.errors import ConfigurationError, EngineError, ModelLoadError
+from pipeline.thread_worker import BatchedThreadWorker
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 8
@@ -163,7 +163,7 @@ class _Request:
     future: asyncio.Future[float]
 
 
-class BatchedSmartTurnWorker:
+class BatchedSmartTurnWorker(BatchedThreadWorker):
     """One worker serves every call: requests queued while a batch ran are
     answered by ONE onnxruntime call (features included, on the worker thread, so
     the event loop never computes a spectrogram).
@@ -174,50 +174,20 @@ class BatchedSmartTurnWorker:
     nothing, so queueing behind an overload would only add cost.
     """
 
+    thread_name = "smart-turn"
+
     def __init__(self, model: SmartTurnModel, *, max_batch: int = 8, max_pending: int = 64) -> None:
         if max_batch < 1:
             raise ConfigurationError(f"max_batch must be >= 1, got {max_batch}")
         if max_pending < 1:
             raise ConfigurationError(f"max_pending must be >= 1, got {max_pending}")
+        super().__init__()
         self.model = model
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(max_pending)
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._running = False
         self.batches_run = 0
         self.requests_run = 0
         self.requests_refused = 0
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("BatchedSmartTurnWorker already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smart-turn")
-        self._running = True
-        self._task = asyncio.create_task(self._serve(), name="smart-turn-worker")
-
-    async def stop(self) -> None:
-        """Cancel the worker, wait for it, and fail every request not yet answered."""
-        self._running = False
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        self._fail_queued()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # A batch cancelled mid-run may still be on the thread: no model call
-            # outlives stop().
-            await asyncio.to_thread(executor.shutdown, wait=True)
 
     async def predict(self, audio: FloatArray) -> float:
         """Probability that the turn ending ``audio`` (16 kHz; the last 8 s count)
@@ -264,7 +234,7 @@ class BatchedSmartTurnWorker:
             if not request.future.done():
                 request.future.set_result(float(probability))
 
-    def _fail_queued(self) -> None:
+    def _fail_waiting(self) -> None:
         queued: list[_Request] = []
         while not self._queue.empty():
             queued.append(self._queue.get_nowait())

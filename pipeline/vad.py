@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy.typing as npt
 import onnxruntime
 
 from pipeline.errors import ConfigurationError, EngineError, ModelLoadError
+from pipeline.thread_worker import BatchedThreadWorker
 
 FRAME_SAMPLES = 512
 """Samples per VAD chunk: 32 ms at 16 kHz, the only chunk size the 16 kHz model accepts."""
@@ -151,7 +151,7 @@ class _Pending:
     future: asyncio.Future[float]
 
 
-class BatchedVADWorker:
+class BatchedVADWorker(BatchedThreadWorker):
     """One worker serves every session: chunks submitted by many streams while
     the previous batch ran are evaluated in ONE onnxruntime call.
 
@@ -161,11 +161,14 @@ class BatchedVADWorker:
     never blocks and batches never overlap (a stream's chunks must run in order).
     """
 
+    thread_name = "vad"
+
     def __init__(self, vad: SileroVAD, *, max_batch: int = 64, max_pending: int = 0) -> None:
         """``max_pending`` bounds the queue (default ``8 * max_batch``); a full
         queue makes ``VADStream.process`` wait, which is the backpressure."""
         if max_batch < 1:
             raise ConfigurationError(f"max_batch must be >= 1, got {max_batch}")
+        super().__init__()
         self.vad = vad
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(max_pending or 8 * max_batch)
@@ -173,42 +176,8 @@ class BatchedVADWorker:
         # already in the batch; never more than max_batch, as each came from a
         # batch's worth of candidates.
         self._deferred: list[_Pending] = []
-        self._task: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._running = False
         self.batches_run = 0
         self.chunks_run = 0
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("BatchedVADWorker already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
-        self._running = True
-        self._task = asyncio.create_task(self._serve(), name="vad-worker")
-
-    async def stop(self) -> None:
-        """Cancel the worker, wait for it, and fail every chunk not yet answered."""
-        self._running = False
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                # Re-raise only if *our caller* is being cancelled, not the worker.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        self._fail_pending()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            # A cancelled batch may still be running on the thread; wait for it
-            # without blocking the loop so no model call outlives stop().
-            await asyncio.to_thread(executor.shutdown, wait=True)
 
     def open_stream(self) -> VADStream:
         return VADStream(self)
@@ -220,7 +189,7 @@ class BatchedVADWorker:
         await self._queue.put(_Pending(stream, stream.state, chunk, future))
         if not self._running:
             # stop() ran while we waited for room in the queue.
-            self._fail_pending()
+            self._fail_waiting()
         return await future
 
     async def _serve(self) -> None:
@@ -273,7 +242,7 @@ class BatchedVADWorker:
             if not item.future.done():
                 item.future.set_result(float(probability))
 
-    def _fail_pending(self) -> None:
+    def _fail_waiting(self) -> None:
         pending, self._deferred = self._deferred, []
         while not self._queue.empty():
             pending.append(self._queue.get_nowait())
