@@ -40,6 +40,8 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 
 class Harness:
+    default_timeout_s = 20.0
+
     def __init__(self, conversation: Conversation, events: list[Event]) -> None:
         self.conversation = conversation
         self.events = events
@@ -48,8 +50,10 @@ class Harness:
         for start in range(0, len(audio), 320):
             assert self.conversation.feed_audio(audio[start : start + 320])
 
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout_s: float = 20) -> Event:
-        deadline = time.monotonic() + timeout_s
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], timeout_s: float | None = None
+    ) -> Event:
+        deadline = time.monotonic() + (timeout_s or self.default_timeout_s)
         while time.monotonic() < deadline:
             for event in self.events:
                 if predicate(event):

@@ -9,9 +9,7 @@ model (the silence rule needs 500 ms, the maximum 2000 ms).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import numpy as np
@@ -30,30 +28,13 @@ from pipeline.events import (
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
 from pipeline.turn import TurnConfig
 from pipeline.vad import BatchedVADWorker, SileroVAD
+from tests.pipeline.test_conversation import Harness as ConversationHarness
 
 LEARNED = SessionConfig(turn=TurnConfig(end_of_turn_policy="learned"), playback_grace_ms=0.0)
 
 
-class Harness:
-    def __init__(self, conversation: Conversation, events: list[Event]) -> None:
-        self.conversation = conversation
-        self.events = events
-
-    def feed(self, audio: np.ndarray) -> None:
-        for start in range(0, len(audio), 320):
-            assert self.conversation.feed_audio(audio[start : start + 320])
-
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout_s: float = 30) -> Event:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for event in self.events:
-                if predicate(event):
-                    return event
-            await asyncio.sleep(0.01)
-        raise TimeoutError(f"not seen; events: {[type(e).__name__ for e in self.events]}")
-
-    def of(self, kind: type) -> list[Event]:
-        return [e for e in self.events if isinstance(e, kind)]
+class Harness(ConversationHarness):
+    default_timeout_s = 30.0  # the model's inference on a loaded machine
 
 
 @pytest.fixture(scope="module")
