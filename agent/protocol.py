@@ -356,7 +356,10 @@ _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
     "partial_transcript_interval_ms": (0.0, 10_000.0),
 }
-_INT_FIELDS: dict[str, tuple[int, int]] = {"max_response_tokens": (1, 2048)}
+_INT_FIELDS: dict[str, tuple[int, int]] = {
+    "max_response_tokens": (1, 2048),
+    "first_chunk_max_words": (0, 64),
+}
 _BOOL_FIELDS = {
     "speculative_response",
     "speculative_transcript",
@@ -446,7 +449,8 @@ def parse_session_fields(
                 raise ProtocolError(
                     "invalid_session", f"{key} must be an integer in [{ilow}, {ihigh}]"
                 )
-            changes[key] = min(value, caps.max_response_tokens)
+            capped = key == "max_response_tokens"
+            changes[key] = min(value, caps.max_response_tokens) if capped else value
         else:
             raise ProtocolError("invalid_session", f"unknown session field {shown(key)}")
     return changes

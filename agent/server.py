@@ -354,9 +354,13 @@ class _Session:
                         f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
                         "which this server does not run",
                     )
-            at_clause = changes.pop("first_chunk_at_clause", None)
-            if at_clause is not None:
-                changes["chunker"] = replace(current.chunker, first_chunk_at_clause=at_clause)
+            chunking = {
+                name: changes.pop(name)
+                for name in ("first_chunk_at_clause", "first_chunk_max_words")
+                if name in changes
+            }
+            if chunking:
+                changes["chunker"] = replace(current.chunker, **chunking)
             updated = replace(current, **changes)
         except ProtocolError as exc:
             self.error(exc.code, str(exc))

@@ -42,8 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, one per caller in turn: {', '.join(SCENARIOS)}")
     parser.add_argument("--compare", metavar="FIELD",
-                        help="a boolean session.update field alternated on/off between sessions "
-                        "(speculative_transcript, speculative_response, first_chunk_at_clause)")
+                        help="a session.update field alternated on/off between sessions: a "
+                        "boolean (speculative_transcript, speculative_response, "
+                        "first_chunk_at_clause) or FIELD=ON,OFF with JSON values "
+                        "(first_chunk_max_words=4,0)")
     parser.add_argument("--turn-timeout", type=float, default=60.0)
     parser.add_argument("--sweep", help="comma-separated caller counts, run in order")
     parser.add_argument("--budget-ms", type=float, default=50.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
 import time
@@ -28,6 +29,20 @@ from loadtest.speech import speak
 CONNECT_TIMEOUT_S = 30.0
 
 
+def compare_values(spec: str) -> tuple[str, Any, Any]:
+    """``--compare``'s field and its on and off values: ``FIELD`` or ``FIELD=ON,OFF``."""
+    name, sep, values = spec.partition("=")
+    if not sep:
+        return name, True, False
+    on, comma, off = values.partition(",")
+    if not name or not comma:
+        raise ValueError(f"--compare takes FIELD or FIELD=ON,OFF, got {spec!r}")
+    try:
+        return name, json.loads(on), json.loads(off)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--compare {spec!r}: the values must be JSON ({error})") from None
+
+
 @dataclass
 class LoadConfig:
     url: str
@@ -38,7 +53,9 @@ class LoadConfig:
     grace_s: float = 60.0
     turn_timeout_s: float = 60.0
     compare: str | None = None
-    """A boolean session field alternated on/off between sessions (``--compare``)."""
+    """A session field alternated on/off between sessions (``--compare``): ``FIELD``
+    (a boolean, true/false) or ``FIELD=ON,OFF`` (two JSON values, e.g.
+    ``first_chunk_max_words=4,0``)."""
     progress_s: float = 2.0
     api_key: str | None = None
 
@@ -51,6 +68,8 @@ class LoadConfig:
             raise ValueError(f"unknown scenarios {sorted(unknown)}; known: {list(SCENARIOS)}")
         if self.callers < 1 or self.duration_s <= 0:
             raise ValueError("--callers must be >= 1 and --duration > 0")
+        if self.compare is not None:
+            compare_values(self.compare)  # refuses a malformed spec before the run
 
     @property
     def http_base(self) -> str:
@@ -95,7 +114,8 @@ class _Run:
         if self.config.compare is None:
             return "", {}
         on = self.session_counter % 2 == 1
-        return ("on" if on else "off"), {self.config.compare: on}
+        field_name, on_value, off_value = compare_values(self.config.compare)
+        return ("on" if on else "off"), {field_name: on_value if on else off_value}
 
     async def caller(self, index: int) -> None:
         config = self.config

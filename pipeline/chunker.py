@@ -4,7 +4,10 @@ The LLM streams text deltas; `TextChunker` turns them into `TextChunk`s for TTS.
 
 * The first chunk is short so the first audio starts early: it ends at the first
   clause boundary (``,`` ``;`` ``:`` a spaced dash, or a sentence end) once it holds at
-  least ``first_chunk_min_words`` words.
+  least ``first_chunk_min_words`` words. With ``first_chunk_max_words`` set, a first
+  clause still running at that many words is cut at the next word end instead
+  (most replies of a small model are one sentence with no clause in it, so without
+  this the first audio waits for the whole sentence).
 * Later chunks are whole sentences. A sentence of fewer than three words is merged
   with the next one (list items such as "Mix." "Bake." would otherwise each cost a
   TTS call); a chunk that grows past ``max_chunk_chars`` without a sentence end is
@@ -290,6 +293,11 @@ class ChunkerConfig:
     first_chunk_at_clause: bool = True
     """False: the first chunk waits for a sentence end, like the later ones (loadtest
     measures what the early clause saves)."""
+    first_chunk_max_words: int = 0
+    """Above 0: a first chunk with no boundary yet is cut after this many words, at
+    the end of a plain word (never after an abbreviation's dot, inside markdown
+    emphasis or code). 0: only boundaries cut it. Ignored when
+    ``first_chunk_at_clause`` is off."""
     max_chunk_chars: int = 250
     """Soft maximum: a longer chunk is split at a clause boundary or whitespace."""
 
@@ -394,6 +402,9 @@ class TextChunker:
                 self._line_start, self._at_line_start = i + 1, True
             elif char.isspace():
                 self._last_space = i
+                if (chunk := self._cut_first_at_word(i)) is not None:
+                    chunks.append(chunk)
+                    continue
             if step.cut >= 0:
                 chunk = self._cut(step.cut, step.sentence)
                 if chunk is not None:
@@ -522,6 +533,19 @@ class TextChunker:
         else:
             return None
         return self._emit(cut, min_words)
+
+    def _cut_first_at_word(self, space: int) -> TextChunk | None:
+        """The first chunk has reached ``first_chunk_max_words``: cut at this space if
+        the word before it ends plainly (a letter or digit, outside markup)."""
+        limit = self._config.first_chunk_max_words
+        if self._index != 0 or limit <= 0 or not self._config.first_chunk_at_clause:
+            return None
+        head = self._buffer[:space]
+        if not head or not head[-1].isalnum() or len(head.split()) < limit:
+            return None
+        if any(head.count(mark) % 2 for mark in ("**", "`", "__")) or head.count("*") % 2:
+            return None  # emphasis or code still open: its closing mark comes later
+        return self._emit(space, limit)
 
     def _force_cut(self) -> TextChunk | None:
         """The chunk is too long: cut at its last clause boundary, else its last space."""

@@ -111,7 +111,7 @@ BOOL_FIELDS = (
     "playback_pause",
 )
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
-INT_FIELDS = {"max_response_tokens": (1, 2048)}
+INT_FIELDS = {"max_response_tokens": (1, 2048), "first_chunk_max_words": (0, 64)}
 SESSION_FIELDS = (
     "instructions",
     "voice",

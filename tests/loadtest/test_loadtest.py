@@ -13,7 +13,7 @@ import pytest
 
 from loadtest.__main__ import main, within_budget
 from loadtest.latency import spawned_server
-from loadtest.runner import LoadConfig
+from loadtest.runner import LoadConfig, compare_values
 from loadtest.speech import espeak_available
 
 REQUIRED = {
@@ -95,3 +95,11 @@ def test_bad_settings_are_refused_clearly(fields: dict[str, object], message: st
     settings: dict[str, object] = {"url": "ws://127.0.0.1:1/ws", "callers": 1, "duration_s": 1.0}
     with pytest.raises(ValueError, match=message):
         LoadConfig(**{**settings, **fields})  # type: ignore[arg-type]
+
+
+def test_compare_takes_a_boolean_field_or_two_values() -> None:
+    assert compare_values("speculative_transcript") == ("speculative_transcript", True, False)
+    assert compare_values("first_chunk_max_words=4,0") == ("first_chunk_max_words", 4, 0)
+    for bad in ("first_chunk_max_words=4", "=1,0", "first_chunk_max_words=four,0"):
+        with pytest.raises(ValueError, match="--compare"):
+            compare_values(bad)

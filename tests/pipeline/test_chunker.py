@@ -349,3 +349,70 @@ def test_make_speakable_symbols(text: str, expected: str) -> None:
 )
 def test_make_speakable_markdown(text: str, expected: str) -> None:
     assert make_speakable(text) == expected
+
+
+# --- the first chunk cut at a word count ----------------------------------------------
+
+
+def chunk_with(config: ChunkerConfig, deltas: list[str]) -> list[TextChunk]:
+    chunker = TextChunker(config)
+    chunks: list[TextChunk] = []
+    for delta in deltas:
+        chunks += chunker.push(delta)
+    return chunks + chunker.flush()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_long_first_clause_is_cut_after_the_word_limit_however_it_streams(seed: int) -> None:
+    reply = "The capital city of France is Paris, and it is lovely. It has a river."
+    config = ChunkerConfig(first_chunk_max_words=4)
+    chunks = chunk_with(config, random_deltas(reply, seed))
+    assert [chunk.text for chunk in chunks] == [
+        "The capital city of",
+        "France is Paris, and it is lovely.",
+        "It has a river.",
+    ]
+    assert "".join(chunk.display_text for chunk in chunks) == reply
+
+
+def test_without_a_word_limit_the_first_chunk_waits_for_a_boundary() -> None:
+    reply = "The capital city of France is Paris. It has a river."
+    chunks = chunk_with(ChunkerConfig(), [reply])
+    assert chunks[0].text == "The capital city of France is Paris."
+
+
+def test_a_clause_inside_the_limit_still_ends_the_first_chunk_first() -> None:
+    reply = "Well now, the capital city of France is Paris."
+    chunks = chunk_with(ChunkerConfig(first_chunk_max_words=6, first_chunk_min_words=2), [reply])
+    assert [chunk.text for chunk in chunks] == ["Well now,", "the capital city of France is Paris."]
+
+
+@pytest.mark.parametrize(
+    ("reply", "first"),
+    [
+        # never after an abbreviation's dot, nor inside emphasis or code
+        ("So we asked Dr. Smith about it today.", "So we asked Doctor Smith"),
+        ("The **very best answer** is here today.", "The very best answer is"),
+        ("Run `ls -la now` in a shell window please.", "Run ls -la now in"),
+        ("The U.S. economy grew very fast that year.", "The U.S. economy grew"),
+    ],
+)
+def test_the_word_cut_waits_for_a_plain_word_end(reply: str, first: str) -> None:
+    chunks = chunk_with(ChunkerConfig(first_chunk_max_words=4), list(reply))
+    assert chunks[0].text == first
+    assert "".join(chunk.display_text for chunk in chunks) == reply
+
+
+def test_the_word_limit_applies_to_the_first_chunk_only() -> None:
+    reply = "Yes. The second sentence here is a rather long one without any clause at all."
+    chunks = chunk_with(ChunkerConfig(first_chunk_max_words=2, first_chunk_min_words=1), [reply])
+    assert [chunk.text for chunk in chunks] == [
+        "Yes.",
+        "The second sentence here is a rather long one without any clause at all.",
+    ]
+
+
+def test_the_word_limit_is_off_when_the_first_chunk_waits_for_a_sentence() -> None:
+    reply = "The capital city of France is Paris."
+    config = ChunkerConfig(first_chunk_max_words=3, first_chunk_at_clause=False)
+    assert [chunk.text for chunk in chunk_with(config, [reply])] == [reply]

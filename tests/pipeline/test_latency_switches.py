@@ -79,3 +79,14 @@ def test_the_switches_travel_in_session_update() -> None:
     assert changes == {"speculative_transcript": False, "first_chunk_at_clause": False}
     view = session_view(SessionConfig())
     assert view["speculative_transcript"] is True and view["first_chunk_at_clause"] is True
+
+
+def test_the_first_chunk_word_limit_travels_in_session_update() -> None:
+    changes = parse_session_fields({"first_chunk_max_words": 4}, ["tone"])
+    assert changes == {"first_chunk_max_words": 4}
+    assert session_view(SessionConfig())["first_chunk_max_words"] == 0
+    view = session_view(SessionConfig(chunker=ChunkerConfig(first_chunk_max_words=4)))
+    assert view["first_chunk_max_words"] == 4
+    for bad in (-1, 65, 2.5, True, "4"):
+        with pytest.raises(Exception, match="first_chunk_max_words"):
+            parse_session_fields({"first_chunk_max_words": bad}, ["tone"])
