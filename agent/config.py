@@ -190,6 +190,9 @@ class Settings:
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
     gguf_path: str | None = None
+    llm_context_cache_mb: int = 256
+    """Embedded model: memory for the contexts of calls parked while another call
+    generates (each call's next turn then re-reads only its new words); 0 = off."""
     llm_url: str | None = None
     llm_model: str = "default"
     llm_api_key_env: str = "VOICEFORGE_LLM_API_KEY"
@@ -262,6 +265,9 @@ class Settings:
         )
         settings.max_instructions_tokens = _env_int(
             "VOICEFORGE_MAX_INSTRUCTIONS_TOKENS", settings.max_instructions_tokens
+        )
+        settings.llm_context_cache_mb = _env_int(
+            "VOICEFORGE_LLM_CONTEXT_CACHE_MB", settings.llm_context_cache_mb
         )
         settings.min_partial_transcript_interval_ms = _env_float(
             "VOICEFORGE_MIN_PARTIAL_INTERVAL_MS", settings.min_partial_transcript_interval_ms
@@ -337,6 +343,8 @@ class Settings:
             )
             if not getattr(self, name) > 0
         ]
+        if self.llm_context_cache_mb < 0:
+            problems.append("llm_context_cache_mb must be >= 0")
         if self.latency_budget_ms < 0 or self.engine_retries < 0:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
         if self.min_partial_transcript_interval_ms < 0:

@@ -89,7 +89,10 @@ def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
         path = str(models.ensure_default_gguf(progress))
     done = _timed(progress, "LLM (llama.cpp)")
     llm = LlamaCppLLM(
-        path, n_threads=settings.threads, max_instruction_tokens=settings.max_instructions_tokens
+        path,
+        n_threads=settings.threads,
+        max_instruction_tokens=settings.max_instructions_tokens,
+        context_cache_bytes=settings.llm_context_cache_mb * 2**20,
     )
     # Evaluate the default system prompt once: llama.cpp reuses the cached prefix,
     # so no caller pays for it on their first turn.

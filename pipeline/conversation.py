@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler
-from pipeline.engines.base import FloatAudio
+from pipeline.engines.base import CallScopedState, FloatAudio
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent
 from pipeline.history import History
@@ -126,6 +126,8 @@ class Conversation:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._vad.close()
+        if isinstance(self.engines.llm, CallScopedState):
+            self.engines.llm.release()  # what the engine kept for this call (its context)
         # The adapter's emit is usually a bound method of an object that holds this
         # conversation: drop the reference so the pair is freed when the call ends,
         # not at the next full garbage collection (loadtest/soak.py found the delay).

@@ -80,6 +80,19 @@ class SessionScopedLLM(Protocol):
         ...
 
 
+@runtime_checkable
+class CallScopedState(Protocol):
+    """A per-call LLM view that keeps something for its call (optional).
+
+    The in-process llama.cpp engine keeps each call's context between turns;
+    ``Conversation.close`` calls ``release`` so it is dropped when the call ends.
+    """
+
+    def release(self) -> None:
+        """The call has ended: drop what was kept for it."""
+        ...
+
+
 class TTSEngine(Protocol):
     """Text to speech, streamed in chunks."""
 

@@ -14,7 +14,9 @@ credit semaphore the worker takes before each token, so a slow consumer slows
 generation down instead of growing memory. A stop flag checked at every token,
 and while waiting for credit, ends generation within one token of ``aclose()``
 or cancellation; closing the async generator then waits for the worker to go
-idle, so no thread keeps generating behind a cancelled response.
+idle, so no thread keeps generating behind a cancelled response. Calls served in
+turn keep their own context between turns (``CallContexts``): a call's next turn
+re-reads only its new words even when other calls used the model meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
+from pipeline.engines.llama_contexts import NO_CALL, CallContexts
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
 
@@ -63,6 +66,7 @@ class LlamaCppLLM:
         queue_size: int = 32,
         max_instruction_tokens: int | None = None,
         max_jobs_per_session: int = 4,
+        context_cache_bytes: int = 256 * 2**20,
     ) -> None:
         from llama_cpp import Llama
 
@@ -75,6 +79,11 @@ class LlamaCppLLM:
         """System prompts longer than this are refused (the caller's error)."""
         self.generations_started = 0
         """Generations the worker began (each one a prefill): a withdrawn job is not one."""
+        self.contexts = CallContexts(context_cache_bytes)
+        """Each call's context kept between its turns; ``context_cache_bytes=0`` is off."""
+        self.last_prompt_tokens = 0
+        """Prompt tokens the last generation evaluated (those not already in the context)."""
+        self._prompt_pending = False
         self._queue_size = queue_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._jobs = FairJobQueue(max_jobs_per_session)
@@ -96,6 +105,17 @@ class LlamaCppLLM:
         except Exception as error:
             self._executor.shutdown(wait=True)
             raise ModelLoadError(f"cannot load GGUF {self.model_path}: {error}") from error
+        evaluate = self._model.eval
+
+        def counted(tokens: Sequence[int]) -> None:
+            # A generation's first evaluation is its prompt (past the reused prefix).
+            if self._prompt_pending:
+                self._prompt_pending = False
+                self.last_prompt_tokens = len(tokens)
+            evaluate(tokens)
+
+        # An instance attribute shadows the method the library's generate() calls.
+        setattr(self._model, "eval", counted)  # noqa: B010
 
     @property
     def busy(self) -> bool:
@@ -145,7 +165,7 @@ class LlamaCppLLM:
         def run() -> None:
             try:
                 if not stop.is_set():
-                    self._generate(request, max_tokens, temperature, stop, emit)
+                    self._generate(request, max_tokens, temperature, stop, emit, session)
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     loop.call_soon_threadsafe(_resolve, finished)
@@ -225,6 +245,7 @@ class LlamaCppLLM:
         temperature: float,
         stop: threading.Event,
         emit: Callable[[str | _End], bool],
+        session: str = NO_CALL,
     ) -> None:
         """Run one generation on the worker thread."""
         error: BaseException | None = None
@@ -232,6 +253,8 @@ class LlamaCppLLM:
         try:
             fitted = self.fit(messages, max_tokens)
             self.generations_started += 1
+            self.contexts.take(self._model, session)
+            self._prompt_pending = True
             chunks = self._model.create_chat_completion(
                 messages=[dict(m) for m in fitted],
                 max_tokens=max_tokens,
@@ -252,6 +275,10 @@ class LlamaCppLLM:
         finally:
             self._generating.clear()
         emit(_End(error))
+
+    def release(self, session_id: str) -> None:
+        """The call has ended: its kept context is dropped."""
+        self.contexts.forget(session_id)
 
     def close(self) -> None:
         """Wait for the generation in progress, then free the model."""
@@ -285,3 +312,7 @@ class _SessionView:
         return self._engine.stream(
             messages, max_tokens=max_tokens, temperature=temperature, session=self._session
         )
+
+    def release(self) -> None:
+        """The call has ended (``Conversation.close``)."""
+        self._engine.release(self._session)

@@ -266,3 +266,32 @@ async def test_close_mid_reply_stops_every_task(
     still = [t for t in before if not t.done() and "sess_" in t.get_name()]
     assert still == []
     assert llm.closed_early >= 1
+
+
+class _KeepingLLM(ScriptedLLM):
+    """An LLM whose per-call views keep something for their call (as llama.cpp does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[str] = []
+
+    def for_session(self, session_id: str) -> _KeptView:
+        return _KeptView(self, session_id)
+
+
+class _KeptView(ScriptedLLM):
+    def __init__(self, owner: _KeepingLLM, session_id: str) -> None:
+        super().__init__()
+        self._owner, self._session = owner, session_id
+
+    def release(self) -> None:
+        self._owner.released.append(self._session)
+
+
+async def test_closing_a_call_releases_what_the_llm_kept_for_it(vad: BatchedVADWorker) -> None:
+    llm = _KeepingLLM()
+    h = make(vad, llm=llm)
+    assert llm.released == []
+    await h.conversation.close()
+    await h.conversation.close()  # closing twice releases once
+    assert llm.released == [h.conversation.session_id]

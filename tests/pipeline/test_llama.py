@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from pipeline.engines.base import ChatMessage, LLMEngine
@@ -201,3 +202,54 @@ def test_missing_model_file() -> None:
 def test_satisfies_the_seam(llm: LlamaCppLLM) -> None:
     engine: LLMEngine = llm  # checked by mypy
     assert engine.name == "llama.cpp:qwen2.5-coder-0.5b-instruct"
+
+
+async def _turn(view: LLMEngine, history: list[ChatMessage], question: str) -> None:
+    history.append({"role": "user", "content": question})
+    deltas = [d async for d in view.stream(history, max_tokens=12, temperature=0.0)]
+    history.append({"role": "assistant", "content": "".join(deltas)})
+
+
+async def test_a_call_keeps_its_context_while_another_call_uses_the_model() -> None:
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    system = "You are a voice assistant. " * 20 + "Answer in one short sentence."
+    try:
+        calls = {name: engine.for_session(name) for name in ("a", "b")}
+        histories: dict[str, list[ChatMessage]] = {
+            name: [{"role": "system", "content": f"Call {name}. {system}"}] for name in calls
+        }
+        await _turn(calls["a"], histories["a"], "What is the capital of France?")
+        first_prompt = engine.last_prompt_tokens
+        await _turn(calls["b"], histories["b"], "What do bees make?")
+        await _turn(calls["a"], histories["a"], "And of Spain?")
+        # A's second turn re-read only its new words, not its system prompt and history.
+        assert engine.contexts.restored == 1
+        assert engine.last_prompt_tokens < first_prompt / 3
+        assert "madrid" in histories["a"][-1]["content"].lower()
+
+        # The same turn with the store off re-reads the whole prompt after B's turn.
+        engine.contexts.enabled = False
+        await _turn(calls["b"], histories["b"], "And cows?")
+        await _turn(calls["a"], histories["a"], "And of Italy?")
+        assert engine.last_prompt_tokens > first_prompt
+        engine.contexts.enabled = True
+
+        # A call that ends leaves nothing behind.
+        await _turn(calls["b"], histories["b"], "And cats?")
+        assert engine.contexts.bytes_held > 0  # A's context, parked for B's turn
+        calls["a"].release()  # type: ignore[attr-defined]
+        assert engine.contexts.bytes_held == 0
+    finally:
+        engine.close()
+
+
+def test_the_context_store_keeps_within_its_bytes() -> None:
+    from pipeline.engines.llama_contexts import CallContexts, _Saved
+
+    store = CallContexts(max_bytes=10_000)
+    for name in "abc":
+        store._store(name, _Saved(tokens=np.zeros(100, dtype=np.intc), state=b"x" * 4000))
+    assert store.bytes_held <= 10_000
+    assert list(store._saved) == ["b", "c"]  # the least recently parked went first
+    store._store("big", _Saved(tokens=np.zeros(1, dtype=np.intc), state=b"x" * 20_000))
+    assert "big" not in store._saved

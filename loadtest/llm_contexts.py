@@ -1,0 +1,120 @@
+"""Calls that take turns on the embedded model, with each call's context kept or not.
+
+``python -m loadtest.llm_contexts`` runs N simulated calls on one ``LlamaCppLLM``:
+round after round, every call in turn asks its next question with its whole history
+(as a voice call's turns do, one call's turn between another's). Rounds alternate
+the per-call context store on and off (interleaved, so both sides see the same
+machine and the same history lengths), and report per side the first-token time
+and the prompt tokens the model had to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest.latency import percentile
+from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.engines.llama_cpp import LlamaCppLLM
+from pipeline.models import ensure_default_gguf
+from pipeline.session import DEFAULT_INSTRUCTIONS
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "What do bees make?",
+    "Which season comes after winter?",
+    "What is two plus three?",
+    "Who wrote Romeo and Juliet?",
+    "What is frozen water called?",
+    "How many days are there in a week?",
+    "What colour is the sky on a clear day?",
+    "What is the largest planet in our solar system?",
+]
+
+
+async def _turn(
+    view: LLMEngine, history: list[ChatMessage], question: str, max_tokens: int
+) -> float:
+    history.append({"role": "user", "content": question})
+    started = time.perf_counter()
+    first: float | None = None
+    reply = ""
+    async for delta in view.stream(history, max_tokens=max_tokens, temperature=0.0):
+        if first is None:
+            first = time.perf_counter() - started
+        reply += delta
+    history.append({"role": "assistant", "content": reply})
+    return (first if first is not None else time.perf_counter() - started) * 1000.0
+
+
+async def run(calls: int, rounds: int, max_tokens: int) -> dict[str, Any]:
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None))
+    try:
+        views = [engine.for_session(f"call-{index}") for index in range(calls)]
+        histories: list[list[ChatMessage]] = [
+            [{"role": "system", "content": DEFAULT_INSTRUCTIONS}] for _ in range(calls)
+        ]
+        sides: dict[str, dict[str, list[float]]] = {
+            side: {"first_token_ms": [], "prompt_tokens": []} for side in ("on", "off")
+        }
+        for round_index in range(rounds):
+            side = "on" if round_index % 2 == 0 else "off"
+            engine.contexts.enabled = side == "on"
+            for index, view in enumerate(views):
+                question = QUESTIONS[(round_index + index) % len(QUESTIONS)]
+                first_ms = await _turn(view, histories[index], question, max_tokens)
+                if round_index > 0:  # the first round reads every prompt whole either way
+                    sides[side]["first_token_ms"].append(first_ms)
+                    sides[side]["prompt_tokens"].append(float(engine.last_prompt_tokens))
+            print(
+                f"round {round_index + 1}/{rounds} ({side}): first token "
+                f"{statistics.median(sides[side]['first_token_ms'] or [0.0]):.0f} ms median so far",
+                file=sys.stderr,
+                flush=True,
+            )
+        report: dict[str, Any] = {"calls": calls, "rounds": rounds, "max_tokens": max_tokens}
+        for side, values in sides.items():
+            report[side] = {
+                name: {
+                    "p50": round(percentile(series, 50), 1),
+                    "p95": round(percentile(series, 95), 1),
+                    "n": len(series),
+                }
+                for name, series in values.items()
+            }
+        report["ratio_on_off_first_token"] = {
+            q: round(report["on"]["first_token_ms"][q] / report["off"]["first_token_ms"][q], 2)
+            for q in ("p50", "p95")
+        }
+        report["contexts_restored"] = engine.contexts.restored
+        return report
+    finally:
+        engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.llm_contexts", description=__doc__)
+    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=9, help="alternately on and off")
+    parser.add_argument("--max-tokens", type=int, default=40)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.calls < 2 or args.rounds < 3:
+        parser.error("--calls must be >= 2 and --rounds >= 3 (both sides measured)")
+    report = asyncio.run(run(args.calls, args.rounds, args.max_tokens))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Each call's llama.cpp context kept between its turns, so a turn re-reads only what is new.
+
+llama-cpp-python reuses the longest common prefix of the previous prompt on its
+own, and one call's next turn shares its whole history with the last one: alone,
+a call pays only for its new words. Calls served in turn by one model evict each
+other's context, though, and each turn of each call would then re-read the system
+prompt and the whole history (hundreds of tokens: seconds on a small CPU).
+
+``CallContexts`` swaps contexts when the model changes hands: before serving call
+B after call A, it saves A's context (the token ids and llama.cpp's state: the
+KV cells in use and the last logits) and restores B's if B has one. The
+library's own prefix match then keeps whatever of B's context the new prompt
+shares and evaluates the rest. Nothing is saved while one call keeps the model,
+so a single caller pays nothing for this. Saved contexts are bounded in bytes
+(least recently used dropped first) and dropped when their call ends.
+
+All methods run on the model's worker thread (``forget`` takes a lock: calls end
+on the event loop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NO_CALL = ""
+"""Requests outside any call (warm-up, probes): their context is never kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    tokens: np.ndarray
+    state: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.state) + self.tokens.nbytes
+
+
+class CallContexts:
+    """Per-call llama.cpp contexts, swapped in and out of one ``llama_cpp.Llama``."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self.max_bytes = max_bytes
+        """0 turns the store off: every call starts from whatever the model holds."""
+        self.enabled = max_bytes > 0
+        self._saved: OrderedDict[str, _Saved] = OrderedDict()
+        self._bytes = 0
+        self._owner = NO_CALL
+        """The call whose tokens the model holds now."""
+        self._lock = threading.Lock()
+        self.restored = 0
+        """Contexts brought back (a call's turn after another call's)."""
+        self.saved = 0
+
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def take(self, model: Any, call: str) -> None:
+        """Before ``call`` generates: park the current owner's context, bring back ``call``'s."""
+        if call == self._owner:
+            return
+        previous, self._owner = self._owner, call
+        if not self.enabled:
+            return
+        if previous != NO_CALL and model.n_tokens > 0:
+            self._store(previous, _capture(model))
+        with self._lock:
+            saved = self._saved.pop(call, None)
+            if saved is not None:
+                self._bytes -= saved.size
+        if saved is not None:
+            _restore(model, saved)
+            self.restored += 1
+
+    def forget(self, call: str) -> None:
+        """``call`` has ended: drop its context (thread-safe)."""
+        with self._lock:
+            saved = self._saved.pop(call, None)
+            if saved is not None:
+                self._bytes -= saved.size
+
+    def _store(self, call: str, saved: _Saved) -> None:
+        with self._lock:
+            if saved.size > self.max_bytes:
+                return
+            old = self._saved.pop(call, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._saved[call] = saved
+            self._bytes += saved.size
+            self.saved += 1
+            while self._bytes > self.max_bytes:
+                _, dropped = self._saved.popitem(last=False)
+                self._bytes -= dropped.size
+
+
+def _capture(model: Any) -> _Saved:
+    import llama_cpp
+
+    ctx = model._ctx.ctx
+    size = llama_cpp.llama_state_get_size(ctx)
+    buffer = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_get_data(ctx, buffer, size)
+    return _Saved(
+        tokens=np.array(model.input_ids[: model.n_tokens], dtype=np.intc),
+        state=ctypes.string_at(buffer, written),
+    )
+
+
+def _restore(model: Any, saved: _Saved) -> None:
+    import llama_cpp
+
+    size = len(saved.state)
+    buffer = (ctypes.c_uint8 * size).from_buffer_copy(saved.state)
+    if llama_cpp.llama_state_set_data(model._ctx.ctx, buffer, size) != size:
+        model.reset()  # a state that does not load: start this call afresh
+        return
+    count = len(saved.tokens)
+    model.input_ids[:count] = saved.tokens
+    model.n_tokens = count
+    # The restored logits are not a live decode: the library re-evaluates at least
+    # the last prompt token before sampling.
+    model._requires_eval = True
