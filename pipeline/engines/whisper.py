@@ -10,11 +10,18 @@ decode is not re-run at random temperatures (that only costs latency). The
 temperature fallback stays for repetition loops (compression ratio above 2.4),
 and it always returns a decode, never nothing. Set ``no_speech_threshold`` to
 restore faster-whisper's skipping.
+
+A decode is bounded by the audio's length (``decode_token_budget``): Whisper
+sometimes loops on one phrase until its 448-token limit, and a loop plus the
+fallback re-decodes cost seconds (one turn of the latency benchmark waited 3.4 s
+for its transcript). Speech is well under the budget's 10 tokens a second, so only
+a loop reaches it, and the compression-ratio fallback then decodes it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +33,19 @@ from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
 from pipeline.engines.base import FloatAudio, Transcript
 from pipeline.errors import ModelLoadError, STTError
 from pipeline.models import whisper_model_dir
+
+DECODE_TOKENS_PER_S = 10.0
+"""Tokens a decode may produce per second of audio: fast speech (~4 words a
+second, or digits read one by one) makes about half as many."""
+DECODE_MIN_TOKENS = 16
+WHISPER_MAX_NEW_TOKENS = 440
+"""Whisper's text context is 448 tokens, the start-of-transcript prompt included."""
+
+
+def decode_token_budget(audio_s: float) -> int:
+    """How many tokens a decode of ``audio_s`` seconds of speech may produce."""
+    wanted = math.ceil(DECODE_TOKENS_PER_S * max(audio_s, 0.0)) + DECODE_MIN_TOKENS
+    return min(wanted, WHISPER_MAX_NEW_TOKENS)
 
 
 class WhisperSTT:
@@ -98,6 +118,7 @@ class WhisperSTT:
             vad_filter=False,
             no_speech_threshold=self.no_speech_threshold,
             log_prob_threshold=None,
+            max_new_tokens=decode_token_budget(samples.size / PIPELINE_SAMPLE_RATE),
         )
         # `segments` is lazy: the decoding happens while iterating, so here.
         text = " ".join(segment.text.strip() for segment in segments).strip()

@@ -17,8 +17,9 @@ split into 30 s clips), with ``vad_filter=False`` — each clip becomes one padd
 Differences from ``WhisperSTT`` (pipeline/engines/whisper.py): the batched decode
 uses the first temperature only (no fallback re-decode on repetition loops: a
 fallback would re-run the whole batch for one member). Everything else —
-language, beam size, ``no_speech_threshold=None`` so nothing is ever skipped, a
-text without a letter or digit counting as nothing — is the same. The same code
+language, beam size, the decode bounded by the audio's length,
+``no_speech_threshold=None`` so nothing is ever skipped, a text without a letter
+or digit counting as nothing — is the same. The same code
 runs on CPU with tiny.en (tests) and on CUDA in float16 with large-v3(-turbo).
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
 from pipeline.engines.base import FloatAudio, Transcript
-from pipeline.engines.whisper import short_model_name
+from pipeline.engines.whisper import decode_token_budget, short_model_name
 from pipeline.errors import ModelLoadError, STTError
 from pipeline.models import whisper_model_dir
 
@@ -205,6 +206,10 @@ class BatchedWhisperSTT:
             without_timestamps=True,
             no_speech_threshold=None,
             log_prob_threshold=None,
+            # One budget for the batch: that of its longest clip.
+            max_new_tokens=decode_token_budget(
+                max(clip["end"] - clip["start"] for clip in clips)
+            ),
         )
         texts: list[list[str]] = [[] for _ in utterances]
         # `segments` is lazy (the decoding happens while iterating). Each clip

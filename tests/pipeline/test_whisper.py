@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from pipeline.engines.base import STTEngine
-from pipeline.engines.whisper import WhisperSTT
+from pipeline.engines import whisper
+from pipeline.engines.whisper import (
+    DECODE_MIN_TOKENS,
+    WHISPER_MAX_NEW_TOKENS,
+    WhisperSTT,
+    decode_token_budget,
+)
 from pipeline.errors import STTError
 from tests.speech import silence, speak
 
@@ -70,3 +76,35 @@ async def test_closed_engine_raises() -> None:
 def test_satisfies_the_seam(stt: WhisperSTT) -> None:
     engine: STTEngine = stt  # checked by mypy
     assert engine.name
+
+
+def test_the_decode_budget_grows_with_the_audio_and_stops_at_whispers_limit() -> None:
+    assert decode_token_budget(0.0) == DECODE_MIN_TOKENS
+    assert decode_token_budget(3.0) == 30 + DECODE_MIN_TOKENS
+    assert decode_token_budget(3.01) == 31 + DECODE_MIN_TOKENS
+    assert decode_token_budget(600.0) == WHISPER_MAX_NEW_TOKENS
+
+
+async def test_fast_speech_fits_the_decode_budget(
+    stt: WhisperSTT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Digits read quickly make the most tokens per second a caller can: the budget
+    leaves their transcript exactly as an unbounded decode writes it."""
+    audio = speak("My number is four one five, two two three, nine eight seven six.",
+                  16000, words_per_minute=260)
+    bounded = (await stt.transcribe(audio)).text
+    monkeypatch.setattr(whisper, "DECODE_TOKENS_PER_S", 1000.0)
+    assert bounded == (await stt.transcribe(audio)).text
+    assert sum(char.isdigit() for char in bounded) >= 8, bounded
+
+
+async def test_the_decode_stops_at_the_budget(
+    stt: WhisperSTT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no budget per second, only the minimum's few tokens come back: the bound
+    reaches the decoder (a looping decode stops there too)."""
+    monkeypatch.setattr(whisper, "DECODE_TOKENS_PER_S", 0.0)
+    monkeypatch.setattr(whisper, "DECODE_MIN_TOKENS", 3)
+    audio = speak("The quick brown fox jumps over the lazy dog by the river bank.", 16000)
+    words = (await stt.transcribe(audio)).text.split()
+    assert 1 <= len(words) <= 3, words
