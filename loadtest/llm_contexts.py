@@ -6,6 +6,11 @@ round after round, every call in turn asks its next question with its whole hist
 the per-call context store on and off (interleaved, so both sides see the same
 machine and the same history lengths), and report per side the first-token time
 and the prompt tokens the model had to read.
+
+A second part measures the first reply of calls that set their own instructions
+(as every deployed agent does): alternately with the instructions read ahead
+(``warm``, as ``Conversation.update`` does while the caller is still speaking)
+and without, each call's instructions new to the model.
 """
 
 from __future__ import annotations
@@ -94,9 +99,58 @@ async def run(calls: int, rounds: int, max_tokens: int) -> dict[str, Any]:
             for q in ("p50", "p95")
         }
         report["contexts_restored"] = engine.contexts.restored
+        report["instructions_read_ahead"] = await _first_replies(engine, rounds)
         return report
     finally:
         engine.close()
+
+
+INSTRUCTIONS = (
+    "You are the phone assistant of {name}, a family-run bakery in Lyon. Greet callers "
+    "warmly, answer questions about opening hours (Tuesday to Sunday, seven to one), "
+    "the daily bread, cakes to order two days ahead, and directions from the station. "
+    "Never invent prices; offer to take a message instead. Keep every answer to one "
+    "or two short spoken sentences, with no lists and no symbols."
+)
+BAKERIES = ["Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand"]
+
+
+async def _idle(engine: LlamaCppLLM) -> None:
+    for _ in range(1200):  # 2 minutes at most
+        if not engine.busy and len(engine._jobs) == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the model never went idle")
+
+
+async def _first_replies(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
+    sides: dict[str, list[float]] = {"on": [], "off": []}
+    tokens: dict[str, list[float]] = {"on": [], "off": []}
+    for index in range(rounds * 2):
+        side = "on" if index % 2 == 0 else "off"
+        view = engine.for_session(f"first-{index}")
+        instructions = INSTRUCTIONS.format(name=BAKERIES[index % len(BAKERIES)] + f" {index}")
+        if side == "on":
+            engine.warm(instructions, f"first-{index}")
+            await _idle(engine)  # the caller is still saying their first sentence
+        history: list[ChatMessage] = [{"role": "system", "content": instructions}]
+        sides[side].append(await _turn(view, history, "Are you open on Monday?", 16))
+        tokens[side].append(float(engine.last_prompt_tokens))
+        engine.release(f"first-{index}")
+        print(f"first reply {index + 1}/{rounds * 2} ({side}): first token "
+              f"{sides[side][-1]:.0f} ms", file=sys.stderr, flush=True)
+    report: dict[str, Any] = {
+        side: {
+            "first_token_ms": {"p50": round(percentile(values, 50), 1),
+                               "p95": round(percentile(values, 95), 1), "n": len(values)},
+            "prompt_tokens_p50": round(percentile(tokens[side], 50), 1),
+        }
+        for side, values in sides.items()
+    }
+    report["ratio_on_off_first_token_p50"] = round(
+        report["on"]["first_token_ms"]["p50"] / report["off"]["first_token_ms"]["p50"], 2
+    )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

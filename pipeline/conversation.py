@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler
-from pipeline.engines.base import CallScopedState, FloatAudio
+from pipeline.engines.base import CallScopedState, FloatAudio, WarmableLLM
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent
 from pipeline.history import History
@@ -144,6 +144,10 @@ class Conversation:
             self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         if config.turn != self.config.turn:
             self._turns.set_turn_config(config.turn)
+        if config.instructions != self.history.system_prompt and isinstance(
+            self.engines.llm, WarmableLLM
+        ):
+            self.engines.llm.warm(config.instructions)
         self.history.system_prompt = config.instructions
         self._call.config = config
 

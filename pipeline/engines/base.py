@@ -93,6 +93,22 @@ class CallScopedState(Protocol):
         ...
 
 
+@runtime_checkable
+class WarmableLLM(Protocol):
+    """A per-call LLM view that can read a call's instructions ahead of its first
+    reply (optional).
+
+    An in-process model reads a prompt before it writes the first word: long
+    instructions cost seconds on a CPU, which the first reply would wait for.
+    ``Conversation.update`` calls ``warm`` when a call sets new instructions, so
+    the model reads them while the caller is still speaking.
+    """
+
+    def warm(self, instructions: str) -> None:
+        """Queue the read; returns at once. Best effort: failures are not raised."""
+        ...
+
+
 class TTSEngine(Protocol):
     """Text to speech, streamed in chunks."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from pipeline.engines.fair_queue import FairJobQueue, Job
 from pipeline.engines.llama_contexts import NO_CALL, CallContexts
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
+
+logger = logging.getLogger("voiceforge.llm")
 
 _CREDIT_POLL_S = 0.05
 """How often a worker waiting for queue space rechecks the stop flag."""
@@ -81,6 +84,9 @@ class LlamaCppLLM:
         """Generations the worker began (each one a prefill): a withdrawn job is not one."""
         self.contexts = CallContexts(context_cache_bytes)
         """Each call's context kept between its turns; ``context_cache_bytes=0`` is off."""
+        self.warm_ups = 0
+        """Instruction reads run ahead of a call's reply (``warm``)."""
+        self._warm_jobs: dict[str, Job] = {}
         self.last_prompt_tokens = 0
         """Prompt tokens the last generation evaluated (those not already in the context)."""
         self._prompt_pending = False
@@ -276,8 +282,60 @@ class LlamaCppLLM:
             self._generating.clear()
         emit(_End(error))
 
+    def warm(self, instructions: str, session: str = NO_CALL) -> bool:
+        """Read ``instructions`` into the call's context before its first reply.
+
+        Queued as the call's job (fair between calls, bounded per call like its
+        streams; a warm-up still waiting is replaced); returns at once. The reply
+        that follows re-reads none of it. False when it could not be queued.
+        """
+        if self._closed:
+            return False
+        messages = [
+            ChatMessage(role="system", content=instructions),
+            ChatMessage(role="user", content="."),
+        ]
+
+        def run() -> None:
+            self._warm_jobs.pop(session, None)
+            self._warm(messages, session)
+
+        job = Job(session, run)
+        waiting = self._warm_jobs.pop(session, None)
+        if waiting is not None:
+            self._jobs.withdraw(waiting)
+        if not self._jobs.put(job):
+            return False
+        self._warm_jobs[session] = job
+        try:
+            self._executor.submit(self._run_next)
+        except RuntimeError:  # shut down by close() meanwhile
+            self._jobs.withdraw(job)
+            self._warm_jobs.pop(session, None)
+            return False
+        return True
+
+    def _warm(self, messages: list[ChatMessage], session: str) -> None:
+        """Evaluate the instructions on the worker thread; a failure is left to the
+        reply, which reports it to the caller."""
+        self._generating.set()
+        try:
+            fitted = self.fit(messages, max_tokens=1)
+            self.contexts.take(self._model, session)
+            self._model.create_chat_completion(
+                messages=[dict(m) for m in fitted], max_tokens=1, temperature=0.0
+            )
+            self.warm_ups += 1
+        except Exception:
+            logger.debug("warming the instructions failed", exc_info=True)
+        finally:
+            self._generating.clear()
+
     def release(self, session_id: str) -> None:
-        """The call has ended: its kept context is dropped."""
+        """The call has ended: its kept context, and any warm-up still waiting, go."""
+        waiting = self._warm_jobs.pop(session_id, None)
+        if waiting is not None:
+            self._jobs.withdraw(waiting)
         self.contexts.forget(session_id)
 
     def close(self) -> None:
@@ -316,3 +374,7 @@ class _SessionView:
     def release(self) -> None:
         """The call has ended (``Conversation.close``)."""
         self._engine.release(self._session)
+
+    def warm(self, instructions: str) -> None:
+        """The call set new instructions: read them before its first reply."""
+        self._engine.warm(instructions, self._session)

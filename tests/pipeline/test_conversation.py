@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -274,6 +275,7 @@ class _KeepingLLM(ScriptedLLM):
     def __init__(self) -> None:
         super().__init__()
         self.released: list[str] = []
+        self.warmed: list[str] = []
 
     def for_session(self, session_id: str) -> _KeptView:
         return _KeptView(self, session_id)
@@ -287,6 +289,9 @@ class _KeptView(ScriptedLLM):
     def release(self) -> None:
         self._owner.released.append(self._session)
 
+    def warm(self, instructions: str) -> None:
+        self._owner.warmed.append(instructions)
+
 
 async def test_closing_a_call_releases_what_the_llm_kept_for_it(vad: BatchedVADWorker) -> None:
     llm = _KeepingLLM()
@@ -295,3 +300,18 @@ async def test_closing_a_call_releases_what_the_llm_kept_for_it(vad: BatchedVADW
     await h.conversation.close()
     await h.conversation.close()  # closing twice releases once
     assert llm.released == [h.conversation.session_id]
+
+
+async def test_new_instructions_are_handed_to_the_llm_to_read_ahead(
+    vad: BatchedVADWorker,
+) -> None:
+    llm = _KeepingLLM()
+    h = make(vad, llm=llm)
+    try:
+        config = h.conversation.config
+        h.conversation.update(replace(config, temperature=0.1))  # same instructions
+        h.conversation.update(replace(config, instructions="Answer like a pirate."))
+        h.conversation.update(replace(config, instructions="Answer like a pirate."))
+        assert llm.warmed == ["Answer like a pirate."]
+    finally:
+        await h.conversation.close()

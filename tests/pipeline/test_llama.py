@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.errors import LLMRequestError, ModelLoadError
 from pipeline.models import ensure_default_gguf
@@ -253,3 +253,44 @@ def test_the_context_store_keeps_within_its_bytes() -> None:
     assert list(store._saved) == ["b", "c"]  # the least recently parked went first
     store._store("big", _Saved(tokens=np.zeros(1, dtype=np.intc), state=b"x" * 20_000))
     assert "big" not in store._saved
+
+
+async def _until_idle(engine: LlamaCppLLM) -> None:
+    for _ in range(600):  # 60 s at most
+        if not engine.busy and len(engine._jobs) == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the engine never went idle")
+
+
+async def test_new_instructions_are_read_before_the_first_reply() -> None:
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    instructions = "You are the booking line of a dental clinic. " * 15 + "Be brief."
+    try:
+        view = engine.for_session("a")
+        assert isinstance(view, WarmableLLM)
+        view.warm(instructions)
+        await _until_idle(engine)
+        assert engine.warm_ups == 1
+        history: list[ChatMessage] = [{"role": "system", "content": instructions}]
+        await _turn(view, history, "Can I book a cleaning?")
+        # The reply read only the caller's words: the instructions were in context.
+        assert engine.last_prompt_tokens < 30
+
+        # A warm-up still waiting when its call ends never runs: queued while
+        # another call's reply holds the model, withdrawn by the end of the call.
+        other = engine.for_session("b")
+        reply = other.stream(
+            [{"role": "user", "content": "Count to fifty in words."}],
+            max_tokens=64,
+            temperature=0.0,
+        )
+        async for _ in reply:  # the first delta: the model is busy with B
+            view.warm(instructions + " Be kind.")
+            view.release()  # type: ignore[attr-defined]
+            break
+        await reply.aclose()
+        await _until_idle(engine)
+        assert engine.warm_ups == 1
+    finally:
+        engine.close()

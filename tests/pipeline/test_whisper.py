@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.engines.base import STTEngine
 from pipeline.engines import whisper
+from pipeline.engines.base import STTEngine
 from pipeline.engines.whisper import (
     DECODE_MIN_TOKENS,
     WHISPER_MAX_NEW_TOKENS,
