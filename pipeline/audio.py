@@ -87,3 +87,83 @@ def read_wav_mono(path: str | Path) -> tuple[FloatAudio, int]:
 
 def write_wav(path: str | Path, audio: FloatAudio, sample_rate: int) -> None:
     soundfile.write(str(path), audio, sample_rate, subtype="PCM_16")
+
+
+QUIET_DBFS = -45.0
+"""Below this a sample is quiet (the level the latency benchmarks call silence)."""
+
+
+def _loud(audio: FloatAudio) -> np.ndarray:
+    return np.flatnonzero(np.abs(audio) > 10.0 ** (QUIET_DBFS / 20.0))
+
+
+def trim_leading_quiet(audio: FloatAudio, sample_rate: int, keep_ms: float) -> FloatAudio:
+    """``audio`` from ``keep_ms`` before its first loud sample; empty if all quiet."""
+    loud = _loud(audio)
+    if loud.size == 0:
+        return audio[:0]
+    return audio[max(0, int(loud[0]) - int(keep_ms * sample_rate / 1000)) :]
+
+
+def trim_trailing_quiet(audio: FloatAudio, sample_rate: int, keep_ms: float) -> FloatAudio:
+    """``audio`` up to ``keep_ms`` after its last loud sample; empty if all quiet."""
+    loud = _loud(audio)
+    if loud.size == 0:
+        return audio[:0]
+    return audio[: int(loud[-1]) + 1 + int(keep_ms * sample_rate / 1000)]
+
+
+class ChunkSeam:
+    """The audio of one TTS chunk after another, with the quiet at a mid-clause seam
+    cut short (sans-I/O).
+
+    A TTS leaves ~50 ms of quiet before and ~150–200 ms after each text it speaks:
+    right at a sentence end, a pause in the middle of one. For a chunk cut between
+    two words (``TextChunk.joins_next``) the tail of its audio is held back
+    (``holdback_ms``, so the start is never delayed) and its trailing quiet cut to
+    ``tail_keep_ms``; the next chunk's leading quiet is cut to ``lead_keep_ms``.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        lead_keep_ms: float = 15.0,
+        tail_keep_ms: float = 40.0,
+        holdback_ms: float = 400.0,
+    ) -> None:
+        self.sample_rate = sample_rate
+        self.lead_keep_ms = lead_keep_ms
+        self.tail_keep_ms = tail_keep_ms
+        self._holdback = int(holdback_ms * sample_rate / 1000)
+        self._trim_lead = False
+        self._hold_tail = False
+        self._held: FloatAudio = np.zeros(0, dtype=np.float32)
+
+    def start(self, *, after_seam: bool, before_seam: bool) -> None:
+        """A chunk begins (again, on a retry): ``after_seam`` when the previous
+        chunk joins this one, ``before_seam`` when this one joins the next."""
+        self._trim_lead = after_seam
+        self._hold_tail = before_seam
+        self._held = np.zeros(0, dtype=np.float32)
+
+    def process(self, audio: FloatAudio) -> FloatAudio:
+        """What may be played now of the chunk's next piece of audio."""
+        if self._trim_lead:
+            audio = trim_leading_quiet(audio, self.sample_rate, self.lead_keep_ms)
+            if audio.size == 0:
+                return audio
+            self._trim_lead = False
+        if not self._hold_tail:
+            return audio
+        held = np.concatenate([self._held, audio])
+        ready = max(0, held.size - self._holdback)
+        self._held = held[ready:]
+        return held[:ready]
+
+    def finish(self) -> FloatAudio:
+        """The chunk's audio is complete: what is left to play."""
+        held, self._held = self._held, np.zeros(0, dtype=np.float32)
+        if not self._hold_tail:
+            return held
+        return trim_trailing_quiet(held, self.sample_rate, self.tail_keep_ms)

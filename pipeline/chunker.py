@@ -49,6 +49,9 @@ class TextChunk:
     """The original LLM text of this chunk, markdown intact, for transcripts/history."""
     index: int
     """0, 1, 2 ... within one response."""
+    joins_next: bool = False
+    """Cut between two words of one clause (``first_chunk_max_words``): the speech
+    should run on into the next chunk without the pause a TTS leaves at an end."""
 
 
 # --- speakable text -----------------------------------------------------------------
@@ -545,7 +548,7 @@ class TextChunker:
             return None
         if any(head.count(mark) % 2 for mark in ("**", "`", "__")) or head.count("*") % 2:
             return None  # emphasis or code still open: its closing mark comes later
-        return self._emit(space, limit)
+        return self._emit(space, limit, joins_next=True)
 
     def _force_cut(self) -> TextChunk | None:
         """The chunk is too long: cut at its last clause boundary, else its last space."""
@@ -560,12 +563,12 @@ class TextChunker:
                 return chunk
         return None
 
-    def _emit(self, cut: int, min_words: int) -> TextChunk | None:
+    def _emit(self, cut: int, min_words: int, *, joins_next: bool = False) -> TextChunk | None:
         display = self._buffer[:cut]
         spoken = make_speakable(display)
         if not spoken or len(spoken.split()) < min_words:
             return None
-        chunk = TextChunk(spoken, display, self._index)
+        chunk = TextChunk(spoken, display, self._index, joins_next)
         self._index += 1
         self._buffer = self._buffer[cut:]
         self._pos -= cut

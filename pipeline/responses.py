@@ -29,7 +29,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.audio import StreamResampler, float_to_pcm16
+from pipeline.audio import ChunkSeam, StreamResampler, float_to_pcm16
 from pipeline.chunker import TextChunk, TextChunker
 from pipeline.engines.base import ChatMessage, FloatAudio
 from pipeline.errors import EngineError, LLMError, LLMTimeoutError, LLMUnavailableError, TTSError
@@ -447,6 +447,8 @@ class ResponseRunner:
         resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
         out_rate = config.output_sample_rate
         max_samples = max(1, int(config.audio_delta_ms * out_rate / 1000))
+        seam = ChunkSeam(out_rate)
+        after_seam = False
         while (chunk := await chunks.get()) is not None:
             # Paused: finish no more than the chunk in progress; the rest may never play.
             await response.unpaused.wait()
@@ -454,13 +456,15 @@ class ResponseRunner:
             chunk_ready = time.monotonic()
             attempt = 0
             while True:
+                seam.start(after_seam=after_seam, before_seam=chunk.joins_next)
                 try:
                     async for audio in tts.synthesize(chunk.text, voice=config.voice):
                         if "tts_first_audio_ms" not in response.timings:
                             response.timings["tts_first_audio_ms"] = (
                                 time.monotonic() - chunk_ready
                             ) * 1000
-                        self._emit_audio(response, resampler.process(audio), max_samples, out_rate)
+                        played = seam.process(resampler.process(audio))
+                        self._emit_audio(response, played, max_samples, out_rate)
                     break
                 except TTSError as exc:
                     if response.audio_ms > chunk_start_ms:
@@ -471,7 +475,9 @@ class ResponseRunner:
                     raise
                 except Exception as exc:  # a bug in the engine
                     raise TTSError(f"{tts.name}: {exc!r}", transient=False) from exc
-            self._emit_audio(response, resampler.flush(), max_samples, out_rate)
+            self._emit_audio(response, seam.process(resampler.flush()), max_samples, out_rate)
+            self._emit_audio(response, seam.finish(), max_samples, out_rate)
+            after_seam = chunk.joins_next
             resampler = StreamResampler(tts.sample_rate, out_rate)
             response.chunks.append(
                 SpokenChunk(chunk.display_text, chunk_start_ms, response.audio_ms)
