@@ -94,6 +94,8 @@ class Turn:
     acoustic_ms: float | None = None
     """Client: acoustic end of speech sent → first reply audio received."""
     timings: dict[str, float] = field(default_factory=dict)
+    variant: str = ""
+    """``on``/``off`` under ``--compare``: which value of the field its session had."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -156,20 +158,35 @@ def _drain(stream: IO[str]) -> None:
 
 
 async def run_turns(
-    url: str, turns: int, per_session: int, session: dict[str, Any] | None = None
+    url: str,
+    turns: int,
+    per_session: int,
+    session: dict[str, Any] | None = None,
+    compare: str | None = None,
 ) -> list[Turn]:
+    """``compare``: a session field alternated between sessions (``FIELD`` or
+    ``FIELD=ON,OFF``, as ``python -m loadtest --compare``), the first session on."""
+    from loadtest.runner import compare_values
+
     results: list[Turn] = []
     questions = (QUESTIONS * (turns // len(QUESTIONS) + 1))[:turns]
-    for session_start in range(0, turns, per_session):
+    for number, session_start in enumerate(range(0, turns, per_session)):
+        fields = dict(session or {})
+        variant = ""
+        if compare is not None:
+            name, on_value, off_value = compare_values(compare)
+            variant = "on" if number % 2 == 0 else "off"
+            fields[name] = on_value if variant == "on" else off_value
         async with await VoiceForgeClient.connect(url) as client:
-            if session:
-                await client.update_session(**session)
+            if fields:
+                await client.update_session(**fields)
             caller = TimedCaller(client)
             caller.start()
             try:
                 for question in questions[session_start : session_start + per_session]:
                     results.append(await one_turn(client, caller, question, speak(question)))
                     turn = results[-1]
+                    turn.variant = variant
                     print(
                         f"  turn {len(results):2d}/{turns}: acoustic {turn.acoustic_ms or 0:6.0f}"
                         f"  client {turn.client_ms or 0:6.0f}  server {turn.server_ms or 0:6.0f}"
@@ -250,6 +267,26 @@ def summarize(turns: list[Turn]) -> dict[str, Any]:
     }
 
 
+def compare_summary(turns: list[Turn], field_spec: str) -> dict[str, Any]:
+    """Both sides of ``--compare`` and their ratio (on / off) per latency figure."""
+    sides = {
+        variant: {
+            key: value
+            for key, value in summarize([t for t in turns if t.variant == variant]).items()
+            if key in ("turns", "completed", "acoustic_latency_ms", "latency_ms", "stages_ms")
+        }
+        for variant in ("on", "off")
+    }
+    ratios = {
+        figure: {
+            q: sides["on"][figure][q] / sides["off"][figure][q]
+            for q in ("p50", "p95")
+        }
+        for figure in ("acoustic_latency_ms", "latency_ms")
+    }
+    return {"field": field_spec, **sides, "ratio_on_off": ratios}
+
+
 def plot(turns: list[Turn], path: Path) -> None:
     import matplotlib
 
@@ -300,16 +337,39 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start replies only at the confirmed end of turn (to measure the speculation)",
     )
+    parser.add_argument("--session", type=json.loads, default=None, metavar="JSON",
+                        help='session.update fields for every session, e.g. '
+                        '\'{"first_chunk_max_words": 4}\'')
+    parser.add_argument("--compare", metavar="FIELD[=ON,OFF]",
+                        help="alternate a session field between sessions (interleaved on/off "
+                        "in one run), e.g. first_chunk_max_words=4,0; reports both sides")
     parser.add_argument("--json", type=Path, help="write the summary here")
     parser.add_argument("--plot", type=Path, help="write a PNG plot here")
     args = parser.parse_args(argv)
-    session = {"speculative_response": False} if args.no_speculative_response else None
+    session = dict(args.session or {})
+    if args.no_speculative_response:
+        session["speculative_response"] = False
+    if args.compare is not None:
+        from loadtest.runner import compare_values
+
+        try:
+            compare_values(args.compare)
+        except ValueError as error:
+            parser.error(str(error))
+
+    def run(url: str) -> list[Turn]:
+        return asyncio.run(
+            run_turns(url, args.turns, args.turns_per_session, session, args.compare)
+        )
+
     if args.url:
-        turns = asyncio.run(run_turns(args.url, args.turns, args.turns_per_session, session))
+        turns = run(args.url)
     else:
         with spawned_server() as url:
-            turns = asyncio.run(run_turns(url, args.turns, args.turns_per_session, session))
+            turns = run(url)
     summary = summarize(turns)
+    if args.compare is not None:
+        summary["compare"] = compare_summary(turns, args.compare)
     latency, client = summary["latency_ms"], summary["client_latency_ms"]
     acoustic = summary["acoustic_latency_ms"]
     print(f"\n{summary['turns']} turns, {summary['completed']} completed")
@@ -321,6 +381,14 @@ def main(argv: list[str] | None = None) -> int:
           f" p95 {latency['p95']:.0f} ms, p99 {latency['p99']:.0f} ms")
     for stage, values in summary["stages_ms"].items():
         print(f"  {stage:28s} p50 {values['p50']:6.0f}  p95 {values['p95']:6.0f}")
+    if "compare" in summary:
+        compared = summary["compare"]
+        for variant in ("on", "off"):
+            side = compared[variant]["acoustic_latency_ms"]
+            print(f"  {compared['field']} {variant}: {compared[variant]['turns']} turns, acoustic "
+                  f"p50 {side['p50']:.0f} ms, p95 {side['p95']:.0f} ms")
+        ratio = compared["ratio_on_off"]["acoustic_latency_ms"]
+        print(f"  ratio on/off (acoustic): p50 {ratio['p50']:.2f}, p95 {ratio['p95']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     if args.plot:

@@ -10,7 +10,7 @@ import pytest
 
 from agent.client import VoiceForgeClient
 from loadtest.acoustic import TimedCaller, acoustic_end_ms, acoustic_onset_ms
-from loadtest.latency import run_turns, spawned_server, summarize
+from loadtest.latency import compare_summary, run_turns, spawned_server, summarize
 
 RATE = 16000
 
@@ -91,3 +91,15 @@ async def test_latency_turns_carry_all_three_figures() -> None:
     summary = summarize(turns)
     assert set(summary["acoustic_latency_ms"]) == {"p50", "p95", "p99"}
     assert summary["acoustic_latency_ms"]["p50"] > 0
+
+
+async def test_latency_compare_alternates_the_field_between_sessions() -> None:
+    with spawned_server("bench", echo=False) as url:
+        turns = await run_turns(url, 4, 1, compare="first_chunk_max_words=4,0")
+    assert [t.variant for t in turns] == ["on", "off", "on", "off"]
+    compared = compare_summary(turns, "first_chunk_max_words=4,0")
+    assert compared["on"]["turns"] == compared["off"]["turns"] == 2
+    ratio = compared["ratio_on_off"]["acoustic_latency_ms"]["p50"]
+    expected = (compared["on"]["acoustic_latency_ms"]["p50"]
+                / compared["off"]["acoustic_latency_ms"]["p50"])
+    assert ratio == expected
