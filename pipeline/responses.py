@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.audio import ChunkSeam, StreamResampler, float_to_pcm16
 from pipeline.chunker import TextChunk, TextChunker
-from pipeline.engines.base import ChatMessage, FloatAudio
+from pipeline.engines.base import ChatMessage, FloatAudio, YieldingLLM
 from pipeline.errors import EngineError, LLMError, LLMTimeoutError, LLMUnavailableError, TTSError
 from pipeline.events import (
     ErrorEvent,
@@ -442,6 +442,14 @@ class ResponseRunner:
         await chunks.put(None)
 
     async def _speak(self, response: Response, chunks: asyncio.Queue[TextChunk | None]) -> None:
+        try:
+            await self._speak_chunks(response, chunks)
+        finally:
+            self._resume_llm()  # whatever ended the speech, the LLM is not left waiting
+
+    async def _speak_chunks(
+        self, response: Response, chunks: asyncio.Queue[TextChunk | None]
+    ) -> None:
         config = self._call.config
         tts = self._call.engines.tts
         resampler = StreamResampler(tts.sample_rate, config.output_sample_rate)
@@ -455,6 +463,12 @@ class ResponseRunner:
             chunk_start_ms = response.audio_ms
             chunk_ready = time.monotonic()
             attempt = 0
+            # The first chunk's speech is what the caller waits for: the in-process
+            # LLM stands aside until it is out (the rest of the reply is not late).
+            llm = self._call.engines.llm
+            yielding = chunk.index == 0 and isinstance(llm, YieldingLLM)
+            if isinstance(llm, YieldingLLM) and yielding:
+                llm.pause_generation()
             while True:
                 seam.start(after_seam=after_seam, before_seam=chunk.joins_next)
                 try:
@@ -463,6 +477,9 @@ class ResponseRunner:
                             response.timings["tts_first_audio_ms"] = (
                                 time.monotonic() - chunk_ready
                             ) * 1000
+                        if yielding:
+                            yielding = False
+                            self._resume_llm()
                         played = seam.process(resampler.process(audio))
                         self._emit_audio(response, played, max_samples, out_rate)
                     break
@@ -475,6 +492,8 @@ class ResponseRunner:
                     raise
                 except Exception as exc:  # a bug in the engine
                     raise TTSError(f"{tts.name}: {exc!r}", transient=False) from exc
+            if yielding:
+                self._resume_llm()
             self._emit_audio(response, seam.process(resampler.flush()), max_samples, out_rate)
             self._emit_audio(response, seam.finish(), max_samples, out_rate)
             after_seam = chunk.joins_next
@@ -482,6 +501,10 @@ class ResponseRunner:
             response.chunks.append(
                 SpokenChunk(chunk.display_text, chunk_start_ms, response.audio_ms)
             )
+
+    def _resume_llm(self) -> None:
+        if isinstance(self._call.engines.llm, YieldingLLM):
+            self._call.engines.llm.resume_generation()
 
     def _emit_audio(
         self, response: Response, audio: FloatAudio, max_samples: int, rate: int

@@ -109,6 +109,25 @@ class WarmableLLM(Protocol):
         ...
 
 
+@runtime_checkable
+class YieldingLLM(Protocol):
+    """A per-call LLM view that can stand aside while its call's first audio is
+    synthesised (optional).
+
+    An in-process model and an in-process TTS share the same few cores: while the
+    model writes the rest of a reply, the first chunk's speech takes up to twice
+    as long, and that speech is what the caller is waiting for. The rest of the
+    reply is not: the first chunk's audio plays for a second or more meanwhile.
+    """
+
+    def pause_generation(self) -> None:
+        """Stop before this call's next token until ``resume_generation`` (bounded)."""
+        ...
+
+    def resume_generation(self) -> None:
+        ...
+
+
 class TTSEngine(Protocol):
     """Text to speech, streamed in chunks."""
 

@@ -41,6 +41,9 @@ logger = logging.getLogger("voiceforge.llm")
 
 _CREDIT_POLL_S = 0.05
 """How often a worker waiting for queue space rechecks the stop flag."""
+MAX_PAUSE_S = 1.0
+"""A paused generation goes on by itself after this (``pause_generation``): a
+resume that never comes costs at most this once, never a stalled model."""
 MESSAGE_OVERHEAD_TOKENS = 8
 """Chat-template tokens around each message (ChatML: ``<|im_start|>role\n`` …
 ``<|im_end|>\n`` is 5), counted on top of its content."""
@@ -87,6 +90,10 @@ class LlamaCppLLM:
         self.warm_ups = 0
         """Instruction reads run ahead of a call's reply (``warm``)."""
         self._warm_jobs: dict[str, Job] = {}
+        self.pauses = 0
+        """Times a generation stood aside for its call's first audio."""
+        self._gates: dict[str, threading.Event] = {}
+        """Per call: cleared while the call's first audio is synthesised."""
         self.last_prompt_tokens = 0
         """Prompt tokens the last generation evaluated (those not already in the context)."""
         self._prompt_pending = False
@@ -267,6 +274,7 @@ class LlamaCppLLM:
                 temperature=temperature,
                 stream=True,
             )
+            gate = self._gates.setdefault(session, _open_gate())
             try:
                 for chunk in chunks:
                     if stop.is_set():
@@ -274,6 +282,9 @@ class LlamaCppLLM:
                     delta = chunk["choices"][0]["delta"].get("content")
                     if delta and not emit(delta):
                         break
+                    if not gate.is_set():
+                        self.pauses += 1
+                        _wait_for_gate(gate, stop)
             finally:
                 chunks.close()
         except Exception as failure:
@@ -331,8 +342,21 @@ class LlamaCppLLM:
         finally:
             self._generating.clear()
 
+    def pause_generation(self, session: str) -> None:
+        """Hold the call's generation before its next token (the worker then idles
+        for the call's first audio); ``resume_generation`` or ``MAX_PAUSE_S`` ends it."""
+        self._gates.setdefault(session, threading.Event()).clear()
+
+    def resume_generation(self, session: str) -> None:
+        gate = self._gates.get(session)
+        if gate is not None:
+            gate.set()
+
     def release(self, session_id: str) -> None:
         """The call has ended: its kept context, and any warm-up still waiting, go."""
+        gate = self._gates.pop(session_id, None)
+        if gate is not None:
+            gate.set()
         waiting = self._warm_jobs.pop(session_id, None)
         if waiting is not None:
             self._jobs.withdraw(waiting)
@@ -345,6 +369,21 @@ class LlamaCppLLM:
         self._closed = True
         self._executor.shutdown(wait=True)
         self._model.close()
+
+
+def _open_gate() -> threading.Event:
+    gate = threading.Event()
+    gate.set()
+    return gate
+
+
+def _wait_for_gate(gate: threading.Event, stop: threading.Event) -> None:
+    """Wait (worker thread) until the gate opens, the stream stops or ``MAX_PAUSE_S``
+    passes; then the gate is left open, so nobody's forgotten resume stalls the model."""
+    for _ in range(int(MAX_PAUSE_S / _CREDIT_POLL_S)):
+        if gate.wait(_CREDIT_POLL_S) or stop.is_set():
+            return
+    gate.set()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -378,3 +417,9 @@ class _SessionView:
     def warm(self, instructions: str) -> None:
         """The call set new instructions: read them before its first reply."""
         self._engine.warm(instructions, self._session)
+
+    def pause_generation(self) -> None:
+        self._engine.pause_generation(self._session)
+
+    def resume_generation(self) -> None:
+        self._engine.resume_generation(self._session)

@@ -19,7 +19,7 @@ import pytest
 from pipeline.conversation import Conversation, Engines, SessionConfig
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT, ToneTTS
 from pipeline.engines.whisper import WhisperSTT
-from pipeline.errors import LLMUnavailableError
+from pipeline.errors import LLMUnavailableError, TTSError
 from pipeline.events import (
     ErrorEvent,
     Event,
@@ -315,3 +315,59 @@ async def test_new_instructions_are_handed_to_the_llm_to_read_ahead(
         assert llm.warmed == ["Answer like a pirate."]
     finally:
         await h.conversation.close()
+
+
+class _YieldingLLM(ScriptedLLM):
+    """Records when the runner asks the LLM to stand aside, and for what."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(tokens_per_second=200)
+        self.log = log
+
+    def pause_generation(self) -> None:
+        self.log.append("pause")
+
+    def resume_generation(self) -> None:
+        self.log.append("resume")
+
+
+class _LoggingTTS(ToneTTS):
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        super().__init__()
+        self.log, self.fail = log, fail
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[np.ndarray]:
+        self.log.append(f"tts:{text.split()[0]}")
+        if self.fail:
+            raise TTSError("tts down", transient=False)
+        async for audio in super().synthesize(text, voice=voice):
+            self.log.append("audio")
+            yield audio
+
+
+async def test_the_llm_stands_aside_until_the_first_chunk_is_heard(
+    vad: BatchedVADWorker,
+) -> None:
+    log: list[str] = []
+    h = make(vad, llm=_YieldingLLM(log), tts=_LoggingTTS(log))
+    try:
+        h.conversation.send_text("Where is Paris?")
+        await h.wait_for(lambda e: isinstance(e, ResponseDone))
+    finally:
+        await h.conversation.close()
+    first_tts = log.index("tts:The")
+    assert log[first_tts - 1] == "pause"  # paused as the first chunk went to TTS
+    assert log[first_tts + 1 : first_tts + 3] == ["audio", "resume"]  # resumed at its audio
+    assert log.count("pause") == 1  # later chunks do not pause it
+
+
+async def test_a_failed_first_chunk_leaves_the_llm_running(vad: BatchedVADWorker) -> None:
+    log: list[str] = []
+    h = make(vad, llm=_YieldingLLM(log), tts=_LoggingTTS(log, fail=True))
+    try:
+        h.conversation.send_text("Where is Paris?")
+        await h.wait_for(lambda e: isinstance(e, ResponseDone))
+    finally:
+        await h.conversation.close()
+    assert log.count("pause") >= 1
+    assert log[-1] == "resume"

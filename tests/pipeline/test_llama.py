@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM
+from pipeline.engines import llama_cpp as llama_cpp_engine
+from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM, YieldingLLM
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.errors import LLMRequestError, ModelLoadError
 from pipeline.models import ensure_default_gguf
@@ -294,3 +295,50 @@ async def test_new_instructions_are_read_before_the_first_reply() -> None:
         assert engine.warm_ups == 1
     finally:
         engine.close()
+
+
+async def test_a_paused_generation_waits_for_its_resume_and_still_cancels_at_once(
+    llm: LlamaCppLLM,
+) -> None:
+    view = llm.for_session("speaking")
+    assert isinstance(view, YieldingLLM)
+    stream = view.stream(LONG_ANSWER, max_tokens=40, temperature=0.0)
+    received = [await anext(stream)]
+    pauses = llm.pauses
+    view.pause_generation()
+    # The worker stops at its next token boundary; what it made before still arrives.
+    for _ in range(400):  # 40 s at most
+        if llm.pauses > pauses:
+            break
+        received.append(await asyncio.wait_for(anext(stream), 5))
+    assert llm.pauses == pauses + 1
+    view.resume_generation()
+    received += [delta async for delta in stream]
+    assert len(received) > 10 and not llm.busy
+
+    # Closed while paused: it ends within a poll of the gate, not at the pause's end.
+    stream = view.stream(LONG_ANSWER, max_tokens=40, temperature=0.0)
+    await anext(stream)
+    view.pause_generation()
+    for _ in range(400):
+        if llm.pauses > pauses + 1:
+            break
+        await asyncio.wait_for(anext(stream), 5)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert not llm.busy
+    view.release()  # type: ignore[attr-defined]
+
+
+async def test_a_pause_nobody_resumes_ends_by_itself(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llama_cpp_engine, "MAX_PAUSE_S", 0.2)
+    view = llm.for_session("forgotten")
+    assert isinstance(view, YieldingLLM)
+    pauses = llm.pauses
+    stream = view.stream(QUESTION, max_tokens=24, temperature=0.0)
+    first = await anext(stream)
+    view.pause_generation()
+    rest = [delta async for delta in stream]
+    assert llm.pauses == pauses + 1  # it did stop, and went on alone
+    assert "paris" in (first + "".join(rest)).lower()
