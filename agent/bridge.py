@@ -45,6 +45,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "speculative_transcript": config.speculative_transcript,
         "first_chunk_at_clause": config.chunker.first_chunk_at_clause,
         "first_chunk_max_words": config.chunker.first_chunk_max_words,
+        "first_chunk_priority": config.first_chunk_priority,
         "playback_pause": config.playback_pause,
     }
 

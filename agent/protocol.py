@@ -364,6 +364,7 @@ _BOOL_FIELDS = {
     "speculative_response",
     "speculative_transcript",
     "first_chunk_at_clause",
+    "first_chunk_priority",
     "playback_pause",
 }
 

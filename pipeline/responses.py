@@ -466,7 +466,9 @@ class ResponseRunner:
             # The first chunk's speech is what the caller waits for: the in-process
             # LLM stands aside until it is out (the rest of the reply is not late).
             llm = self._call.engines.llm
-            yielding = chunk.index == 0 and isinstance(llm, YieldingLLM)
+            yielding = (
+                chunk.index == 0 and config.first_chunk_priority and isinstance(llm, YieldingLLM)
+            )
             if isinstance(llm, YieldingLLM) and yielding:
                 llm.pause_generation()
             while True:

@@ -83,6 +83,9 @@ class SessionConfig:
     """Start the reply (LLM and TTS) on the speculative transcript while the end of
     turn is still being confirmed; its events are held back until the turn ends and
     thrown away if the caller resumes."""
+    first_chunk_priority: bool = True
+    """An in-process LLM stands aside while the reply's first chunk is synthesised
+    (they share the CPU; the first audio is what the caller waits for)."""
     playback_pause: bool = False
     """The client can pause and resume a response's playback: caller speech over the
     agent pauses the reply at once, and a backchannel or noise resumes it

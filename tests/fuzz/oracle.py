@@ -108,6 +108,7 @@ BOOL_FIELDS = (
     "speculative_response",
     "speculative_transcript",
     "first_chunk_at_clause",
+    "first_chunk_priority",
     "playback_pause",
 )
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}

@@ -371,3 +371,15 @@ async def test_a_failed_first_chunk_leaves_the_llm_running(vad: BatchedVADWorker
         await h.conversation.close()
     assert log.count("pause") >= 1
     assert log[-1] == "resume"
+
+
+async def test_first_chunk_priority_off_leaves_the_llm_alone(vad: BatchedVADWorker) -> None:
+    log: list[str] = []
+    config = SessionConfig(first_chunk_priority=False)
+    h = make(vad, llm=_YieldingLLM(log), tts=_LoggingTTS(log), config=config)
+    try:
+        h.conversation.send_text("Where is Paris?")
+        await h.wait_for(lambda e: isinstance(e, ResponseDone))
+    finally:
+        await h.conversation.close()
+    assert "audio" in log and "pause" not in log

@@ -90,3 +90,10 @@ def test_the_first_chunk_word_limit_travels_in_session_update() -> None:
     for bad in (-1, 65, 2.5, True, "4"):
         with pytest.raises(Exception, match="first_chunk_max_words"):
             parse_session_fields({"first_chunk_max_words": bad}, ["tone"])
+
+
+def test_first_chunk_priority_travels_in_session_update() -> None:
+    assert parse_session_fields({"first_chunk_priority": False}, ["tone"]) == {
+        "first_chunk_priority": False
+    }
+    assert session_view(SessionConfig())["first_chunk_priority"] is True
