@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from loadtest.abusers import ABUSERS
 from loadtest.soak import (
     Sample,
     Thresholds,
@@ -28,6 +29,7 @@ from loadtest.soak import (
     parse_metrics,
     slope_per_hour,
 )
+from loadtest.soak.abuse import Phase, phase_names
 from loadtest.speech import espeak_available
 
 CLEAN_LOAD: dict[str, Any] = {
@@ -245,3 +247,78 @@ def test_a_short_real_soak_writes_its_report_and_plot(tmp_path: Path) -> None:
     assert report["load"]["callers"] == 3 and report["load"]["turns"] >= 3
     assert report["config"]["ramp_s"] == pytest.approx(2.04)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _phase(name: str, **fields: Any) -> Phase:
+    abuser = {"connections": 1, "frames_sent": 10, "errors_received": {"malformed_frame": 3},
+              "closed_by_server": {}}
+    names = [] if name == "none" else list(ABUSERS) if name == "all" else [name]
+    phase = Phase(name, 0.0, 1.0, abusers={n: dict(abuser) for n in names}, turns=5)
+    for key, value in fields.items():
+        setattr(phase, key, value)
+    return phase
+
+
+def _phases(**changes: dict[str, Any]) -> list[Phase]:
+    return [_phase(name, **changes.get(name, {})) for name in phase_names()]
+
+
+def test_abuse_phases_fail_on_a_normal_callers_error_or_an_abuser_cut_off() -> None:
+    samples, timeline = soak_samples(errors_during_load={"malformed_frame": 40.0})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases())
+    assert verdict.passed, [(c.name, c.measured) for c in verdict.failed]
+    # A code no abuser provoked is still a server error.
+    samples, timeline = soak_samples(errors_during_load={"llm_timeout": 1.0})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases())
+    assert [c.name for c in verdict.failed] == ["server_errors"]
+    assert verdict.failed[0].measured["not_provoked_by_abusers"] == {"llm_timeout": 1.0}
+    samples, timeline = soak_samples()
+    failing = _phases(audio_2x={"errors": 1, "error_codes": {"input_overloaded": 1}})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=failing)
+    assert [c.name for c in verdict.failed] == ["abuse_phases"]
+    assert verdict.failed[0].measured["audio_2x"]["errors"] == 1
+    assert "abuse_phases" not in statuses(samples, timeline)  # a soak without --abuse
+    cut = _phases()
+    cut[1].abusers["costly_control"]["closed_by_server"] = {"1008": 1}
+    assert [c.name for c in evaluate(samples, timeline, Thresholds(), CLEAN_LOAD,
+                                     phases=cut).failed] == ["abuse_phases"]
+    # The slow reader's close is by design; an abuser that never got a call is not.
+    by_design = _phases()
+    by_design[-2].abusers["slow_reader"]["closed_by_server"] = {"reset": 2}
+    assert evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=by_design).passed
+    idle = _phases()
+    idle[-1].abusers["text_frames"]["connections"] = 0
+    assert not evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=idle).passed
+    assert not evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases()[:-1]).passed
+
+
+@pytest.mark.timeout(180)
+def test_a_short_soak_with_every_abuser_harms_no_caller_and_leaks_nothing(
+    tmp_path: Path,
+) -> None:
+    if not espeak_available():
+        pytest.fail("espeak-ng is required for the load test (make test installs it)")
+    out = tmp_path / "soak.json"
+    # 27 s of load after a 2.7 s ramp: 9 phases of 3 s (none, each abuser, all).
+    args = ["--abuse", "--callers", "2", "--minutes", "0.45", "--sample-s", "2",
+            "--settle-s", "5", "--max-rss-slope-mb-h", "1e9", "--max-rss-drift-pct", "1e9",
+            "--json", str(out)]
+    rc = main(args)
+    report = json.loads(out.read_text())
+    verdict = report["verdict"]
+    assert rc == 0 and verdict["passed"] is True, verdict["failed"]
+    assert verdict["criteria"]["abuse_phases"]["status"] == "pass"
+    for name in ("load_errors", "server_errors", "sessions_after_settle", "tasks_after_settle",
+                 "fds_after_settle", "threads_after_settle"):
+        assert verdict["criteria"][name]["status"] == "pass", name
+    phases = report["abuse_phases"]
+    assert [p["name"] for p in phases] == phase_names()
+    for phase in phases:
+        expected = [] if phase["name"] == "none" else list(ABUSERS) \
+            if phase["name"] == "all" else [phase["name"]]
+        assert sorted(phase["abusers"]) == sorted(expected)
+        assert all(a["frames_sent"] > 0 and a["connections"] >= 1
+                   for a in phase["abusers"].values()), phase
+        assert phase["errors"] == 0 and phase["failed_turns"] == 0, phase
+    assert sum(p["turns"] for p in phases) >= 2
+    assert report["samples"][-1]["sessions_active"] == 0
