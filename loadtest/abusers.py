@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import sys
 import time
@@ -425,7 +426,6 @@ async def slow_reader(
     url: str, stop: asyncio.Event, stats: AbuserStats, api_key: str | None
 ) -> None:
     hold_s = DEFAULTS.slow_client_timeout_s + 5.0
-    stats.target_per_s = 2.0
     ask = {"type": "conversation.text", "text": "Tell me a long story, please."}
     while not stop.is_set():
         try:
@@ -533,7 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's CPU priority")
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     asyncio.run(_serve(args.url, args.api_key))
     return 0
 
@@ -549,8 +552,12 @@ class AbuserProcess:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, url: str, api_key: str | None = None) -> AsyncIterator[AbuserProcess]:
-        command = [sys.executable, "-m", "loadtest.abusers", "--url", url]
+    async def running(
+        cls, url: str, api_key: str | None = None, *, nice: int = 0
+    ) -> AsyncIterator[AbuserProcess]:
+        """``nice``: on one machine with the server, a niced abuser takes the cores only
+        when they are idle, as a remote one would not take them at all."""
+        command = [sys.executable, "-m", "loadtest.abusers", "--url", url, "--nice", str(nice)]
         if api_key:
             command += ["--api-key", api_key]
         process = await asyncio.create_subprocess_exec(
