@@ -1,10 +1,17 @@
 """``--abuse``: the abusive clients of ``loadtest.abusers`` alongside the callers.
 
-The load after the ramp is cut into equal phases: first none (the callers alone,
-for reference), then each abuser on its own, then all of them together. The
-abusers run in a process of their own and are all stopped when the load stops,
-before the settle, so what the server holds afterwards is compared with its idle
-baseline as in any soak. Each phase records which abusers ran, what they did,
+The steady part of the load (after the ramp and the warm-up) is cut into equal
+phases: ``none`` (the callers alone), each abuser on its own, all of them
+together, and ``after`` (the callers alone again). The abusers run in a process of
+their own and are all stopped when the load stops, before the settle, so what the
+server holds afterwards is compared with its idle baseline as in any soak.
+
+An abuser's connections raise the server's open files and memory while it runs:
+a step, not a leak. With ``--abuse`` the verdict fits its slopes to the steady
+samples but those of ``all`` (seven abusers at once lift the level), and adds
+the direct comparison: ``after`` against ``none`` (the same callers alone, after
+and before all the abuse), memory within the drift bound, open files within the
+fd tolerance. Each phase records which abusers ran, what they did,
 and the normal callers' turns, error events, failures and latency in it (a turn
 counts in the phase its reply was done in; a session's error events are
 collected when it ends, so they count in the phase it ended in).
@@ -22,19 +29,25 @@ from typing import Any
 from loadtest.abusers import ABUSERS, EXPECTED_CLOSES, UNREAD_ERRORS, AbuserProcess
 from loadtest.latency import percentile
 from loadtest.scenarios import Stats
+from loadtest.soak.samples import Sample
 
 ALL = "all"
 NONE = "none"
+AFTER = "after"
 
 
 def phase_names() -> list[str]:
-    return [NONE, *ABUSERS, ALL]
+    return [NONE, *ABUSERS, ALL, AFTER]
+
+
+def abusers_of(name: str) -> list[str]:
+    return [] if name in (NONE, AFTER) else list(ABUSERS) if name == ALL else [name]
 
 
 @dataclass
 class Phase:
     name: str
-    """``none``, an abuser's name, or ``all``."""
+    """``none``, an abuser's name, ``all`` or ``after``."""
     start_s: float
     end_s: float
     abusers: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +121,7 @@ async def run_phases(
     phases: list[Phase] = []
     await asyncio.sleep(max(0.0, started + first_at_s - time.monotonic()))
     for index, name in enumerate(phase_names()):
-        names = [] if name == NONE else list(ABUSERS) if name == ALL else [name]
+        names = abusers_of(name)
         begin = time.monotonic()
         phase = Phase(name, begin - started, begin - started)
         snapshot = _Snapshot(stats)
@@ -123,3 +136,10 @@ async def run_phases(
         _close_phase(phase, stats, snapshot, started, begin)
         phases.append(phase)
     return phases
+
+
+def in_phases(
+    samples: Sequence[Sample], phases: Sequence[Phase]
+) -> list[tuple[Phase, list[Sample]]]:
+    """Each phase with the samples taken during it."""
+    return [(p, [s for s in samples if p.start_s <= s.t_s < p.end_s]) for p in phases]

@@ -156,13 +156,13 @@ async def _load_with_abuse(
     load_config: LoadConfig, speech: list[np.ndarray], config: SoakConfig, sampler: _Sampler,
     timeline: Timeline,
 ) -> tuple[dict[str, Any], list[Phase]]:
-    """The callers, and the abusers phase by phase from the end of the ramp to the
-    end of the load; the abusers' process is gone before this returns."""
+    """The callers, and the abusers phase by phase over the steady window (after the
+    ramp and the warm-up); the abusers' process is gone before this returns."""
     stats = Stats()
-    phase_s = config.duration_s / len(phase_names())
+    phase_s = (timeline.load_stop_s - timeline.steady_start_s) / len(phase_names())
     async with AbuserProcess.running(load_config.url, config.api_key) as abusers:
         schedule = asyncio.create_task(
-            run_phases(abusers, stats, sampler.started, timeline.ramp_end_s, phase_s))
+            run_phases(abusers, stats, sampler.started, timeline.steady_start_s, phase_s))
         try:
             raw = await run_load(load_config, speech, stats=stats)
         except BaseException:

@@ -10,7 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.soak.abuse import Phase, phase_names, provoked_codes
+from loadtest.soak.abuse import (
+    AFTER,
+    ALL,
+    NONE,
+    Phase,
+    in_phases,
+    phase_names,
+    provoked_codes,
+)
 from loadtest.soak.samples import NAN, Sample, Timeline
 
 
@@ -118,7 +126,8 @@ def steady_window(samples: Sequence[Sample], timeline: Timeline) -> list[Sample]
 
 
 def check_slope(
-    name: str, t_s: Sequence[float], values: Sequence[float], max_per_h: float, unit: str
+    name: str, t_s: Sequence[float], values: Sequence[float], max_per_h: float, unit: str,
+    how: str = "",
 ) -> Criterion:
     slope, error = _fit(t_s, values)
     points = len(finite_points(t_s, values)[0])
@@ -126,8 +135,40 @@ def check_slope(
         return Criterion(name, None, None, max_per_h, unit,
                          f"{points} steady samples: too few for a slope")
     return Criterion(name, slope <= max_per_h, round(slope, 3), max_per_h, unit,
-                     f"least-squares slope over {points} steady samples "
+                     f"least-squares slope over {points} steady samples{how} "
                      f"(standard error {error:.3g} {unit})")
+
+
+BUT_ALL = ", but those of the abuse phase 'all' (seven abusers' connections lift the level)"
+
+
+def but_all(samples: Sequence[Sample], phases: Sequence[Phase]) -> list[Sample]:
+    """The samples taken outside the phase where every abuser runs at once."""
+    crowded = [(p.start_s, p.end_s) for p in phases if p.name == ALL]
+    return [s for s in samples if not any(start <= s.t_s < end for start, end in crowded)]
+
+
+def check_after_abuse(
+    samples: Sequence[Sample], phases: Sequence[Phase], attr: str, limit: float, unit: str
+) -> Criterion:
+    """``attr`` with the callers alone after all the abuse vs before it: at most
+    ``limit`` above (percent for memory, a count for file descriptors)."""
+    grouped = {p.name: [float(getattr(s, attr)) for s in group
+                        if math.isfinite(float(getattr(s, attr)))]
+               for p, group in in_phases(samples, phases)}
+    before, after = grouped.get(NONE, []), grouped.get(AFTER, [])
+    name = "rss_after_abuse" if attr == "rss_mb" else "fds_after_abuse"
+    detail = (f"mean in phase {AFTER!r} vs phase {NONE!r} (the callers alone, after and "
+              "before the abuse)")
+    if not before or not after:
+        return Criterion(name, None, None, limit, unit, f"{detail}: a phase has no sample")
+    mean_before, mean_after = float(np.mean(before)), float(np.mean(after))
+    excess = mean_after - mean_before
+    if unit == "%":
+        excess = 100.0 * excess / mean_before
+    return Criterion(name, excess <= limit,
+                     {"before": round(mean_before, 1), "after": round(mean_after, 1),
+                      "excess": round(excess, 2)}, limit, unit, detail)
 
 
 def check_drift(name: str, values: Sequence[float], max_pct: float) -> Criterion:
@@ -231,10 +272,25 @@ def evaluate(
     rss = [s.rss_mb for s in steady]
     fds = [s.open_fds for s in steady]
     th = thresholds
+    if phases is not None:
+        calm = but_all(steady, phases)
+        t_calm = [s.t_s for s in calm]
+        memory = [
+            check_slope("rss_slope", t_calm, [s.rss_mb for s in calm], th.max_rss_slope_mb_h,
+                        "MB/h", BUT_ALL),
+            check_after_abuse(steady, phases, "rss_mb", th.max_rss_drift_pct, "%"),
+            check_slope("fd_slope", t_calm, [s.open_fds for s in calm], th.max_fd_slope_per_h,
+                        "fds/h", BUT_ALL),
+            check_after_abuse(steady, phases, "open_fds", th.fd_tolerance, "fds"),
+        ]
+    else:
+        memory = [
+            check_slope("rss_slope", t, rss, th.max_rss_slope_mb_h, "MB/h"),
+            check_drift("rss_drift", rss, th.max_rss_drift_pct),
+            check_slope("fd_slope", t, fds, th.max_fd_slope_per_h, "fds/h"),
+        ]
     criteria = [
-        check_slope("rss_slope", t, rss, th.max_rss_slope_mb_h, "MB/h"),
-        check_drift("rss_drift", rss, th.max_rss_drift_pct),
-        check_slope("fd_slope", t, fds, th.max_fd_slope_per_h, "fds/h"),
+        *memory,
         check_back_to_baseline("fds_after_settle", baseline.open_fds, final.open_fds,
                                th.fd_tolerance, "fds"),
         check_back_to_baseline("tasks_after_settle", baseline.tasks, final.tasks,
