@@ -1,20 +1,24 @@
 """``--abuse``: the abusive clients of ``loadtest.abusers`` alongside the callers.
 
 The steady part of the load (after the ramp and the warm-up) is cut into equal
-phases: ``none`` (the callers alone), each abuser on its own, all of them
-together, and ``after`` (the callers alone again). The abusers run in a process of
-their own and are all stopped when the load stops, before the settle, so what the
-server holds afterwards is compared with its idle baseline as in any soak.
+phases: ``none`` (the callers alone), each abuser on its own then all of them
+together, ``between`` (the callers alone), the same cycle again (``NAME 2``), and
+``after`` (the callers alone). The abusers run in a process of their own and are
+all stopped when the load stops, before the settle, so what the server holds
+afterwards is compared with its idle baseline as in any soak.
 
-An abuser's connections raise the server's open files and memory while it runs:
-a step, not a leak. With ``--abuse`` the verdict fits its slopes to the steady
-samples but those of ``all`` (seven abusers at once lift the level), and adds
-the direct comparison: ``after`` against ``none`` (the same callers alone, after
-and before all the abuse), memory within the drift bound, open files within the
-fd tolerance. Each phase records which abusers ran, what they did,
-and the normal callers' turns, error events, failures and latency in it (a turn
-counts in the phase its reply was done in; a session's error events are
-collected when it ends, so they count in the phase it ended in).
+An abuser's connections raise the server's open files while it runs, and its
+peak raises the allocator's high-water mark, which resident memory keeps: steps,
+not leaks. A leak is what the second cycle adds to the first. So with
+``--abuse`` the verdict fits its slopes over the second cycle (``between`` to
+``after``, but ``all 2``, where seven abusers at once lift the level), and
+compares the callers alone directly: memory in ``after`` within the drift bound
+of ``between``, open files in ``after`` within the fd tolerance of ``none``.
+
+Each phase records which abusers ran, what they did, and the normal callers'
+turns, error events, failures and latency in it (a turn counts in the phase its
+reply was done in; a session's error events are collected when it ends, so they
+count in the phase it ended in).
 """
 
 from __future__ import annotations
@@ -33,21 +37,27 @@ from loadtest.soak.samples import Sample
 
 ALL = "all"
 NONE = "none"
+BETWEEN = "between"
 AFTER = "after"
+SECOND = " 2"
+"""Suffix of the second cycle's phases."""
 
 
 def phase_names() -> list[str]:
-    return [NONE, *ABUSERS, ALL, AFTER]
+    cycle = [*ABUSERS, ALL]
+    return [NONE, *cycle, BETWEEN, *(name + SECOND for name in cycle), AFTER]
 
 
 def abusers_of(name: str) -> list[str]:
-    return [] if name in (NONE, AFTER) else list(ABUSERS) if name == ALL else [name]
+    base = name.removesuffix(SECOND)
+    return [] if base in (NONE, BETWEEN, AFTER) else list(ABUSERS) if base == ALL else [base]
 
 
 @dataclass
 class Phase:
     name: str
-    """``none``, an abuser's name, ``all`` or ``after``."""
+    """``none``, an abuser's name or ``all`` (``NAME 2`` in the second cycle),
+    ``between`` or ``after``."""
     start_s: float
     end_s: float
     abusers: dict[str, Any] = field(default_factory=dict)
