@@ -30,8 +30,9 @@ The abusers (``ABUSERS``), each reconnecting at once if the server ends its call
   ``max_response_tokens``, then the longest question, again as soon as each reply
   is done;
 * ``slow_reader``: asks for a reply twice a second and never reads a byte; the
-  server closes such a call after ``slow_client_timeout_s`` (by design: it is the
-  one abuser that is cut off), and it reconnects.
+  server closes such a call once a frame has waited ``slow_client_timeout_s`` for
+  it (by design: it is the one abuser that may be cut off), and it reconnects; it
+  also starts a new call after ``SLOW_READER_HOLD_S``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ FRAME_RATE = FrameRateLimiter().rate
 RATE_CUT = 0.8
 """Rate kept after each ``decode_budget_exceeded``: the abuser backs off, not out."""
 CONNECT_TIMEOUT_S = 10.0
+SLOW_READER_HOLD_S = 120.0
+"""How long the slow reader keeps one call unless the server ends it first: long
+enough for the kernel's socket buffers to fill and the server's own queue to
+matter (a reply is short with the bench engines), short enough to come back."""
 
 
 def _pack(message: dict[str, Any]) -> bytes:
@@ -425,7 +430,7 @@ class _Deaf:
 async def slow_reader(
     url: str, stop: asyncio.Event, stats: AbuserStats, api_key: str | None
 ) -> None:
-    hold_s = DEFAULTS.slow_client_timeout_s + 5.0
+    hold_s = SLOW_READER_HOLD_S
     ask = {"type": "conversation.text", "text": "Tell me a long story, please."}
     while not stop.is_set():
         try:
