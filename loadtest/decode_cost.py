@@ -27,6 +27,21 @@ WORST_ALLOWED_MS = 2.0
 """No frame within the limits may cost more (issue 13)."""
 
 
+LARGEST_SESSION_UPDATE: dict[str, Any] = {
+    "type": "session.update", "session": {
+        "instructions": "😀" * 8000, "voice": None, "input_sample_rate": 16000,
+        "output_sample_rate": 24000, "temperature": 0.7, "max_response_tokens": 2048,
+        "partial_transcript_interval_ms": 300.0, "speculative_response": True,
+        "speculative_transcript": True, "first_chunk_at_clause": True,
+        "turn": {"speech_threshold": 0.5, "silence_threshold": 0.35,
+                 "min_speech_ms": 200.0, "end_of_turn_silence_ms": 600.0,
+                 "barge_in_min_speech_ms": 250.0},
+    },
+}
+"""The largest legal control frame: every field, 8000 four-byte characters of instructions."""
+LARGEST_CONVERSATION_TEXT: dict[str, Any] = {"type": "conversation.text", "text": "😀" * 4000}
+
+
 def _pack(message: Any) -> bytes:
     packed: bytes = msgpack.packb(message, use_bin_type=True)
     return packed
@@ -83,18 +98,8 @@ def adversarial_frames(max_bytes: int = MAX_FRAME_BYTES) -> dict[str, bytes]:
         "20 ms of 16 kHz audio (a caller's frame)": _pack(
             {"type": "input_audio.append", "audio": bytes(640)}
         ),
-        "largest session.update": _pack(
-            {"type": "session.update", "session": {
-                "instructions": emoji * 8000, "voice": None, "input_sample_rate": 16000,
-                "output_sample_rate": 24000, "temperature": 0.7, "max_response_tokens": 2048,
-                "partial_transcript_interval_ms": 300.0, "speculative_response": True,
-                "speculative_transcript": True, "first_chunk_at_clause": True,
-                "turn": {"speech_threshold": 0.5, "silence_threshold": 0.35,
-                         "min_speech_ms": 200.0, "end_of_turn_silence_ms": 600.0,
-                         "barge_in_min_speech_ms": 250.0},
-            }}
-        ),
-        "largest conversation.text": _pack({"type": "conversation.text", "text": emoji * 4000}),
+        "largest session.update": _pack(LARGEST_SESSION_UPDATE),
+        "largest conversation.text": _pack(LARGEST_CONVERSATION_TEXT),
         "bad UTF-8 at the end": _fill(
             lambda n: _pack({**text, "pad": "a" * n})[:-1] + b"\xff", max_bytes
         ),

@@ -181,14 +181,29 @@ class _Run:
             )
 
 
+async def _stop_when(stop: asyncio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.deadline = min(run.deadline, time.monotonic())
+
+
 def _cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
 
 
-async def run_load(config: LoadConfig, speech: list[np.ndarray]) -> dict[str, Any]:
-    """Run the callers; returns the raw figures ``loadtest.report.summarize`` reads."""
+async def run_load(
+    config: LoadConfig, speech: list[np.ndarray], *, stats: Stats | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Run the callers; returns the raw figures ``loadtest.report.summarize`` reads.
+
+    ``stats``: where the callers record (to read it while they run); ``stop``: once
+    set, callers start no new session (as at the end of the duration).
+    """
     run = _Run(config, speech)
+    if stats is not None:
+        run.stats = stats
+    stopper = asyncio.create_task(_stop_when(stop, run)) if stop is not None else None
     before = await asyncio.to_thread(scrape_server, config.http_base)
     wall_start, cpu_start = time.monotonic(), _cpu_seconds()
     progress = asyncio.create_task(run.progress())
@@ -201,7 +216,9 @@ async def run_load(config: LoadConfig, speech: list[np.ndarray]) -> dict[str, An
     if late:
         run.stats.failures.extend(["session still running at the hard stop"] * len(late))
     progress.cancel()
-    await asyncio.gather(progress, return_exceptions=True)
+    if stopper is not None:
+        stopper.cancel()
+    await asyncio.gather(progress, *([stopper] if stopper else []), return_exceptions=True)
     wall_s = time.monotonic() - wall_start
     # The server notices aborted connections on its own; give it a moment.
     after = await asyncio.to_thread(scrape_server, config.http_base)

@@ -52,6 +52,8 @@ class TurnResult:
     """Silence wait plus any lag of the input path: grows when the server falls behind."""
     input_lag_ms: float | None = None
     """``end_of_turn_wait_ms`` beyond the session's ``end_of_turn_silence_ms``."""
+    at: float = field(default_factory=time.monotonic)
+    """When the reply was done (``time.monotonic()``): which phase of a run it fell in."""
 
 
 @dataclass

@@ -44,6 +44,9 @@ class History:
 
         When the last turn is also the user's (the reply in between was never heard),
         the text joins it: the LLM sees one user turn, as the caller experienced it.
+        Joined, it keeps at most ``max_chars`` (its newest words; never less than
+        ``text``): a caller sending turn after turn over replies it never hears would
+        otherwise grow one turn without end, and copy it whole at every turn.
         Empty text is ignored.
         """
         text = text.strip()
@@ -51,6 +54,8 @@ class History:
             return
         if self._turns and self._turns[-1]["role"] == "user":
             merged = f"{self._turns[-1]['content']} {text}"
+            if self.max_chars is not None:
+                merged = merged[-max(self.max_chars, len(text)) :]
             self._turns[-1] = ChatMessage(role="user", content=merged)
         else:
             self._turns.append(ChatMessage(role="user", content=text))

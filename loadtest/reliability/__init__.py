@@ -19,7 +19,8 @@ Progress goes to stderr, the table of figures to stdout, the report to ``--json`
 ``--quick`` runs every scenario smaller (the tests use it).
 
 One module per concern, each readable on its own: ``admission`` (session limit,
-latency admission), ``floods`` (frame and audio rates), ``oversized``,
+latency admission), ``floods`` (frame and audio rates), ``abuse_impact`` (what each
+abusive client of ``loadtest.abusers`` adds to the other calls' latency), ``oversized``,
 ``slow_reader``, ``time_limits``, ``llm_faults``, ``engine_faults``,
 ``disconnects``, ``model_load``, ``shutdown`` (drain), ``security``. What they
 share is in ``common`` (``Result``, ``Context``, ``handshake``, ``dist``, ...) and
@@ -42,8 +43,9 @@ Adding a scenario:
    (and the module in the import above it). The position is the run order.
 
 The runner adds "no server traceback logged" and turns a crash or a run past
-``runner.SCENARIO_LIMIT_S`` into a failed invariant; tests/loadtest/
-test_reliability.py runs every registered scenario but ``shutdown`` in quick mode.
+``runner.SCENARIO_LIMIT_S`` (``FULL_LIMIT_S`` for the long ones) into a failed
+invariant; tests/loadtest/test_reliability.py runs every registered scenario but
+``shutdown`` in quick mode.
 """
 
 from loadtest.reliability.cli import main

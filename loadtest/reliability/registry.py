@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from loadtest.reliability import (
+    abuse_impact,
     admission,
     disconnects,
     engine_faults,
@@ -26,6 +27,7 @@ SCENARIOS: dict[str, Scenario] = {
     "admission": admission.admission,
     "frame_flood": floods.frame_flood,
     "audio_flood": floods.audio_flood,
+    "abuse_impact": abuse_impact.abuse_impact,
     "oversized": oversized.oversized,
     "slow_reader": slow_reader.slow_reader,
     "idle_timeout": time_limits.idle_timeout,

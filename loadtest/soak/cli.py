@@ -17,7 +17,7 @@ from loadtest.latency import spawned_server
 from loadtest.report import print_summary
 from loadtest.runner import prepare_speech
 from loadtest.scenarios import SCENARIOS
-from loadtest.soak.output import plot, print_verdict, report_json
+from loadtest.soak.output import plot, print_phases, print_verdict, report_json
 from loadtest.soak.run import SoakConfig, soak
 from loadtest.soak.verdict import Thresholds, evaluate
 
@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenarios", default=None,
                         help=f"comma-separated, one per caller in turn (default: all of "
                         f"{', '.join(SCENARIOS)})")
+    parser.add_argument("--abuse", action="store_true",
+                        help="alongside the callers, the abusive clients of loadtest.abusers: "
+                        "none, then each alone, then all together, in equal phases")
     parser.add_argument("--json", type=Path, help="write samples and verdict here")
     parser.add_argument("--plot", type=Path, help="write the PNG of the curves here")
     parser.add_argument("--max-rss-slope-mb-h", type=float, default=limits.max_rss_slope_mb_h)
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     config = SoakConfig(args.callers, args.minutes, args.sample_s, args.settle_s, scenarios,
-                        os.environ.get("VOICEFORGE_API_KEY"))
+                        os.environ.get("VOICEFORGE_API_KEY"), args.abuse)
     thresholds = Thresholds(args.max_rss_slope_mb_h, args.max_rss_drift_pct,
                             args.max_fd_slope_per_h, args.fd_tolerance, args.task_tolerance,
                             args.thread_tolerance)
@@ -96,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     verdict = evaluate(result.samples, result.timeline, thresholds, result.load,
-                       result.scrape_failures)
+                       result.scrape_failures, result.phases)
     print_summary(result.load)
+    if result.phases is not None:
+        print_phases(result.phases)
     print_verdict(verdict)
     if args.json:
         args.json.write_text(json.dumps(report_json(result, thresholds, verdict), indent=2,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.report import to_json
+from loadtest.soak.abuse import Phase
 from loadtest.soak.run import SoakResult
 from loadtest.soak.samples import WARMUP_FRACTION
 from loadtest.soak.verdict import Thresholds, Verdict, finite_points, slope_per_hour, steady_window
@@ -42,6 +43,7 @@ def report_json(result: SoakResult, thresholds: Thresholds, verdict: Verdict) ->
         "samples": [asdict(s) for s in result.samples],
         "scrape_failures": result.scrape_failures,
         "load": to_json(result.load),
+        "abuse_phases": None if result.phases is None else [p.to_json() for p in result.phases],
     })
     return report
 
@@ -135,3 +137,20 @@ def print_verdict(verdict: Verdict) -> None:
                         if verdict.not_measured else ""))
     else:
         print("FAIL: " + ", ".join(c.name for c in verdict.failed))
+
+
+def print_phases(phases: list[Phase]) -> None:
+    print("\nabuse phases (normal callers; latency: acoustic end of speech -> first audio):")
+    print(f"  {'phase':16s} {'min':>11s} {'turns':>6s} {'errors':>6s} {'p50 ms':>7s} "
+          f"{'p95 ms':>7s}  abusers: frames/s, MB/s in, calls, closed by server")
+    for p in phases:
+        abusers = "; ".join(
+            f"{name} {a['frames_per_s']}/s {a['mb_sent_per_s']} MB/s {a['connections']} "
+            f"calls {a['closed_by_server'] or ''}".rstrip() for name, a in p.abusers.items())
+        print(f"  {p.name:16s} {p.start_s / 60:5.1f}-{p.end_s / 60:5.1f} {p.turns:6d} "
+              f"{p.errors:6d} {_ms(p.latency_p50_ms):>7s} {_ms(p.latency_p95_ms):>7s}  "
+              f"{abusers or '-'}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.abusers import AbuserProcess
 from loadtest.report import summarize
 from loadtest.runner import LoadConfig, run_load
-from loadtest.scenarios import SCENARIOS
+from loadtest.scenarios import SCENARIOS, Stats
+from loadtest.soak.abuse import Phase, phase_names, run_phases
 from loadtest.soak.samples import NAN, Sample, Timeline, scrape
 
 MAX_RAMP_S = 60.0
@@ -33,6 +35,8 @@ class SoakConfig:
     settle_s: float = 20.0
     scenarios: list[str] | None = None
     api_key: str | None = None
+    abuse: bool = False
+    """Run the abusive clients alongside, phase by phase (``loadtest.soak.abuse``)."""
 
     @property
     def duration_s(self) -> float:
@@ -51,6 +55,8 @@ class SoakResult:
     load: dict[str, Any]
     """``loadtest.report.summarize`` of the load run (with ``_turns``)."""
     scrape_failures: int
+    phases: list[Phase] | None = None
+    """With ``abuse``: what each phase ran and what the callers saw in it."""
 
 
 class _Sampler:
@@ -118,8 +124,12 @@ async def soak(url: str, config: SoakConfig, speech: list[np.ndarray]) -> SoakRe
     timeline = Timeline.planned(sampler.now(), config.ramp_s, config.duration_s)
     sampler.timeline = timeline
     sampling = asyncio.create_task(sampler.loop())
+    phases: list[Phase] | None = None
     try:
-        raw = await run_load(load_config, speech)
+        if config.abuse:
+            raw, phases = await _load_with_abuse(load_config, speech, config, sampler, timeline)
+        else:
+            raw = await run_load(load_config, speech)
         timeline.load_end_s = sampler.now()
         await asyncio.sleep(config.settle_s)
     finally:
@@ -138,4 +148,26 @@ async def soak(url: str, config: SoakConfig, speech: list[np.ndarray]) -> SoakRe
     timeline.final_s = final.t_s
     for sample in sampler.samples:
         sample.phase = timeline.phase(sample.t_s)
-    return SoakResult(config, sampler.samples, timeline, summarize(raw), sampler.failures)
+    return SoakResult(config, sampler.samples, timeline, summarize(raw), sampler.failures,
+                      phases)
+
+
+async def _load_with_abuse(
+    load_config: LoadConfig, speech: list[np.ndarray], config: SoakConfig, sampler: _Sampler,
+    timeline: Timeline,
+) -> tuple[dict[str, Any], list[Phase]]:
+    """The callers, and the abusers phase by phase over the steady window (after the
+    ramp and the warm-up); the abusers' process is gone before this returns."""
+    stats = Stats()
+    phase_s = (timeline.load_stop_s - timeline.steady_start_s) / len(phase_names())
+    async with AbuserProcess.running(load_config.url, config.api_key) as abusers:
+        schedule = asyncio.create_task(
+            run_phases(abusers, stats, sampler.started, timeline.steady_start_s, phase_s))
+        try:
+            raw = await run_load(load_config, speech, stats=stats)
+        except BaseException:
+            schedule.cancel()
+            await asyncio.gather(schedule, return_exceptions=True)
+            raise
+        phases = await schedule
+    return raw, phases

@@ -10,6 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.soak.abuse import (
+    AFTER,
+    ALL,
+    BETWEEN,
+    NONE,
+    SECOND,
+    Phase,
+    in_phases,
+    phase_names,
+    provoked_codes,
+)
 from loadtest.soak.samples import NAN, Sample, Timeline
 
 
@@ -117,7 +128,8 @@ def steady_window(samples: Sequence[Sample], timeline: Timeline) -> list[Sample]
 
 
 def check_slope(
-    name: str, t_s: Sequence[float], values: Sequence[float], max_per_h: float, unit: str
+    name: str, t_s: Sequence[float], values: Sequence[float], max_per_h: float, unit: str,
+    how: str = "",
 ) -> Criterion:
     slope, error = _fit(t_s, values)
     points = len(finite_points(t_s, values)[0])
@@ -125,8 +137,47 @@ def check_slope(
         return Criterion(name, None, None, max_per_h, unit,
                          f"{points} steady samples: too few for a slope")
     return Criterion(name, slope <= max_per_h, round(slope, 3), max_per_h, unit,
-                     f"least-squares slope over {points} steady samples "
+                     f"least-squares slope over {points} steady samples{how} "
                      f"(standard error {error:.3g} {unit})")
+
+
+SECOND_CYCLE = (f" of the second abuse cycle ({BETWEEN!r} to {AFTER!r}) but {ALL + SECOND!r}, "
+                "where seven abusers' connections lift the level")
+
+
+def second_cycle(samples: Sequence[Sample], phases: Sequence[Phase]) -> list[Sample]:
+    """The samples of the second abuse cycle, but those of its all-abusers phase: the
+    first cycle has set the allocator's high-water mark, and a leak still grows."""
+    starts = [p.start_s for p in phases if p.name == BETWEEN]
+    crowded = [(p.start_s, p.end_s) for p in phases if p.name == ALL + SECOND]
+    if not starts:
+        return []
+    return [s for s in samples if s.t_s >= starts[0]
+            and not any(start <= s.t_s < end for start, end in crowded)]
+
+
+def check_after_abuse(
+    samples: Sequence[Sample], phases: Sequence[Phase], attr: str, reference: str,
+    limit: float, unit: str,
+) -> Criterion:
+    """``attr`` with the callers alone after all the abuse vs in phase ``reference``
+    (the callers alone too): at most ``limit`` above (percent for memory, a count for
+    file descriptors)."""
+    grouped = {p.name: [float(getattr(s, attr)) for s in group
+                        if math.isfinite(float(getattr(s, attr)))]
+               for p, group in in_phases(samples, phases)}
+    before, after = grouped.get(reference, []), grouped.get(AFTER, [])
+    name = "rss_after_abuse" if attr == "rss_mb" else "fds_after_abuse"
+    detail = f"mean in phase {AFTER!r} vs phase {reference!r} (the callers alone)"
+    if not before or not after:
+        return Criterion(name, None, None, limit, unit, f"{detail}: a phase has no sample")
+    mean_before, mean_after = float(np.mean(before)), float(np.mean(after))
+    excess = mean_after - mean_before
+    if unit == "%":
+        excess = 100.0 * excess / mean_before
+    return Criterion(name, excess <= limit,
+                     {"before": round(mean_before, 1), "after": round(mean_after, 1),
+                      "excess": round(excess, 2)}, limit, unit, detail)
 
 
 def check_drift(name: str, values: Sequence[float], max_pct: float) -> Criterion:
@@ -163,13 +214,40 @@ def new_counts(
     return {k: v for k, v in sorted(grown.items()) if v > 0}
 
 
-def check_server_errors(baseline: Sample, final: Sample) -> Criterion:
+def check_server_errors(
+    baseline: Sample, final: Sample, provoked: set[str] | frozenset[str] = frozenset()
+) -> Criterion:
+    """No new error event, but of the codes in ``provoked`` (those the abusers were
+    answered with: the callers' own are judged by ``load_errors``)."""
     new = new_counts(baseline.errors, final.errors)
     if new is None:
         return Criterion("server_errors", None, None, 0, "events",
                          "voiceforge_errors_total not exported by the server")
-    return Criterion("server_errors", not new, {"total": sum(new.values()), "by_code": new}, 0,
-                     "events", "new voiceforge_errors_total events during the soak, by code")
+    measured: dict[str, Any] = {"total": sum(new.values()), "by_code": new}
+    detail = "new voiceforge_errors_total events during the soak, by code"
+    unexpected = new
+    if provoked:
+        unexpected = {code: count for code, count in new.items() if code not in provoked}
+        measured["not_provoked_by_abusers"] = unexpected
+        detail += "; those of codes the abusers provoked are theirs, not failures"
+    return Criterion("server_errors", not unexpected, measured, 0, "events", detail)
+
+
+def check_abuse_phases(phases: Sequence[Phase]) -> Criterion:
+    """Every phase ran (each abuser got a call and sent frames, none was cut off but by
+    design) and the normal callers had no error, failure or failed turn in any."""
+    measured = {
+        p.name: {"turns": p.turns, "errors": p.errors, "failed_turns": p.failed_turns,
+                 "latency_p95_ms": p.latency_p95_ms, "abusers_idle": p.abusers_idle(),
+                 "abusers_cut_off": p.abusers_cut_off()}
+        for p in phases
+    }
+    ok = [p.name for p in phases] == phase_names() and all(
+        p.errors == 0 and p.failed_turns == 0 and not p.abusers_idle()
+        and not p.abusers_cut_off() for p in phases)
+    return Criterion("abuse_phases", ok, measured, 0, "errors",
+                     "normal callers without error in every phase; every abuser ran, "
+                     "none cut off")
 
 
 def check_load_errors(load: dict[str, Any]) -> Criterion:
@@ -192,19 +270,36 @@ def evaluate(
     thresholds: Thresholds,
     load: dict[str, Any] | None,
     scrape_failures: int = 0,
+    phases: Sequence[Phase] | None = None,
 ) -> Verdict:
     """The verdict from the samples (the first is the idle baseline, the last the
-    final idle one) and the load run's ``summarize`` report."""
+    final idle one), the load run's ``summarize`` report and, with ``--abuse``, its
+    phases."""
     baseline, final = samples[0], samples[-1]
     steady = steady_window(samples, timeline)
     t = [s.t_s for s in steady]
     rss = [s.rss_mb for s in steady]
     fds = [s.open_fds for s in steady]
     th = thresholds
+    if phases is not None:
+        calm = second_cycle(steady, phases)
+        t_calm = [s.t_s for s in calm]
+        memory = [
+            check_slope("rss_slope", t_calm, [s.rss_mb for s in calm], th.max_rss_slope_mb_h,
+                        "MB/h", SECOND_CYCLE),
+            check_after_abuse(steady, phases, "rss_mb", BETWEEN, th.max_rss_drift_pct, "%"),
+            check_slope("fd_slope", t_calm, [s.open_fds for s in calm], th.max_fd_slope_per_h,
+                        "fds/h", SECOND_CYCLE),
+            check_after_abuse(steady, phases, "open_fds", NONE, th.fd_tolerance, "fds"),
+        ]
+    else:
+        memory = [
+            check_slope("rss_slope", t, rss, th.max_rss_slope_mb_h, "MB/h"),
+            check_drift("rss_drift", rss, th.max_rss_drift_pct),
+            check_slope("fd_slope", t, fds, th.max_fd_slope_per_h, "fds/h"),
+        ]
     criteria = [
-        check_slope("rss_slope", t, rss, th.max_rss_slope_mb_h, "MB/h"),
-        check_drift("rss_drift", rss, th.max_rss_drift_pct),
-        check_slope("fd_slope", t, fds, th.max_fd_slope_per_h, "fds/h"),
+        *memory,
         check_back_to_baseline("fds_after_settle", baseline.open_fds, final.open_fds,
                                th.fd_tolerance, "fds"),
         check_back_to_baseline("tasks_after_settle", baseline.tasks, final.tasks,
@@ -213,10 +308,13 @@ def evaluate(
                                th.thread_tolerance, "threads"),
         check_back_to_baseline("sessions_after_settle", baseline.sessions_active,
                                final.sessions_active, 0, "sessions"),
-        check_server_errors(baseline, final),
+        check_server_errors(baseline, final,
+                            provoked_codes(phases) if phases is not None else frozenset()),
     ]
     if load is not None:
         criteria.append(check_load_errors(load))
+    if phases is not None:
+        criteria.append(check_abuse_phases(phases))
     criteria.append(Criterion("metrics_scrapes", scrape_failures == 0, scrape_failures, 0,
                               "failed scrapes", "every /metrics scrape answered"))
     return Verdict(criteria)

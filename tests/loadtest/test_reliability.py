@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.abusers import ABUSERS, EXPECTED_CLOSES, error_provoking_frames
 from loadtest.reliability import SCENARIOS, flatten, main
 from loadtest.speech import espeak_available
 
@@ -125,3 +126,21 @@ def test_the_table_names_every_figure(report: dict[str, Any]) -> None:
         assert f"{name} [PASS" in text
         for key, _ in flatten(entry["figures"]):
             assert key in text, key
+
+
+def test_every_abuser_ran_beside_the_callers_and_none_was_cut_off(report: dict[str, Any]) -> None:
+    abuse = report["scenarios"]["abuse_impact"]["figures"]
+    assert list(abuse["abusers"]) == list(ABUSERS)
+    for name, figures in abuse["abusers"].items():
+        abuser = figures["abuser"]
+        assert abuser["connections_count"] >= 1 and abuser["frames_sent_count"] > 0, name
+        assert not abuser["crashed"], name
+        assert set(abuser["closed_by_server"]) <= EXPECTED_CLOSES.get(name, set()), name
+        assert {"others_latency_with_ms", "others_latency_without_ms",
+                "others_latency_p95_ratio"} <= figures.keys(), name
+    # Each of its frames provokes a different error, each code within its own allowance.
+    assert set(abuse["abusers"]["error_frames"]["abuser"]["errors_received"]) == set(
+        error_provoking_frames())
+    assert abuse["normal_turns_count"] >= 1
+    assert abuse["normal_turns_not_completed_count"] == 0
+    assert abuse["normal_error_events"] == {} and abuse["normal_failures"] == []

@@ -28,6 +28,7 @@ from loadtest.soak import (
     parse_metrics,
     slope_per_hour,
 )
+from loadtest.soak.abuse import Phase, abusers_of, phase_names
 from loadtest.speech import espeak_available
 
 CLEAN_LOAD: dict[str, Any] = {
@@ -245,3 +246,123 @@ def test_a_short_real_soak_writes_its_report_and_plot(tmp_path: Path) -> None:
     assert report["load"]["callers"] == 3 and report["load"]["turns"] >= 3
     assert report["config"]["ramp_s"] == pytest.approx(2.04)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _phases(timeline: Timeline, **changes: dict[str, Any]) -> list[Phase]:
+    """The phases of an abuse soak over ``timeline``'s steady window, every abuser
+    busy and harmless; ``changes`` sets a phase's fields by its name."""
+    names = phase_names()
+    length = (timeline.load_stop_s - timeline.steady_start_s) / len(names)
+    phases = []
+    for index, name in enumerate(names):
+        start = timeline.steady_start_s + index * length
+        abuser = {"connections": 1, "frames_sent": 10, "closed_by_server": {},
+                  "errors_received": {"malformed_frame": 3}}
+        phase = Phase(name, start, start + length, turns=5,
+                      abusers={n: dict(abuser) for n in abusers_of(name)})
+        for key, value in changes.get(name, {}).items():
+            setattr(phase, key, value)
+        phases.append(phase)
+    return phases
+
+
+def test_with_abuse_a_step_between_phases_is_no_leak_but_growth_within_them_is() -> None:
+    samples, timeline = soak_samples()
+    phases = _phases(timeline)
+    by_name = {p.name: p for p in phases}
+    first_all, second_all = by_name["all"], by_name["all 2"]
+    for sample in samples:
+        if first_all.start_s <= sample.t_s:  # the high-water mark the first peak leaves
+            sample.rss_mb += 15.0
+        for phase in (first_all, second_all):  # seven abusers' connections and buffers
+            if phase.start_s <= sample.t_s < phase.end_s:
+                sample.open_fds += 7
+                sample.rss_mb += 30.0
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=phases)
+    assert verdict.passed, [(c.name, c.measured) for c in verdict.failed]
+    assert "of the second abuse cycle" in next(
+        c for c in verdict.criteria if c.name == "fd_slope").detail
+    leaking, timeline = soak_samples(rss_mb_per_h=60.0, fds_per_h=40.0)
+    result = {c.name: c.status for c in evaluate(
+        leaking, timeline, Thresholds(), CLEAN_LOAD, phases=_phases(timeline)).criteria}
+    assert result["rss_slope"] == result["fd_slope"] == result["fds_after_abuse"] == "FAIL"
+    # Memory the second cycle adds, or files kept open after the abuse.
+    samples, timeline = soak_samples()
+    phases = _phases(timeline)
+    for sample in samples:
+        if sample.t_s >= phases[-1].start_s:
+            sample.open_fds += 4
+            sample.rss_mb += 20.0
+    result = {c.name: c.status for c in evaluate(
+        samples, timeline, Thresholds(), CLEAN_LOAD, phases=phases).criteria}
+    assert result["fds_after_abuse"] == result["rss_after_abuse"] == "FAIL"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_alone_never_fails_a_long_abuse_soak(seed: int) -> None:
+    samples, timeline = soak_samples(seed=seed)
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases(timeline))
+    assert verdict.passed, [(c.name, c.measured) for c in verdict.failed]
+
+
+def test_abuse_phases_fail_on_a_normal_callers_error_or_an_abuser_cut_off() -> None:
+    samples, timeline = soak_samples(errors_during_load={"malformed_frame": 40.0})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases(timeline))
+    assert verdict.passed, [(c.name, c.measured) for c in verdict.failed]
+    assert not verdict.not_measured
+    # A code no abuser provoked is still a server error.
+    samples, timeline = soak_samples(errors_during_load={"llm_timeout": 1.0})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=_phases(timeline))
+    assert [c.name for c in verdict.failed] == ["server_errors"]
+    assert verdict.failed[0].measured["not_provoked_by_abusers"] == {"llm_timeout": 1.0}
+    samples, timeline = soak_samples()
+    failing = _phases(timeline, audio_2x={"errors": 1, "error_codes": {"input_overloaded": 1}})
+    verdict = evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=failing)
+    assert [c.name for c in verdict.failed] == ["abuse_phases"]
+    assert verdict.failed[0].measured["audio_2x"]["errors"] == 1
+    assert "abuse_phases" not in statuses(samples, timeline)  # a soak without --abuse
+    cut = _phases(timeline)
+    cut[1].abusers["costly_control"]["closed_by_server"] = {"1008": 1}
+    assert [c.name for c in evaluate(samples, timeline, Thresholds(), CLEAN_LOAD,
+                                     phases=cut).failed] == ["abuse_phases"]
+    # The slow reader's close is by design; an abuser that never got a call is not.
+    by_design = _phases(timeline)
+    by_design[-3].abusers["slow_reader"]["closed_by_server"] = {"reset": 2}
+    assert by_design[-3].name == "slow_reader 2"
+    assert evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=by_design).passed
+    idle = _phases(timeline)
+    idle[-2].abusers["text_frames"]["connections"] = 0
+    assert not evaluate(samples, timeline, Thresholds(), CLEAN_LOAD, phases=idle).passed
+    assert not evaluate(samples, timeline, Thresholds(), CLEAN_LOAD,
+                        phases=_phases(timeline)[:-1]).passed
+
+
+@pytest.mark.timeout(180)
+def test_a_short_soak_with_every_abuser_harms_no_caller_and_leaks_nothing(
+    tmp_path: Path,
+) -> None:
+    if not espeak_available():
+        pytest.fail("espeak-ng is required for the load test (make test installs it)")
+    out = tmp_path / "soak.json"
+    # 27 s of load after a 2.7 s ramp; the last 18 s (the steady window) in 19 phases of
+    # ~1 s: none, each abuser alone, all together, between, the same again, after.
+    args = ["--abuse", "--callers", "2", "--minutes", "0.45", "--sample-s", "2",
+            "--settle-s", "5", "--max-rss-slope-mb-h", "1e9", "--max-rss-drift-pct", "1e9",
+            "--json", str(out)]
+    rc = main(args)
+    report = json.loads(out.read_text())
+    verdict = report["verdict"]
+    assert rc == 0 and verdict["passed"] is True, verdict["failed"]
+    assert verdict["criteria"]["abuse_phases"]["status"] == "pass"
+    for name in ("load_errors", "server_errors", "sessions_after_settle", "tasks_after_settle",
+                 "fds_after_settle", "threads_after_settle"):
+        assert verdict["criteria"][name]["status"] == "pass", name
+    phases = report["abuse_phases"]
+    assert [p["name"] for p in phases] == phase_names()
+    for phase in phases:
+        assert sorted(phase["abusers"]) == sorted(abusers_of(phase["name"]))
+        assert all(a["frames_sent"] > 0 and a["connections"] >= 1
+                   for a in phase["abusers"].values()), phase
+        assert phase["errors"] == 0 and phase["failed_turns"] == 0, phase
+    assert sum(p["turns"] for p in phases) >= 2
+    assert report["samples"][-1]["sessions_active"] == 0

@@ -37,6 +37,23 @@ def test_consecutive_user_turns_merge() -> None:
     assert len(history) == 1
 
 
+def test_user_turns_merged_over_unheard_replies_keep_the_newest_within_max_chars() -> None:
+    history = History("sys", max_chars=100)
+    for n in range(50):  # turn after turn, no reply ever heard in between
+        history.add_user(f"question {n:02d} " + "x" * 40)
+    (turn,) = history.messages()[1:]
+    assert len(turn["content"]) == 100
+    assert turn["content"].endswith("question 49 " + "x" * 40)
+    # One text longer than the limit still stays whole (the rule for a single turn).
+    history.add_user("y" * 150)
+    assert history.messages()[1]["content"] == "y" * 150
+    # Without a character limit, merging is as before.
+    unbounded = History("sys")
+    unbounded.add_user("a")
+    unbounded.add_user("b")
+    assert unbounded.messages()[1]["content"] == "a b"
+
+
 def test_empty_assistant_text_is_ignored() -> None:
     history = History("sys")
     history.add_user("Hi")
