@@ -9,6 +9,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 from pipeline.events import ResponseDone, ResponseStatus
 
+_INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+"""Seconds per Smart Turn request: from a fast core to a loaded one
+(loadtest/smart_turn_cost.py measures the model alone)."""
+
+SMART_TURN_INFERENCE = "voiceforge_smart_turn_inference_seconds"
+
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 
 STAGES = {
@@ -38,6 +44,13 @@ class Metrics:
             "Per-stage latency of a turn",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.smart_turn_inference = Histogram(
+            SMART_TURN_INFERENCE,
+            "Smart Turn model time per request on its worker thread (features included); "
+            "a batch's time is shared evenly among its requests",
+            buckets=_INFERENCE_BUCKETS,
             registry=self.registry,
         )
         self.sessions_active = Gauge(
@@ -91,6 +104,11 @@ class Metrics:
             registry=self.registry,
         )
         self.threads.set_function(lambda: float(threading.active_count()))
+
+    def observe_smart_turn_batch(self, requests: int, seconds: float) -> None:
+        """One Smart Turn model call (``BatchedSmartTurnWorker`` observer)."""
+        for _ in range(requests):
+            self.smart_turn_inference.observe(seconds / requests)
 
     def observe_response(self, done: ResponseDone) -> None:
         self.responses.labels(done.status.value).inc()

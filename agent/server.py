@@ -660,6 +660,7 @@ def create_app(
             await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
             await asyncio.gather(*state.background, return_exceptions=True)
             await hang_up_all(state)
+            state.unobserve_engines()
             if state.loaded:
                 await state.engines.stop_workers()
                 if own_engines or not isinstance(engines, Engines):

@@ -159,6 +159,13 @@ class AppState:
 
     def set_engines(self, engines: Engines) -> None:
         self._engines = engines
+        if engines.smart_turn is not None:
+            engines.smart_turn.add_observer(self.metrics.observe_smart_turn_batch)
+
+    def unobserve_engines(self) -> None:
+        """Stop feeding this app's metrics: the engines may outlive it (tests share them)."""
+        if self._engines is not None and self._engines.smart_turn is not None:
+            self._engines.smart_turn.remove_observer(self.metrics.observe_smart_turn_batch)
 
     def open_calls(self) -> int:
         """Calls holding a slot, whatever their transport and however far set up."""

@@ -29,7 +29,8 @@ Per policy:
 
 ``--cost-metric 'NAME{label="value"}'`` reads a Prometheus histogram of the server's
 model inferences (``NAME_sum`` seconds / ``NAME_count``) before and after the run: the
-mean cost of one.
+mean cost of one. By default the Smart Turn model's
+(``voiceforge_smart_turn_inference_seconds``); ``--cost-metric ''`` reads none.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.client import ClientError, VoiceForgeClient
+from agent.metrics import SMART_TURN_INFERENCE
 from agent.protocol import ServerMessage
 from loadtest.acoustic import TimedCaller, elapsed_ms
 from loadtest.latency import spawned_server
@@ -455,9 +457,12 @@ def scrape_cost(url: str, metric: str) -> tuple[float, float] | None:
 def model_cost(
     before: tuple[float, float] | None, after: tuple[float, float] | None
 ) -> dict[str, Any] | None:
-    if before is None or after is None or after[1] <= before[1]:
+    """Mean per inference over the run; None: the server does not expose the metric."""
+    if before is None or after is None:
         return None
     count = after[1] - before[1]
+    if count <= 0:
+        return {"inferences": 0, "mean_ms": None}  # exposed, but the model never ran
     return {"inferences": int(count), "mean_ms": round(1000 * (after[0] - before[0]) / count, 2)}
 
 
@@ -492,7 +497,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=1,
                         help="trials at once (>1 only to finish sooner: it loads the server)")
     parser.add_argument("--turn-timeout", type=float, default=30.0)
-    parser.add_argument("--cost-metric", help="a server histogram of model inference seconds")
+    parser.add_argument("--cost-metric", default=SMART_TURN_INFERENCE,
+                        help="a server histogram of model inference seconds (default: "
+                        "%(default)s; '' for none)")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the trade-off curve PNG here")
     return parser

@@ -87,6 +87,11 @@ class OverlapHandling:
                 self._responses.pause(audible)
                 self._reply = audible
 
+    def frame(self, start_ms: float, frame_ms: float, *, speech: bool, level: float) -> None:
+        """One VAD frame, before the detector's events for it: how much is voiced."""
+        if self.enabled:
+            self.tracker.frame(start_ms, frame_ms, speech=speech, level=level)
+
     def speech_stopped(self, at_ms: float) -> None:
         if self.enabled:
             self.tracker.speech_stopped(at_ms)

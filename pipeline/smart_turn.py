@@ -22,8 +22,10 @@ onnxruntime call together.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,13 @@ _NORMALISE_EPSILON = 1e-7
 """What transformers adds to the variance before the square root."""
 
 FloatArray = npt.NDArray[np.float32]
+
+InferenceObserver = Callable[[int, float], None]
+"""Told after each model call that answered: how many requests it served and the
+seconds it took on the worker thread, features included (agent/metrics.py turns
+this into ``voiceforge_smart_turn_inference_seconds``)."""
+
+logger = logging.getLogger(__name__)
 
 
 def last_window(audio: FloatArray) -> FloatArray:
@@ -188,6 +197,16 @@ class BatchedSmartTurnWorker(BatchedThreadWorker):
         self.batches_run = 0
         self.requests_run = 0
         self.requests_refused = 0
+        self._observers: list[InferenceObserver] = []
+
+    def add_observer(self, observer: InferenceObserver) -> None:
+        """Call ``observer`` after every model call (the server's metrics do)."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: InferenceObserver) -> None:
+        """Stop calling ``observer``; one the worker does not have is ignored."""
+        if observer in self._observers:
+            self._observers.remove(observer)
 
     async def predict(self, audio: FloatArray) -> float:
         """Probability that the turn ending ``audio`` (16 kHz; the last 8 s count)
@@ -218,8 +237,8 @@ class BatchedSmartTurnWorker(BatchedThreadWorker):
         audios = [request.audio for request in batch]
         loop = asyncio.get_running_loop()
         try:
-            probabilities = await loop.run_in_executor(
-                self._executor, self.model.predict_batch, audios
+            probabilities, seconds = await loop.run_in_executor(
+                self._executor, self._timed_predict, audios
             )
         except asyncio.CancelledError:
             _fail(batch, "the Smart Turn worker stopped during this request", transient=False)
@@ -233,6 +252,18 @@ class BatchedSmartTurnWorker(BatchedThreadWorker):
         for request, probability in zip(batch, probabilities, strict=True):
             if not request.future.done():
                 request.future.set_result(float(probability))
+        for observer in list(self._observers):
+            try:
+                observer(len(batch), seconds)
+            except Exception:
+                # A broken metric must not stop end-of-turn decisions.
+                logger.exception("a Smart Turn inference observer failed")
+
+    def _timed_predict(self, audios: list[FloatArray]) -> tuple[FloatArray, float]:
+        """On the worker thread: the model's answer and its wall time there."""
+        started = time.perf_counter()
+        probabilities = self.model.predict_batch(audios)
+        return probabilities, time.perf_counter() - started
 
     def _fail_waiting(self) -> None:
         queued: list[_Request] = []

@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE
+from pipeline.echo import rms
 from pipeline.engines.base import ChatMessage, FloatAudio
 from pipeline.errors import EngineError, STTError
 from pipeline.events import (
@@ -197,6 +198,8 @@ class TurnTaking:
         """Turns being transcribed or handed over, and discarded drafts stopping."""
         self.overlaps = OverlapHandling(call, responses)
         """Pause, resume or cancel a reply the caller speaks over (protocol 1.1)."""
+        self._frame_level = 0.0
+        """RMS of the frame last heard, for the overlap's voiced time."""
         self.accepting = True
         """False while the server drains: turns that end are ignored (and said so)."""
 
@@ -228,9 +231,16 @@ class TurnTaking:
     def hear(self, frame: FloatAudio, arrived: float) -> None:
         """One VAD frame of 16 kHz audio, kept for transcription."""
         self.audio.append(frame, arrived)
+        self._frame_level = rms(frame)
 
     def judge(self, probability: float) -> None:
         """The VAD's verdict on the frame last heard."""
+        self.overlaps.frame(
+            self.detector.now_ms,
+            FRAME_MS,
+            speech=probability >= self.detector.config.speech_threshold,
+            level=self._frame_level,
+        )
         for event in self.detector.process(
             probability, agent_speaking=self._responses.agent_speaking
         ):

@@ -1,11 +1,12 @@
 """A scripted provider on the Twilio Media Streams WebSocket, against the real server.
 
 The fake provider does what Twilio does: it streams the caller's µ-law audio in
-20 ms ``media`` messages at real-time pace, plays the reply media in real time,
-acknowledges each ``mark`` once the audio before it has played, and on ``clear``
-drops what it has not played and returns the pending marks at once. It has no
-pause: the server pauses a reply with a ``clear`` and resumes it by sending the
-unacknowledged audio again.
+20 ms ``media`` messages at real-time pace, plays the reply media in real time
+(160 samples every 20 ms across message boundaries, on a fixed grid:
+tests/bridges/twilio_line.py), acknowledges each ``mark`` once the audio before it
+has played, and on ``clear`` drops what it has not played and returns the pending
+marks at once. It has no pause: the server pauses a reply with a ``clear`` and
+resumes it by sending the unacknowledged audio again.
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ from agent.telephony import TelephonySession, mark_name, read_mark
 from pipeline import mulaw
 from pipeline.marked_playback import MarkedPlayback
 from tests.bridges.conftest import LOUD, rms
+from tests.bridges.twilio_line import FRAME, RATE, LinePlayout, LineSchedule
 from tests.e2e.conftest import RunningServer
 from tests.speech import silence, speak
 
 pytestmark = pytest.mark.e2e
 
-RATE = 8000
-FRAME = RATE // 50
 STREAM_SID = "MZ00000000000000000000000000000001"
 
 
@@ -42,8 +42,8 @@ class Provider:
     ws: ClientConnection
     speech: deque[bytes] = field(default_factory=deque)
     speech_ended_at: float | None = None
-    playback: deque[tuple[str, Any]] = field(default_factory=deque)
-    """("media", float audio) and ("mark", name) in the order received, unplayed."""
+    playback: LinePlayout = field(default_factory=LinePlayout)
+    """The reply media and marks received, unplayed."""
     played: list[tuple[float, float]] = field(default_factory=list)
     """(time, RMS) of each 20 ms of reply played."""
     acked: list[str] = field(default_factory=list)
@@ -70,7 +70,7 @@ class Provider:
 
     async def microphone(self) -> None:
         """20 ms of µ-law every 20 ms: the queued speech, else silence."""
-        started = time.monotonic()
+        schedule = LineSchedule(time.monotonic())
         for chunk in range(30_000):  # 10 minutes at most
             if self.speech:
                 payload = self.speech.popleft()
@@ -92,7 +92,7 @@ class Provider:
                     },
                 }
             )
-            await asyncio.sleep(max(0.0, started + (chunk + 1) * 0.02 - time.monotonic()))
+            await asyncio.sleep(schedule.wait_s(chunk + 1, time.monotonic()))
 
     async def listener(self) -> None:
         async for text in self.ws:
@@ -101,13 +101,11 @@ class Provider:
             assert message["streamSid"] == STREAM_SID
             if message["event"] == "media":
                 payload = base64.b64decode(message["media"]["payload"])
-                self.playback.append(("media", mulaw.decode_float(payload)))
+                self.playback.add_media(mulaw.decode_float(payload))
             elif message["event"] == "mark":
-                self.playback.append(("mark", message["mark"]["name"]))
+                self.playback.add_mark(message["mark"]["name"])
             elif message["event"] == "clear":
-                pending = [name for kind, name in self.playback if kind == "mark"]
-                self.playback.clear()
-                for name in pending:
+                for name in self.playback.clear():
                     await self.ack(name)
             self.changed.set()
 
@@ -116,24 +114,20 @@ class Provider:
 
     async def speaker(self) -> None:
         """Play the reply in real time, 20 ms at a time; acknowledge marks when reached."""
-        started = time.monotonic()
+        schedule = LineSchedule(time.monotonic())
+        reached: list[str] = []
         for tick in range(30_000):
-            while self.playback and self.playback[0][0] == "mark":
-                name = self.playback.popleft()[1]
+            # The audio before these has now played (marks that came in after it too).
+            for name in [*reached, *self.playback.take(0)[1]]:
                 self.acked.append(name)
                 await self.ack(name)
-            if self.playback:
-                audio = self.playback[0][1]
-                piece, rest = audio[:FRAME], audio[FRAME:]
-                if len(rest):
-                    self.playback[0] = ("media", rest)
-                else:
-                    self.playback.popleft()
+            piece, reached = self.playback.take(FRAME)
+            if len(piece):
                 self.played.append((time.monotonic(), rms(piece)))
                 if self.echo_gain > 0:
                     self.echo.append(self.echo_gain * np.pad(piece, (0, FRAME - len(piece))))
             self.changed.set()  # a tick: state on the server side may have moved too
-            await asyncio.sleep(max(0.0, started + (tick + 1) * 0.02 - time.monotonic()))
+            await asyncio.sleep(schedule.wait_s(tick + 1, time.monotonic()))
 
 
 @pytest.fixture

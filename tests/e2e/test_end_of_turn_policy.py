@@ -17,8 +17,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from agent.config import Settings
+from agent.metrics import SMART_TURN_INFERENCE
 from loadtest.harness import bench_engines
 from loadtest.turn_examples import turn_examples, with_silence
+from loadtest.turns import scrape_cost
 from pipeline.audio import float_to_pcm16
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
 from tests.e2e.conftest import start_server
@@ -74,4 +76,11 @@ async def test_a_complete_question_ends_on_the_models_word(policy: str) -> None:
                 await session.send({"type": "input_audio.append", "audio": more_silence})
                 await session.wait_type("transcript.final", 30)
             assert engines.smart_turn is not None
-            assert (engines.smart_turn.requests_run > 0) == (policy == "learned")
+            asked = engines.smart_turn.requests_run
+            assert (asked > 0) == (policy == "learned")
+            # The model's cost, as `loadtest.turns --cost-metric` reads it off /metrics.
+            cost = await asyncio.to_thread(scrape_cost, server.url, SMART_TURN_INFERENCE)
+            assert cost is not None
+            seconds, inferences = cost
+            assert inferences == asked
+            assert (seconds > 0.0) == (asked > 0)

@@ -178,7 +178,8 @@ def test_cost_metric_selects_a_histogram_and_its_labels() -> None:
     with pytest.raises(ValueError):
         parse_cost_metric("not a metric")
     assert model_cost((1.0, 10.0), (1.5, 20.0)) == {"inferences": 10, "mean_ms": 50.0}
-    assert model_cost((1.0, 10.0), (1.0, 10.0)) is None  # nothing ran
+    # Exposed, but nothing ran (a run under silence policies only).
+    assert model_cost((1.0, 10.0), (1.0, 10.0)) == {"inferences": 0, "mean_ms": None}
     assert model_cost(None, (1.0, 10.0)) is None  # not exposed
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline.conversation import Conversation, SessionConfig
-from pipeline.engines.bench import ScriptedLLM, ToneTTS
+from pipeline.engines.base import FloatAudio, Transcript
+from pipeline.engines.bench import ScriptedLLM, ScriptedSTT, ToneTTS
 from pipeline.engines.whisper import WhisperSTT
 from pipeline.events import (
     Event,
@@ -136,5 +137,47 @@ async def test_without_playback_pause_nothing_is_paused(
         done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
         assert isinstance(done, ResponseDone) and done.reason == "barge_in"
         assert not h.of(ResponseAudioPause) and not h.of(ResponseAudioResume)
+    finally:
+        await h.conversation.close()
+
+
+class MishearsShortSpeech(ScriptedSTT):
+    """Whisper's reading of a Piper "mm-hmm" ("MMU") for any clip under 1.2 s, the
+    question otherwise: what the verdict sees is then decided by the audio alone."""
+
+    async def transcribe(self, audio: FloatAudio) -> Transcript:
+        text = "MMU" if len(audio) < 1.2 * 16000 else "What is the capital of France?"
+        return Transcript(text, len(audio) / 16.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("words", "resumed"),
+    [
+        ("right", True),  # 410 ms of sound: a short burst, resumed
+        ("the other thing", False),  # 880 ms of sound, same transcript: cancelled
+    ],
+)
+async def test_a_misheard_burst_is_judged_by_its_voiced_time(
+    vad: BatchedVADWorker, question: np.ndarray, words: str, resumed: bool  # noqa: F811
+) -> None:
+    h = make(vad, stt=MishearsShortSpeech(), llm=ScriptedLLM(REPLY), tts=ToneTTS(),
+             config=_config(pause=True), on_event=_client)
+    try:
+        h.feed(np.concatenate([silence(0.3), question, silence(0.8)]))
+        first = await h.wait_for(lambda e: isinstance(e, ResponseAudioDelta))
+        assert isinstance(first, ResponseAudioDelta)
+        rid = first.response_id
+        h.feed(np.concatenate([speak(words), silence(1.0)]))
+        await h.wait_for(lambda e: isinstance(e, ResponseAudioPause))
+        done = await h.wait_for(
+            lambda e: isinstance(e, ResponseDone) and e.response_id == rid, timeout_s=60
+        )
+        assert isinstance(done, ResponseDone)
+        if resumed:
+            assert h.of(ResponseAudioResume)
+            assert done.status is ResponseStatus.COMPLETED and done.text_heard == REPLY
+        else:
+            assert not h.of(ResponseAudioResume)
+            assert done.status is ResponseStatus.CANCELLED and done.reason == "barge_in"
     finally:
         await h.conversation.close()

@@ -278,3 +278,41 @@ async def test_model_error_reaches_the_caller_and_the_worker_keeps_serving(
         assert 0.0 <= await worker.predict(examples[0].complete) <= 1.0
     finally:
         await worker.stop()
+
+
+async def test_observers_see_each_model_call_and_a_broken_one_is_contained(
+    model: SmartTurnModel, examples: tuple[TurnExample, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What feeds ``voiceforge_smart_turn_inference_seconds``: one call per batch that
+    answered, with its size and time; failed batches are not observed."""
+    seen: list[tuple[int, float]] = []
+    removed: list[tuple[int, float]] = []
+
+    def broken(requests: int, seconds: float) -> None:
+        raise RuntimeError("metric bug")
+
+    def forgotten(requests: int, seconds: float) -> None:
+        removed.append((requests, seconds))
+
+    worker = BatchedSmartTurnWorker(FailOnceModel(), max_batch=4)
+    worker.add_observer(lambda requests, seconds: seen.append((requests, seconds)))
+    worker.add_observer(broken)
+    worker.add_observer(forgotten)
+    worker.remove_observer(forgotten)
+    worker.remove_observer(broken)
+    worker.remove_observer(broken)  # twice: ignored
+    worker.add_observer(broken)
+    await worker.start()
+    try:
+        with pytest.raises(EngineError):
+            await worker.predict(examples[0].complete)
+        assert seen == []
+        clips = [example.cut for example in examples[:3]]
+        answers = await asyncio.gather(*(worker.predict(clip) for clip in clips))
+        assert all(0.0 <= answer <= 1.0 for answer in answers)
+    finally:
+        await worker.stop()
+    assert [requests for requests, _ in seen] == [3]  # queued together: one call
+    assert all(seconds > 0.0 for _, seconds in seen)
+    assert removed == []
+    assert "observer failed" in caplog.text
