@@ -51,6 +51,19 @@ async def wait_until_no_sessions(server: RunningServer, timeout_s: float = 10.0)
     assert not server.app_state.sessions
 
 
+async def until_metric(
+    server: RunningServer, name: str, at_least: float, timeout_s: float, **labels: str
+) -> None:
+    """Poll ``/metrics`` (bounded) until the sample reaches ``at_least``."""
+    value = 0.0
+    for _ in range(int(timeout_s / 0.1)):
+        value = await asyncio.to_thread(metric, server, name, **labels)
+        if value >= at_least:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name}{labels} is {value} after {timeout_s} s, not {at_least}")
+
+
 async def http_get(server: RunningServer, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.get(f"{server.http}{path}")
@@ -180,7 +193,10 @@ async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() 
         client = await asyncio.to_thread(StubbornClient, server.url)
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
-            await asyncio.sleep(2.0)  # not reading: the socket fills, then the queue
+            # Not reading: the socket fills, then the queue, until the server drops
+            # the audio and cancels the reply.
+            await until_metric(server, "voiceforge_cancellations_total", 1, 60,
+                               reason="client_too_slow")
             done = await asyncio.to_thread(
                 client.read_until, lambda m: m["type"] == "response.done", 20
             )
@@ -221,9 +237,15 @@ async def test_what_waits_for_a_client_that_does_not_read_is_bounded_in_bytes() 
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
             most = 0
-            for _ in range(30):  # 3 s without reading: the socket fills, then the queue
+            # Not reading: the socket fills, then the queue, until the server gives
+            # up on the reply; what it holds meanwhile is sampled all along.
+            for _ in range(600):  # 60 s at most
                 await asyncio.sleep(0.1)
                 most = max(most, await asyncio.to_thread(_queued_bytes, server))
+                if await asyncio.to_thread(
+                    metric, server, "voiceforge_cancellations_total", reason="client_too_slow"
+                ):
+                    break
             assert 0 < most <= limit, most
             done = await asyncio.to_thread(
                 client.read_until, lambda m: m["type"] == "response.done", 20
