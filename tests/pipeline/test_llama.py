@@ -99,14 +99,33 @@ async def test_aclose_stops_generation(llm: LlamaCppLLM) -> None:
         await anext(stream)
 
 
-async def test_consumer_that_stops_reading_does_not_run_away(llm: LlamaCppLLM) -> None:
+async def test_consumer_that_stops_reading_does_not_run_away(
+    llm: LlamaCppLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The bounded queue stalls the worker; closing the stream then ends it."""
+    generate = llm._model.create_chat_completion
+    tokens: list[str] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        for chunk in generate(*args, **kwargs):
+            if content := chunk["choices"][0]["delta"].get("content"):
+                tokens.append(content)
+            yield chunk
+
+    monkeypatch.setattr(llm._model, "create_chat_completion", counted)
     stream = llm.stream(LONG_ANSWER, max_tokens=400, temperature=0.0)
     assert await anext(stream)
-    await asyncio.sleep(2.0)  # enough time for far more tokens than the queue holds
+    # One read: the queue's 32 places, the one read, and the token the worker
+    # then waits to hand over: 34 generated, however long that takes here.
+    bound = 32 + 1 + 1
+    for _ in range(1200):  # 120 s at most
+        if len(tokens) >= bound:
+            break
+        await asyncio.sleep(0.1)
     assert llm.busy  # parked waiting for queue space, not finished
     await stream.aclose()
     assert not llm.busy
+    assert len(tokens) == bound, len(tokens)
 
 
 async def test_concurrent_streams_take_turns(llm: LlamaCppLLM) -> None:
