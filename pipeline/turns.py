@@ -9,6 +9,7 @@
     typed text ─► hand-over
     hand-over (one turn at a time): cancel the reply running ─► wait until it has
         written what was heard ─► the user turn enters history ─► the next reply
+        (while the call drains: none; the turn is ignored and the reply plays on)
 
 One turn at a time
 ------------------
