@@ -317,16 +317,25 @@ async def test_barge_in_pauses_then_cancels_the_reply(
     assert cleared["response_id"] == created["response_id"]
     done = await caller.next_event("response.done")
     assert done["status"] == "cancelled" and done["reason"] == "barge_in", done
-    assert "response.audio.resume" not in caller.marks
+    # When the server's loop stalls on a loaded machine, aiortc's jitter buffer
+    # drops the caller's packets: the first sound of the interruption can then
+    # reach the VAD as a blip, judged noise (turn_ignored
+    # short_speech_during_response), and the reply resumes until the words come.
+    # A resume for any other reason is a failure.
+    kinds = [(event["type"], event.get("reason")) for event, _ in caller.arrivals]
+    blips = kinds.count(("input_audio.turn_ignored", "short_speech_during_response"))
+    resumes = kinds.count(("response.audio.resume", None))
+    assert resumes <= blips, kinds
+    assert len(record.paused_at_ms) == resumes + 1, (record.paused_at_ms, kinds)
     assert done["timings"]["played_source_client"] == 1.0
-    # Heard is what the track had sent when it paused; history keeps exactly that.
-    (at_pause,) = record.paused_at_ms
+    # Heard is what the track had sent when it (last) paused; history keeps that.
+    at_pause = record.paused_at_ms[-1]
     assert done["played_ms"] == pytest.approx(at_pause, abs=0.01)
     assert 0 < done["played_ms"] <= done["audio_ms"]
     assert done["text_heard"] and done["text"].startswith(done["text_heard"].rstrip(". "))
     messages = session.conversation.history.messages()
     assert {"role": "assistant", "content": done["text_heard"]} in messages
-    (pause_cut,) = record.cuts["pause"]
+    pause_cut = record.cuts["pause"][-1]
     (clear_cut,) = record.cuts["clear"]
     assert pause_cut <= clear_cut
     # Nothing of the reply after the pause (one frame of Opus delay aside), and so
