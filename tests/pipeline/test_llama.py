@@ -80,9 +80,10 @@ async def test_cancel_after_two_deltas_stops_generation(
     with pytest.raises(asyncio.CancelledError):
         await task
     # Cancellation returns only once the worker has stopped, after the token in
-    # progress: not one more is generated.
+    # progress at most (none when the worker was still handing over the second
+    # delta when the stop came): not one more is generated.
     assert not llm.busy
-    assert len(pulled) == pulled_at_cancel + 1
+    assert len(pulled) <= pulled_at_cancel + 1, (len(pulled), pulled_at_cancel)
     assert len(received) == seen_before_cancel
 
     deltas = [d async for d in llm.stream(QUESTION, max_tokens=48, temperature=0.0)]
