@@ -3,7 +3,6 @@ wire format, the echo guard settings, and an estimate of when sent audio plays."
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -17,7 +16,6 @@ from pipeline.echo import EchoGuard, EchoGuardConfig
 from pipeline.events import (
     ErrorEvent,
     ResponseAudioDelta,
-    ResponseCreated,
     ResponseDone,
     ResponseStatus,
     TranscriptFinal,
@@ -25,7 +23,7 @@ from pipeline.events import (
 
 if TYPE_CHECKING:
     from agent.state import AppState
-    from pipeline.conversation import SessionConfig
+    from pipeline.conversation import Conversation, SessionConfig
 
 logger = logging.getLogger("voiceforge.bridge")
 
@@ -50,9 +48,14 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
     }
 
 
-def session_opened(state: AppState) -> None:
+def session_opened(state: AppState, conversation: Conversation) -> None:
+    """Every transport calls this when its call goes live."""
     state.metrics.sessions.inc()
     state.metrics.sessions_active.inc()
+    if state.draining:
+        # Set up while the drain began: the drain's list of calls missed it, and a
+        # draining server starts no reply on any call.
+        conversation.accepting_turns = False
 
 
 def session_closed(state: AppState) -> None:
@@ -97,8 +100,6 @@ def observe(state: AppState, session_id: str, event: object) -> None:
         )
     elif isinstance(event, TranscriptFinal):
         state.engine_health.worked("stt")
-    elif isinstance(event, ResponseCreated) and state.draining:
-        _refuse_reply_while_draining(state, session_id, event.response_id)
     elif isinstance(event, ErrorEvent):
         state.metrics.errors.labels(event.code, event.category).inc()
         failing = _ENGINE_OF_CODE.get(event.code)
@@ -120,21 +121,6 @@ def observe(state: AppState, session_id: str, event: object) -> None:
             extra={"session_id": session_id, "response_id": event.response_id,
                    "code": event.code, "category": event.category},
         )
-
-
-def _refuse_reply_while_draining(state: AppState, session_id: str, response_id: str) -> None:
-    """A turn that was already being transcribed when the drain began ends in a
-    reply; a draining server starts none: it is cancelled before any audio."""
-    for call in state.calls():
-        conversation = call.conversation
-        if conversation.session_id == session_id:
-            logger.info("session=%s response=%s: cancelled, the server drains",
-                        session_id, response_id, extra={"session_id": session_id})
-            # Not from inside the conversation's own emit call: on the next loop turn.
-            asyncio.get_running_loop().call_soon(
-                conversation.cancel_response, response_id, "server_shutdown"
-            )
-            return
 
 
 def event_json(event: ServerMessage) -> str | None:

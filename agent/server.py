@@ -388,8 +388,8 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     session = _Session(websocket, state)
     state.sessions.add(session)
-    bridge.session_opened(state)
     conversation = session.conversation
+    bridge.session_opened(state, conversation)
     settings = state.settings
     logger.info("session=%s opened", session.session_id, extra={"session_id": session.session_id})
     session.emit(

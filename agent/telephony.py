@@ -416,7 +416,7 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
 async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> None:
     websocket = stream.ws
     session = TelephonySession(websocket, state, slot, start)
-    bridge.session_opened(state)
+    bridge.session_opened(state, session.conversation)
     state.bridge_sessions.add(session)
     logger.info(
         "session=%s: call %s stream %s", session.session_id, start.call_sid[:64],

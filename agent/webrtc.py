@@ -270,7 +270,7 @@ class WebRTCSession:
         if self._closed:  # hung up (the server drains) while the answer was made
             raise ConnectionAbortedError("the call was ended while it was set up")
         self._opened = True
-        bridge.session_opened(self.state)
+        bridge.session_opened(self.state, self.conversation)
         self.emit(
             SessionCreated(
                 session_id=self.session_id,

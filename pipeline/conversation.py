@@ -89,7 +89,8 @@ class Conversation:
 
     @property
     def accepting_turns(self) -> bool:
-        """False while the server drains: turns that end are ignored (and said so)."""
+        """False while the server drains: no reply starts; turns that end, or that
+        were still transcribed or waiting then, are ignored (and said so)."""
         return self._turns.accepting
 
     @accepting_turns.setter

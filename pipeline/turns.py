@@ -9,6 +9,7 @@
     typed text ─► hand-over
     hand-over (one turn at a time): cancel the reply running ─► wait until it has
         written what was heard ─► the user turn enters history ─► the next reply
+        (while the call drains: none; the turn is ignored and the reply plays on)
 
 One turn at a time
 ------------------
@@ -58,7 +59,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -113,11 +114,14 @@ class _QueuedTurn:
     """Why the reply playing when this turn is answered is cancelled."""
     speculative: asyncio.Task[tuple[str, float]] | None = None
     """The speculative transcript the turn's text came from, to match a held reply."""
+    spans_ms: list[tuple[float, float]] = field(default_factory=list)
+    """Where each text's speech lies on the audio timeline (zeros for typed text)."""
 
     def join(self, newer: _QueuedTurn) -> _QueuedTurn:
         """This turn superseded by ``newer``: one reply answers both, timed by the newer."""
         return _QueuedTurn(
-            [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason
+            [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason,
+            spans_ms=[*self.spans_ms, *newer.spans_ms],
         )
 
 
@@ -201,7 +205,9 @@ class TurnTaking:
         self._frame_level = 0.0
         """RMS of the frame last heard, for the overlap's voiced time."""
         self.accepting = True
-        """False while the server drains: turns that end are ignored (and said so)."""
+        """False while the server drains: no reply starts any more. A turn that ends,
+        or that was still being transcribed or waiting for its reply, is ignored (and
+        said so); the reply already running is left to finish."""
 
     def set_turn_config(self, turn: TurnConfig) -> None:
         """New turn settings, from the next frame on."""
@@ -255,7 +261,9 @@ class TurnTaking:
         if not self.accepting:
             self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
             return
-        self._queue(_QueuedTurn([text], time.monotonic(), {}, "new_text_input"))
+        self._queue(
+            _QueuedTurn([text], time.monotonic(), {}, "new_text_input", spans_ms=[(0.0, 0.0)])
+        )
 
     # ------------------------------------------------------------ turn events
 
@@ -485,6 +493,7 @@ class TurnTaking:
         text = task.result()[0]
         if (
             not text
+            or not self.accepting
             or self._responses.current is not None
             or self._responses.finishers
             or self._waiting is not None
@@ -555,7 +564,11 @@ class TurnTaking:
             self._discard_draft()
             emit(TurnIgnored("backchannel", start_ms, end_ms))
             return
-        self._queue(_QueuedTurn([text], speech_end, timings, "superseded", speculative))
+        self._queue(
+            _QueuedTurn(
+                [text], speech_end, timings, "superseded", speculative, [(start_ms, end_ms)]
+            )
+        )
 
     # --------------------------------------------------------------- hand-over
 
@@ -572,7 +585,9 @@ class TurnTaking:
         """``newer`` supersedes ``older``: one reply answers both (bounded backlog)."""
         joined = older.join(newer)
         if len(joined.texts) > MAX_QUEUED_INPUTS:
-            del joined.texts[: len(joined.texts) - MAX_QUEUED_INPUTS]
+            excess = len(joined.texts) - MAX_QUEUED_INPUTS
+            del joined.texts[:excess]
+            del joined.spans_ms[:excess]
             self._call.emit(TurnIgnored("backlog_full", 0.0, 0.0))
         return joined
 
@@ -594,6 +609,9 @@ class TurnTaking:
         """
         responses = self._responses
         while True:
+            if not self.accepting:
+                self._refuse_while_draining(turn)
+                return
             if (active := responses.active()) is not None:
                 responses.cancel(active, turn.cancel_reason)
             if not responses.finishers:
@@ -617,3 +635,11 @@ class TurnTaking:
         for text in turn.texts:
             history.add_user(text)
         responses.answer(turn.turn_end, turn.timings, apology=not turn.texts)
+
+    def _refuse_while_draining(self, turn: _QueuedTurn) -> None:
+        """The server began to drain while ``turn`` was transcribed or waited: it gets
+        no reply, and the reply playing is not cut for it (the drain lets it finish)."""
+        self._discard_draft()
+        # A lost turn's apology (no texts) is dropped: its turn_ignored was already sent.
+        for start_ms, end_ms in turn.spans_ms:
+            self._call.emit(TurnIgnored("server_shutting_down", start_ms, end_ms))

@@ -85,13 +85,22 @@ def test_pause_and_resume_on_the_wire() -> None:
 async def test_the_sdk_pauses_reports_and_resumes_over_a_socket() -> None:
     reports: list[OutputAudioPlayed] = []
     paused_reported = asyncio.Event()
+    clients: list[VoiceForgeClient] = []
+    resume_sent_at: list[float] = []
+
+    def played_so_far() -> float:
+        return clients[0].playback.played_ms("r", time.monotonic()) if clients else 0.0
 
     async def handler(ws: ServerConnection) -> None:
         await ws.send(encode_server_message(SessionCreated("sess_x", 1, {}, {})))
         pcm = bytes(4800)  # 100 ms at 24 kHz
         for seq in range(10):
             await ws.send(encode_server_message(ResponseAudioDelta("r", seq, pcm, 24000, 100.0)))
-        await asyncio.sleep(0.2)
+        # Pause once the client's own clock says 150 ms have played (same loop).
+        for _ in range(1000):  # 10 s at most
+            if played_so_far() >= 150.0:
+                break
+            await asyncio.sleep(0.01)
         await ws.send(encode_server_message(ResponseAudioPause("r")))
         async for frame in ws:
             message = decode_client_frame(frame if isinstance(frame, bytes) else frame.encode())
@@ -100,12 +109,14 @@ async def test_the_sdk_pauses_reports_and_resumes_over_a_socket() -> None:
                 paused_reported.set()
                 break
         await asyncio.sleep(0.3)  # paused: the clock must not move
+        resume_sent_at.append(time.monotonic())
         await ws.send(encode_server_message(ResponseAudioResume("r")))
         await ws.wait_closed()
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
         client = await VoiceForgeClient.connect(f"ws://127.0.0.1:{port}")
+        clients.append(client)
         async with client:
             await asyncio.wait_for(paused_reported.wait(), 10)
             played_at_pause = reports[0].played_ms
@@ -116,7 +127,11 @@ async def test_the_sdk_pauses_reports_and_resumes_over_a_socket() -> None:
                 if isinstance(event, ResponseAudioResume):
                     break
             assert not client.playback.is_paused("r")
-            # Resumed from the paused position, not from where the wall clock got to.
-            resumed_at = client.playback.played_ms("r", time.monotonic())
-            assert played_at_pause <= resumed_at <= played_at_pause + 100.0
+            # Resumed from the paused position, not from where the wall clock got to:
+            # since the resume was sent, the clock moved at most as much as the wall
+            # clock did (the 0.3 s paused before it do not count).
+            now = time.monotonic()
+            resumed_at = client.playback.played_ms("r", now)
+            assert played_at_pause <= resumed_at
+            assert resumed_at <= played_at_pause + (now - resume_sent_at[0]) * 1000.0
     assert len(reports) == 1 and reports[0].response_id == "r"

@@ -1,4 +1,5 @@
-"""The sweeper outlives a check that fails."""
+"""The sweeper outlives a check that fails; a call that goes live while the server
+drains takes no turn."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import logging
 
 import pytest
 
-from agent import lifecycle
+from agent import bridge, lifecycle
 from agent.config import Settings
 from agent.state import AppState
-from pipeline.conversation import Engines
+from loadtest.harness import bench_engines
+from pipeline.conversation import Conversation, Engines
+from pipeline.events import Event, ResponseCreated, TurnIgnored
 
 
 class Checked:
@@ -44,3 +47,25 @@ async def test_a_failing_check_does_not_end_the_sweeping(
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
     assert any("sweeping goes on" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_call_set_up_while_the_server_drains_takes_no_turn() -> None:
+    """The drain stops turns on the calls it lists; a call whose set-up was under
+    way then (a WebRTC answer being made) is stopped when it goes live."""
+    engines = bench_engines()
+    state = AppState(Settings(), engines)
+    events: list[Event] = []
+    early = Conversation(engines, events.append)
+    bridge.session_opened(state, early)
+    assert early.accepting_turns
+    state.draining = True
+    late = Conversation(engines, events.append)
+    bridge.session_opened(state, late)
+    try:
+        assert not late.accepting_turns
+        late.send_text("Hello?")
+        assert [type(e) for e in events] == [TurnIgnored]
+        assert not [e for e in events if isinstance(e, ResponseCreated)]
+    finally:
+        await early.close()
+        await late.close()

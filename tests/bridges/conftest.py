@@ -16,7 +16,12 @@ from tests.speech import espeak_available
 def bridge_server() -> Iterator[RunningServer]:
     if not espeak_available():
         pytest.fail("espeak-ng is required for the end-to-end tests (make test installs it)")
-    yield from start_server(Settings(), sharing(load_embedded_engines()))
+    # The tests need a reply of some seconds, not the 150-token default: a long
+    # story made each call wait for 150 tokens of generation, which on two shared
+    # cores under load took over 90 s (llm_total_ms of one telephony echo test run
+    # beside a second one), and a test that waits for the reply to end ran past
+    # its 180 s.
+    yield from start_server(Settings(max_response_tokens=64), sharing(load_embedded_engines()))
 
 
 def rms(audio: np.ndarray) -> float:

@@ -34,6 +34,9 @@ from tests.speech import silence, speak
 
 pytestmark = pytest.mark.e2e
 
+ECHO_LATE_S = 0.2
+"""Echo more than this behind the playback it comes from is not sent back (a third
+of the echo guard's 600 ms tail, which also has to cover the server's delays)."""
 STREAM_SID = "MZ00000000000000000000000000000001"
 
 
@@ -51,8 +54,12 @@ class Provider:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     echo_gain: float = 0.0
-    """> 0: the line echoes what it plays back into the microphone, this much quieter."""
-    echo: deque[np.ndarray] = field(default_factory=deque)
+    """> 0: the line echoes what it plays back into the microphone, this much quieter,
+    at the next 20 ms frame."""
+    echo: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
+    """(when it was due to play, echo) of each 20 ms played, not yet sent back."""
+    echo_not_sent: int = 0
+    """Echo frames that could not go back in time: see ``ECHO_LATE_S``."""
 
     def say(self, audio: np.ndarray) -> None:
         payload = mulaw.encode_float(audio)
@@ -76,10 +83,8 @@ class Provider:
                 payload = self.speech.popleft()
                 if not self.speech:
                     self.speech_ended_at = time.monotonic()
-            elif self.echo:
-                payload = mulaw.encode_float(self.echo.popleft())
             else:
-                payload = b"\xff" * FRAME  # µ-law silence
+                payload = self._echo_due() or b"\xff" * FRAME  # else µ-law silence
             await self.send(
                 {
                     "event": "media",
@@ -93,6 +98,19 @@ class Provider:
                 }
             )
             await asyncio.sleep(schedule.wait_s(chunk + 1, time.monotonic()))
+
+    def _echo_due(self) -> bytes | None:
+        """The echo to send now; echo that became late while this test's own loop
+        was held up (two shared cores) is not sent: a line echoes after a fixed
+        delay, never after a stall, and echo later than the guard's tail is not
+        the echo the guard is built for."""
+        now = time.monotonic()
+        while self.echo:
+            due, audio = self.echo.popleft()
+            if now - due <= ECHO_LATE_S:
+                return mulaw.encode_float(audio)
+            self.echo_not_sent += 1
+        return None
 
     async def listener(self) -> None:
         async for text in self.ws:
@@ -117,6 +135,7 @@ class Provider:
         schedule = LineSchedule(time.monotonic())
         reached: list[str] = []
         for tick in range(30_000):
+            due = schedule.due(tick)
             # The audio before these has now played (marks that came in after it too).
             for name in [*reached, *self.playback.take(0)[1]]:
                 self.acked.append(name)
@@ -125,7 +144,8 @@ class Provider:
             if len(piece):
                 self.played.append((time.monotonic(), rms(piece)))
                 if self.echo_gain > 0:
-                    self.echo.append(self.echo_gain * np.pad(piece, (0, FRAME - len(piece))))
+                    echo = self.echo_gain * np.pad(piece, (0, FRAME - len(piece)))
+                    self.echo.append((due, echo))
             self.changed.set()  # a tick: state on the server side may have moved too
             await asyncio.sleep(schedule.wait_s(tick + 1, time.monotonic()))
 
@@ -315,7 +335,7 @@ async def test_barge_in_pauses_then_clears_and_history_keeps_the_acknowledged_au
     provider.say(speak(STORY, RATE))
     await provider.until(lambda: loud_ms(provider.played) >= 800, within_s=120)
     provider.say(speak("Stop please, wait a moment, I have another question.", RATE))
-    await provider.until(lambda: len(_clears(provider)) == 2, within_s=60)
+    await provider.until(lambda: len(_clears(provider)) >= 2, within_s=60)
     await provider.until(lambda: bool(session.finished), within_s=30)
     done = session.finished[0]
     assert done.status.value == "cancelled" and done.reason == "barge_in"
@@ -358,5 +378,6 @@ async def test_the_agent_does_not_interrupt_itself_on_the_line_echo(
     await provider.until(lambda: bool(session.finished), within_s=180)
     done = session.finished[0]
     assert done.status.value == "completed", (done.reason, done.text_heard)
-    assert not any(m["event"] == "clear" for m in provider.received)
-    assert session.guard is not None and session.guard.suppressed_frames > 50
+    late = f"{provider.echo_not_sent} echo frames not sent back (the test loop was held up)"
+    assert not any(m["event"] == "clear" for m in provider.received), late
+    assert session.guard is not None and session.guard.suppressed_frames > 50, late

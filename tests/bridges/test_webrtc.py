@@ -88,6 +88,8 @@ class Caller:
     """(arrival time, RMS) of each 20 ms frame received."""
     marks: dict[str, int] = field(default_factory=dict)
     """Event type → number of frames received when it (last) arrived."""
+    arrivals: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    """Every event, with the number of frames received when it arrived."""
     reader: asyncio.Task[None] | None = None
 
     async def next_event(self, kind: str, within_s: float = 90.0) -> dict[str, Any]:
@@ -135,6 +137,7 @@ async def caller(bridge_server: RunningServer) -> AsyncIterator[Caller]:
     def on_message(data: str) -> None:
         event = json.loads(data)
         call.marks[event["type"]] = len(call.heard)
+        call.arrivals.append((event, len(call.heard)))
         call.events.put_nowait(event)
 
     @pc.on("track")
@@ -314,19 +317,38 @@ async def test_barge_in_pauses_then_cancels_the_reply(
     assert cleared["response_id"] == created["response_id"]
     done = await caller.next_event("response.done")
     assert done["status"] == "cancelled" and done["reason"] == "barge_in", done
-    assert "response.audio.resume" not in caller.marks
+    # When the server's loop stalls on a loaded machine, aiortc's jitter buffer
+    # drops the caller's packets: the first sound of the interruption can then
+    # reach the VAD as a blip, judged noise (turn_ignored
+    # short_speech_during_response), and the reply resumes until the words come.
+    # A resume for any other reason is a failure.
+    kinds = [(event["type"], event.get("reason")) for event, _ in caller.arrivals]
+    blips = kinds.count(("input_audio.turn_ignored", "short_speech_during_response"))
+    resumes = kinds.count(("response.audio.resume", None))
+    assert resumes <= blips, kinds
+    assert len(record.paused_at_ms) == resumes + 1, (record.paused_at_ms, kinds)
     assert done["timings"]["played_source_client"] == 1.0
-    # Heard is what the track had sent when it paused; history keeps exactly that.
-    (at_pause,) = record.paused_at_ms
+    # Heard is what the track had sent when it (last) paused; history keeps that.
+    at_pause = record.paused_at_ms[-1]
     assert done["played_ms"] == pytest.approx(at_pause, abs=0.01)
     assert 0 < done["played_ms"] <= done["audio_ms"]
     assert done["text_heard"] and done["text"].startswith(done["text_heard"].rstrip(". "))
     messages = session.conversation.history.messages()
     assert {"role": "assistant", "content": done["text_heard"]} in messages
-    (pause_cut,) = record.cuts["pause"]
+    pause_cut = record.cuts["pause"][-1]
     (clear_cut,) = record.cuts["clear"]
     assert pause_cut <= clear_cut
     # Nothing of the reply after the pause (one frame of Opus delay aside), and so
-    # none after its clear, while the caller is still speaking its turn.
+    # none after its clear, until the reply to the interruption begins: the window
+    # ends at its response.created, which the server sends before any of its audio
+    # (a reply held ready during the end-of-turn silence plays at once, so a fixed
+    # span after the clear may already hold it), or 40 frames after the clear.
     await caller.heard_until(lambda: len(caller.heard) >= clear_cut + 41, within_s=30)
-    assert not [i for i in loud_frames(caller.heard) if pause_cut + 1 < i < clear_cut + 41]
+    next_reply = [
+        frames for event, frames in caller.arrivals
+        if event["type"] == "response.created" and event["response_id"] != created["response_id"]
+    ]
+    window_end = min([clear_cut + 41, *next_reply[:1]])
+    # The reply to the interruption comes after its end of turn, long after the pause.
+    assert window_end > pause_cut + 25
+    assert not [i for i in loud_frames(caller.heard) if pause_cut + 1 < i < window_end]

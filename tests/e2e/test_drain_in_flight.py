@@ -1,7 +1,9 @@
 """A turn still being transcribed when the server starts draining gets no reply.
 
 The check for new turns happens when a turn ends; a transcription already running
-then finishes during the drain and used to start a full reply anyway.
+then finishes during the drain and used to start a full reply anyway (later, a reply
+that was created and at once cancelled). Now the hand-over, which alone starts
+replies, starts none while the call drains: the turn is ignored, and said so.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import asyncio
 import threading
 
 import numpy as np
+import pytest
+import websockets
 from websockets.asyncio.client import connect
 
 from agent.config import Settings
@@ -64,9 +68,17 @@ async def test_a_turn_in_transcription_when_the_drain_begins_gets_no_reply() -> 
             stopping = asyncio.create_task(asyncio.to_thread(running.__exit__, None, None, None))
             await wait_until(lambda: server.app_state.draining, 10, "the drain began")
             stt.gate.set()
-            done = await session.wait_type("response.done", 30)
-            assert (done["status"], done["reason"]) == ("cancelled", "server_shutdown"), done
-            assert not [m for m in session.log if m["type"] == "response.audio.delta"]
+            final = await session.wait_type("transcript.final", 30)
+            ignored = await session.wait_type("input_audio.turn_ignored", 30)
+            assert ignored["reason"] == "server_shutting_down", ignored
+            assert (ignored["audio_start_ms"], ignored["audio_end_ms"]) == (
+                final["audio_start_ms"], final["audio_end_ms"]
+            )
+            # The drain ends the call (1001) once nothing is in flight; no reply
+            # was started before that.
+            with pytest.raises(websockets.ConnectionClosed):
+                await session.wait_for(lambda m: False, 30)
+            assert not [m for m in session.log if m["type"].startswith("response.")]
     finally:
         stt.gate.set()
         if stopping is None:

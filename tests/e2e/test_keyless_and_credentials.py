@@ -62,7 +62,7 @@ def _start_message(parameters: dict[str, str] | None = None) -> str:
     })
 
 
-async def _wait_until(predicate: object, timeout_s: float = 5.0) -> bool:
+async def _wait_until(predicate: object, timeout_s: float = 30.0) -> bool:
     assert callable(predicate)
     for _ in range(int(timeout_s / 0.02)):
         if predicate():

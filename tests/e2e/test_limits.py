@@ -51,6 +51,19 @@ async def wait_until_no_sessions(server: RunningServer, timeout_s: float = 10.0)
     assert not server.app_state.sessions
 
 
+async def until_metric(
+    server: RunningServer, name: str, at_least: float, timeout_s: float, **labels: str
+) -> None:
+    """Poll ``/metrics`` (bounded) until the sample reaches ``at_least``."""
+    value = 0.0
+    for _ in range(int(timeout_s / 0.1)):
+        value = await asyncio.to_thread(metric, server, name, **labels)
+        if value >= at_least:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name}{labels} is {value} after {timeout_s} s, not {at_least}")
+
+
 async def http_get(server: RunningServer, path: str) -> httpx.Response:
     async with httpx.AsyncClient(timeout=10) as client:
         return await client.get(f"{server.http}{path}")
@@ -180,7 +193,10 @@ async def test_a_client_that_pauses_reading_loses_the_reply_audio_and_is_told() 
         client = await asyncio.to_thread(StubbornClient, server.url)
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
-            await asyncio.sleep(2.0)  # not reading: the socket fills, then the queue
+            # Not reading: the socket fills, then the queue, until the server drops
+            # the audio and cancels the reply.
+            await until_metric(server, "voiceforge_cancellations_total", 1, 60,
+                               reason="client_too_slow")
             done = await asyncio.to_thread(
                 client.read_until, lambda m: m["type"] == "response.done", 20
             )
@@ -221,9 +237,15 @@ async def test_what_waits_for_a_client_that_does_not_read_is_bounded_in_bytes() 
         try:
             client.send({"type": "conversation.text", "text": "Tell me a long story."})
             most = 0
-            for _ in range(30):  # 3 s without reading: the socket fills, then the queue
+            # Not reading: the socket fills, then the queue, until the server gives
+            # up on the reply; what it holds meanwhile is sampled all along.
+            for _ in range(600):  # 60 s at most
                 await asyncio.sleep(0.1)
                 most = max(most, await asyncio.to_thread(_queued_bytes, server))
+                if await asyncio.to_thread(
+                    metric, server, "voiceforge_cancellations_total", reason="client_too_slow"
+                ):
+                    break
             assert 0 < most <= limit, most
             done = await asyncio.to_thread(
                 client.read_until, lambda m: m["type"] == "response.done", 20
@@ -260,13 +282,22 @@ async def test_a_client_over_the_frame_rate_is_throttled_then_a_flood_is_cut_off
             # test made the rate depend on how loaded the machine was), and never a
             # flood (at most 700 refused): dropped with at most one error a
             # second, call kept.
+            started = time.monotonic()
             for _ in range(1200):
                 await ws.send(frame)
-            await asyncio.sleep(1.1)  # the bucket refills
-            await eager.send({"type": "session.update", "session": {"temperature": 0.2}})
-            await eager.wait_type("session.updated", 10)
+            # Once the server has read the burst, its bucket refills at 250 frames
+            # a second: ask until answered (a question read while the bucket is
+            # still empty is dropped like the rest), at most 30 times.
+            for _ in range(30):
+                await eager.send({"type": "session.update", "session": {"temperature": 0.2}})
+                with contextlib.suppress(TimeoutError):
+                    await eager.wait_type("session.updated", 1.0)
+                    break
+            else:
+                pytest.fail(f"never answered; saw {[m['type'] for m in eager.log][-5:]}")
+            elapsed_s = time.monotonic() - started
             assert {e["code"] for e in eager.errors()} == {"too_many_frames"}
-            assert len(eager.errors()) <= 2
+            assert len(eager.errors()) <= 1 + elapsed_s, (len(eager.errors()), elapsed_s)
 
         async with connect(server.url, subprotocols=subprotocols()) as flood, connect(
             server.url, subprotocols=subprotocols()
@@ -359,11 +390,18 @@ async def test_audio_credit_does_not_build_up_while_the_caller_is_idle() -> None
             # Two idle seconds would have earned 4 s of credit (2x real time)
             # on top of the 200 ms burst; a token bucket holds the burst only.
             await asyncio.sleep(2.0)
-            for _ in range(100):  # 2 s of audio, as fast as the socket takes it
+            # 8 s of audio, as fast as the socket takes it: refused beyond the burst
+            # unless the server took 3.9 s to read it (with 2 s of audio it took
+            # only 0.9 s of reading on a loaded machine to earn the credit honestly).
+            started = time.monotonic()
+            for _ in range(400):
                 await ws.send(frame)
             await session.send({"type": "session.update", "session": {"temperature": 0.2}})
-            await session.wait_type("session.updated", 10)
-            assert [e["code"] for e in session.errors()] == ["audio_rate_exceeded"]
+            await session.wait_type("session.updated", 30)
+            elapsed_s = time.monotonic() - started
+            codes = [e["code"] for e in session.errors()]
+            assert set(codes) == {"audio_rate_exceeded"}
+            assert len(codes) <= 1 + elapsed_s, (codes, elapsed_s)  # one a second at most
 
 
 async def test_connections_beyond_the_transport_limit_get_503_from_uvicorn() -> None:

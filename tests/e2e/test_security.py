@@ -24,6 +24,7 @@ from agent.gate import twilio_signature
 from loadtest.harness import bench_engines
 from tests.e2e.conftest import RunningServer, start_server
 from tests.e2e.raw import RawSession, subprotocols
+from tests.faults.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -164,8 +165,9 @@ async def test_twilio_streams_need_a_valid_signature(secured: RunningServer) -> 
                 "customParameters": {"api_key": token},
             },
         }))
-        await asyncio.sleep(0.5)
-        assert len(secured.app_state.bridge_sessions) == 1  # signed and keyed: the call runs
+        # Signed and keyed: the call runs (a refused one is closed before it is listed).
+        await wait_until(lambda: len(secured.app_state.bridge_sessions) == 1, 30,
+                         "the signed, keyed call is set up")
 
 
 def test_twilio_signature_matches_twilios_documented_example() -> None:

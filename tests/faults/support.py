@@ -85,7 +85,7 @@ async def readyz(server: RunningServer) -> tuple[int, dict[str, Any]]:
     return response.status_code, body
 
 
-async def wait_ready(server: RunningServer, timeout_s: float = 5.0) -> dict[str, Any]:
+async def wait_ready(server: RunningServer, timeout_s: float = 30.0) -> dict[str, Any]:
     """/readyz answers 200 (the last turn cleared every engine failure)."""
     deadline = time.monotonic() + timeout_s
     while True:

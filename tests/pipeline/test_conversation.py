@@ -35,6 +35,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.vad import BatchedVADWorker, SileroVAD
+from tests.faults.support import wait_until
 from tests.speech import silence, speak
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -155,8 +156,8 @@ async def test_resuming_during_the_end_of_turn_wait_discards_the_held_reply(
         # shorter than the 500 ms end-of-turn silence: one turn.
         h.feed(np.concatenate([silence(0.3), first]))
         await h.wait_for(lambda e: isinstance(e, SpeechStopped))
-        await asyncio.sleep(0.3)  # the speculative reply starts and runs, held
-        assert len(llm.requests) == 1
+        # The speculative reply starts on the pause's transcript and runs, held.
+        await wait_until(lambda: len(llm.requests) == 1, 20, "the held reply started")
         h.feed(np.concatenate([silence(0.05), rest, silence(1.0)]))
         done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
         created = h.of(ResponseCreated)
