@@ -115,14 +115,6 @@ INSTRUCTIONS = (
 BAKERIES = ["Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand"]
 
 
-async def _idle(engine: LlamaCppLLM) -> None:
-    for _ in range(1200):  # 2 minutes at most
-        if not engine.busy and len(engine._jobs) == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the model never went idle")
-
-
 async def _first_replies(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
     sides: dict[str, list[float]] = {"on": [], "off": []}
     tokens: dict[str, list[float]] = {"on": [], "off": []}
@@ -132,7 +124,7 @@ async def _first_replies(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
         instructions = INSTRUCTIONS.format(name=BAKERIES[index % len(BAKERIES)] + f" {index}")
         if side == "on":
             engine.warm(instructions, f"first-{index}")
-            await _idle(engine)  # the caller is still saying their first sentence
+            await engine.until_idle(120)  # the caller is still saying their first sentence
         history: list[ChatMessage] = [{"role": "system", "content": instructions}]
         sides[side].append(await _turn(view, history, "Are you open on Monday?", 16))
         tokens[side].append(float(engine.last_prompt_tokens))

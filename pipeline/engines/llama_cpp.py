@@ -135,6 +135,15 @@ class LlamaCppLLM:
         """True while the worker thread is generating."""
         return self._generating.is_set()
 
+    async def until_idle(self, timeout_s: float = 60.0) -> None:
+        """Wait until nothing runs or waits (a warm-up included); TimeoutError after
+        ``timeout_s``. For benchmarks and tests that need the model to themselves."""
+        for _ in range(max(1, int(timeout_s / 0.1))):
+            if not self.busy and len(self._jobs) == 0:
+                return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name}: still busy after {timeout_s:g} s")
+
     def for_session(self, session_id: str) -> LLMEngine:
         """A call's view: its streams queue as that call's, served round robin."""
         return _SessionView(self, session_id)

@@ -302,14 +302,6 @@ def test_the_context_store_keeps_within_its_bytes() -> None:
     assert "big" not in store._saved
 
 
-async def _until_idle(engine: LlamaCppLLM) -> None:
-    for _ in range(600):  # 60 s at most
-        if not engine.busy and len(engine._jobs) == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("the engine never went idle")
-
-
 async def test_new_instructions_are_read_before_the_first_reply() -> None:
     engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
     instructions = "You are the booking line of a dental clinic. " * 15 + "Be brief."
@@ -317,7 +309,7 @@ async def test_new_instructions_are_read_before_the_first_reply() -> None:
         view = engine.for_session("a")
         assert isinstance(view, WarmableLLM)
         view.warm(instructions)
-        await _until_idle(engine)
+        await engine.until_idle(60)
         assert engine.warm_ups == 1
         history: list[ChatMessage] = [{"role": "system", "content": instructions}]
         await _turn(view, history, "Can I book a cleaning?")
@@ -337,7 +329,7 @@ async def test_new_instructions_are_read_before_the_first_reply() -> None:
             view.release()  # type: ignore[attr-defined]
             break
         await reply.aclose()
-        await _until_idle(engine)
+        await engine.until_idle(60)
         assert engine.warm_ups == 1
     finally:
         engine.close()
