@@ -164,18 +164,26 @@ async def run_turns(
     session: dict[str, Any] | None = None,
     compare: str | None = None,
 ) -> list[Turn]:
-    """``compare``: a session field alternated between sessions (``FIELD`` or
-    ``FIELD=ON,OFF``, as ``python -m loadtest --compare``), the first session on."""
+    """``compare``: a session field switched between sessions (``FIELD`` or
+    ``FIELD=ON,OFF``, as ``python -m loadtest --compare``). Each block of
+    ``per_session`` questions is then asked twice, in one session with the field on
+    and one with it off, the order alternating block by block: both sides hear the
+    same questions, interleaved (``turns`` counts both)."""
     from loadtest.runner import compare_values
 
     results: list[Turn] = []
-    questions = (QUESTIONS * (turns // len(QUESTIONS) + 1))[:turns]
-    for number, session_start in enumerate(range(0, turns, per_session)):
+    count = turns if compare is None else (turns + 1) // 2
+    questions = (QUESTIONS * (count // len(QUESTIONS) + 1))[:count]
+    plan: list[tuple[str, list[str]]] = []
+    for number, start in enumerate(range(0, count, per_session)):
+        block = questions[start : start + per_session]
+        order = ("on", "off") if number % 2 == 0 else ("off", "on")
+        plan += [("", block)] if compare is None else [(variant, block) for variant in order]
+    total = sum(len(block) for _, block in plan)
+    for variant, block in plan:
         fields = dict(session or {})
-        variant = ""
         if compare is not None:
             name, on_value, off_value = compare_values(compare)
-            variant = "on" if number % 2 == 0 else "off"
             fields[name] = on_value if variant == "on" else off_value
         async with await VoiceForgeClient.connect(url) as client:
             if fields:
@@ -183,14 +191,14 @@ async def run_turns(
             caller = TimedCaller(client)
             caller.start()
             try:
-                for question in questions[session_start : session_start + per_session]:
+                for question in block:
                     results.append(await one_turn(client, caller, question, speak(question)))
                     turn = results[-1]
                     turn.variant = variant
                     print(
-                        f"  turn {len(results):2d}/{turns}: acoustic {turn.acoustic_ms or 0:6.0f}"
+                        f"  turn {len(results):2d}/{total}: acoustic {turn.acoustic_ms or 0:6.0f}"
                         f"  client {turn.client_ms or 0:6.0f}  server {turn.server_ms or 0:6.0f}"
-                        f" ms  [{turn.status}]"
+                        f" ms  [{turn.status}] {variant}"
                         f"  {turn.transcript!r} -> {turn.reply[:60]!r}",
                         flush=True,
                     )

@@ -96,7 +96,10 @@ async def test_latency_turns_carry_all_three_figures() -> None:
 async def test_latency_compare_alternates_the_field_between_sessions() -> None:
     with spawned_server("bench", echo=False) as url:
         turns = await run_turns(url, 4, 1, compare="first_chunk_max_words=4,0")
-    assert [t.variant for t in turns] == ["on", "off", "on", "off"]
+    # Each question under both values, the order alternating question by question.
+    assert [t.variant for t in turns] == ["on", "off", "off", "on"]
+    assert [t.question for t in turns[:2]] == [turns[0].question] * 2
+    assert turns[2].question == turns[3].question != turns[0].question
     compared = compare_summary(turns, "first_chunk_max_words=4,0")
     assert compared["on"]["turns"] == compared["off"]["turns"] == 2
     ratio = compared["ratio_on_off"]["acoustic_latency_ms"]["p50"]
