@@ -130,11 +130,14 @@ async def test_barge_in_clears_audio_cancels_and_truncates_history(server: Runni
             messages = conversation.history.messages()  # type: ignore[attr-defined]
             assert messages[2] == {"role": "assistant", "content": done.text_heard}
 
-            # The interruption is a new turn that proceeds as usual.
-            next_done = await caller.wait_for(
-                lambda m: isinstance(m, ResponseDone) and m.response_id != response_id, 60
+            # The interruption is a new turn that proceeds as usual: it is answered out
+            # loud (its reply's first audio; waiting for the whole reply would time the
+            # storyteller's story, up to 300 tokens played in real time).
+            next_audio = await caller.wait_for(
+                lambda m: isinstance(m, ResponseAudioDelta) and m.response_id != response_id,
+                60,
             )
-            assert isinstance(next_done, ResponseDone)
+            assert isinstance(next_audio, ResponseAudioDelta)
             finals = [m.text.lower() for m in caller.messages(TranscriptFinal)]
             assert any("stop" in text or "moment" in text for text in finals), finals
         finally:
