@@ -34,7 +34,7 @@ from pipeline.events import (
     TranscriptFinal,
     TurnIgnored,
 )
-from pipeline.vad import BatchedVADWorker, SileroVAD
+from pipeline.vad import BatchedVADWorker
 from tests.faults.support import wait_until
 from tests.speech import silence, speak
 
@@ -78,13 +78,6 @@ def whisper() -> Iterator[WhisperSTT]:
     yield stt
     stt.close()
 
-
-@pytest.fixture
-async def vad() -> AsyncIterator[BatchedVADWorker]:
-    worker = BatchedVADWorker(SileroVAD())
-    await worker.start()
-    yield worker
-    await worker.stop()
 
 
 def make(

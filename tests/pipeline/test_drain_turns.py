@@ -10,7 +10,6 @@ own audio span, and no ``ResponseCreated`` is ever emitted for it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -27,20 +26,13 @@ from pipeline.events import (
     TranscriptFinal,
     TurnIgnored,
 )
-from pipeline.vad import BatchedVADWorker, SileroVAD
+from pipeline.vad import BatchedVADWorker
 from tests.faults.support import wait_until
 from tests.pipeline.test_conversation import make
 from tests.speech import silence, speak
 
 pytestmark = pytest.mark.filterwarnings("error")
 
-
-@pytest.fixture
-async def vad() -> AsyncIterator[BatchedVADWorker]:
-    worker = BatchedVADWorker(SileroVAD())
-    await worker.start()
-    yield worker
-    await worker.stop()
 
 
 class GatedSTT(ScriptedSTT):

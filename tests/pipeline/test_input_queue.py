@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 
 from pipeline.conversation import SessionConfig
-from pipeline.vad import BatchedVADWorker, SileroVAD
+from pipeline.vad import BatchedVADWorker
 from tests.pipeline.test_conversation import make
 
 pytestmark = pytest.mark.filterwarnings("error")
 
 RATE = 16000
 
-
-@pytest.fixture
-async def vad() -> AsyncIterator[BatchedVADWorker]:
-    worker = BatchedVADWorker(SileroVAD())
-    await worker.start()
-    yield worker
-    await worker.stop()
 
 
 async def test_queued_input_is_bounded_in_seconds_of_audio(vad: BatchedVADWorker) -> None:

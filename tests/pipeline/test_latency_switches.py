@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,7 @@ from agent.server import session_view
 from pipeline.chunker import ChunkerConfig, TextChunker
 from pipeline.conversation import SessionConfig
 from pipeline.events import ResponseDone
-from pipeline.vad import BatchedVADWorker, SileroVAD
+from pipeline.vad import BatchedVADWorker
 from tests.pipeline.test_conversation import make
 from tests.speech import silence, speak
 
@@ -23,13 +21,6 @@ REPLY = "Well, the capital of France, as you know, is Paris. It is lovely."
 def question() -> np.ndarray:
     return speak("What is the capital of France?")
 
-
-@pytest.fixture
-async def vad() -> AsyncIterator[BatchedVADWorker]:
-    worker = BatchedVADWorker(SileroVAD())
-    await worker.start()
-    yield worker
-    await worker.stop()
 
 
 async def _one_turn(

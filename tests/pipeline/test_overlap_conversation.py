@@ -28,7 +28,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.vad import BatchedVADWorker
-from tests.pipeline.test_conversation import make, question, vad  # noqa: F401 (fixtures)
+from tests.pipeline.test_conversation import make, question  # noqa: F401 (fixtures)
 from tests.speech import silence, speak
 
 pytestmark = pytest.mark.filterwarnings("error")

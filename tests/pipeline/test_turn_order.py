@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -30,7 +30,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.turns import MAX_QUEUED_INPUTS
-from pipeline.vad import BatchedVADWorker, SileroVAD
+from pipeline.vad import BatchedVADWorker
 from tests.pipeline.test_conversation import Harness, make
 from tests.speech import silence, speak
 
@@ -38,13 +38,6 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 TEXTS = ("Hello there.", "What is the capital of France?", "And of Spain?", "Thanks.")
 
-
-@pytest.fixture
-async def vad() -> AsyncIterator[BatchedVADWorker]:
-    worker = BatchedVADWorker(SileroVAD())
-    await worker.start()
-    yield worker
-    await worker.stop()
 
 
 def one_reply_at_a_time(events: Sequence[Event]) -> list[ResponseDone]:
