@@ -74,9 +74,7 @@ class CallContexts:
         if previous != NO_CALL and model.n_tokens > 0:
             self._store(previous, _capture(model))
         with self._lock:
-            saved = self._saved.pop(call, None)
-            if saved is not None:
-                self._bytes -= saved.size
+            saved = self._pop(call)
         if saved is not None:
             _restore(model, saved)
             self.restored += 1
@@ -84,17 +82,20 @@ class CallContexts:
     def forget(self, call: str) -> None:
         """``call`` has ended: drop its context (thread-safe)."""
         with self._lock:
-            saved = self._saved.pop(call, None)
-            if saved is not None:
-                self._bytes -= saved.size
+            self._pop(call)
+
+    def _pop(self, call: str) -> _Saved | None:
+        """Remove ``call``'s saved context and its bytes (the lock held)."""
+        saved = self._saved.pop(call, None)
+        if saved is not None:
+            self._bytes -= saved.size
+        return saved
 
     def _store(self, call: str, saved: _Saved) -> None:
         with self._lock:
             if saved.size > self.max_bytes:
                 return
-            old = self._saved.pop(call, None)
-            if old is not None:
-                self._bytes -= old.size
+            self._pop(call)
             self._saved[call] = saved
             self._bytes += saved.size
             self.saved += 1
