@@ -18,6 +18,7 @@ from pipeline.events import (
     ResponseAudioDelta,
     ResponseDone,
     ResponseStatus,
+    ResponseToolResult,
     TranscriptFinal,
 )
 
@@ -45,6 +46,18 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "first_chunk_max_words": config.chunker.first_chunk_max_words,
         "first_chunk_priority": config.first_chunk_priority,
         "playback_pause": config.playback_pause,
+        "tools": [
+            {
+                "type": "function",
+                "name": spec.name,
+                "description": spec.description,
+                "parameters": dict(spec.parameters),
+            }
+            for spec in config.tools
+        ],
+        "tool_choice": config.tool_choice,
+        "tool_timeout_ms": config.tool_timeout_ms,
+        "tool_filler_ms": config.tool_filler_ms,
     }
 
 
@@ -100,6 +113,8 @@ def observe(state: AppState, session_id: str, event: object) -> None:
         )
     elif isinstance(event, TranscriptFinal):
         state.engine_health.worked("stt")
+    elif isinstance(event, ResponseToolResult):
+        state.metrics.observe_tool(event, state.engines.tools.get(event.name) is not None)
     elif isinstance(event, ErrorEvent):
         state.metrics.errors.labels(event.code, event.category).inc()
         failing = _ENGINE_OF_CODE.get(event.code)

@@ -207,6 +207,13 @@ class Settings:
     """Suppress incoming audio that may be the echo of the agent's own voice on paths
     without echo cancellation (telephony; WebRTC offers not marked echo_cancelled)."""
     echo_return_loss_db: float = 6.0
+    # Tools: docs/tools.md.
+    builtin_tools: tuple[str, ...] = ("get_current_time", "end_call", "transfer_call")
+    """Built-in tools every call's model is offered (``none``: none of them)."""
+    tool_modules: tuple[str, ...] = ()
+    """Python modules whose ``@tool`` functions are the operator's server tools."""
+    timezone: str = "UTC"
+    """The time zone the agent tells the time in when the caller names none."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -292,6 +299,12 @@ class Settings:
         settings.token_ttl_s = _env_float("VOICEFORGE_TOKEN_TTL_S", settings.token_ttl_s)
         settings.token_max_calls = _env_int("VOICEFORGE_TOKEN_MAX_CALLS", settings.token_max_calls)
         settings.allowed_origins = _env_list("VOICEFORGE_ALLOWED_ORIGINS")
+        builtin = _env("VOICEFORGE_TOOLS")
+        if builtin is not None:
+            names = _env_list("VOICEFORGE_TOOLS")
+            settings.builtin_tools = () if names in ((), ("none",)) else names
+        settings.tool_modules = _env_list("VOICEFORGE_TOOL_MODULES")
+        settings.timezone = _env("VOICEFORGE_TIMEZONE", settings.timezone) or settings.timezone
         settings.allowed_hosts = _env_list("VOICEFORGE_ALLOWED_HOSTS")
         settings.metrics_key = _read_secret(
             "VOICEFORGE_METRICS_KEY", "VOICEFORGE_METRICS_KEY_FILE"

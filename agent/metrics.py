@@ -7,7 +7,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
-from pipeline.events import ResponseDone, ResponseStatus
+from pipeline.events import ResponseDone, ResponseStatus, ResponseToolResult
 
 _INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 """Seconds per Smart Turn request: from a fast core to a loaded one
@@ -24,6 +24,7 @@ STAGES = {
     "llm_first_token_ms": "llm_first_token",
     "first_chunk_text_ms": "first_chunk_text",
     "tts_first_audio_ms": "tts_first_audio",
+    "tool_ms": "tools",
 }
 
 
@@ -86,6 +87,20 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.tool_calls = Counter(
+            "voiceforge_tool_calls",
+            "Tool calls by tool (server tools by name, every client tool as 'client') "
+            "and outcome (ok, error, timeout, invalid_arguments, unknown_tool, cancelled)",
+            ["tool", "status"],
+            registry=self.registry,
+        )
+        self.tool_seconds = Histogram(
+            "voiceforge_tool_seconds",
+            "Time from a tool call to its result",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.dropped_audio = Counter(
             "voiceforge_dropped_audio_frames",
             "Reply audio frames dropped for clients that do not read",
@@ -109,6 +124,12 @@ class Metrics:
         """One Smart Turn model call (``BatchedSmartTurnWorker`` observer)."""
         for _ in range(requests):
             self.smart_turn_inference.observe(seconds / requests)
+
+    def observe_tool(self, result: ResponseToolResult, server_tool: bool) -> None:
+        """One tool outcome; a client's tool names stay out of the labels (unbounded)."""
+        tool = result.name if server_tool else "client"
+        self.tool_calls.labels(tool, result.status).inc()
+        self.tool_seconds.labels(tool).observe(result.elapsed_ms / 1000.0)
 
     def observe_response(self, done: ResponseDone) -> None:
         self.responses.labels(done.status.value).inc()

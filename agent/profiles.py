@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zoneinfo
 from collections.abc import Callable
 
 from agent.bench_profile import build_bench
 from agent.config import Settings
 from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
+from pipeline.tools.builtin import builtin_tools
+from pipeline.tools.registry import ToolRegistry, tools_in_modules
 from pipeline.vad import BatchedVADWorker, SileroVAD
 
 Progress = Callable[[str], None]
@@ -127,4 +131,21 @@ BUILDERS: dict[str, Callable[[Settings, Progress], Engines]] = {
 
 def build_engines(settings: Settings, progress: Progress = print) -> Engines:
     settings.validate()
-    return BUILDERS[settings.profile](settings, progress)
+    tools = build_tools(settings)
+    engines = BUILDERS[settings.profile](settings, progress)
+    engines.tools = tools
+    if len(tools):
+        progress(f"tools: {', '.join(tools.names())} (time zone {tools.timezone})")
+    return engines
+
+
+def build_tools(settings: Settings) -> ToolRegistry:
+    """The server's tools: the built-ins asked for, then the operator's modules."""
+    try:
+        zoneinfo.ZoneInfo(settings.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigurationError(
+            f"VOICEFORGE_TIMEZONE={settings.timezone!r} is not an IANA time zone"
+        ) from None
+    tools = [*builtin_tools(settings.builtin_tools), *tools_in_modules(settings.tool_modules)]
+    return ToolRegistry(tools, timezone=settings.timezone)

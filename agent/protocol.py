@@ -29,17 +29,24 @@ from pipeline.events import (
     ResponseDone,
     ResponseStatus,
     ResponseTextDelta,
+    ResponseToolCall,
+    ResponseToolResult,
+    SessionEnded,
     SpeechStarted,
     SpeechStopped,
     TranscriptDelta,
     TranscriptFinal,
     TurnIgnored,
 )
+from pipeline.tools.executor import MAX_CLIENT_OUTPUT_CHARS
+from pipeline.tools.spec import Executor, ToolError, ToolSpec
 
 PROTOCOL_VERSION = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 """Additions a version-1 client may ignore: 1 = ``response.audio.pause`` / ``resume``
-(sent only to a client that sets ``session.playback_pause``)."""
+(sent only to a client that sets ``session.playback_pause``); 2 = tools
+(``response.tool_call`` / ``response.tool_result``, ``tool.result``,
+``session.ended``)."""
 SUBPROTOCOL = "voiceforge.v1"
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 """Browsers cannot set headers on a WebSocket: they offer ``bearer.<key>`` as a subprotocol."""
@@ -84,8 +91,22 @@ class ConversationText:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The client's answer to a ``response.tool_call`` it runs (protocol 1.2)."""
+
+    call_id: str
+    output: str
+    is_error: bool = False
+
+
 ClientMessage = (
-    SessionUpdate | InputAudioAppend | ResponseCancel | OutputAudioPlayed | ConversationText
+    SessionUpdate
+    | InputAudioAppend
+    | ResponseCancel
+    | OutputAudioPlayed
+    | ConversationText
+    | ToolResult
 )
 
 MAX_TEXT_CHARS = 4000
@@ -107,6 +128,20 @@ _STR_LEADS = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB}
 _EXT_LEADS = frozenset({0xC7, 0xC8, 0xC9, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
 _NESTED_MAPS = frozenset({("session",), ("session", "turn")})
 """The only places the protocol has a map inside the frame's map."""
+_FREE_TREES = frozenset({("session", "tools")})
+"""Where the protocol holds client-written JSON (tool definitions and their argument
+schemas): arrays and maps at any depth, read within ``MAX_TREE_NODES`` values and
+``MAX_TREE_DEPTH`` levels."""
+MAX_TREE_NODES = 4096
+MAX_TREE_DEPTH = 24
+MAX_TREE_ARRAY = 256
+MAX_CLIENT_TOOLS = 16
+_FORBIDDEN_SCHEMA_KEYS = frozenset({"pattern", "patternProperties", "$ref", "$dynamicRef"})
+"""Schema keywords a client's tool may not use: a regular expression of the client's
+would run on the server for every call (a catastrophic one stalls the event loop),
+and a reference could point anywhere."""
+_NAME_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
+"""Schema keywords whose map keys are names, not keywords."""
 
 
 def shown(value: object) -> str:
@@ -156,11 +191,12 @@ class _SchemaReader:
             max_buffer_size=max(1, len(data)),
             max_str_len=len(data),
             max_bin_len=len(data),
-            max_array_len=0,
+            max_array_len=MAX_TREE_ARRAY,
             max_map_len=MAX_MAP_KEYS,
             max_ext_len=0,
         )
         self.unpacker.feed(data)
+        self.tree_nodes = 0
 
     def frame(self) -> dict[str, Any]:
         message = self._map(())
@@ -190,6 +226,8 @@ class _SchemaReader:
 
     def _value(self, path: tuple[str, ...]) -> Any:
         lead = self._lead()
+        if path in _FREE_TREES:
+            return self._tree(0)
         if lead in _MAP_LEADS:
             if path in _NESTED_MAPS:
                 return self._map(path)
@@ -200,6 +238,34 @@ class _SchemaReader:
             raise _Malformed(f"an array at {shown('.'.join(path))}: client messages have none")
         if lead in _EXT_LEADS:
             raise _Malformed(f"an ext type at {shown('.'.join(path))}")
+        return self.unpacker.unpack()
+
+    def _tree(self, depth: int) -> Any:
+        """Client JSON: maps with str keys, arrays and scalars, within the budgets."""
+        self.tree_nodes += 1
+        if self.tree_nodes > MAX_TREE_NODES:
+            raise _Malformed(f"more than {MAX_TREE_NODES} values in session.tools")
+        if depth > MAX_TREE_DEPTH:
+            raise _Malformed(f"session.tools nested deeper than {MAX_TREE_DEPTH} levels")
+        lead = self._lead()
+        if lead in _MAP_LEADS:
+            entries = self.unpacker.read_map_header()
+            if entries > MAX_TREE_ARRAY:
+                raise _Malformed(f"a map in session.tools has more than {MAX_TREE_ARRAY} keys")
+            out: dict[str, Any] = {}
+            for _ in range(entries):
+                if self._lead() not in _STR_LEADS:
+                    raise _Malformed("map keys must be msgpack str")
+                key: str = self.unpacker.unpack()
+                out[key] = self._tree(depth + 1)
+            return out
+        if lead in _ARRAY_LEADS:
+            items = self.unpacker.read_array_header()
+            if items > MAX_TREE_ARRAY:
+                raise _Malformed(f"an array in session.tools has more than {MAX_TREE_ARRAY}")
+            return [self._tree(depth + 1) for _ in range(items)]
+        if lead in _EXT_LEADS:
+            raise _Malformed("an ext type in session.tools")
         return self.unpacker.unpack()
 
 
@@ -247,6 +313,19 @@ def decode_client_frame(data: bytes) -> ClientMessage:
                 "invalid_message", f"conversation.text: text longer than {MAX_TEXT_CHARS} chars"
             )
         return ConversationText(text)
+    if kind == "tool.result":
+        call_id = _require(message, "call_id", str)
+        output = _require(message, "output", str)
+        is_error = message.get("is_error", False)
+        if not isinstance(is_error, bool):
+            raise ProtocolError("invalid_message", "tool.result: is_error must be true or false")
+        if len(call_id) > SHOWN_CHARS or len(output) > MAX_CLIENT_OUTPUT_CHARS:
+            raise ProtocolError(
+                "invalid_message",
+                f"tool.result: call_id ≤ {SHOWN_CHARS} chars, output ≤ "
+                f"{MAX_CLIENT_OUTPUT_CHARS} chars",
+            )
+        return ToolResult(call_id, output, is_error)
     raise ProtocolError("unknown_type", f"unknown message type {shown(kind)}")
 
 
@@ -260,6 +339,7 @@ CLIENT_TYPES: dict[type, str] = {
     ResponseCancel: "response.cancel",
     OutputAudioPlayed: "output_audio.played",
     ConversationText: "conversation.text",
+    ToolResult: "tool.result",
 }
 
 
@@ -297,6 +377,9 @@ SERVER_TYPES: dict[type, str] = {
     ResponseAudioPause: "response.audio.pause",
     ResponseAudioResume: "response.audio.resume",
     ResponseDone: "response.done",
+    ResponseToolCall: "response.tool_call",
+    ResponseToolResult: "response.tool_result",
+    SessionEnded: "session.ended",
     ErrorEvent: "error",
 }
 _SERVER_CLASSES: dict[str, type] = {name: cls for cls, name in SERVER_TYPES.items()}
@@ -355,7 +438,10 @@ _TURN_TEXT_FIELDS = {"end_of_turn_policy"}
 _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
     "partial_transcript_interval_ms": (0.0, 10_000.0),
+    "tool_timeout_ms": (100.0, 60_000.0),
+    "tool_filler_ms": (0.0, 10_000.0),
 }
+TOOL_CHOICES = ("auto", "none")
 _INT_FIELDS: dict[str, tuple[int, int]] = {
     "max_response_tokens": (1, 2048),
     "first_chunk_max_words": (0, 64),
@@ -431,6 +517,14 @@ def parse_session_fields(
                 name: number if name in _TURN_TEXT_FIELDS else float(number)
                 for name, number in value.items()
             }
+        elif key == "tools":
+            changes[key] = parse_client_tools(value)
+        elif key == "tool_choice":
+            if value not in TOOL_CHOICES:
+                raise ProtocolError(
+                    "invalid_session", f"tool_choice must be one of {', '.join(TOOL_CHOICES)}"
+                )
+            changes[key] = value
         elif key in _BOOL_FIELDS:
             if not isinstance(value, bool):
                 raise ProtocolError("invalid_session", f"{key} must be true or false")
@@ -455,3 +549,55 @@ def parse_session_fields(
         else:
             raise ProtocolError("invalid_session", f"unknown session field {shown(key)}")
     return changes
+
+
+def parse_client_tools(value: Any) -> tuple[ToolSpec, ...]:
+    """``session.tools``: the client's tools, OpenAI's function format (flat, as the
+    Realtime API has it: ``{"type": "function", "name", "description", "parameters"}``)."""
+    if not isinstance(value, list) or len(value) > MAX_CLIENT_TOOLS:
+        raise ProtocolError(
+            "invalid_session", f"tools must be a list of at most {MAX_CLIENT_TOOLS} tools"
+        )
+    specs: list[ToolSpec] = []
+    for index, entry in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(entry, dict) or entry.get("type", "function") != "function":
+            raise ProtocolError("invalid_session", f"{where}: a map with type 'function'")
+        unknown = set(entry) - {"type", "name", "description", "parameters"}
+        if unknown:
+            raise ProtocolError(
+                "invalid_session", f"{where}: unknown field {shown(sorted(unknown)[0])}"
+            )
+        name, description = entry.get("name"), entry.get("description", "")
+        parameters = entry.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(name, str) or not isinstance(description, str):
+            raise ProtocolError("invalid_session", f"{where}: name and description are strings")
+        if not isinstance(parameters, dict):
+            raise ProtocolError("invalid_session", f"{where}: parameters must be a JSON schema")
+        if (keyword := _forbidden_keyword(parameters)) is not None:
+            raise ProtocolError(
+                "invalid_session", f"{where}: schema keyword {keyword!r} is not accepted"
+            )
+        try:
+            specs.append(ToolSpec(name, description, parameters, executor=Executor.CLIENT))
+        except ToolError as exc:
+            raise ProtocolError("invalid_session", f"{where}: {exc}") from None
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise ProtocolError("invalid_session", "tools: two tools have the same name")
+    return tuple(specs)
+
+
+def _forbidden_keyword(schema: Any) -> str | None:
+    """The first forbidden keyword in ``schema`` (a property *named* "pattern" is fine)."""
+    pending: list[tuple[Any, bool]] = [(schema, False)]
+    while pending:
+        node, names = pending.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if not names and key in _FORBIDDEN_SCHEMA_KEYS:
+                    return str(key)
+                pending.append((child, not names and key in _NAME_MAPS))
+        elif isinstance(node, list):
+            pending.extend((child, False) for child in node)
+    return None

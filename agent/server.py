@@ -45,6 +45,7 @@ from agent.limits import (
     OutboundQueue,
 )
 from agent.protocol import (
+    MAX_CLIENT_TOOLS,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
     ClientMessage,
@@ -57,15 +58,23 @@ from agent.protocol import (
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
+    ToolResult,
     decode_client_frame,
     encode_server_message,
     parse_session_fields,
+    shown,
 )
 from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
 from pipeline.conversation import Conversation, Engines
-from pipeline.events import ErrorEvent, Event, ResponseAudioClear, ResponseAudioDelta
+from pipeline.events import (
+    ErrorEvent,
+    Event,
+    ResponseAudioClear,
+    ResponseAudioDelta,
+    SessionEnded,
+)
 from pipeline.turn import TurnConfig
 
 logger = logging.getLogger("voiceforge.server")
@@ -157,6 +166,9 @@ class _Session:
         if not ok:
             # Not even control events fit: the client has stopped reading.
             self.finish(CLOSE_TOO_SLOW, "slow_client", flush=False)
+        elif isinstance(event, SessionEnded):
+            # The agent hung up (end_call) once its goodbye was heard.
+            self.finish(CLOSE_NORMAL, event.reason, flush=True)
         self.ready.set()
 
     def _drop_audio(self, response_id: str) -> None:
@@ -337,6 +349,13 @@ class _Session:
             conversation.report_played(message.response_id, message.played_ms)
         elif isinstance(message, ConversationText):
             conversation.send_text(message.text)
+        elif isinstance(message, ToolResult):
+            if not conversation.tool_result(message.call_id, message.output, message.is_error):
+                self.error(
+                    "unknown_tool_call",
+                    f"no client tool call {shown(message.call_id)} is waiting for a result "
+                    "(answered already, timed out, or never made)",
+                )
 
     def update_session(self, fields: dict[str, Any]) -> None:
         current = self.conversation.config
@@ -409,6 +428,8 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 "min_partial_transcript_interval_ms": (
                     settings.min_partial_transcript_interval_ms
                 ),
+                "server_tools": conversation.server_tools(),
+                "max_client_tools": MAX_CLIENT_TOOLS,
             },
         )
     )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, StreamResampler
-from pipeline.engines.base import CallScopedState, FloatAudio, WarmableLLM
+from pipeline.engines.base import CallScopedState, FloatAudio, ToolCallingLLM, WarmableLLM
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent
 from pipeline.history import History
@@ -126,6 +126,7 @@ class Conversation:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._call.tools.close()  # a finish tool left running by a barge-in, too
         self._vad.close()
         if isinstance(self.engines.llm, CallScopedState):
             self.engines.llm.release()  # what the engine kept for this call (its context)
@@ -145,12 +146,30 @@ class Conversation:
             self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         if config.turn != self.config.turn:
             self._turns.set_turn_config(config.turn)
-        if config.instructions != self.history.system_prompt and isinstance(
-            self.engines.llm, WarmableLLM
-        ):
-            self.engines.llm.warm(config.instructions)
+        offered = self._offered_tools(config)
+        if (
+            config.instructions != self.history.system_prompt
+            or offered != self._offered_tools(self.config)
+        ) and isinstance(self.engines.llm, WarmableLLM):
+            self.engines.llm.warm(config.instructions, offered)
         self.history.system_prompt = config.instructions
         self._call.config = config
+
+    def _offered_tools(self, config: SessionConfig) -> list[dict[str, Any]]:
+        """The tool definitions the model reads with ``config`` (with the instructions)."""
+        if not isinstance(self.engines.llm, ToolCallingLLM):
+            return []
+        return [
+            spec.openai() for spec in self._call.tools.offered(config.tools, config.tool_choice)
+        ]
+
+    def server_tools(self) -> list[str]:
+        """The server tools this call's model is offered (``limits.server_tools``)."""
+        return [spec.name for spec in self._call.tools.offered((), "auto")]
+
+    def tool_result(self, call_id: str, output: str, is_error: bool = False) -> bool:
+        """The client's ``tool.result``; False when no call of this client waits for it."""
+        return self._call.tools.client_result(call_id, output, is_error)
 
     # ------------------------------------------------------------------ inputs
 

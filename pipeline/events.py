@@ -107,6 +107,40 @@ class ResponseDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseToolCall:
+    """The model called a tool (protocol 1.2). ``executor`` ``client``: the client runs
+    it and answers with ``tool.result``; ``server``: for the client's information."""
+
+    response_id: str
+    call_id: str
+    name: str
+    arguments: str
+    """The model's arguments, JSON text (validated against the tool's schema)."""
+    executor: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseToolResult:
+    """A tool call's outcome (protocol 1.2): what the model reads next."""
+
+    response_id: str
+    call_id: str
+    name: str
+    status: str
+    """``ok``, ``error``, ``timeout``, ``invalid_arguments``, ``unknown_tool``, ``cancelled``."""
+    output: str
+    elapsed_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """The agent ended the call (``end_call``), after its last reply was heard: the
+    transport closes the call now (WebSocket close 1000, a phone line hangs up)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorEvent:
     code: str
     message: str
@@ -132,5 +166,8 @@ Event = (
     | ResponseAudioPause
     | ResponseAudioResume
     | ResponseDone
+    | ResponseToolCall
+    | ResponseToolResult
+    | SessionEnded
     | ErrorEvent
 )

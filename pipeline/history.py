@@ -9,6 +9,7 @@ a request to the model's context by tokens (an engine that can count them calls 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ class History:
             self._turns.append(ChatMessage(role="user", content=text))
         self._trim()
 
+    def add_tool_round(self, calls: Sequence[dict[str, object]], results: Sequence[str]) -> None:
+        """Add the model's tool calls (OpenAI ``tool_calls`` entries) and their results,
+        in call order: the next request shows the model what it asked and got."""
+        if not calls:
+            return
+        self._turns.append(ChatMessage(role="assistant", content="", tool_calls=list(calls)))
+        for call, result in zip(calls, results, strict=True):
+            self._turns.append(
+                ChatMessage(role="tool", content=result, tool_call_id=str(call["id"]))
+            )
+        self._trim()
+
     def add_assistant(self, text: str) -> None:
         """Add what the caller heard of a reply; nothing when nothing was heard."""
         text = text.strip()
@@ -72,7 +85,7 @@ class History:
     def messages(self) -> list[ChatMessage]:
         """The system prompt, then the turns; a fresh list the caller may keep."""
         system = ChatMessage(role="system", content=self.system_prompt)
-        return [system, *(ChatMessage(role=m["role"], content=m["content"]) for m in self._turns)]
+        return [system, *(m.copy() for m in self._turns)]
 
     def __len__(self) -> int:
         return len(self._turns)
@@ -82,21 +95,24 @@ class History:
             return True
         if self.max_chars is None or len(self._turns) <= 1:
             return False
-        return sum(len(turn["content"]) for turn in self._turns) > self.max_chars
+        return sum(message_chars(turn) for turn in self._turns) > self.max_chars
 
     def _trim(self) -> None:
-        # A user turn goes with the reply to it, so the oldest turn left is a user's
-        # (or the assistant's greeting, which has no user turn before it).
+        # A user turn goes with the reply to it (its tool calls and results too), so
+        # the oldest turn left is a user's (or the assistant's greeting, which has no
+        # user turn before it), and a tool result never outlives the call it answers.
         while self._over_limit():
-            dropped = self._turns.pop(0)
+            self._turns.pop(0)
             self.dropped += 1
-            if (
-                dropped["role"] == "user"
-                and self._turns
-                and self._turns[0]["role"] == "assistant"
-            ):
+            while self._turns and self._turns[0]["role"] != "user" and len(self._turns) > 1:
                 self._turns.pop(0)
                 self.dropped += 1
+
+
+def message_chars(message: ChatMessage) -> int:
+    """A message's size for the history bound: its text and any tool calls it made."""
+    calls = message.get("tool_calls")
+    return len(message["content"]) + (len(json.dumps(calls)) if calls else 0)
 
 
 def fit_to_context(
@@ -112,21 +128,25 @@ def fit_to_context(
     """
     system = [m for m in messages if m["role"] == "system"]
     turns = [m for m in messages if m["role"] != "system"]
-    used = sum(count_tokens(m["content"]) for m in system)
-    used += sum(count_tokens(m["content"]) for m in turns)
+
+    def cost(message: ChatMessage) -> int:
+        calls = message.get("tool_calls")
+        return count_tokens(message["content"]) + (count_tokens(json.dumps(calls)) if calls else 0)
+
+    used = sum(cost(m) for m in system) + sum(cost(m) for m in turns)
     start = 0
-    while used > budget and start < len(turns) - 1:
-        used -= count_tokens(turns[start]["content"])
-        dropped_user = turns[start]["role"] == "user"
+    # The newest user turn and everything after it (its tool calls) always stay.
+    last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=0)
+    keep_from = min(last_user, len(turns) - 1)
+    while used > budget and start < keep_from:
+        used -= cost(turns[start])
         start += 1
-        if dropped_user and start < len(turns) - 1 and turns[start]["role"] == "assistant":
-            used -= count_tokens(turns[start]["content"])
+        while start < keep_from and turns[start]["role"] != "user":
+            used -= cost(turns[start])
             start += 1
     if used > budget:
         return None
-    return [
-        ChatMessage(role=m["role"], content=m["content"]) for m in [*system, *turns[start:]]
-    ]
+    return [m.copy() for m in [*system, *turns[start:]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.audio import ChunkSeam, StreamResampler, float_to_pcm16
 from pipeline.chunker import TextChunk, TextChunker
-from pipeline.engines.base import ChatMessage, FloatAudio, YieldingLLM
+from pipeline.engines.base import ChatMessage, FloatAudio, ToolCallingLLM, YieldingLLM
 from pipeline.errors import EngineError, LLMError, LLMTimeoutError, LLMUnavailableError, TTSError
 from pipeline.events import (
     ErrorEvent,
@@ -44,9 +44,12 @@ from pipeline.events import (
     ResponseDone,
     ResponseStatus,
     ResponseTextDelta,
+    SessionEnded,
 )
 from pipeline.history import SpokenChunk, heard_text
 from pipeline.session import CallContext
+from pipeline.tools.reply import ReplyTools, SpeakNow
+from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.conversation")
 
@@ -106,6 +109,8 @@ class Response:
     """Audio made while paused, sent on resume (at most the chunk being spoken)."""
     unpaused: asyncio.Event = field(default_factory=_set_event)
     """Set unless paused; speech synthesis waits on it between chunks."""
+    tools: ReplyTools | None = None
+    """The tool calls this reply made (None: it was offered no tool)."""
 
     def move(self, phase: ResponsePhase) -> None:
         if phase not in _ALLOWED_PHASES[self.phase]:
@@ -356,6 +361,8 @@ class ResponseRunner:
                 # cancellation (found by loadtest/). The finisher settles it.
                 return
         response.move(ResponsePhase.FINISHING)
+        if response.tools is not None:
+            await response.tools.write_history(self._call.history)
         if failure is None:
             self._call.history.add_assistant(response.text)
             self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
@@ -382,19 +389,64 @@ class ResponseRunner:
         except Exception:
             logger.exception("session=%s apology not spoken", self._call.session_id)
 
-    async def _llm_deltas(self, response: Response) -> AsyncGenerator[str, None]:
-        """The reply's text deltas, retried while nothing of it has come out yet."""
+    async def _llm_deltas(self, response: Response) -> AsyncGenerator[str | SpeakNow, None]:
+        """The reply's text: one model turn, or model turns around tool calls."""
         if response.canned is not None:
             yield response.canned
             return
+        call = self._call
+        config = call.config
+        offered = (
+            call.tools.offered(config.tools, config.tool_choice)
+            if isinstance(call.engines.llm, ToolCallingLLM)
+            else []
+        )
+        if not offered:
+            async for piece in self._request(response, response.messages, []):
+                if isinstance(piece, str):
+                    yield piece
+            return
+        response.tools = ReplyTools(
+            call.tools,
+            offered,
+            response_id=response.response_id,
+            client_timeout_s=config.tool_timeout_ms / 1000,
+            filler_after_s=config.tool_filler_ms / 1000,
+            timings=response.timings,
+        )
+
+        def request(
+            messages: list[ChatMessage], tools: list[dict[str, Any]]
+        ) -> AsyncGenerator[str | ToolCall, None]:
+            return self._request(response, messages, tools)
+
+        text = response.tools.text(
+            response.messages, request, response.released, lambda: not response.text.strip()
+        )
+        try:
+            async for item in text:
+                yield item
+        finally:
+            await text.aclose()
+
+    async def _request(
+        self, response: Response, messages: list[ChatMessage], tools: list[dict[str, Any]]
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """One model turn, retried while nothing of it has come out yet."""
         config = self._call.config
         llm = self._call.engines.llm
         attempt = 0
         while True:
-            stream = llm.stream(
-                response.messages,
-                max_tokens=config.max_response_tokens,
-                temperature=config.temperature,
+            stream: Any = (
+                llm.stream_with_tools(
+                    messages, tools=tools, max_tokens=config.max_response_tokens,
+                    temperature=config.temperature,
+                )
+                if tools and isinstance(llm, ToolCallingLLM)
+                else llm.stream(
+                    messages, max_tokens=config.max_response_tokens,
+                    temperature=config.temperature,
+                )
             )
             produced = False
             try:
@@ -410,7 +462,7 @@ class ResponseRunner:
             except Exception as exc:  # garbage from the engine, a bug in it
                 raise LLMError(f"{llm.name}: {exc!r}", transient=False) from exc
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
 
     async def _generate_text(
         self, response: Response, chunks: asyncio.Queue[TextChunk | None]
@@ -421,25 +473,52 @@ class ResponseRunner:
         stream = self._llm_deltas(response)
         try:
             async for delta in stream:
+                if isinstance(delta, SpeakNow):
+                    await self._speak_now(response, chunker, chunks, delta.text, requested)
+                    continue
                 if first_token:
                     response.timings["llm_first_token_ms"] = (time.monotonic() - requested) * 1000
                     first_token = False
                 response.text += delta
                 self._response_emit(response, ResponseTextDelta(response.response_id, delta))
                 for chunk in chunker.push(delta):
-                    if chunk.index == 0:
-                        response.timings["first_chunk_text_ms"] = (
-                            time.monotonic() - requested
-                        ) * 1000
-                    await chunks.put(chunk)
+                    await self._queue_chunk(response, chunks, chunk, requested)
             for chunk in chunker.flush():
-                if chunk.index == 0:
-                    response.timings["first_chunk_text_ms"] = (time.monotonic() - requested) * 1000
-                await chunks.put(chunk)
+                await self._queue_chunk(response, chunks, chunk, requested)
         finally:
             await stream.aclose()
             response.timings["llm_total_ms"] = (time.monotonic() - requested) * 1000
         await chunks.put(None)
+
+    async def _queue_chunk(
+        self,
+        response: Response,
+        chunks: asyncio.Queue[TextChunk | None],
+        chunk: TextChunk,
+        requested: float,
+    ) -> None:
+        if "first_chunk_text_ms" not in response.timings:
+            response.timings["first_chunk_text_ms"] = (time.monotonic() - requested) * 1000
+        await chunks.put(chunk)
+
+    async def _speak_now(
+        self,
+        response: Response,
+        chunker: TextChunker,
+        chunks: asyncio.Queue[TextChunk | None],
+        text: str,
+        requested: float,
+    ) -> None:
+        """What the model said so far is spoken now (a tool call is about to make it
+        wait); then ``text`` (a filler), as a chunk of its own."""
+        for chunk in chunker.flush():
+            await self._queue_chunk(response, chunks, chunk, requested)
+        if not text:
+            return
+        delta = f"{' ' if response.text and not response.text[-1].isspace() else ''}{text} "
+        response.text += delta
+        self._response_emit(response, ResponseTextDelta(response.response_id, delta))
+        await self._queue_chunk(response, chunks, TextChunk(text, text, 0), requested)
 
     async def _speak(self, response: Response, chunks: asyncio.Queue[TextChunk | None]) -> None:
         try:
@@ -563,6 +642,8 @@ class ResponseRunner:
                 )
         played = response.best_played_ms(time.monotonic())
         heard = heard_text(response.chunks, played) if played > 0 else ""
+        if response.tools is not None:
+            await response.tools.write_history(self._call.history)
         self._call.history.add_assistant(heard)
         response.timings["played_source_client"] = 1.0 if response.played_ms is not None else 0.0
         self._finish(response, ResponseStatus.CANCELLED, heard, played, reason=reason)
@@ -591,6 +672,12 @@ class ResponseRunner:
         )
         if self.current is response:
             self.current = None
+        context = self._call.tools.context
+        if context.end_requested is not None:
+            if status is ResponseStatus.CANCELLED:
+                context.end_requested = None  # the caller spoke over the goodbye: talk on
+            else:
+                self._call.emit(SessionEnded(context.end_requested))
 
 
 def _time_from_end_of_turn(timings: dict[str, float]) -> None:

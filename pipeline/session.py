@@ -20,6 +20,9 @@ from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent, Event
 from pipeline.history import History
 from pipeline.smart_turn import BatchedSmartTurnWorker
+from pipeline.tools.executor import CallTools
+from pipeline.tools.registry import ToolContext, ToolRegistry
+from pipeline.tools.spec import ToolSpec
 from pipeline.turn import TurnConfig
 from pipeline.vad import BatchedVADWorker
 
@@ -93,6 +96,15 @@ class SessionConfig:
     speculative_response_min_silence_ms: float = 200.0
     """Silence needed before a speculative reply starts: pauses between words end
     sooner, and a reply started on half a sentence only costs CPU."""
+    tools: tuple[ToolSpec, ...] = ()
+    """The client's tools (``session.update``); the server's come from the registry."""
+    tool_choice: str = "auto"
+    """``auto``: the model may call any tool offered; ``none``: it is offered none."""
+    tool_timeout_ms: float = 10_000.0
+    """How long a client tool's ``tool.result`` is waited for."""
+    tool_filler_ms: float = 700.0
+    """A tool still running after this makes the agent say a short filler (once per
+    reply, only if it has said nothing yet); 0: never."""
 
 
 @dataclass(slots=True)
@@ -104,6 +116,8 @@ class Engines:
     smart_turn: BatchedSmartTurnWorker | None = None
     """The end-of-turn model, shared by every call; None: the learned turn policy
     is not available on this server."""
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
+    """The server's tools, shared by every call (pipeline/tools/)."""
 
     async def start_workers(self) -> None:
         """Start the shared batching workers (VAD, end-of-turn model)."""
@@ -136,6 +150,15 @@ class CallContext:
     history: History
     emit: Emit
     closed: bool = False
+    tools: CallTools = field(init=False)
+    """This call's tool runs (what its model is offered, what it called)."""
+
+    def __post_init__(self) -> None:
+        context = ToolContext(self.session_id, self.engines.tools.timezone)
+        self.tools = CallTools(self.engines.tools, context, self._emit)
+
+    def _emit(self, event: Event) -> None:
+        self.emit(event)  # looked up at each call: the outlet is swapped at close
 
     def report_unexpected(self, task: asyncio.Future[Any]) -> None:
         """A bug in a turn or response task must not vanish with the task."""

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.tools.spec import ToolCall
 
 FloatAudio = npt.NDArray[np.float32]
 """Mono float32 samples in [-1, 1]."""
 
 
 class ChatMessage(TypedDict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    """An assistant message that called tools: OpenAI's ``tool_calls`` entries."""
+    tool_call_id: NotRequired[str]
+    """A ``tool`` message: the call whose result ``content`` is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,24 @@ class LLMEngine(Protocol):
 
 
 @runtime_checkable
+class ToolCallingLLM(Protocol):
+    """An LLM that can call tools (optional): the OpenAI-compatible engine (vLLM's
+    tool-call parser) and the embedded llama.cpp engine."""
+
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[str | ToolCall]:
+        """Like ``stream``, offering ``tools`` (OpenAI's format): yields text deltas and,
+        once each is complete, the calls the model made (arguments not yet validated)."""
+        ...
+
+
+@runtime_checkable
 class SessionScopedLLM(Protocol):
     """An LLM that wants to know which call a request belongs to (optional).
 
@@ -104,8 +128,10 @@ class WarmableLLM(Protocol):
     the model reads them while the caller is still speaking.
     """
 
-    def warm(self, instructions: str) -> None:
-        """Queue the read; returns at once. Best effort: failures are not raised."""
+    def warm(self, instructions: str, tools: Sequence[dict[str, Any]] = ()) -> None:
+        """Queue the read (with the ``tools`` the model will be offered: the template
+        lists them with the instructions); returns at once. Best effort: failures are
+        not raised."""
         ...
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,10 @@ from typing import Any
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
 from pipeline.engines.llama_contexts import NO_CALL, CallContexts
+from pipeline.engines.llama_tools import TemplateTools
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
+from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.llm")
 
@@ -49,6 +52,8 @@ MESSAGE_OVERHEAD_TOKENS = 8
 ``<|im_end|>\n`` is 5), counted on top of its content."""
 CONTEXT_MARGIN_TOKENS = 32
 """Room kept free besides the reply: the assistant header and any template extras."""
+TOOLS_TEMPLATE_TOKENS = 120
+"""The chat template's words around the tools it lists (Qwen2.5's: ~100 tokens)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class LlamaCppLLM:
         self.last_prompt_tokens = 0
         """Prompt tokens the last generation evaluated (those not already in the context)."""
         self._prompt_pending = False
+        self._template_tools: TemplateTools | None = None
         self._queue_size = queue_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._jobs = FairJobQueue(max_jobs_per_session)
@@ -161,17 +167,38 @@ class LlamaCppLLM:
         ``session`` is whose stream this is (``for_session`` sets it): the worker
         serves the waiting streams of different sessions in turn.
         """
+        stream = self.stream_with_tools(
+            messages, tools=(), max_tokens=max_tokens, temperature=temperature, session=session
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, str):
+                    yield item
+        finally:
+            await stream.aclose()
+
+    async def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        session: str = "",
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """Like ``stream``, offering ``tools``: text deltas, then the call the model
+        made if it made one (pipeline/engines/llama_tools.py)."""
         if self._closed:
             raise LLMError(f"{self.name}: engine is closed", transient=False)
         loop = asyncio.get_running_loop()
         # One slot beyond the credits for the final _End, which needs no credit.
-        queue: asyncio.Queue[str | _End] = asyncio.Queue(maxsize=self._queue_size + 1)
+        queue: asyncio.Queue[str | ToolCall | _End] = asyncio.Queue(maxsize=self._queue_size + 1)
         credits = threading.Semaphore(self._queue_size)
         stop = threading.Event()
 
-        def emit(item: str | _End) -> bool:
+        def emit(item: str | ToolCall | _End) -> bool:
             """Hand ``item`` to the loop (worker thread); False when the consumer is gone."""
-            if isinstance(item, str):
+            if not isinstance(item, _End):
                 while not credits.acquire(timeout=_CREDIT_POLL_S):
                     if stop.is_set():
                         return False
@@ -181,13 +208,16 @@ class LlamaCppLLM:
                 return False
             return not stop.is_set()
 
-        request = [ChatMessage(role=m["role"], content=m["content"]) for m in messages]
+        request = [m.copy() for m in messages]
+        offered = [dict(tool) for tool in tools]
         finished: asyncio.Future[None] = loop.create_future()
 
         def run() -> None:
             try:
                 if not stop.is_set():
-                    self._generate(request, max_tokens, temperature, stop, emit, session)
+                    self._generate(
+                        request, max_tokens, temperature, stop, emit, session, offered
+                    )
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
                     loop.call_soon_threadsafe(_resolve, finished)
@@ -230,8 +260,14 @@ class LlamaCppLLM:
         if job is not None:
             job.run()
 
-    def fit(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[ChatMessage]:
-        """``messages`` trimmed to leave ``max_tokens`` of the context for the reply.
+    def fit(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        tools: Sequence[dict[str, Any]] = (),
+    ) -> list[ChatMessage]:
+        """``messages`` trimmed to leave ``max_tokens`` of the context for the reply
+        (and room for the ``tools`` the template lists).
 
         Keeps the system prompt and the newest turns. Raises LLMRequestError when
         the system prompt is over ``max_instruction_tokens`` or it and the newest
@@ -252,6 +288,8 @@ class LlamaCppLLM:
                 f"{self.max_instruction_tokens}"
             )
         budget = self.n_ctx - max_tokens - CONTEXT_MARGIN_TOKENS
+        if tools:
+            budget -= count(json.dumps(list(tools))) + TOOLS_TEMPLATE_TOKENS
         fitted = fit_to_context(messages, count, budget)
         if fitted is None:
             raise LLMRequestError(
@@ -266,43 +304,74 @@ class LlamaCppLLM:
         max_tokens: int,
         temperature: float,
         stop: threading.Event,
-        emit: Callable[[str | _End], bool],
+        emit: Callable[[str | ToolCall | _End], bool],
         session: str = NO_CALL,
+        tools: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Run one generation on the worker thread."""
         error: BaseException | None = None
         self._generating.set()
         try:
-            fitted = self.fit(messages, max_tokens)
+            fitted = self.fit(messages, max_tokens, tools)
             self.generations_started += 1
             self.contexts.take(self._model, session)
             self._prompt_pending = True
-            chunks = self._model.create_chat_completion(
-                messages=[dict(m) for m in fitted],
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stream=True,
-            )
+            items = self._items(fitted, max_tokens, temperature, tools, stop)
             gate = self._gates.setdefault(session, _open_gate())
             try:
-                for chunk in chunks:
-                    if stop.is_set():
-                        break
-                    delta = chunk["choices"][0]["delta"].get("content")
-                    if delta and not emit(delta):
+                for item in items:
+                    if stop.is_set() or not emit(item):
                         break
                     if not gate.is_set():
                         self.pauses += 1
                         _wait_for_gate(gate, stop)
             finally:
-                chunks.close()
+                items.close()
         except Exception as failure:
             error = failure
         finally:
             self._generating.clear()
         emit(_End(error))
 
-    def warm(self, instructions: str, session: str = NO_CALL) -> bool:
+    def _items(
+        self,
+        messages: list[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[dict[str, Any]],
+        stop: threading.Event,
+    ) -> Generator[str | ToolCall, None, None]:
+        """What one generation yields (worker thread): text deltas, then any call."""
+        if tools:
+            yield from self.template_tools().stream(
+                self.template_tools().prompt(messages, tools),
+                max_tokens=max_tokens, temperature=temperature, tools=tools,
+                stopped=stop.is_set,
+            )
+            return
+        chunks = self._model.create_chat_completion(
+            messages=[dict(m) for m in messages],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stream=True,
+        )
+        try:
+            for chunk in chunks:
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    yield delta
+        finally:
+            chunks.close()
+
+    def template_tools(self) -> TemplateTools:
+        """The model's tool-call writer, made on first use (worker thread)."""
+        if self._template_tools is None:
+            self._template_tools = TemplateTools(self._model)
+        return self._template_tools
+
+    def warm(
+        self, instructions: str, session: str = NO_CALL, tools: Sequence[dict[str, Any]] = ()
+    ) -> bool:
         """Read ``instructions`` into the call's context before its first reply.
 
         Queued as the call's job (fair between calls, bounded per call like its
@@ -316,9 +385,11 @@ class LlamaCppLLM:
             ChatMessage(role="user", content="."),
         ]
 
+        offered = [dict(tool) for tool in tools]
+
         def run() -> None:
             self._warm_jobs.pop(session, None)
-            self._warm(messages, session)
+            self._warm(messages, session, offered)
 
         job = Job(session, run)
         waiting = self._warm_jobs.pop(session, None)
@@ -335,16 +406,22 @@ class LlamaCppLLM:
             return False
         return True
 
-    def _warm(self, messages: list[ChatMessage], session: str) -> None:
-        """Evaluate the instructions on the worker thread; a failure is left to the
-        reply, which reports it to the caller."""
+    def _warm(
+        self, messages: list[ChatMessage], session: str, tools: Sequence[dict[str, Any]]
+    ) -> None:
+        """Evaluate the instructions (and the tools the template lists with them) on
+        the worker thread; a failure is left to the reply, which reports it."""
         self._generating.set()
         try:
-            fitted = self.fit(messages, max_tokens=1)
+            fitted = self.fit(messages, max_tokens=1, tools=tools)
             self.contexts.take(self._model, session)
-            self._model.create_chat_completion(
-                messages=[dict(m) for m in fitted], max_tokens=1, temperature=0.0
-            )
+            if tools:
+                prompt = self.template_tools().prompt(fitted, tools)
+                self._model.create_completion(prompt, max_tokens=1, temperature=0.0)
+            else:
+                self._model.create_chat_completion(
+                    messages=[dict(m) for m in fitted], max_tokens=1, temperature=0.0
+                )
             self.warm_ups += 1
         except Exception:
             logger.debug("warming the instructions failed", exc_info=True)
@@ -419,13 +496,26 @@ class _SessionView:
             messages, max_tokens=max_tokens, temperature=temperature, session=self._session
         )
 
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        return self._engine.stream_with_tools(
+            messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
+            session=self._session,
+        )
+
     def release(self) -> None:
         """The call has ended (``Conversation.close``)."""
         self._engine.release(self._session)
 
-    def warm(self, instructions: str) -> None:
-        """The call set new instructions: read them before its first reply."""
-        self._engine.warm(instructions, self._session)
+    def warm(self, instructions: str, tools: Sequence[dict[str, Any]] = ()) -> None:
+        """The call set new instructions: read them (and its tools) before its first reply."""
+        self._engine.warm(instructions, self._session, tools)
 
     def pause_generation(self) -> None:
         self._engine.pause_generation(self._session)

@@ -21,6 +21,7 @@ import openai
 
 from pipeline.engines.base import ChatMessage
 from pipeline.errors import LLMError, LLMRequestError, LLMTimeoutError, LLMUnavailableError
+from pipeline.tools.spec import ToolCall, new_call_id
 
 DEFAULT_API_KEY_ENV = "VOICEFORGE_LLM_API_KEY"
 _REQUEST_REFUSED = frozenset({400, 413, 422})
@@ -76,8 +77,35 @@ class OpenAICompatLLM:
 
         ``extra_headers`` are sent with this request only (a per-call routing key).
         """
+        stream = self.stream_with_tools(
+            messages, tools=(), max_tokens=max_tokens, temperature=temperature,
+            extra_headers=extra_headers,
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, str):
+                    yield item
+        finally:
+            await stream.aclose()
+
+    async def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[Mapping[str, Any]],
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> AsyncGenerator[str | ToolCall, None]:
+        """Yield text deltas and, at the end of the stream, the complete tool calls.
+
+        A call's arguments arrive in pieces (vLLM's tool parser streams them, and
+        several calls interleave by ``index``): they are joined here, so the caller
+        sees each call once, whole. With ``tools`` empty no tool is offered.
+        """
         deadline = time.monotonic() + self.first_token_timeout_s
         request: list[Any] = [dict(message) for message in messages]
+        offered: dict[str, Any] = {"tools": [dict(tool) for tool in tools]} if tools else {}
         try:
             response = await self._within(
                 self._client.chat.completions.create(
@@ -87,6 +115,7 @@ class OpenAICompatLLM:
                     temperature=temperature,
                     stream=True,
                     extra_headers=dict(extra_headers) if extra_headers else None,
+                    **offered,
                 ),
                 deadline - time.monotonic(),
                 "first token",
@@ -105,6 +134,7 @@ class OpenAICompatLLM:
                 )
             first = True
             answered = False
+            calls: dict[int, dict[str, str]] = {}
             while True:
                 limit = deadline - time.monotonic() if first else self.stall_timeout_s
                 try:
@@ -117,6 +147,8 @@ class OpenAICompatLLM:
                             f"{self.endpoint} ended its stream without a completion chunk",
                             transient=False,
                         ) from None
+                    for call in (calls[index] for index in sorted(calls)):
+                        yield ToolCall(call["name"], call["arguments"], call["id"] or new_call_id())
                     return
                 except openai.OpenAIError as error:
                     raise self._translate(error) from error
@@ -126,10 +158,19 @@ class OpenAICompatLLM:
                         transient=False,
                     ) from error
                 answered = answered or bool(chunk.choices)
-                delta = chunk.choices[0].delta.content if chunk.choices else None
-                if delta:
+                delta = chunk.choices[0].delta if chunk.choices else None
+                if delta is None:
+                    continue
+                for piece in delta.tool_calls or ():
                     first = False
-                    yield delta
+                    call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = call["id"] or (piece.id or "")
+                    if piece.function is not None:
+                        call["name"] += piece.function.name or ""
+                        call["arguments"] += piece.function.arguments or ""
+                if delta.content:
+                    first = False
+                    yield delta.content
         finally:
             await response.close()
 

@@ -17,9 +17,11 @@ engine's HTTP connection pool and adds one header per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.openai_compat import OpenAICompatLLM
+from pipeline.tools.spec import ToolCall
 
 DEFAULT_SESSION_HEADER = "x-session-id"
 
@@ -43,6 +45,18 @@ class SessionRoutedLLM:
     ) -> AsyncIterator[str]:
         """A request outside any call (warm-up, probes): no routing key."""
         return self.engine.stream(messages, max_tokens=max_tokens, temperature=temperature)
+
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[str | ToolCall]:
+        return self.engine.stream_with_tools(
+            messages, tools=tools, max_tokens=max_tokens, temperature=temperature
+        )
 
     def for_session(self, session_id: str) -> LLMEngine:
         return _SessionView(self.engine, {self.header: session_id})
@@ -68,4 +82,17 @@ class _SessionView:
     ) -> AsyncIterator[str]:
         return self._engine.stream(
             messages, max_tokens=max_tokens, temperature=temperature, extra_headers=self._headers
+        )
+
+    def stream_with_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        tools: Sequence[dict[str, Any]],
+        max_tokens: int,
+        temperature: float,
+    ) -> AsyncIterator[str | ToolCall]:
+        return self._engine.stream_with_tools(
+            messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
+            extra_headers=self._headers,
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -283,7 +284,7 @@ class _KeptView(ScriptedLLM):
     def release(self) -> None:
         self._owner.released.append(self._session)
 
-    def warm(self, instructions: str) -> None:
+    def warm(self, instructions: str, tools: Sequence[dict[str, Any]] = ()) -> None:
         self._owner.warmed.append(instructions)
 
 

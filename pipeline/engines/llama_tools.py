@@ -1,0 +1,162 @@
+"""Tool calls from a small in-process model: its own chat template, then a grammar.
+
+The GGUF's chat template (Qwen2.5's, in the embedded default) knows how to show a
+model its tools and how a model answers with a call: ``<tool_call>{"name": …,
+"arguments": …}</tool_call>``, or, as the 0.5B model does, the bare JSON object.
+A 0.5B model picks the right tool often but writes its arguments badly (it copies
+the schema, invents fields). So generation runs in two steps:
+
+1. free: the reply streams as speech until the model starts a call — its first
+   non-blank character is ``{`` or it writes the ``<tool_call>`` token;
+2. constrained: the call is written again from that point under a grammar built
+   from the offered tools' schemas (llama.cpp's JSON-schema grammar), so the name is
+   one of the tools and the arguments fit its schema by construction.
+
+The second step costs a few dozen tokens of grammar-checked sampling, paid only by
+replies that call a tool. One call per model turn: the model may call again once it
+has read the result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from pipeline.engines.base import ChatMessage
+from pipeline.errors import LLMError
+from pipeline.tools.spec import ToolCall
+
+TOOL_CALL_TAG = "<tool_call>"
+MAX_CALL_TOKENS = 256
+
+
+class TemplateTools:
+    """Renders prompts with tools and writes calls under a grammar, for one model."""
+
+    def __init__(self, model: Any) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = model.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise LLMError("this GGUF has no chat template: it cannot be offered tools",
+                           transient=False)
+        eos = model.detokenize([model.token_eos()], special=True).decode("utf-8", "ignore")
+        bos_id = model.token_bos()
+        bos = (
+            model.detokenize([bos_id], special=True).decode("utf-8", "ignore")
+            if bos_id >= 0 else ""
+        )
+        self._model = model
+        self._format = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        tag = model.tokenize(TOOL_CALL_TAG.encode(), add_bos=False, special=True)
+        self.tag_token: int | None = tag[0] if len(tag) == 1 else None
+        """The template's call-opening token, when the vocabulary has one."""
+
+    def prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]]) -> str:
+        template_messages: Any = [_template_message(m) for m in messages]
+        offered: Any = list(tools)
+        rendered: str = self._format(messages=template_messages, tools=offered).prompt
+        return rendered
+
+    def stream(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: Sequence[dict[str, Any]],
+        stopped: Callable[[], bool],
+    ) -> Iterator[str | ToolCall]:
+        """Text deltas until the model starts a call; then the call, written under the
+        grammar. Runs on the model's worker thread."""
+        from llama_cpp import StoppingCriteriaList
+
+        tag_seen = False
+
+        def at_tag(tokens: Any, logits: Any) -> bool:
+            nonlocal tag_seen
+            if self.tag_token is not None and int(tokens[-1]) == self.tag_token:
+                tag_seen = True
+            return tag_seen
+
+        held = ""
+        spoken = ""
+        deciding = True
+        chunks = self._model.create_completion(
+            prompt, max_tokens=max_tokens, temperature=temperature, stream=True,
+            stopping_criteria=StoppingCriteriaList([at_tag]),
+        )
+        try:
+            for chunk in chunks:
+                if stopped():
+                    return
+                piece: str = chunk["choices"][0]["text"]
+                if deciding:
+                    held += piece
+                    if not held.strip():
+                        continue
+                    if held.lstrip().startswith(("{", TOOL_CALL_TAG)):
+                        break
+                    deciding, piece = False, held
+                spoken += piece
+                yield piece
+        finally:
+            chunks.close()
+        called = tag_seen or (deciding and held.lstrip().startswith(("{", TOOL_CALL_TAG)))
+        if not called or stopped():
+            return
+        prefix = f"{spoken}{TOOL_CALL_TAG}\n" if tag_seen else ""
+        yield self._constrained_call(prompt + prefix, tools, temperature)
+
+    def _constrained_call(
+        self, prompt: str, tools: Sequence[dict[str, Any]], temperature: float
+    ) -> ToolCall:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        schema = {"anyOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool["function"]["name"]},
+                    "arguments": tool["function"].get("parameters") or {"type": "object"},
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+            for tool in tools
+        ]}
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        result = self._model.create_completion(
+            prompt, max_tokens=MAX_CALL_TOKENS, temperature=temperature, grammar=grammar
+        )
+        text: str = result["choices"][0]["text"]
+        try:
+            call = json.loads(text)
+            return ToolCall(str(call["name"]), json.dumps(call.get("arguments", {})))
+        except (ValueError, KeyError, TypeError):
+            # Cut short by MAX_CALL_TOKENS: the executor answers it as invalid.
+            name = next(
+                (t["function"]["name"] for t in tools if f'"{t["function"]["name"]}"' in text),
+                "unknown",
+            )
+            return ToolCall(name, text)
+
+
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates print it: a call's arguments as an object."""
+    out: dict[str, Any] = dict(message)
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": _as_object(call)}}
+            for call in calls
+        ]
+    return out
+
+
+def _as_object(call: dict[str, Any]) -> Any:
+    try:
+        return json.loads(call["function"]["arguments"])
+    except (ValueError, KeyError, TypeError):
+        return {}

@@ -1,0 +1,63 @@
+"""The tools every call can use unless the operator turns them off (``VOICEFORGE_TOOLS``).
+
+``get_current_time`` answers "what time is it" with the operator's clock, in the
+operator's time zone unless the caller names a place; ``end_call`` lets the agent
+hang up after its goodbye (the transport closes the call once the goodbye has been
+heard); ``transfer_call`` is offered only on a call whose transport can hand it on
+(the telephony bridge, when the operator configured destinations).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+
+from pipeline.errors import ConfigurationError
+from pipeline.tools.registry import ServerTool, ToolContext, server_tool
+
+
+async def get_current_time(ctx: ToolContext, timezone: str | None = None) -> str:
+    """The current date and time. Use it when the caller asks the time, the day or the
+    date. Give timezone (an IANA name such as Asia/Tokyo) only if the caller names a
+    place."""
+    name = timezone or ctx.timezone
+    try:
+        zone = zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name[:64]!r}") from None
+    now = dt.datetime.now(zone)
+    clock = now.strftime("%I:%M %p").lstrip("0")
+    return f"It is {clock} on {now:%A}, {now:%B} {now.day}, {now.year} ({name} time)."
+
+
+async def end_call(ctx: ToolContext) -> str:
+    """End the call. Use it when the caller says goodbye or says they are done."""
+    ctx.end_call("end_call")
+    return "The call ends after your reply: say a short, friendly goodbye."
+
+
+async def transfer_call(ctx: ToolContext, destination: str) -> str:
+    """Transfer the caller to a person or department, when they ask for one."""
+    return await ctx.transfer(destination)
+
+
+BUILTIN: dict[str, ServerTool] = {
+    "get_current_time": server_tool(get_current_time, timeout_s=2.0, speaks_filler=False),
+    "end_call": server_tool(end_call, timeout_s=2.0, speaks_filler=False),
+    "transfer_call": server_tool(
+        transfer_call,
+        timeout_s=15.0,
+        on_interrupt="finish",
+        available=lambda ctx: ctx.transfer_handler is not None,
+    ),
+}
+DEFAULT_BUILTIN = ("get_current_time", "end_call", "transfer_call")
+
+
+def builtin_tools(names: list[str] | tuple[str, ...]) -> list[ServerTool]:
+    unknown = [name for name in names if name not in BUILTIN]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown built-in tool(s) {', '.join(unknown)}; known: {', '.join(BUILTIN)}"
+        )
+    return [BUILTIN[name] for name in names]
