@@ -18,6 +18,10 @@ switched between turns:
 * ``garbage_data``: SSE ``data:`` lines that are not JSON.
 * ``no_choices``: SSE chunks that are JSON objects without ``choices``.
 * ``html``: ``200 OK`` with an HTML page (``text/html``), not an event stream.
+* ``script``: whatever ``script(request)`` says (a ``ScriptedReply``): text word by
+  word, then tool calls streamed the way vLLM's tool parsers stream them — each call's
+  id and name first, its arguments in pieces, several calls by ``index`` (one after
+  another, or interleaved) — and ``finish_reason: tool_calls``.
 
 ``refuse_connections()`` closes the listening socket (a connection is refused by
 the kernel); ``accept_connections()`` listens again on the same port.
@@ -32,7 +36,9 @@ import asyncio
 import contextlib
 import json
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent.config import Settings
 
@@ -56,6 +62,7 @@ MODES = (
     "garbage_data",
     "no_choices",
     "html",
+    "script",
 )
 
 RETRIES = Settings().engine_retries
@@ -95,9 +102,23 @@ class SeenRequest:
     path: str
     mode: str
     model: object
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     tokens_sent: int = 0
     client_closed: bool = False
+    tools: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ScriptedReply:
+    """What mode ``script`` answers one request with."""
+
+    text: str = ""
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    """(name, arguments JSON) of each tool call, in index order."""
+    interleave: bool = False
+    """Stream the calls' argument pieces interleaved by index (several at once)."""
+    pieces: int = 3
+    """Pieces each call's arguments are split into."""
 
 
 class FaultyLLMServer:
@@ -105,6 +126,8 @@ class FaultyLLMServer:
 
     def __init__(self, *, token_interval_s: float = 0.01) -> None:
         self.mode = "ok"
+        self.script: Callable[[SeenRequest], ScriptedReply] | None = None
+        """Mode ``script``: the answer to each request (it sees what was asked)."""
         self.token_interval_s = token_interval_s
         self.requests: list[SeenRequest] = []
         self._loop = asyncio.new_event_loop()
@@ -187,7 +210,10 @@ class FaultyLLMServer:
                     length = int(value)
             raw = await reader.readexactly(length) if length else b""
             body = json.loads(raw) if raw else {}
-            request = SeenRequest(path, self.mode, body.get("model"), body.get("messages", []))
+            request = SeenRequest(
+                path, self.mode, body.get("model"), body.get("messages", []),
+                tools=body.get("tools", []),
+            )
             self.requests.append(request)
             if not path.endswith("/chat/completions"):
                 _respond(writer, "404 Not Found", "application/json", b'{"error": "not found"}')
@@ -251,6 +277,10 @@ class FaultyLLMServer:
             await self._event(writer, "[DONE]")
             await _end_chunks(writer)
             return
+        if mode == "script":
+            assert self.script is not None, "mode script needs a script"
+            await self._scripted(request, writer, self.script(request))
+            return
         # ok
         words = REPLY.split(" ")
         for index, word in enumerate(words):
@@ -259,6 +289,39 @@ class FaultyLLMServer:
         final = json.loads(_chunk(request, ""))
         final["choices"][0]["delta"] = {}
         final["choices"][0]["finish_reason"] = "stop"
+        await self._event(writer, json.dumps(final))
+        await self._event(writer, "[DONE]")
+        await _end_chunks(writer)
+
+    async def _scripted(
+        self, request: SeenRequest, writer: asyncio.StreamWriter, reply: ScriptedReply
+    ) -> None:
+        role = json.loads(_chunk(request, ""))
+        role["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+        await self._event(writer, json.dumps(role))
+        for index, word in enumerate(reply.text.split(" ") if reply.text else []):
+            await self._event(writer, _chunk(request, word if index == 0 else " " + word))
+            request.tokens_sent += 1
+        deltas: list[list[dict[str, Any]]] = []
+        for index, (name, arguments) in enumerate(reply.calls):
+            size = max(1, -(-len(arguments) // reply.pieces))
+            head = {"index": index, "id": f"chatcmpl-tool-{index}{len(self.requests)}",
+                    "type": "function", "function": {"name": name, "arguments": ""}}
+            parts = [{"index": index, "function": {"arguments": arguments[i : i + size]}}
+                     for i in range(0, len(arguments), size)]
+            deltas.append([head, *parts])
+        if reply.interleave:
+            ordered = [d for step in range(max(map(len, deltas), default=0))
+                       for call in deltas if step < len(call) for d in [call[step]]]
+        else:
+            ordered = [d for call in deltas for d in call]
+        for delta in ordered:
+            event = json.loads(_chunk(request, ""))
+            event["choices"][0]["delta"] = {"tool_calls": [delta]}
+            await self._event(writer, json.dumps(event))
+        final = json.loads(_chunk(request, ""))
+        final["choices"][0]["delta"] = {}
+        final["choices"][0]["finish_reason"] = "tool_calls" if reply.calls else "stop"
         await self._event(writer, json.dumps(final))
         await self._event(writer, "[DONE]")
         await _end_chunks(writer)
