@@ -413,12 +413,13 @@ class ResponseRunner:
             client_timeout_s=config.tool_timeout_ms / 1000,
             filler_after_s=config.tool_filler_ms / 1000,
             timings=response.timings,
+            max_rounds=call.engines.llm.max_tool_rounds,  # type: ignore[attr-defined]
         )
 
         def request(
-            messages: list[ChatMessage], tools: list[dict[str, Any]]
+            messages: list[ChatMessage], tools: list[dict[str, Any]], choice: str
         ) -> AsyncGenerator[str | ToolCall, None]:
-            return self._request(response, messages, tools)
+            return self._request(response, messages, tools, choice)
 
         text = response.tools.text(
             response.messages, request, response.released, lambda: not response.text.strip()
@@ -430,7 +431,11 @@ class ResponseRunner:
             await text.aclose()
 
     async def _request(
-        self, response: Response, messages: list[ChatMessage], tools: list[dict[str, Any]]
+        self,
+        response: Response,
+        messages: list[ChatMessage],
+        tools: list[dict[str, Any]],
+        tool_choice: str = "auto",
     ) -> AsyncGenerator[str | ToolCall, None]:
         """One model turn, retried while nothing of it has come out yet."""
         config = self._call.config
@@ -440,7 +445,7 @@ class ResponseRunner:
             stream: Any = (
                 llm.stream_with_tools(
                     messages, tools=tools, max_tokens=config.max_response_tokens,
-                    temperature=config.temperature,
+                    temperature=config.temperature, tool_choice=tool_choice,
                 )
                 if tools and isinstance(llm, ToolCallingLLM)
                 else llm.stream(

@@ -75,6 +75,10 @@ class ToolCallingLLM(Protocol):
     """An LLM that can call tools (optional): the OpenAI-compatible engine (vLLM's
     tool-call parser) and the embedded llama.cpp engine."""
 
+    max_tool_rounds: int
+    """Model turns of one reply that may call tools: a small model that has read a
+    result tends to call again rather than answer, so it gets one."""
+
     def stream_with_tools(
         self,
         messages: Sequence[ChatMessage],
@@ -82,9 +86,12 @@ class ToolCallingLLM(Protocol):
         tools: Sequence[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        tool_choice: str = "auto",
     ) -> AsyncIterator[str | ToolCall]:
         """Like ``stream``, offering ``tools`` (OpenAI's format): yields text deltas and,
-        once each is complete, the calls the model made (arguments not yet validated)."""
+        once each is complete, the calls the model made (arguments not yet validated).
+        ``tool_choice`` ``none``: the model must answer in words (from the results
+        in ``messages``); how the engine asks for that is its own business."""
         ...
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
 from pipeline.engines.llama_contexts import NO_CALL, CallContexts
-from pipeline.engines.llama_tools import TemplateTools
+from pipeline.engines.llama_tools import TemplateTools, earlier_calls_dropped, plain_messages
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
 from pipeline.tools.spec import ToolCall
@@ -65,6 +65,10 @@ class _End:
 
 class LlamaCppLLM:
     """A GGUF chat model run in-process, with the GGUF's own chat template."""
+
+    max_tool_rounds = 1
+    """A 0.5B model that has read a result calls the same tool again (measured on a
+    development set, docs/tools.md): after one round it must answer."""
 
     def __init__(
         self,
@@ -185,6 +189,7 @@ class LlamaCppLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
         session: str = "",
+        tool_choice: str = "auto",
     ) -> AsyncGenerator[str | ToolCall, None]:
         """Like ``stream``, offering ``tools``: text deltas, then the call the model
         made if it made one (pipeline/engines/llama_tools.py)."""
@@ -216,7 +221,8 @@ class LlamaCppLLM:
             try:
                 if not stop.is_set():
                     self._generate(
-                        request, max_tokens, temperature, stop, emit, session, offered
+                        request, max_tokens, temperature, stop, emit, session, offered,
+                        tool_choice,
                     )
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop is closed
@@ -307,6 +313,7 @@ class LlamaCppLLM:
         emit: Callable[[str | ToolCall | _End], bool],
         session: str = NO_CALL,
         tools: Sequence[dict[str, Any]] = (),
+        tool_choice: str = "auto",
     ) -> None:
         """Run one generation on the worker thread."""
         error: BaseException | None = None
@@ -316,7 +323,7 @@ class LlamaCppLLM:
             self.generations_started += 1
             self.contexts.take(self._model, session)
             self._prompt_pending = True
-            items = self._items(fitted, max_tokens, temperature, tools, stop)
+            items = self._items(fitted, max_tokens, temperature, tools, stop, tool_choice)
             gate = self._gates.setdefault(session, _open_gate())
             try:
                 for item in items:
@@ -340,17 +347,18 @@ class LlamaCppLLM:
         temperature: float,
         tools: Sequence[dict[str, Any]],
         stop: threading.Event,
+        tool_choice: str = "auto",
     ) -> Generator[str | ToolCall, None, None]:
         """What one generation yields (worker thread): text deltas, then any call."""
-        if tools:
+        if tools and tool_choice != "none":
             yield from self.template_tools().stream(
-                self.template_tools().prompt(messages, tools),
+                self.template_tools().prompt(earlier_calls_dropped(messages), tools),
                 max_tokens=max_tokens, temperature=temperature, tools=tools,
                 stopped=stop.is_set,
             )
             return
         chunks = self._model.create_chat_completion(
-            messages=[dict(m) for m in messages],
+            messages=[dict(m) for m in plain_messages(messages)],
             max_tokens=max_tokens,
             temperature=temperature,
             stream=True,
@@ -484,6 +492,7 @@ class _SessionView:
         self._engine = engine
         self._session = session_id
         self.name = engine.name
+        self.max_tool_rounds = engine.max_tool_rounds
 
     def stream(
         self,
@@ -503,10 +512,11 @@ class _SessionView:
         tools: Sequence[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        tool_choice: str = "auto",
     ) -> AsyncGenerator[str | ToolCall, None]:
         return self._engine.stream_with_tools(
             messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
-            session=self._session,
+            session=self._session, tool_choice=tool_choice,
         )
 
     def release(self) -> None:

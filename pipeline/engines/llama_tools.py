@@ -13,8 +13,14 @@ the schema, invents fields). So generation runs in two steps:
    one of the tools and the arguments fit its schema by construction.
 
 The second step costs a few dozen tokens of grammar-checked sampling, paid only by
-replies that call a tool. One call per model turn: the model may call again once it
-has read the result.
+replies that call a tool. One call per model turn.
+
+Reading a result back is where the small model fails in its own template: shown
+the call and the ``<tool_response>``, it writes the call again (as JSON, in a code
+block) instead of answering, whatever tokens are banned. Told the result in plain
+words at the end of its instructions, with no tools listed, it answers ("It is
+10:42 PM on Sunday…"). So the answer is asked that way (``plain_messages``):
+measured on a development set, docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -160,3 +166,36 @@ def _as_object(call: dict[str, Any]) -> Any:
         return json.loads(call["function"]["arguments"])
     except (ValueError, KeyError, TypeError):
         return {}
+
+
+def plain_messages(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` for a model turn that answers in words: tool calls left out, the
+    results of this turn's calls told in the instructions, older results dropped (the
+    answer that followed them carries what the caller was told)."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    kept: list[ChatMessage] = []
+    learned: list[str] = []
+    for index, message in enumerate(messages):
+        if message["role"] == "tool":
+            if index > last_user:
+                learned.append(message["content"])
+            continue
+        if message.get("tool_calls") and not message["content"]:
+            continue
+        kept.append(ChatMessage(role=message["role"], content=message["content"]))
+    if learned and kept and kept[0]["role"] == "system":
+        note = " ".join(learned)
+        kept[0] = ChatMessage(
+            role="system", content=f"{kept[0]['content']}\n\nWhat you know now: {note}"
+        )
+    return kept
+
+
+def earlier_calls_dropped(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` for a turn that may call a tool: the calls and results of earlier
+    turns left out (the small model copies them), this turn's kept."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return [
+        m.copy() for i, m in enumerate(messages)
+        if i > last_user or not (m["role"] == "tool" or (m.get("tool_calls") and not m["content"]))
+    ]

@@ -32,6 +32,8 @@ model's context); 401/403/404 stay engine errors: the deployment is misconfigure
 class OpenAICompatLLM:
     """Streams chat completions from an OpenAI-compatible server."""
 
+    max_tool_rounds = 3
+
     def __init__(
         self,
         base_url: str,
@@ -96,6 +98,7 @@ class OpenAICompatLLM:
         max_tokens: int = 256,
         temperature: float = 0.7,
         extra_headers: Mapping[str, str] | None = None,
+        tool_choice: str = "auto",
     ) -> AsyncGenerator[str | ToolCall, None]:
         """Yield text deltas and, at the end of the stream, the complete tool calls.
 
@@ -106,6 +109,8 @@ class OpenAICompatLLM:
         deadline = time.monotonic() + self.first_token_timeout_s
         request: list[Any] = [dict(message) for message in messages]
         offered: dict[str, Any] = {"tools": [dict(tool) for tool in tools]} if tools else {}
+        if tools and tool_choice != "auto":
+            offered["tool_choice"] = tool_choice
         try:
             response = await self._within(
                 self._client.chat.completions.create(

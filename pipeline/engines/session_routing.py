@@ -35,6 +35,7 @@ class SessionRoutedLLM:
         self.engine = engine
         self.header = header
         self.name = engine.name
+        self.max_tool_rounds = engine.max_tool_rounds
 
     def stream(
         self,
@@ -53,9 +54,11 @@ class SessionRoutedLLM:
         tools: Sequence[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        tool_choice: str = "auto",
     ) -> AsyncIterator[str | ToolCall]:
         return self.engine.stream_with_tools(
-            messages, tools=tools, max_tokens=max_tokens, temperature=temperature
+            messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
+            tool_choice=tool_choice,
         )
 
     def for_session(self, session_id: str) -> LLMEngine:
@@ -72,6 +75,7 @@ class _SessionView:
         self._engine = engine
         self._headers = headers
         self.name = engine.name
+        self.max_tool_rounds = engine.max_tool_rounds
 
     def stream(
         self,
@@ -91,8 +95,9 @@ class _SessionView:
         tools: Sequence[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        tool_choice: str = "auto",
     ) -> AsyncIterator[str | ToolCall]:
         return self._engine.stream_with_tools(
             messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
-            extra_headers=self._headers,
+            extra_headers=self._headers, tool_choice=tool_choice,
         )

@@ -144,7 +144,9 @@ def server_tool(
     doc = inspect.getdoc(function) or ""
     spec = ToolSpec(
         name=name or function.__name__,
-        description=description if description is not None else doc.split("\n\n")[0].strip(),
+        description=(
+            description if description is not None else " ".join(doc.split("\n\n")[0].split())
+        ),
         parameters=parameters,
         executor=Executor.SERVER,
         timeout_s=timeout_s,

@@ -18,6 +18,7 @@ calls, they run (in parallel), the model reads their results and speaks on, up t
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -30,8 +31,8 @@ from pipeline.tools.executor import CallTools, ToolRound, history_arguments
 from pipeline.tools.spec import ToolCall, ToolSpec, model_result
 
 MAX_TOOL_ROUNDS = 3
-"""Model turns of one reply that may call tools; the next one is offered none, so a
-model that keeps calling still ends up speaking."""
+"""Model turns of one reply that may call tools (at most; an engine may allow fewer);
+the next one must answer in words, so a model that keeps calling still speaks."""
 FILLERS = ("One moment.", "Let me check.", "Just a second.")
 
 
@@ -42,7 +43,9 @@ class SpeakNow:
     text: str
 
 
-Request = Callable[[list[ChatMessage], list[dict[str, Any]]], AsyncIterator[str | ToolCall]]
+Request = Callable[
+    [list[ChatMessage], list[dict[str, Any]], str], AsyncIterator[str | ToolCall]
+]
 
 
 class ReplyTools:
@@ -57,6 +60,7 @@ class ReplyTools:
         client_timeout_s: float,
         filler_after_s: float,
         timings: dict[str, float],
+        max_rounds: int = MAX_TOOL_ROUNDS,
     ) -> None:
         self._tools = tools
         self.offered = list(offered)
@@ -64,6 +68,7 @@ class ReplyTools:
         self._client_timeout_s = client_timeout_s
         self._filler_after_s = filler_after_s
         self._timings = timings
+        self._max_rounds = max(0, min(max_rounds, MAX_TOOL_ROUNDS))
         self.rounds: list[ToolRound] = []
 
     async def text(
@@ -75,16 +80,29 @@ class ReplyTools:
     ) -> AsyncGenerator[str | SpeakNow, None]:
         """The reply's text: model turns, with tool runs between them."""
         definitions = [spec.openai() for spec in self.offered]
-        for round_index in range(MAX_TOOL_ROUNDS + 1):
-            offered = definitions if round_index < MAX_TOOL_ROUNDS else []
+        made: set[tuple[str, str]] = set()
+        rounds = 0
+        while True:
+            # Past its rounds the model still sees the tools (the prompt it has
+            # cached) but must answer in words.
+            choice = "auto" if rounds < self._max_rounds else "none"
             calls: list[ToolCall] = []
-            async for item in request(messages, offered):
+            async for item in request(messages, definitions, choice):
                 if isinstance(item, ToolCall):
                     calls.append(item)
                 else:
                     yield item
-            if not calls:
+            if not calls or choice == "none":
                 return
+            rounds += 1
+            repeated = {_same(call) for call in calls} <= made
+            made |= {_same(call) for call in calls}
+            if repeated:
+                # The same call again: a model going round in circles. It has the
+                # results; it answers now.
+                rounds = self._max_rounds
+                self._timings["tool_repeats"] = self._timings.get("tool_repeats", 0.0) + 1
+                continue
             # A held reply's turn may not be over: nothing runs before it is.
             await released.wait()
             started = time.monotonic()
@@ -139,6 +157,15 @@ class ReplyTools:
                 [model_result(outcome.status, outcome.output) for outcome in outcomes],
             )
         self.rounds = []
+
+
+def _same(call: ToolCall) -> tuple[str, str]:
+    """What makes two calls the same request: the name and the arguments' meaning."""
+    try:
+        arguments = json.dumps(json.loads(call.arguments), sort_keys=True)
+    except ValueError:
+        arguments = call.arguments
+    return call.name, arguments
 
 
 def _call_entries(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

@@ -1,0 +1,113 @@
+"""The embedded model calls tools: its GGUF template lists them, a grammar writes the call,
+and the answer is asked for in plain words (pipeline/engines/llama_tools.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pipeline.engines.base import ChatMessage
+from pipeline.engines.llama_cpp import LlamaCppLLM
+from pipeline.engines.llama_tools import earlier_calls_dropped, plain_messages
+from pipeline.models import ensure_default_gguf
+from pipeline.session import DEFAULT_INSTRUCTIONS
+from pipeline.tools import ToolCall, ToolSpec, server_tool
+from pipeline.tools.builtin import builtin_tools
+
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("error")]
+
+
+async def lookup_order(order_id: str, rush: bool = False) -> str:
+    """Where a caller's order is. Use it when the caller asks about an order."""
+    return f"order {order_id}"
+
+
+BUILTIN = [t.spec for t in builtin_tools(["get_current_time", "end_call"])]
+ORDER: ToolSpec = server_tool(lookup_order).spec
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LlamaCppLLM]:
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    yield engine
+    engine.close()
+
+
+async def _turn(
+    llm: LlamaCppLLM, said: str, specs: list[ToolSpec], choice: str = "auto",
+    extra: list[ChatMessage] | None = None,
+) -> tuple[str, list[ToolCall]]:
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": DEFAULT_INSTRUCTIONS},
+        {"role": "user", "content": said},
+        *(extra or []),
+    ]
+    text, calls = "", []
+    tools: Any = [spec.openai() for spec in specs]
+    async for item in llm.stream_with_tools(
+        messages, tools=tools, max_tokens=48, temperature=0.0, tool_choice=choice
+    ):
+        if isinstance(item, ToolCall):
+            calls.append(item)
+        else:
+            text += item
+    return text, calls
+
+
+async def test_a_time_question_calls_the_clock_and_a_goodbye_ends_the_call(
+    llm: LlamaCppLLM,
+) -> None:
+    text, calls = await _turn(llm, "What time is it?", BUILTIN)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_current_time", {})]
+    assert text == ""  # the call is not spoken
+    _, calls = await _turn(llm, "Goodbye, that's all.", BUILTIN)
+    assert [c.name for c in calls] == ["end_call"]
+
+
+async def test_a_question_no_tool_answers_is_answered_in_words(llm: LlamaCppLLM) -> None:
+    text, calls = await _turn(llm, "What is the capital of France?", BUILTIN)
+    assert calls == [] and "paris" in text.lower()
+
+
+async def test_arguments_written_under_the_grammar_fit_the_schema(llm: LlamaCppLLM) -> None:
+    _, calls = await _turn(llm, "Where is my order A 7 7 3?", [ORDER, *BUILTIN])
+    assert [c.name for c in calls] == ["lookup_order"]
+    arguments = ORDER.parse_arguments(calls[0].arguments)  # raises if it does not fit
+    assert set(arguments) <= {"order_id", "rush"} and isinstance(arguments["order_id"], str)
+
+
+async def test_the_answer_reads_the_result_and_speaks_it(llm: LlamaCppLLM) -> None:
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_current_time", "arguments": "{}"}}
+    exchange: list[ChatMessage] = [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "It is 10:42 PM on Sunday, November 29, 2026 (UTC time).",
+         "tool_call_id": "call_1"},
+    ]
+    text, calls = await _turn(llm, "What time is it?", BUILTIN, "none", exchange)
+    assert calls == [] and "10:42" in text and "{" not in text
+
+
+def test_the_small_models_prompts_keep_calls_out_of_its_way() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "t", "arguments": "{}"}}
+    messages: list[ChatMessage] = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "old result", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "new result", "tool_call_id": "c1"},
+    ]
+    assert plain_messages(messages) == [
+        {"role": "system", "content": "S\n\nWhat you know now: new result"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+    ]
+    assert [m.get("tool_calls") is not None or m["role"] == "tool"
+            for m in earlier_calls_dropped(messages)] == [False, False, False, False, True, True]
