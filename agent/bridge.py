@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from agent.protocol import ServerMessage, encode_server_message
+from agent.protocol import (
+    ProtocolError,
+    ServerMessage,
+    encode_server_message,
+    parse_session_fields,
+)
 from pipeline.echo import EchoGuard, EchoGuardConfig
 from pipeline.events import (
     ErrorEvent,
@@ -21,10 +26,11 @@ from pipeline.events import (
     ResponseToolResult,
     TranscriptFinal,
 )
+from pipeline.turn import TurnConfig
 
 if TYPE_CHECKING:
     from agent.state import AppState
-    from pipeline.conversation import Conversation, SessionConfig
+    from pipeline.conversation import Conversation, Engines, SessionConfig
 
 logger = logging.getLogger("voiceforge.bridge")
 
@@ -59,6 +65,42 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "tool_timeout_ms": config.tool_timeout_ms,
         "tool_filler_ms": config.tool_filler_ms,
     }
+
+
+def end_of_turn_policies(engines: Engines) -> list[str]:
+    """The ``session.turn.end_of_turn_policy`` values this server can run."""
+    return ["silence", "learned"] if engines.smart_turn is not None else ["silence"]
+
+
+def updated_config(
+    state: AppState, current: SessionConfig, fields: dict[str, Any]
+) -> SessionConfig:
+    """``current`` with a ``session.update`` applied, all or nothing; raises
+    ProtocolError (with the code to send) when any field is refused."""
+    try:
+        changes = parse_session_fields(
+            fields, list(state.engines.tts.voices()), state.session_caps()
+        )
+        turn = changes.pop("turn", None)
+        if turn is not None:
+            changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
+            policy = changes["turn"].end_of_turn_policy
+            if policy not in end_of_turn_policies(state.engines):
+                raise ProtocolError(
+                    "invalid_session",
+                    f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
+                    "which this server does not run",
+                )
+        chunking = {
+            name: changes.pop(name)
+            for name in ("first_chunk_at_clause", "first_chunk_max_words")
+            if name in changes
+        }
+        if chunking:
+            changes["chunker"] = replace(current.chunker, **chunking)
+        return replace(current, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError("invalid_session", str(exc)) from None
 
 
 def session_opened(state: AppState, conversation: Conversation) -> None:

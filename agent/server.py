@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ from agent.protocol import (
     ToolResult,
     decode_client_frame,
     encode_server_message,
-    parse_session_fields,
     shown,
 )
 from agent.state import AppState
@@ -75,7 +74,6 @@ from pipeline.events import (
     ResponseAudioDelta,
     SessionEnded,
 )
-from pipeline.turn import TurnConfig
 
 logger = logging.getLogger("voiceforge.server")
 
@@ -95,11 +93,6 @@ WEB_DIR = next(
 
 MAX_ERROR_MESSAGE_CHARS = 300
 """An error's message is cut here whatever it quotes: a reply never grows with the input."""
-
-
-def end_of_turn_policies(engines: Engines) -> list[str]:
-    """The ``session.turn.end_of_turn_policy`` values this server can run."""
-    return ["silence", "learned"] if engines.smart_turn is not None else ["silence"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,34 +351,10 @@ class _Session:
                 )
 
     def update_session(self, fields: dict[str, Any]) -> None:
-        current = self.conversation.config
         try:
-            changes = parse_session_fields(
-                fields, list(self.state.engines.tts.voices()), self.state.session_caps()
-            )
-            turn = changes.pop("turn", None)
-            if turn is not None:
-                changes["turn"] = TurnConfig(**{**asdict(current.turn), **turn})
-                policy = changes["turn"].end_of_turn_policy
-                if policy not in end_of_turn_policies(self.state.engines):
-                    raise ProtocolError(
-                        "invalid_session",
-                        f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
-                        "which this server does not run",
-                    )
-            chunking = {
-                name: changes.pop(name)
-                for name in ("first_chunk_at_clause", "first_chunk_max_words")
-                if name in changes
-            }
-            if chunking:
-                changes["chunker"] = replace(current.chunker, **chunking)
-            updated = replace(current, **changes)
+            updated = bridge.updated_config(self.state, self.conversation.config, fields)
         except ProtocolError as exc:
             self.error(exc.code, str(exc))
-            return
-        except (TypeError, ValueError) as exc:
-            self.error("invalid_session", str(exc))
             return
         self.conversation.update(updated)
         self.emit(SessionUpdated(session_view(updated)))
@@ -422,7 +391,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 "idle_timeout_s": settings.idle_timeout_s,
                 "max_call_s": settings.max_call_s,
                 "voices": list(state.engines.tts.voices()),
-                "end_of_turn_policies": end_of_turn_policies(state.engines),
+                "end_of_turn_policies": bridge.end_of_turn_policies(state.engines),
                 "max_response_tokens": settings.max_response_tokens,
                 "max_instructions_chars": settings.max_instructions_chars,
                 "min_partial_transcript_interval_ms": (

@@ -44,6 +44,7 @@ from pipeline.events import (
     ResponseAudioPause,
     ResponseAudioResume,
     ResponseDone,
+    SessionEnded,
 )
 from pipeline.marked_playback import MarkedPlayback, Send, mark_name, read_mark
 
@@ -53,6 +54,7 @@ SAMPLE_RATE = 8000
 API_KEY_PARAMETER = "api_key"
 """Providers cannot set headers: the key may come as a <Parameter> of the stream."""
 MAX_MESSAGE_CHARS = 64 * 1024
+CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 """Unauthorized, flooding, too slow to start, or a stream we cannot read."""
@@ -199,6 +201,8 @@ class TelephonySession:
         """What was sent, acknowledged, and is kept to send again after a pause."""
         self.finished: deque[ResponseDone] = deque(maxlen=16)
         """The last responses of the call (what was heard of each), for inspection."""
+        self.hang_up: str | None = None
+        """Set when the agent ended the call (``end_call``): the writer hangs up."""
 
     @property
     def session_id(self) -> str:
@@ -227,6 +231,11 @@ class TelephonySession:
             self._clear_line(rid)
             # The provider answers the clear by returning the pending marks unplayed.
             self.conversation.report_played(rid, self.marks.drop(rid))
+        elif isinstance(event, SessionEnded):
+            # The goodbye has been heard (its marks came back): the stream ends, and
+            # the provider's call with it unless its instructions go on.
+            self.hang_up = event.reason
+            self.ready.set()
 
     def _clear_line(self, response_id: str) -> None:
         self.outbound.purge_audio(response_id)
@@ -298,6 +307,10 @@ class TelephonySession:
                 return
             while (frame := self.outbound.pop()) is not None:
                 await self.ws.send_text(frame.decode())
+            if self.hang_up is not None:
+                self.state.metrics.disconnects.labels(self.hang_up).inc()
+                await self.ws.close(CLOSE_NORMAL, self.hang_up)
+                return
 
 
 def _log(state: AppState, key: str, message: str, *args: object) -> None:

@@ -62,6 +62,7 @@ from pipeline.events import (
     ResponseAudioDelta,
     ResponseAudioPause,
     ResponseAudioResume,
+    SessionEnded,
 )
 
 logger = logging.getLogger("voiceforge.webrtc")
@@ -402,6 +403,8 @@ class WebRTCSession:
         text = bridge.event_json(event)
         if text is not None:
             self._send_text(text)
+        if isinstance(event, SessionEnded):
+            self.close_soon(event.reason)  # the goodbye was heard: hang up
 
     def _send_text(self, text: str) -> None:
         channel = self.channel

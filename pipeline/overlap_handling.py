@@ -29,7 +29,8 @@ from pipeline.interruption import (
     Resume,
     Verdict,
 )
-from pipeline.responses import ACTIVE_PHASES, Response, ResponseRunner
+from pipeline.reply_state import ACTIVE_PHASES, Response
+from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext
 
 MAX_TURNS_IN_FLIGHT = 8

@@ -21,18 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.audio import ChunkSeam, StreamResampler, float_to_pcm16
 from pipeline.chunker import TextChunk, TextChunker
 from pipeline.engines.base import ChatMessage, FloatAudio, ToolCallingLLM, YieldingLLM
-from pipeline.errors import EngineError, LLMError, LLMTimeoutError, LLMUnavailableError, TTSError
+from pipeline.errors import EngineError, LLMError, TTSError
 from pipeline.events import (
     ErrorEvent,
     Event,
@@ -47,91 +44,19 @@ from pipeline.events import (
     SessionEnded,
 )
 from pipeline.history import SpokenChunk, heard_text
+from pipeline.reply_state import (
+    ACTIVE_PHASES,
+    Response,
+    ResponsePhase,
+    error_category,
+    error_code,
+    new_response_id,
+)
 from pipeline.session import CallContext
 from pipeline.tools.reply import ReplyTools, SpeakNow
 from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.conversation")
-
-
-class ResponsePhase(enum.Enum):
-    GENERATING = "generating"
-    PLAYING = "playing"
-    FINISHING = "finishing"
-    DONE = "done"
-
-
-_ALLOWED_PHASES: dict[ResponsePhase, set[ResponsePhase]] = {
-    ResponsePhase.GENERATING: {ResponsePhase.PLAYING, ResponsePhase.FINISHING},
-    ResponsePhase.PLAYING: {ResponsePhase.FINISHING},
-    ResponsePhase.FINISHING: {ResponsePhase.DONE},
-    ResponsePhase.DONE: set(),
-}
-
-ACTIVE_PHASES = (ResponsePhase.GENERATING, ResponsePhase.PLAYING)
-"""A response in one of these can still be cancelled."""
-
-
-def _set_event() -> asyncio.Event:
-    event = asyncio.Event()
-    event.set()
-    return event
-
-
-@dataclass(slots=True)
-class Response:
-    response_id: str
-    started_at: float
-    """Monotonic time the caller's turn ended (speech end, or text received)."""
-    phase: ResponsePhase = ResponsePhase.GENERATING
-    text: str = ""
-    chunks: list[SpokenChunk] = field(default_factory=list)
-    audio_ms: float = 0.0
-    seq: int = 0
-    first_audio_at: float | None = None
-    played_ms: float | None = None
-    played_event: asyncio.Event = field(default_factory=asyncio.Event)
-    timings: dict[str, float] = field(default_factory=dict)
-    task: asyncio.Task[None] | None = None
-    messages: list[ChatMessage] = field(default_factory=list)
-    held: bool = False
-    """A speculative reply: events wait in ``held_events`` until the turn ends."""
-    held_events: list[Event] = field(default_factory=list)
-    released: asyncio.Event = field(default_factory=asyncio.Event)
-    speculative_task: asyncio.Task[tuple[str, float]] | None = None
-    canned: str | None = None
-    """Text to say instead of asking the LLM (the apology for a lost turn)."""
-    paused_at: float | None = None
-    """Monotonic time of the playback pause in force (protocol 1.1), else None."""
-    paused_s: float = 0.0
-    """Seconds spent paused before the pause in force: the clock estimate skips them."""
-    paused_audio: list[ResponseAudioDelta] = field(default_factory=list)
-    """Audio made while paused, sent on resume (at most the chunk being spoken)."""
-    unpaused: asyncio.Event = field(default_factory=_set_event)
-    """Set unless paused; speech synthesis waits on it between chunks."""
-    tools: ReplyTools | None = None
-    """The tool calls this reply made (None: it was offered no tool)."""
-
-    def move(self, phase: ResponsePhase) -> None:
-        if phase not in _ALLOWED_PHASES[self.phase]:
-            raise RuntimeError(f"response {self.response_id}: {self.phase.value} -> {phase.value}")
-        self.phase = phase
-
-    def paused_for_s(self, now: float) -> float:
-        """Seconds this response has spent paused so far."""
-        return self.paused_s + (now - self.paused_at if self.paused_at is not None else 0.0)
-
-    def estimated_played_ms(self, now: float) -> float:
-        if self.first_audio_at is None:
-            return 0.0
-        return min(self.audio_ms, (now - self.first_audio_at - self.paused_for_s(now)) * 1000.0)
-
-    def best_played_ms(self, now: float) -> float:
-        return self.played_ms if self.played_ms is not None else self.estimated_played_ms(now)
-
-
-def _new_response_id() -> str:
-    return f"resp_{uuid.uuid4().hex[:12]}"
 
 
 class ResponseRunner:
@@ -185,7 +110,7 @@ class ResponseRunner:
             raise RuntimeError("a reply was started while another one was still running")
         call = self._call
         response = Response(
-            response_id=_new_response_id(),
+            response_id=new_response_id(),
             started_at=turn_end,
             timings=timings,
             messages=call.history.messages(),
@@ -209,7 +134,7 @@ class ResponseRunner:
     ) -> Response:
         """Start a reply whose events are held back until ``release``."""
         draft = Response(
-            response_id=_new_response_id(),
+            response_id=new_response_id(),
             started_at=started_at,
             messages=messages,
             held=True,
@@ -695,19 +620,3 @@ def _time_from_end_of_turn(timings: dict[str, float]) -> None:
     timings["end_of_turn_to_first_audio_ms"] = timings[
         "end_of_speech_to_first_audio_ms"
     ] - timings.get("end_of_turn_wait_ms", 0.0)
-
-
-def error_category(exc: EngineError) -> str:
-    return exc.category
-
-
-def error_code(exc: EngineError) -> str:
-    if isinstance(exc, LLMUnavailableError):
-        return "llm_unavailable"
-    if isinstance(exc, LLMTimeoutError):
-        return "llm_timeout"
-    if isinstance(exc, LLMError):
-        return "llm_failed"
-    if isinstance(exc, TTSError):
-        return "tts_failed"
-    return "engine_failed"

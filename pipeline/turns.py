@@ -77,7 +77,8 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.overlap_handling import OverlapHandling
-from pipeline.responses import Response, ResponsePhase, ResponseRunner, error_category
+from pipeline.reply_state import Response, ResponsePhase, error_category
+from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext
 from pipeline.smart_turn import WINDOW_SECONDS, BatchedSmartTurnWorker
 from pipeline.turn import (

@@ -10,7 +10,8 @@ import pytest
 from pipeline.events import Event, ResponseAudioPause, ResponseAudioResume
 from pipeline.history import History
 from pipeline.overlap_handling import OverlapHandling
-from pipeline.responses import Response, ResponsePhase, ResponseRunner
+from pipeline.reply_state import Response, ResponsePhase
+from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext, Engines, SessionConfig
 from pipeline.turn import TurnConfig
 
