@@ -64,6 +64,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "tool_choice": config.tool_choice,
         "tool_timeout_ms": config.tool_timeout_ms,
         "tool_filler_ms": config.tool_filler_ms,
+        "end_call_grace_ms": config.end_call_grace_ms,
     }
 
 

@@ -440,6 +440,7 @@ _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "partial_transcript_interval_ms": (0.0, 10_000.0),
     "tool_timeout_ms": (100.0, 60_000.0),
     "tool_filler_ms": (0.0, 10_000.0),
+    "end_call_grace_ms": (0.0, 10_000.0),
 }
 TOOL_CHOICES = ("auto", "none")
 _INT_FIELDS: dict[str, tuple[int, int]] = {

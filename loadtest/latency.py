@@ -103,14 +103,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def spawned_server(profile: str = "embedded", *, echo: bool = True) -> Iterator[str]:
-    """``voiceforge serve --port 0`` on 127.0.0.1 in a child process; yields its ws:// URL."""
+def spawned_server(
+    profile: str = "embedded", *, echo: bool = True, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``voiceforge serve --port 0`` on 127.0.0.1 in a child process; yields its ws:// URL.
+    ``env``: settings (``VOICEFORGE_*``) for it on top of this process's environment."""
     process = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
          "--profile", profile],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     assert process.stdout is not None
     stdout = process.stdout

@@ -67,6 +67,8 @@ class ResponseRunner:
         self.current: Response | None = None
         self.finishers: set[asyncio.Task[None]] = set()
         """Cancelled replies waiting for the played report before writing history."""
+        self.hang_up: asyncio.Task[None] | None = None
+        """``end_call``'s hang-up, waiting out ``end_call_grace_ms`` after the goodbye."""
 
     # ----------------------------------------------------------------- queries
 
@@ -91,6 +93,8 @@ class ResponseRunner:
         if self.current is not None and self.current.task is not None:
             tasks.append(self.current.task)
         tasks.extend(self.finishers)
+        if self.hang_up is not None:
+            tasks.append(self.hang_up)
         return tasks
 
     async def settle(self) -> None:
@@ -606,8 +610,27 @@ class ResponseRunner:
         if context.end_requested is not None:
             if status is ResponseStatus.CANCELLED:
                 context.end_requested = None  # the caller spoke over the goodbye: talk on
-            else:
-                self._call.emit(SessionEnded(context.end_requested))
+            elif self.hang_up is None:
+                self.hang_up = asyncio.create_task(
+                    self._hang_up(context.end_requested), name=f"{self._call.session_id}-hang-up"
+                )
+                self.hang_up.add_done_callback(self._call.report_unexpected)
+
+    async def _hang_up(self, reason: str) -> None:
+        """End the call once the goodbye has been heard and the caller stayed quiet for
+        ``end_call_grace_ms``: a small model's ``end_call`` is sometimes wrong ("how do
+        you say goodbye in Spanish?"), and a caller who speaks up keeps the call."""
+        await asyncio.sleep(self._call.config.end_call_grace_ms / 1000)
+        self._call.emit(SessionEnded(reason))
+
+    def keep_call(self) -> bool:
+        """The caller spoke (or typed) after the goodbye: the hang-up is called off."""
+        self._call.tools.context.end_requested = None
+        if self.hang_up is None or self.hang_up.done():
+            return False
+        self.hang_up.cancel()
+        self.hang_up = None
+        return True
 
 
 def _time_from_end_of_turn(timings: dict[str, float]) -> None:

@@ -102,6 +102,9 @@ class SessionConfig:
     """``auto``: the model may call any tool offered; ``none``: it is offered none."""
     tool_timeout_ms: float = 10_000.0
     """How long a client tool's ``tool.result`` is waited for."""
+    end_call_grace_ms: float = 1500.0
+    """After ``end_call``'s goodbye has been heard, the call waits this long for the
+    caller; speech (or text) in that time keeps the call going."""
     tool_filler_ms: float = 700.0
     """A tool still running after this makes the agent say a short filler (once per
     reply, only if it has said nothing yet); 0: never."""

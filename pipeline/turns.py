@@ -259,6 +259,7 @@ class TurnTaking:
 
     def text(self, text: str) -> None:
         """A typed user turn: interrupts any reply in progress, then answers."""
+        self._responses.keep_call()
         if not self.accepting:
             self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
             return
@@ -275,6 +276,7 @@ class TurnTaking:
             self._turn_start_ms = event.start_ms
             self._last_partial_ms = event.start_ms
             emit(SpeechStarted(audio_start_ms=event.start_ms))
+            self._responses.keep_call()
             response = self._responses.current
             if response is not None and response.phase is ResponsePhase.GENERATING:
                 if response.first_audio_at is None:

@@ -6,8 +6,8 @@ model its tools and how a model answers with a call: ``<tool_call>{"name": …,
 A 0.5B model picks the right tool often but writes its arguments badly (it copies
 the schema, invents fields). So generation runs in two steps:
 
-1. free: the reply streams as speech until the model starts a call — its first
-   non-blank character is ``{`` or it writes the ``<tool_call>`` token;
+1. free: the reply streams as speech until the model starts a call — it begins
+   with ``{`` or a code fence, or it writes the ``<tool_call>`` token;
 2. constrained: the call is written again from that point under a grammar built
    from the offered tools' schemas (llama.cpp's JSON-schema grammar), so the name is
    one of the tools and the arguments fit its schema by construction.
@@ -34,6 +34,9 @@ from pipeline.errors import LLMError
 from pipeline.tools.spec import ToolCall
 
 TOOL_CALL_TAG = "<tool_call>"
+CALL_STARTS = ("{", "```", TOOL_CALL_TAG)
+"""How a reply that is a call begins: the JSON object, the JSON in a code block (the
+0.5B model does both), the template's tag. Speech never begins so."""
 MAX_CALL_TOKENS = 256
 
 
@@ -100,16 +103,17 @@ class TemplateTools:
                 piece: str = chunk["choices"][0]["text"]
                 if deciding:
                     held += piece
-                    if not held.strip():
-                        continue
-                    if held.lstrip().startswith(("{", TOOL_CALL_TAG)):
+                    start = held.lstrip()
+                    if start.startswith(CALL_STARTS):
                         break
+                    if any(opening.startswith(start) for opening in CALL_STARTS):
+                        continue  # blank, or the first characters of an opening
                     deciding, piece = False, held
                 spoken += piece
                 yield piece
         finally:
             chunks.close()
-        called = tag_seen or (deciding and held.lstrip().startswith(("{", TOOL_CALL_TAG)))
+        called = tag_seen or (deciding and held.lstrip().startswith(CALL_STARTS))
         if not called or stopped():
             return
         prefix = f"{spoken}{TOOL_CALL_TAG}\n" if tag_seen else ""

@@ -330,3 +330,22 @@ async def _wait_for(client: VoiceForgeClient, kind: type) -> Any:
         if isinstance(event, kind):
             return event
     raise AssertionError(f"no {kind.__name__}")
+
+
+async def test_a_caller_who_speaks_up_after_the_goodbye_keeps_the_call(
+    server: RunningServer, llm_server: FaultyLLMServer
+) -> None:
+    async with await VoiceForgeClient.connect(server.url) as client:
+        await client.update_session(end_call_grace_ms=3000.0)
+        await client.send_text("goodbye, that's all")
+        events = await collect_until_done(client)
+        assert _of(events, ResponseToolCall)[0].name == "end_call"
+        await client.send_text("wait, one more question")  # within the grace
+        events = await collect_until_done(client)
+        assert _of(events, ResponseDone)[0].text == "Sure."
+        # Past the grace: no hang-up came, and the call still answers.
+        await asyncio.sleep(3.5)
+        await client.send_text("thanks")
+        events = await collect_until_done(client)
+        assert not _of(events, SessionEnded)
+        assert _of(events, ResponseDone)[0].status is ResponseStatus.COMPLETED
