@@ -7,11 +7,17 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pipeline.engines.base import ChatMessage
 from pipeline.engines.llama_cpp import LlamaCppLLM
-from pipeline.engines.llama_tools import earlier_calls_dropped, plain_messages
+from pipeline.engines.llama_tools import (
+    CALL_CONFIDENCE,
+    call_probability,
+    earlier_calls_dropped,
+    plain_messages,
+)
 from pipeline.models import ensure_default_gguf
 from pipeline.session import DEFAULT_INSTRUCTIONS
 from pipeline.tools import ToolCall, ToolSpec, server_tool
@@ -111,3 +117,23 @@ def test_the_small_models_prompts_keep_calls_out_of_its_way() -> None:
     ]
     assert [m.get("tool_calls") is not None or m["role"] == "tool"
             for m in earlier_calls_dropped(messages)] == [False, False, False, False, True, True]
+
+
+def test_a_call_opens_only_when_the_model_is_confident_enough(llm: LlamaCppLLM) -> None:
+    tools = llm.template_tools()
+    openings = tools._call_openings
+    assert len(openings) > 10  # "{", "{\"", "```json", … in Qwen2.5's vocabulary
+    vocab = llm._model.n_vocab()
+    others = np.setdiff1d(np.arange(vocab), openings)
+    scores = np.zeros(vocab, dtype=np.float32)
+    # Nine tenths of the probability on opening a call.
+    scores[openings] = np.log(9.0 * len(others) / len(openings))
+    assert call_probability(scores, openings) == pytest.approx(0.9, abs=1e-4)
+    for threshold, allowed in ((0.85, True), (0.95, False)):
+        tools.call_confidence = threshold
+        gate = tools.first_token_gate()
+        gated = gate(None, scores.copy())
+        assert np.isfinite(gated[openings]).all() == allowed
+        second = gate(None, scores.copy())  # only the first token is judged
+        assert np.isfinite(second[openings]).all()
+    tools.call_confidence = CALL_CONFIDENCE
