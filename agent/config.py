@@ -17,6 +17,7 @@ from agent.credentials import (
     parse_keys,
 )
 from agent.tokens import MAX_CALLS_LIMIT
+from agent.transfer import parse_targets
 from pipeline.errors import ConfigurationError
 
 PROFILES = ("embedded", "bench", "gpu")
@@ -186,6 +187,12 @@ class Settings:
     """When set, /telephony/twilio requires a valid X-Twilio-Signature."""
     public_url: str | None = None
     """The URL clients use (https://host behind a proxy): what Twilio signs."""
+    transfer_targets: dict[str, str] = field(default_factory=dict)
+    """Where ``transfer_call`` may send a phone call: destination name → number. Only
+    with ``twilio_auth_token`` (the redirect is a signed Twilio REST request)."""
+    twilio_account_sid: str | None = None
+    """The account whose calls are redirected (default: the one the stream names)."""
+    twilio_api_url: str = "https://api.twilio.com"
     # Engines.
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
@@ -313,6 +320,14 @@ class Settings:
             "VOICEFORGE_TWILIO_AUTH_TOKEN", "VOICEFORGE_TWILIO_AUTH_TOKEN_FILE"
         )
         settings.public_url = _env("VOICEFORGE_PUBLIC_URL")
+        try:
+            settings.transfer_targets = parse_targets(_env("VOICEFORGE_TRANSFER_TARGETS"))
+        except ValueError as error:
+            raise ConfigurationError(f"VOICEFORGE_TRANSFER_TARGETS: {error}") from None
+        settings.twilio_account_sid = _env("VOICEFORGE_TWILIO_ACCOUNT_SID")
+        settings.twilio_api_url = _env("VOICEFORGE_TWILIO_API_URL", settings.twilio_api_url) or (
+            settings.twilio_api_url
+        )
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))

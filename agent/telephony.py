@@ -33,6 +33,7 @@ from agent import bridge, intake
 from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
 from agent.protocol import ServerMessage
 from agent.state import AppState, Slot
+from agent.transfer import TwilioTransfer
 from pipeline import mulaw
 from pipeline.audio import pcm16_to_float
 from pipeline.conversation import Conversation
@@ -87,6 +88,7 @@ class Start:
     encoding: str
     sample_rate: int
     custom_parameters: dict[str, str]
+    account_sid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ def parse(text: str) -> ProviderMessage | None:
                 custom_parameters={
                     str(k): str(v) for k, v in (start.get("customParameters") or {}).items()
                 },
+                account_sid=str(start.get("accountSid", "")),
             )
         if event == "media":
             media = message["media"]
@@ -203,6 +206,9 @@ class TelephonySession:
         """The last responses of the call (what was heard of each), for inspection."""
         self.hang_up: str | None = None
         """Set when the agent ended the call (``end_call``): the writer hangs up."""
+        self.transfer = _transfer(state, start)
+        if self.transfer is not None:
+            self.conversation.set_transfer(self.transfer.choose)
 
     @property
     def session_id(self) -> str:
@@ -308,9 +314,23 @@ class TelephonySession:
             while (frame := self.outbound.pop()) is not None:
                 await self.ws.send_text(frame.decode())
             if self.hang_up is not None:
+                if self.hang_up == "transfer" and self.transfer is not None:
+                    await self.transfer.redirect()  # Twilio ends the stream itself, too
                 self.state.metrics.disconnects.labels(self.hang_up).inc()
                 await self.ws.close(CLOSE_NORMAL, self.hang_up)
                 return
+
+
+def _transfer(state: AppState, start: Start) -> TwilioTransfer | None:
+    """The call's ``transfer_call``, when the operator configured where it may go."""
+    settings = state.settings
+    account = settings.twilio_account_sid or start.account_sid
+    if not settings.transfer_targets or not settings.twilio_auth_token or not account:
+        return None
+    return TwilioTransfer(
+        settings.transfer_targets, account, settings.twilio_auth_token, start.call_sid,
+        settings.twilio_api_url,
+    )
 
 
 def _log(state: AppState, key: str, message: str, *args: object) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -162,6 +163,11 @@ class Conversation:
         return [
             spec.openai() for spec in self._call.tools.offered(config.tools, config.tool_choice)
         ]
+
+    def set_transfer(self, handler: Callable[[str], Awaitable[str]]) -> None:
+        """A transport that can hand the call on (a phone line): ``transfer_call``
+        is offered, and ``handler`` chooses the destination."""
+        self._call.tools.context.transfer_handler = handler
 
     def server_tools(self) -> list[str]:
         """The server tools this call's model is offered (``limits.server_tools``)."""

@@ -41,7 +41,9 @@ async def end_call(ctx: ToolContext) -> str:
 
 async def transfer_call(ctx: ToolContext, destination: str) -> str:
     """Transfer the caller to a person or department, when they ask for one."""
-    return await ctx.transfer(destination)
+    said = await ctx.transfer(destination)
+    ctx.end_call("transfer")  # the line goes once the agent has said so
+    return said
 
 
 BUILTIN: dict[str, ServerTool] = {
