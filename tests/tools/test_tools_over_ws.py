@@ -28,7 +28,7 @@ from pipeline.events import (
 from pipeline.tools import ToolRegistry, server_tool
 from pipeline.tools.builtin import builtin_tools
 from tests.e2e.conftest import RunningServer
-from tests.faults.support import bench_engines, collect_until_done, serving
+from tests.faults.support import bench_engines, collect_until_done, scrape, serving, value
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -146,6 +146,7 @@ def _tool_exchange(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
 async def test_a_server_tool_is_called_and_its_result_spoken(
     server: RunningServer, llm_server: FaultyLLMServer
 ) -> None:
+    before = await scrape(server.http)
     async with await VoiceForgeClient.connect(server.url) as client:
         assert set(client.created.limits["server_tools"]) >= {"lookup_order", "end_call"}
         await client.send_text("where is order A7?")
@@ -176,6 +177,14 @@ async def test_a_server_tool_is_called_and_its_result_spoken(
         ("call", "lookup_order"), ("tool", "order A7 shipped"),
         ("assistant", "Here is what I found: order A7 shipped."),
     ]
+    after = await scrape(server.http)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("voiceforge_tool_calls_total", tool="lookup_order", status="ok") == 1
+    assert grew("voiceforge_tool_seconds_count", tool="lookup_order") == 1
+    assert grew("voiceforge_stage_seconds_count", stage="tools") >= 1
 
 
 async def test_parallel_calls_run_together_and_answer_in_order(
