@@ -103,6 +103,11 @@ class Conversation:
     def start(self) -> None:
         self._input_task = asyncio.create_task(self._input_loop(), name=f"{self.session_id}-input")
         self._input_task.add_done_callback(self._on_input_stopped)
+        offered = self._offered_tools(self.config)
+        if offered and isinstance(self.engines.llm, WarmableLLM):
+            # The template lists the tools with the instructions: the model reads
+            # them while the caller speaks, not after the first turn ends.
+            self.engines.llm.warm(self.config.instructions, offered)
 
     def _on_input_stopped(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:

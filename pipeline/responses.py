@@ -325,12 +325,9 @@ class ResponseRunner:
             return
         call = self._call
         config = call.config
-        offered = (
-            call.tools.offered(config.tools, config.tool_choice)
-            if isinstance(call.engines.llm, ToolCallingLLM)
-            else []
-        )
-        if not offered:
+        llm = call.engines.llm
+        offered = call.tools.offered(config.tools, config.tool_choice)
+        if not offered or not isinstance(llm, ToolCallingLLM):
             async for piece in self._request(response, response.messages, []):
                 if isinstance(piece, str):
                     yield piece
@@ -342,7 +339,7 @@ class ResponseRunner:
             client_timeout_s=config.tool_timeout_ms / 1000,
             filler_after_s=config.tool_filler_ms / 1000,
             timings=response.timings,
-            max_rounds=call.engines.llm.max_tool_rounds,  # type: ignore[attr-defined]
+            max_rounds=llm.max_tool_rounds,
         )
 
         def request(

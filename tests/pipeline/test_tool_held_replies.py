@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -89,3 +90,33 @@ async def test_a_held_reply_runs_no_tool_until_its_turn_is_confirmed(
     history = conversation.history.messages()
     assert history[1] == {"role": "user", "content": "Book a table for Friday please"}
     assert [m["role"] for m in history[2:]] == ["assistant", "tool", "assistant"]
+
+
+class _WarmedToolLLM(ToolCallingScript):
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmed: list[tuple[str, list[str]]] = []
+
+    def warm(self, instructions: str, tools: Sequence[dict[str, Any]] = ()) -> None:
+        self.warmed.append((instructions, [t["function"]["name"] for t in tools]))
+
+
+async def test_a_call_with_tools_has_them_read_before_its_first_turn(
+    vad: BatchedVADWorker,
+) -> None:
+    async def lookup(order_id: str) -> str:
+        """Look up an order."""
+        return order_id
+
+    llm = _WarmedToolLLM()
+    engines = Engines(stt=ScriptedSTT(), llm=llm, tts=ToneTTS(), vad=vad,
+                      tools=ToolRegistry([server_tool(lookup)]))
+    conversation = Conversation(engines, lambda event: None)
+    conversation.start()
+    try:
+        assert llm.warmed == [(conversation.config.instructions, ["lookup"])]
+        # New client tools change what the model reads: read again.
+        conversation.update(replace(conversation.config, tool_choice="none"))
+        assert llm.warmed[-1] == (conversation.config.instructions, [])
+    finally:
+        await conversation.close()
