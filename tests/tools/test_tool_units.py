@@ -355,3 +355,32 @@ def test_fitting_to_the_context_never_splits_a_call_from_its_result() -> None:
     assert fitted is not None
     assert [m["role"] for m in fitted] == ["system", "user", "assistant", "tool"]
     assert fitted[1]["content"] == "u2" and fitted[2]["tool_calls"] == [_CALL]
+
+
+async def test_a_tools_concurrency_bound_holds_across_calls() -> None:
+    running: list[int] = []
+    most = 0
+    release = asyncio.Event()
+
+    async def narrow(key: str) -> str:
+        """One at a time."""
+        nonlocal most
+        running.append(1)
+        most = max(most, len(running))
+        await release.wait()
+        running.pop()
+        return key
+
+    registry = ToolRegistry([server_tool(narrow, max_concurrency=1)])
+    first, second = _Runs(registry), _Runs(registry)  # two calls, one server
+    offered = first.tools.offered((), "auto")
+    rounds = [
+        runs.tools.start([ToolCall("narrow", f'{{"key": "{name}"}}', name)], offered, "r", 1.0)
+        for runs, name in ((first, "a"), (second, "b"))
+    ]
+    await asyncio.sleep(0.05)
+    assert len(running) == 1  # the second call's run waits for the slot
+    release.set()
+    outcomes = [await runs.tools.wait(round_, offered) for runs, round_ in
+                zip((first, second), rounds, strict=True)]
+    assert [o[0].output for o in outcomes] == ["a", "b"] and most == 1
