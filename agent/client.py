@@ -10,6 +10,26 @@
 audio of cleared responses, pauses and resumes playback when told to, and reports
 ``output_audio.played``, as a real client must for history to match what was heard.
 ``update_session(playback_pause=True)`` asks the server for pauses (protocol 1.1).
+
+Client tools (protocol 1.2, docs/tools.md): the model may call functions that run
+here, in the caller's program::
+
+    async def lookup_order(order_id: str) -> dict[str, str]:
+        return {"status": "shipped"}
+
+    await client.add_tool(
+        "lookup_order", "Look up an order by its number.",
+        {"type": "object", "properties": {"order_id": {"type": "string"}},
+         "required": ["order_id"]},
+        lookup_order,
+    )
+
+Each ``response.tool_call`` for one of them runs its handler (sync handlers in a
+worker thread) in a task of its own, so events keep flowing meanwhile, and sends its
+``tool.result``; what the handler raises is sent as an error result, and a handler
+still running after ``session.tool_timeout_ms`` is cancelled (the server has
+answered the model with a timeout by then). ``end_reason`` says why the server
+ended the call (``session.ended``: the agent hung up).
 Used by ``voiceforge talk``, the tests and the load generator.
 """
 
@@ -17,8 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
+import json
+import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,15 +53,18 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from agent.protocol import (
+    MAX_CLIENT_TOOLS,
     SUBPROTOCOL,
     ConversationText,
     InputAudioAppend,
     OutputAudioPlayed,
+    ProtocolError,
     ResponseCancel,
     ServerMessage,
     SessionCreated,
     SessionUpdate,
     SessionUpdated,
+    ToolResult,
     decode_server_frame,
     encode_client_message,
 )
@@ -51,14 +78,73 @@ from pipeline.events import (
     ResponseAudioPause,
     ResponseAudioResume,
     ResponseDone,
+    ResponseToolCall,
+    ResponseToolResult,
+    SessionEnded,
     SpeechStopped,
 )
+from pipeline.tools.executor import MAX_CLIENT_OUTPUT_CHARS
+from pipeline.tools.spec import Executor, ToolError, ToolSpec
 
-__all__ = ["ClientError", "PlaybackClock", "VoiceForgeClient"]
+__all__ = ["ClientError", "ClientTool", "PlaybackClock", "VoiceForgeClient"]
+
+logger = logging.getLogger("voiceforge.client")
+
+TOOLS_MINOR = 2
+"""The protocol minor version that brought client tools."""
+DEFAULT_TOOL_TIMEOUT_MS = 10_000.0
+"""``session.tool_timeout_ms`` when the server did not say (it always does from 1.2)."""
+EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
+
+ToolHandler = Callable[..., Any]
+"""A client tool's function: called with the call's arguments as keyword arguments;
+sync (run in a worker thread) or async. Its return value is the result (a str as it
+is, anything else as JSON); what it raises is sent as an error result."""
 
 
 class ClientError(VoiceForgeError):
     """The server refused something the client asked for."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTool:
+    """A tool this client runs for the model (protocol 1.2)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+    """JSON schema of the arguments object (no ``pattern``, ``patternProperties``,
+    ``$ref`` or ``$dynamicRef``: the server refuses them)."""
+    handler: ToolHandler
+
+    def __post_init__(self) -> None:
+        try:  # the server's own checks, so a bad tool fails here, not in session.update
+            ToolSpec(self.name, self.description, self.parameters, executor=Executor.CLIENT)
+        except ToolError as error:
+            raise ClientError(str(error)) from None
+        if not callable(self.handler):
+            raise ClientError(f"tool {self.name}: the handler must be callable")
+
+    def definition(self) -> dict[str, Any]:
+        """The ``session.tools`` entry (OpenAI Realtime's flat function format)."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": dict(self.parameters),
+        }
+
+    async def run(self, arguments: dict[str, Any]) -> str:
+        """Call the handler; its result as the ``tool.result`` output."""
+        if inspect.iscoroutinefunction(self.handler):
+            result = await self.handler(**arguments)
+        else:
+            # A blocking handler must not stall the connection's reader.
+            result = await asyncio.to_thread(functools.partial(self.handler, **arguments))
+            if inspect.isawaitable(result):
+                result = await result
+        text = result if isinstance(result, str) else json.dumps(result, default=str)
+        return text[:MAX_CLIENT_OUTPUT_CHARS]
 
 
 @dataclass(slots=True)
@@ -174,6 +260,12 @@ class VoiceForgeClient:
         self._send_times: list[tuple[float, float]] = []
         self.first_audio_at: dict[str, float] = {}
         self.speech_end_sent_at: float | None = None
+        self.tools: dict[str, ClientTool] = {}
+        """The client tools declared with ``set_tools`` / ``add_tool``, by name."""
+        self._tool_runs: dict[str, asyncio.Task[None]] = {}
+        """Handlers running, by call id (a call id runs once; a cancel stops it)."""
+        self.end_reason: str | None = None
+        """Why the server ended the call (``session.ended``), e.g. ``end_call``."""
 
     @classmethod
     async def connect(
@@ -288,6 +380,82 @@ class VoiceForgeClient:
             await self.send_audio(frame, rate)
             sent_ms += len(frame) * 1000.0 / rate
 
+    # -------------------------------------------------------------------- tools
+
+    async def set_tools(self, tools: Iterable[ClientTool]) -> dict[str, Any]:
+        """Declare this client's tools (replacing any declared before) and wait for the
+        server's ``session.updated``; calls of them are answered from now on."""
+        declared = list(tools)
+        if self.created.protocol_minor < TOOLS_MINOR:
+            raise ClientError(
+                f"this server speaks protocol 1.{self.created.protocol_minor}; "
+                f"client tools need 1.{TOOLS_MINOR}"
+            )
+        names = [each.name for each in declared]
+        if len(set(names)) != len(names):
+            raise ClientError("two client tools have the same name")
+        limit = int(self.created.limits.get("max_client_tools", MAX_CLIENT_TOOLS))
+        if len(declared) > limit:
+            raise ClientError(f"at most {limit} client tools, not {len(declared)}")
+        session = await self.update_session(tools=[each.definition() for each in declared])
+        self.tools = {each.name: each for each in declared}
+        return session
+
+    async def add_tool(
+        self,
+        name: str,
+        description: str,
+        parameters: Mapping[str, Any] | None,
+        handler: ToolHandler,
+    ) -> dict[str, Any]:
+        """Declare one more client tool (one of the same name is replaced)."""
+        tool = ClientTool(name, description, parameters or EMPTY_PARAMETERS, handler)
+        kept = [each for each in self.tools.values() if each.name != name]
+        return await self.set_tools([*kept, tool])
+
+    async def remove_tool(self, name: str) -> dict[str, Any]:
+        return await self.set_tools(each for each in self.tools.values() if each.name != name)
+
+    async def send_tool_result(self, call_id: str, output: str, *, is_error: bool = False) -> None:
+        """Answer a ``response.tool_call`` by hand (a tool declared without a handler,
+        through ``update_session(tools=...)``)."""
+        await self._send(ToolResult(call_id, output[:MAX_CLIENT_OUTPUT_CHARS], is_error))
+
+    def _start_tool(self, call: ResponseToolCall) -> None:
+        tool = self.tools.get(call.name)
+        if call.executor != Executor.CLIENT.value or tool is None:
+            return  # a server tool, or one this program answers itself
+        if call.call_id in self._tool_runs:
+            return
+        self._tool_runs[call.call_id] = asyncio.create_task(
+            self._answer(tool, call), name=f"{self.session_id}-tool-{call.name}"
+        )
+
+    async def _answer(self, tool: ClientTool, call: ResponseToolCall) -> None:
+        timeout_s = float(self.session.get("tool_timeout_ms") or DEFAULT_TOOL_TIMEOUT_MS) / 1000
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            try:
+                arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+                if not isinstance(arguments, dict):
+                    raise ValueError("the arguments are not a JSON object")
+                async with deadline:
+                    output, is_error = await tool.run(arguments), False
+            except Exception as error:
+                if isinstance(error, TimeoutError) and deadline.expired():
+                    # The server stopped waiting at the same moment (its clock started
+                    # first) and told the model; a late result would only be refused.
+                    logger.warning(
+                        "session=%s tool %s still running after %g s: cancelled",
+                        self.session_id, tool.name, timeout_s,
+                    )
+                    return
+                output, is_error = f"{type(error).__name__}: {error}", True
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self.send_tool_result(call.call_id, output, is_error=is_error)
+        finally:
+            self._tool_runs.pop(call.call_id, None)
+
     async def send_text(self, text: str) -> None:
         await self._send(ConversationText(text))
 
@@ -304,7 +472,12 @@ class VoiceForgeClient:
             async for frame in self._ws:
                 if isinstance(frame, str):
                     continue
-                message = decode_server_frame(frame)
+                try:
+                    message = decode_server_frame(frame)
+                except ProtocolError as error:
+                    if error.code != "unknown_type":
+                        raise
+                    continue  # a newer minor version's addition: ignored, as §1 says
                 await self._on_message(message)
                 for waiter in list(self._waiters):
                     if not waiter.done() and isinstance(message, waiter.kinds):  # type: ignore[attr-defined]
@@ -338,6 +511,13 @@ class VoiceForgeClient:
                 await self.report_played(message.response_id, played)
         elif isinstance(message, ResponseAudioResume):
             self.playback.resume(message.response_id, now)
+        elif isinstance(message, ResponseToolCall):
+            self._start_tool(message)
+        elif isinstance(message, ResponseToolResult):
+            if message.status == "cancelled" and (run := self._tool_runs.get(message.call_id)):
+                run.cancel()  # a barge-in stopped the call: nobody waits for its result
+        elif isinstance(message, SessionEnded):
+            self.end_reason = message.reason  # the server closes the WebSocket next
 
     def sent_at(self, audio_ms: float) -> float | None:
         """Wall time at which the input audio up to ``audio_ms`` had been sent."""
@@ -387,6 +567,11 @@ class VoiceForgeClient:
         """True once the connection is gone: closed by either side, or dropped."""
         return self._reader.done()
 
+    @property
+    def close_code(self) -> int | None:
+        """The WebSocket close code once closed (1000 after ``session.ended``)."""
+        return self._ws.close_code
+
     def abort(self) -> None:
         """Drop the connection with no close handshake, as a caller losing signal would."""
         self._ws.transport.abort()
@@ -395,6 +580,10 @@ class VoiceForgeClient:
         if self._reporter is not None:
             self._reporter.cancel()
             await asyncio.gather(self._reporter, return_exceptions=True)
+        runs = list(self._tool_runs.values())
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
         await self._ws.close()
         await asyncio.gather(self._reader, return_exceptions=True)
 
