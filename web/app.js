@@ -1,8 +1,8 @@
 // The voice chat page: wires a transport to the DOM, either the WebSocket SDK
 // (voiceforge.js) or the WebRTC bridge's client (webrtc.js); both dispatch the same
 // events. Settings live in localStorage (the API key and TURN credential only in
-// sessionStorage); `?instructions=…`, `?partials=1` and `?transport=webrtc` in the
-// URL override them. window.voiceforge exposes the transport's counters (state,
+// sessionStorage); `?instructions=…`, `?partials=1`, `?tools=1` and `?transport=webrtc`
+// in the URL override them. window.voiceforge exposes the transport's counters (state,
 // played frames per response id, ...) for tests and curious people.
 
 import { VoiceChat, VoiceForgeError, defaultServerUrl } from "./voiceforge.js";
@@ -27,8 +27,39 @@ const STAGE_LABELS = {
   llm_total_ms: "LLM total",
   tts_first_audio_ms: "TTS first audio",
   end_of_speech_to_first_audio_ms: "end of speech → first audio",
+  tool_ms: "tools",
 };
-const FLAG_TIMINGS = new Set(["speculative_transcript", "speculative_response", "played_source_client"]);
+// Not durations: flags and counts (tool calls are listed in the turn itself).
+const FLAG_TIMINGS = new Set(["speculative_transcript", "speculative_response", "played_source_client", "tool_calls", "tool_filler"]);
+const TOOL_STATUS_LABELS = {
+  running: "running…",
+  error: "failed",
+  timeout: "timed out",
+  invalid_arguments: "bad arguments",
+  unknown_tool: "unknown tool",
+  cancelled: "cancelled",
+};
+/**
+ * The page's own client tool (Settings → "Browser tools", or `?tools=1`): the
+ * server's get_current_time tells the time where the server is; this tells it
+ * where the caller is, from the browser's clock and time zone.
+ */
+const BROWSER_TOOLS = [
+  {
+    name: "get_local_time",
+    description:
+      "The caller's own date, time and time zone, read from their browser. Use it when the caller asks what time it is where they are.",
+    parameters: { type: "object", properties: {} },
+    handler: () => {
+      const now = new Date();
+      return {
+        local_time: now.toLocaleString("en-US", { dateStyle: "full", timeStyle: "short" }),
+        time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone,
+        utc_offset_minutes: -now.getTimezoneOffset(),
+      };
+    },
+  },
+];
 const STORE_KEY = "voiceforge.settings";
 const TRANSPORTS = ["websocket", "webrtc"];
 
@@ -55,6 +86,7 @@ function loadSettings() {
   $("noise").checked = saved.noise ?? true;
   $("gain").checked = saved.gain ?? true;
   $("partials").checked = params.has("partials") ? params.get("partials") === "1" : saved.partials ?? false;
+  $("browser-tools").checked = params.has("tools") ? params.get("tools") === "1" : saved.browserTools ?? false;
   $("key").value = sessionStorage.getItem("voiceforge.key") || "";
   const transport = params.get("transport") ?? saved.transport;
   $("transport").value = TRANSPORTS.includes(transport) ? transport : "websocket";
@@ -79,6 +111,7 @@ function saveSettings() {
     noise: $("noise").checked,
     gain: $("gain").checked,
     partials: $("partials").checked,
+    browserTools: $("browser-tools").checked,
     transport: $("transport").value,
     iceServers: $("ice-servers").value.trim(),
     iceUsername: $("ice-username").value.trim(),
@@ -185,6 +218,54 @@ function markPlayback(responseId, status) {
     item.querySelector(".who").append(badge);
   }
   badge.textContent = status;
+}
+
+/** A tool call, as a small line above the reply it belongs to. */
+function showToolCall(call) {
+  const { item } = agentTurn(call.response_id);
+  let list = item.querySelector("ul.tools");
+  if (!list) {
+    list = document.createElement("ul");
+    list.className = "tools";
+    item.insertBefore(list, item.querySelector(".bubble"));
+  }
+  const entry = document.createElement("li");
+  entry.className = "tool";
+  entry.dataset.callId = call.call_id;
+  entry.dataset.executor = call.executor;
+  entry.dataset.status = "running";
+  const name = document.createElement("code");
+  name.textContent = `${call.name}(${argumentsSummary(call.arguments)})`;
+  const where = document.createElement("span");
+  where.className = "where";
+  where.textContent = call.executor === "client" ? "in this page" : "on the server";
+  const status = document.createElement("span");
+  status.className = "tool-status";
+  status.textContent = TOOL_STATUS_LABELS.running;
+  entry.append(name, " ", where, " ", status);
+  list.append(entry);
+  scrollLog();
+}
+
+function showToolResult(result) {
+  const entry = [...$("log").querySelectorAll("li.tool")].find((li) => li.dataset.callId === result.call_id);
+  if (!entry) return;
+  entry.dataset.status = result.status;
+  entry.querySelector(".tool-status").textContent =
+    result.status === "ok" ? `✓ ${formatMs(result.elapsed_ms)}` : TOOL_STATUS_LABELS[result.status] || result.status;
+  entry.title = result.output.length > 300 ? `${result.output.slice(0, 300)}…` : result.output;
+}
+
+/** `{"city": "Paris", "days": 2}` → `city: "Paris", days: 2`, kept short. */
+function argumentsSummary(text) {
+  let summary;
+  try {
+    const value = JSON.parse(text || "{}");
+    summary = Object.entries(value).map(([key, item]) => `${key}: ${JSON.stringify(item)}`).join(", ");
+  } catch {
+    summary = text;
+  }
+  return summary.length > 60 ? `${summary.slice(0, 59)}…` : summary;
 }
 
 function formatMs(ms) {
@@ -322,20 +403,26 @@ function wire(session) {
   on("response.audio.pause", (message) => markPlayback(message.response_id, "paused"));
   on("response.audio.resume", (message) => markPlayback(message.response_id, "resumed"));
   on("response.done", (message) => finishTurn(message));
+  on("response.tool_call", (message) => showToolCall(message));
+  on("response.tool_result", (message) => showToolResult(message));
+  on("session.ended", ({ reason }) =>
+    note(reason === "end_call" ? "The agent ended the call." : `The call ended (${reason.replaceAll("_", " ")}).`),
+  );
   on("error", (message) => {
     const text = `Server error ${message.code}: ${message.message}`;
     note(text, { error: true });
     if (message.fatal) showBanner(text);
   });
-  on("close", ({ code, reason }) => {
+  on("close", ({ code, reason, ended }) => {
     setConnected(false);
     setState("idle");
-    const why = code === 1012 ? "the server is restarting" : reason || `code ${code}`;
-    showBanner(`The connection to the server was lost (${why}).`);
-    note(`Disconnected (${why})`, { error: true });
     wantConnected = false;
     $("start").textContent = "Start";
     $("start").dataset.active = "false";
+    if (ended) return; // the agent hung up (session.ended said so): nothing was lost
+    const why = code === 1012 ? "the server is restarting" : reason || `code ${code}`;
+    showBanner(`The connection to the server was lost (${why}).`);
+    note(`Disconnected (${why})`, { error: true });
   });
 }
 
@@ -364,7 +451,13 @@ async function start() {
             }),
             audioElement: $("agent-audio"),
           })
-        : new VoiceChat({ url, apiKey, session: sessionFields(), microphone });
+        : new VoiceChat({
+            url,
+            apiKey,
+            session: sessionFields(),
+            microphone,
+            tools: $("browser-tools").checked ? BROWSER_TOOLS : [],
+          });
   } catch (error) {
     wantConnected = false;
     setConnected(false);

@@ -1,4 +1,4 @@
-// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.1
+// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.2
 // (docs/protocol.md). No framework, no build step: an ES module.
 //
 //   import { VoiceChat } from "./voiceforge.js";
@@ -23,17 +23,37 @@
 // - asks for playback pauses (protocol 1.1, `playbackPause: false` to opt out): the
 //   reply goes quiet the moment the caller speaks over it and resumes where it
 //   stopped if that was only "mm-hmm" or a cough (`response.audio.pause`/`resume`).
+// - client tools (protocol 1.2, docs/tools.md): functions the agent's model may call,
+//   run here in the page. Declare them with `tools` (or `addTool` later):
+//
+//     new VoiceChat({ url, tools: [{
+//       name: "get_cart", description: "What the caller has in their cart.",
+//       parameters: { type: "object", properties: {} },
+//       handler: async (args, call) => ({ items: cart.items }),
+//     }] });
+//
+//   Each `response.tool_call` for one of them runs its handler with the parsed
+//   arguments and {callId, name, signal}; its return value (a string as it is,
+//   anything else as JSON) or what it throws (an error result) goes back as
+//   `tool.result`. A handler still running after `session.tool_timeout_ms`, or whose
+//   call a barge-in cancelled, gets its `signal` aborted and its result is not sent.
+//   `response.tool_call`, `response.tool_result` and `session.ended` (the agent hung
+//   up; the `close` event then carries `ended: "end_call"`) are dispatched as events.
 
 import { decode, encode } from "./vendor/msgpack/index.mjs";
 
 export const PROTOCOL_VERSION = 1;
-export const PROTOCOL_MINOR = 1;
+export const PROTOCOL_MINOR = 2;
+const TOOLS_MINOR = 2; // the minor version that brought client tools
 export const SUBPROTOCOL = "voiceforge.v1";
 export const SUPPORTED_SAMPLE_RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000];
 const INPUT_SAMPLE_RATE = 16000;
 const DEFAULT_OUTPUT_SAMPLE_RATE = 24000;
 const CONNECT_TIMEOUT_MS = 15000;
 const REPORT_INTERVAL_MS = 250;
+const DEFAULT_TOOL_TIMEOUT_MS = 10000;
+const MAX_TOOL_OUTPUT_CHARS = 16000;
+const TOOL_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** A failure the page should show; `code` says which (see ERROR_CODES). */
 export class VoiceForgeError extends Error {
@@ -90,6 +110,92 @@ export async function openMicrophone(microphone) {
 export function defaultServerUrl(location = globalThis.location) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * The page's client tools (protocol 1.2): their declarations and their runs.
+ * `send(message)` sends a protocol message; `timeoutMs()` reads the session's
+ * tool_timeout_ms. Runs are keyed by call id: a call runs once, a cancel aborts it.
+ */
+export class ClientTools {
+  constructor(send, timeoutMs) {
+    this.send = send;
+    this.timeoutMs = timeoutMs;
+    this.tools = new Map();
+    this.runs = new Map(); // call id → AbortController
+  }
+
+  /** Add or replace a tool; throws a VoiceForgeError for a bad declaration. */
+  add({ name, description = "", parameters = { type: "object", properties: {} }, handler }) {
+    if (typeof name !== "string" || !TOOL_NAME.test(name)) {
+      throw new VoiceForgeError("invalid_tool", `Tool name ${JSON.stringify(name)}: letters, digits, _ and - only, at most 64.`);
+    }
+    if (!parameters || parameters.type !== "object") {
+      throw new VoiceForgeError("invalid_tool", `Tool ${name}: parameters must be a JSON schema of type object.`);
+    }
+    if (typeof handler !== "function") {
+      throw new VoiceForgeError("invalid_tool", `Tool ${name}: handler must be a function.`);
+    }
+    this.tools.set(name, { name, description, parameters, handler });
+  }
+
+  remove(name) {
+    return this.tools.delete(name);
+  }
+
+  get size() {
+    return this.tools.size;
+  }
+
+  /** The `session.tools` list (OpenAI Realtime's flat function format). */
+  definitions() {
+    return [...this.tools.values()].map(({ name, description, parameters }) => ({
+      type: "function",
+      name,
+      description,
+      parameters,
+    }));
+  }
+
+  /** A `response.tool_call`: run it when it is ours; the result goes back as `tool.result`. */
+  async run(call) {
+    const tool = this.tools.get(call.name);
+    if (call.executor !== "client" || !tool || this.runs.has(call.call_id)) return;
+    const controller = new AbortController();
+    this.runs.set(call.call_id, controller);
+    const timer = setTimeout(() => controller.abort(new DOMException("tool timed out", "TimeoutError")), this.timeoutMs());
+    const stopped = new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
+    let output;
+    let isError = false;
+    try {
+      const args = call.arguments && call.arguments.trim() ? JSON.parse(call.arguments) : {};
+      const result = await Promise.race([
+        Promise.resolve().then(() => tool.handler(args, { callId: call.call_id, name: call.name, signal: controller.signal })),
+        stopped,
+      ]);
+      // (JSON.stringify gives undefined for a function: sent as an empty result.)
+      output = (typeof result === "string" ? result : JSON.stringify(result ?? null)) ?? "";
+    } catch (error) {
+      isError = true;
+      output = error && error.name ? `${error.name}: ${error.message}` : String(error);
+    } finally {
+      clearTimeout(timer);
+      this.runs.delete(call.call_id);
+    }
+    // Timed out or cancelled: the server has answered the model itself already.
+    if (controller.signal.aborted) return;
+    this.send({ type: "tool.result", call_id: call.call_id, output: output.slice(0, MAX_TOOL_OUTPUT_CHARS), is_error: isError });
+  }
+
+  /** A `response.tool_result`: a call a barge-in cancelled stops here too. */
+  settled(result) {
+    if (result.status === "cancelled") this.runs.get(result.call_id)?.abort(new DOMException("tool call cancelled", "AbortError"));
+  }
+
+  abortAll() {
+    for (const controller of this.runs.values()) controller.abort(new DOMException("the call ended", "AbortError"));
+    this.runs.clear();
+  }
 }
 
 /**
@@ -178,6 +284,7 @@ export class VoiceChat extends ChatSession {
    * @param {string} [options.workletBase] URL of the worklets/ folder
    * @param {boolean} [options.playbackPause] ask the server to pause (not cancel) a
    *   reply the caller speaks over, and resume it after a backchannel (default true)
+   * @param {object[]} [options.tools]     client tools: {name, description, parameters, handler}
    */
   constructor(options) {
     super();
@@ -192,6 +299,12 @@ export class VoiceChat extends ChatSession {
     };
     this.workletBase = options.workletBase || new URL("./worklets/", import.meta.url).href;
     this.playbackPause = options.playbackPause ?? true;
+    this.clientTools = new ClientTools(
+      (message) => this.send(message),
+      () => this.session?.tool_timeout_ms ?? DEFAULT_TOOL_TIMEOUT_MS,
+    );
+    for (const tool of options.tools || []) this.clientTools.add(tool);
+    this.endReason = null; // session.ended: why the server ended the call
     this.ws = null;
     this.context = null;
     this.stream = null;
@@ -226,6 +339,8 @@ export class VoiceChat extends ChatSession {
       resumes: [], // response ids, once per response.audio.resume
       playedReports: 0,
       responses: {}, // response id → {status, reason, text, text_heard}
+      toolCalls: [], // {call_id, name, arguments, executor, status, output, elapsed_ms}
+      endReason: null,
       transcripts: [],
       errors: [],
       outputSampleRate: null,
@@ -237,6 +352,28 @@ export class VoiceChat extends ChatSession {
   updateSession(fields) {
     Object.assign(this.sessionFields, fields);
     if (this.ready) this.send({ type: "session.update", session: fields });
+  }
+
+  /** Declare (or replace) a client tool: {name, description, parameters, handler}. */
+  addTool(tool) {
+    this.clientTools.add(tool);
+    this.sendTools();
+  }
+
+  removeTool(name) {
+    if (this.clientTools.remove(name)) this.sendTools();
+  }
+
+  /** The tool list replaces the session's; only servers of protocol ≥ 1.2 take it. */
+  sendTools() {
+    if (!this.ready || !this.created) return; // sent once the session is set up
+    if ((this.created.protocol_minor || 0) < TOOLS_MINOR) {
+      const message = `This server speaks protocol 1.${this.created.protocol_minor || 0}; client tools need 1.${TOOLS_MINOR}.`;
+      this.stats.errors.push({ code: "tools_unsupported", message, fatal: false });
+      this.emit("error", { code: "tools_unsupported", message, fatal: false, response_id: null, category: "client" });
+      return;
+    }
+    this.send({ type: "session.update", session: { tools: this.clientTools.definitions() } });
   }
 
   // ------------------------------------------------------------------ audio
@@ -391,7 +528,7 @@ export class VoiceChat extends ChatSession {
         if (this.stopped) return;
         this.teardown();
         this.setState("idle");
-        this.emit("close", { code: event.code, reason: event.reason, clean: event.wasClean, wasReady });
+        this.emit("close", { code: event.code, reason: event.reason, clean: event.wasClean, wasReady, ended: this.endReason });
       };
     });
   }
@@ -426,6 +563,7 @@ export class VoiceChat extends ChatSession {
         this.session = message.session;
         if (!this.ready && message.session.input_sample_rate === INPUT_SAMPLE_RATE) {
           this.ready = true;
+          if (this.clientTools.size) this.sendTools();
           this.startReporting();
           this.updateState();
         }
@@ -486,6 +624,26 @@ export class VoiceChat extends ChatSession {
           timings: message.timings,
         };
         break;
+      case "response.tool_call":
+        stats.toolCalls.push({
+          call_id: message.call_id,
+          response_id: message.response_id,
+          name: message.name,
+          arguments: message.arguments,
+          executor: message.executor,
+          status: "running",
+        });
+        this.clientTools.run(message);
+        break;
+      case "response.tool_result": {
+        const call = stats.toolCalls.find((entry) => entry.call_id === message.call_id);
+        if (call) Object.assign(call, { status: message.status, output: message.output, elapsed_ms: message.elapsed_ms });
+        this.clientTools.settled(message);
+        break;
+      }
+      case "session.ended":
+        this.endReason = stats.endReason = message.reason; // the server closes next
+        break;
       case "error":
         stats.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
         if (message.response_id) this.awaitingReply = false;
@@ -543,6 +701,7 @@ export class VoiceChat extends ChatSession {
     this.ready = false;
     clearInterval(this.reportTimer);
     this.reportTimer = null;
+    this.clientTools.abortAll();
     if (this.ws) {
       this.ws.onclose = null;
       this.ws.onmessage = null;
