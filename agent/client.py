@@ -27,9 +27,9 @@ here, in the caller's program::
 Each ``response.tool_call`` for one of them runs its handler (sync handlers in a
 worker thread) in a task of its own, so events keep flowing meanwhile, and sends its
 ``tool.result``; what the handler raises is sent as an error result, and a handler
-still running after ``session.tool_timeout_ms`` is cancelled (the server has
-answered the model with a timeout by then). ``end_reason`` says why the server
-ended the call (``session.ended``: the agent hung up).
+still running when the server settles its call without it (``tool_timeout_ms``
+passed, a barge-in cancelled it, its arguments did not fit the schema) is cancelled.
+``end_reason`` says why the server ended the call (``session.ended``: the agent hung up).
 Used by ``voiceforge talk``, the tests and the load generator.
 """
 
@@ -451,6 +451,8 @@ class VoiceForgeClient:
                     )
                     return
                 output, is_error = f"{type(error).__name__}: {error}", True
+            # Answered: the server's result for this call must not cancel the send.
+            self._tool_runs.pop(call.call_id, None)
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self.send_tool_result(call.call_id, output, is_error=is_error)
         finally:
@@ -514,8 +516,11 @@ class VoiceForgeClient:
         elif isinstance(message, ResponseToolCall):
             self._start_tool(message)
         elif isinstance(message, ResponseToolResult):
-            if message.status == "cancelled" and (run := self._tool_runs.get(message.call_id)):
-                run.cancel()  # a barge-in stopped the call: nobody waits for its result
+            if run := self._tool_runs.get(message.call_id):
+                # The server has settled the call without this handler (a barge-in
+                # cancelled it, it timed out, its arguments did not fit the schema):
+                # nobody waits for its result any more.
+                run.cancel()
         elif isinstance(message, SessionEnded):
             self.end_reason = message.reason  # the server closes the WebSocket next
 

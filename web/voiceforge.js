@@ -35,8 +35,9 @@
 //   Each `response.tool_call` for one of them runs its handler with the parsed
 //   arguments and {callId, name, signal}; its return value (a string as it is,
 //   anything else as JSON) or what it throws (an error result) goes back as
-//   `tool.result`. A handler still running after `session.tool_timeout_ms`, or whose
-//   call a barge-in cancelled, gets its `signal` aborted and its result is not sent.
+//   `tool.result`. A handler still running when the server settles its call without
+//   it (`session.tool_timeout_ms` passed, a barge-in cancelled it, its arguments did
+//   not fit the schema) gets its `signal` aborted and its result is not sent.
 //   `response.tool_call`, `response.tool_result` and `session.ended` (the agent hung
 //   up; the `close` event then carries `ended: "end_call"`) are dispatched as events.
 
@@ -187,9 +188,13 @@ export class ClientTools {
     this.send({ type: "tool.result", call_id: call.call_id, output: output.slice(0, MAX_TOOL_OUTPUT_CHARS), is_error: isError });
   }
 
-  /** A `response.tool_result`: a call a barge-in cancelled stops here too. */
+  /**
+   * A `response.tool_result`. For a call still running here, the server settled it
+   * without us (a barge-in cancelled it, it timed out, its arguments did not fit
+   * the schema): the handler's signal aborts and its result is not sent.
+   */
   settled(result) {
-    if (result.status === "cancelled") this.runs.get(result.call_id)?.abort(new DOMException("tool call cancelled", "AbortError"));
+    this.runs.get(result.call_id)?.abort(new DOMException(`tool call ${result.status}`, "AbortError"));
   }
 
   abortAll() {
