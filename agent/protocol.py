@@ -402,6 +402,8 @@ def decode_server_frame(data: bytes) -> ServerMessage:
     values = {k: v for k, v in message.items() if k in names}
     if cls is ResponseDone:
         values["status"] = ResponseStatus(values["status"])
+    if cls is SessionCreated:
+        values.setdefault("protocol_minor", 0)  # §3.1: a 1.0 server does not send it
     result: ServerMessage = cls(**values)
     return result
 
