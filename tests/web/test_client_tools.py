@@ -176,3 +176,67 @@ def test_a_tool_declared_through_the_sdk_sends_its_error_back(
     }
     tab.evaluate("() => window.chat.stop()")
     assert errors == []
+
+
+def test_a_handler_the_server_stopped_waiting_for_is_aborted_and_sends_nothing(
+    server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
+) -> None:
+    tab, errors = page
+    llm.script(
+        [ToolCall("lookup_order", '{"order_id": "C3"}', call_id="call_slow")],
+        say("The order system is slow today."),
+        [ToolCall("lookup_order", '{"order_id": "E5"}', call_id="call_interrupted")],
+        say("All right, never mind."),
+    )
+    tab.goto(f"{server.http}/")
+    tab.evaluate(
+        """async ([url, schema]) => {
+            const { VoiceChat } = await import("/voiceforge.js");
+            window.started = [];
+            window.aborted = [];
+            const chat = new VoiceChat({ url, tools: [{
+                name: "lookup_order",
+                description: "Look up an order.",
+                parameters: schema,
+                // Never settles by itself: only its signal can end the wait.
+                handler: ({ order_id }, { signal }) => new Promise(() => {
+                    window.started.push(order_id);
+                    signal.addEventListener(
+                        "abort", () => window.aborted.push([order_id, signal.reason.message]));
+                }),
+            }] });
+            window.chat = chat;
+            await chat.start();
+            chat.updateSession({ tool_timeout_ms: 300 });
+            chat.sendText("Where is order C3?");
+        }""",
+        [server.url, ORDER],
+    )
+    # The server times the call out and answers the model itself; the page stops.
+    _wait(tab, "() => window.aborted.length === 1", "the timed-out handler to be aborted")
+    assert tab.evaluate("() => window.aborted[0]") == ["C3", "tool call timeout"]
+    _wait(
+        tab,
+        "() => Object.values(window.chat.stats.responses).some((r) => r.status === 'completed')",
+        "the answer after the timeout",
+    )
+    assert tab.evaluate("() => window.chat.stats.toolCalls[0].status") == "timeout"
+
+    # A barge-in while the handler runs: the call is cancelled, the handler aborted.
+    tab.evaluate("() => window.chat.updateSession({ tool_timeout_ms: 60000 })")
+    tab.evaluate("() => window.chat.sendText('Where is order E5?')")
+    _wait(tab, "() => window.started.length === 2", "the second call's handler")
+    tab.evaluate("() => window.chat.sendText('Never mind.')")
+    _wait(tab, "() => window.aborted.length === 2", "the interrupted handler to be aborted")
+    assert tab.evaluate("() => window.aborted[1]") == ["E5", "tool call cancelled"]
+    _wait(
+        tab,
+        "() => Object.values(window.chat.stats.responses)"
+        ".filter((r) => r.status === 'completed').length === 2",
+        "the answer to the interruption",
+    )
+    # Neither handler's result reached the server (it would be unknown_tool_call).
+    assert tab.evaluate("() => window.chat.stats.errors") == []
+    assert llm.requests[-1].messages[-1] == {"role": "user", "content": "Never mind."}
+    tab.evaluate("() => window.chat.stop()")
+    assert errors == []
