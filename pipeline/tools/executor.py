@@ -150,6 +150,15 @@ class CallTools:
         self.runs_started += 1
         started = time.monotonic()
         executor = spec.executor if spec is not None else Executor.SERVER
+        arguments: dict[str, Any] = {}
+        invalid: str | None = None
+        if spec is not None:
+            # Checked before the call is announced: a client told to run a call must
+            # be able to answer it, so one that does not fit is the server's to settle.
+            try:
+                arguments = spec.parse_arguments(call.arguments)
+            except InvalidArguments as error:
+                invalid, executor = str(error), Executor.SERVER
         self._emit(ResponseToolCall(
             response_id, call.call_id, call.name, call.arguments, executor.value
         ))
@@ -157,14 +166,12 @@ class CallTools:
         try:
             if spec is None:
                 status, output = ToolStatus.UNKNOWN_TOOL, f"there is no tool named {call.name}"
+            elif invalid is not None:
+                status, output = ToolStatus.INVALID_ARGUMENTS, invalid
+            elif spec.executor is Executor.CLIENT:
+                status, output = await self._on_client(call, client_timeout_s)
             else:
-                arguments = spec.parse_arguments(call.arguments)
-                if spec.executor is Executor.CLIENT:
-                    status, output = await self._on_client(call, client_timeout_s)
-                else:
-                    status, output = await self._on_server(call, spec, arguments)
-        except InvalidArguments as error:
-            status, output = ToolStatus.INVALID_ARGUMENTS, str(error)
+                status, output = await self._on_server(call, spec, arguments)
         except asyncio.CancelledError:
             self._result(response_id, call, ToolStatus.CANCELLED, "", started)
             raise

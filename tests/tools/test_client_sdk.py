@@ -261,8 +261,11 @@ async def test_a_handler_past_its_time_is_cancelled_and_sends_nothing(
 async def test_a_call_with_bad_arguments_is_settled_by_the_server_and_not_answered(
     client: VoiceForgeClient, llm: ScriptedToolLLM
 ) -> None:
-    async def lookup(order_id: str) -> str:
-        return f"order {order_id} shipped"
+    ran: list[str] = []
+
+    async def lookup(**arguments: Any) -> str:
+        ran.append(json.dumps(arguments))
+        return "shipped"
 
     await client.add_tool("lookup_order", "Look up an order.", ORDER, lookup)
     llm.script(
@@ -270,15 +273,15 @@ async def test_a_call_with_bad_arguments_is_settled_by_the_server_and_not_answer
         say("Which order do you mean?"),
     )
     events = await typed_turn(client, "Where is my order?")
-    # The call is announced, then settled at once: its arguments miss order_id.
-    assert one(events, ResponseToolCall).executor == "client"
+    # Its arguments miss order_id: the server settles the call, the client is not
+    # asked to run it (a result from it would only be refused as unknown_tool_call).
+    assert one(events, ResponseToolCall).executor == "server"
     result = one(events, ResponseToolResult)
     assert result.status == "invalid_arguments"
     assert json.loads(llm.requests[1].messages[-1]["content"])["error"] == "invalid_arguments"
-    # The SDK stopped the handler: no result of it reaches the server (it would be
-    # refused as unknown_tool_call), neither in this turn nor after it.
     later = await typed_turn(client, "Order A17.")
     assert errors([*events, *later]) == []
+    assert ran == []
 
 
 # --------------------------------------------------------------- call ids refused
