@@ -28,7 +28,7 @@ Each ``response.tool_call`` for one of them runs its handler (sync handlers in a
 worker thread) in a task of its own, so events keep flowing meanwhile, and sends its
 ``tool.result``; what the handler raises is sent as an error result, and a handler
 still running when the server settles its call without it (``tool_timeout_ms``
-passed, a barge-in cancelled it, its arguments did not fit the schema) is cancelled.
+passed, a barge-in cancelled it) is cancelled.
 ``end_reason`` says why the server ended the call (``session.ended``: the agent hung up).
 Used by ``voiceforge talk``, the tests and the load generator.
 """
@@ -518,8 +518,7 @@ class VoiceForgeClient:
         elif isinstance(message, ResponseToolResult):
             if run := self._tool_runs.get(message.call_id):
                 # The server has settled the call without this handler (a barge-in
-                # cancelled it, it timed out, its arguments did not fit the schema):
-                # nobody waits for its result any more.
+                # cancelled it, it timed out): nobody waits for its result any more.
                 run.cancel()
         elif isinstance(message, SessionEnded):
             self.end_reason = message.reason  # the server closes the WebSocket next

@@ -36,8 +36,8 @@
 //   arguments and {callId, name, signal}; its return value (a string as it is,
 //   anything else as JSON) or what it throws (an error result) goes back as
 //   `tool.result`. A handler still running when the server settles its call without
-//   it (`session.tool_timeout_ms` passed, a barge-in cancelled it, its arguments did
-//   not fit the schema) gets its `signal` aborted and its result is not sent.
+//   it (`session.tool_timeout_ms` passed, a barge-in cancelled it) gets its `signal`
+//   aborted and its result is not sent.
 //   `response.tool_call`, `response.tool_result` and `session.ended` (the agent hung
 //   up; the `close` event then carries `ended: "end_call"`) are dispatched as events.
 
@@ -190,8 +190,8 @@ export class ClientTools {
 
   /**
    * A `response.tool_result`. For a call still running here, the server settled it
-   * without us (a barge-in cancelled it, it timed out, its arguments did not fit
-   * the schema): the handler's signal aborts and its result is not sent.
+   * without us (a barge-in cancelled it, it timed out): the handler's signal aborts
+   * and its result is not sent.
    */
   settled(result) {
     this.runs.get(result.call_id)?.abort(new DOMException(`tool call ${result.status}`, "AbortError"));
