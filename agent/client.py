@@ -94,6 +94,10 @@ TOOLS_MINOR = 2
 """The protocol minor version that brought client tools."""
 DEFAULT_TOOL_TIMEOUT_MS = 10_000.0
 """``session.tool_timeout_ms`` when the server did not say (it always does from 1.2)."""
+TOOL_TIMEOUT_GRACE_S = 1.0
+"""A handler's own bound is the server's plus this: the server decides when a call
+has timed out (its ``response.tool_result`` stops the handler); this only catches a
+result that never arrives."""
 EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
 
 ToolHandler = Callable[..., Any]
@@ -432,7 +436,8 @@ class VoiceForgeClient:
         )
 
     async def _answer(self, tool: ClientTool, call: ResponseToolCall) -> None:
-        timeout_s = float(self.session.get("tool_timeout_ms") or DEFAULT_TOOL_TIMEOUT_MS) / 1000
+        timeout_ms = float(self.session.get("tool_timeout_ms") or DEFAULT_TOOL_TIMEOUT_MS)
+        timeout_s = timeout_ms / 1000 + TOOL_TIMEOUT_GRACE_S
         deadline = asyncio.timeout(timeout_s)
         try:
             try:
@@ -443,8 +448,8 @@ class VoiceForgeClient:
                     output, is_error = await tool.run(arguments), False
             except Exception as error:
                 if isinstance(error, TimeoutError) and deadline.expired():
-                    # The server stopped waiting at the same moment (its clock started
-                    # first) and told the model; a late result would only be refused.
+                    # The server stopped waiting before this (its clock started first)
+                    # and its timeout result never came: a late answer would be refused.
                     logger.warning(
                         "session=%s tool %s still running after %g s: cancelled",
                         self.session_id, tool.name, timeout_s,

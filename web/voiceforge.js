@@ -53,6 +53,10 @@ const DEFAULT_OUTPUT_SAMPLE_RATE = 24000;
 const CONNECT_TIMEOUT_MS = 15000;
 const REPORT_INTERVAL_MS = 250;
 const DEFAULT_TOOL_TIMEOUT_MS = 10000;
+// A handler's own bound is the server's plus this: the server decides when a call has
+// timed out (its response.tool_result aborts the handler); this only catches a result
+// that never arrives.
+const TOOL_TIMEOUT_GRACE_MS = 1000;
 const MAX_TOOL_OUTPUT_CHARS = 16000;
 const TOOL_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -164,7 +168,10 @@ export class ClientTools {
     if (call.executor !== "client" || !tool || this.runs.has(call.call_id)) return;
     const controller = new AbortController();
     this.runs.set(call.call_id, controller);
-    const timer = setTimeout(() => controller.abort(new DOMException("tool timed out", "TimeoutError")), this.timeoutMs());
+    const timer = setTimeout(
+      () => controller.abort(new DOMException("tool timed out", "TimeoutError")),
+      this.timeoutMs() + TOOL_TIMEOUT_GRACE_MS,
+    );
     const stopped = new Promise((resolve) => controller.signal.addEventListener("abort", resolve, { once: true }));
     let output;
     let isError = false;
