@@ -401,9 +401,14 @@ class VoiceForgeClient:
         limit = int(self.created.limits.get("max_client_tools", MAX_CLIENT_TOOLS))
         if len(declared) > limit:
             raise ClientError(f"at most {limit} client tools, not {len(declared)}")
-        session = await self.update_session(tools=[each.definition() for each in declared])
-        self.tools = {each.name: each for each in declared}
-        return session
+        # In place before the update is sent: the reader may meet a call of a new tool
+        # before this coroutine resumes after session.updated.
+        previous, self.tools = self.tools, {each.name: each for each in declared}
+        try:
+            return await self.update_session(tools=[each.definition() for each in declared])
+        except BaseException:
+            self.tools = previous
+            raise
 
     async def add_tool(
         self,

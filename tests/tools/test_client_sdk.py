@@ -113,6 +113,20 @@ def test_a_bad_tool_is_refused_before_anything_is_sent() -> None:
         ClientTool("lookup", "", {"type": "string"}, lambda: "")
 
 
+async def test_a_tool_the_server_refuses_leaves_the_declared_ones(
+    client: VoiceForgeClient,
+) -> None:
+    await client.add_tool("lookup_order", "Look up an order.", ORDER, lambda order_id: "")
+    zip_code = {
+        "type": "object",
+        "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+    }
+    with pytest.raises(ClientError, match=r"invalid_session: .*'pattern' is not accepted"):
+        await client.add_tool("check_zip", "Check a zip code.", zip_code, lambda zip: "")
+    assert list(client.tools) == ["lookup_order"]
+    assert [tool["name"] for tool in client.session["tools"]] == ["lookup_order"]
+
+
 # ----------------------------------------------------------------- a result spoken
 
 
