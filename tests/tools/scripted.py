@@ -22,6 +22,7 @@ class Request:
     messages: list[ChatMessage]
     tools: list[dict[str, Any]]
     """The tool definitions offered (OpenAI chat-completions format); [] for none."""
+    tool_choice: str = "auto"
 
     def tool_names(self) -> list[str]:
         return [tool["function"]["name"] for tool in self.tools]
@@ -32,6 +33,7 @@ class ScriptedToolLLM:
     ``default`` (word by word, as a model streams)."""
 
     name = "test:scripted-tool-llm"
+    max_tool_rounds = 3
 
     def __init__(self, default: str = "Okay.") -> None:
         self.default = default
@@ -58,9 +60,10 @@ class ScriptedToolLLM:
         tools: Sequence[dict[str, Any]],
         max_tokens: int,
         temperature: float,
+        tool_choice: str = "auto",
     ) -> AsyncIterator[str | ToolCall]:
         seen = [message.copy() for message in messages]
-        self.requests.append(Request(seen, list(tools)))
+        self.requests.append(Request(seen, list(tools), tool_choice))
         turn = self.plan.popleft() if self.plan else _words(self.default)
         for item in turn(seen) if callable(turn) else turn:
             await asyncio.sleep(0.002)
