@@ -341,6 +341,9 @@ export class WebRTCChat extends ChatSession {
         stats.sessionId = message.session_id;
         this.ready = true;
         break;
+      case "session.ended":
+        this.endReason = message.reason; // the agent hung up: the close that follows is not a loss
+        break;
       case "input_audio.speech_started":
         this.userSpeaking = true;
         break;
@@ -401,7 +404,7 @@ export class WebRTCChat extends ChatSession {
     if (this.stopped) return;
     this.teardown();
     this.setState("idle");
-    this.emit("close", { code: 0, reason, clean: false });
+    this.emit("close", { code: 0, reason, clean: false, ended: this.endReason || null });
   }
 
   // ------------------------------------------------------------------ state

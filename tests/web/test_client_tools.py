@@ -240,3 +240,19 @@ def test_a_handler_the_server_stopped_waiting_for_is_aborted_and_sends_nothing(
     assert llm.requests[-1].messages[-1] == {"role": "user", "content": "Never mind."}
     tab.evaluate("() => window.chat.stop()")
     assert errors == []
+
+
+def test_over_webrtc_the_page_says_the_agent_hung_up_not_that_the_line_was_lost(
+    server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
+) -> None:
+    tab, errors = page
+    llm.script([ToolCall("end_call", "{}", call_id="call_rtc_bye")], say("Goodbye!"))
+    tab.goto(f"{server.http}/?transport=webrtc")
+    tab.click("#start")
+    tab.wait_for_selector("#connection[data-connected='true']")
+    _type(tab, "That's all, thanks.")
+    tab.wait_for_selector("#connection[data-connected='false']", timeout=WAIT_MS)
+    _wait(tab, "() => /The agent ended the call/.test(document.querySelector('#log').innerText)",
+          "the hang-up note")
+    assert tab.locator("#banner").is_hidden()  # no "connection lost"
+    assert errors == []
