@@ -115,7 +115,8 @@ class ResponseToolCall:
     call_id: str
     name: str
     arguments: str
-    """The model's arguments, JSON text (validated against the tool's schema)."""
+    """The model's arguments, JSON text; for ``executor`` ``client`` they fit the tool's
+    schema (a call whose arguments do not is settled by the server, as ``server``)."""
     executor: str
 
 
