@@ -16,7 +16,7 @@ from pipeline.engines.bench import ToneTTS
 from pipeline.engines.openai_compat import OpenAICompatLLM
 from pipeline.tools import ToolRegistry
 from pipeline.tools.builtin import builtin_tools
-from tests.bridges.test_telephony import STREAM_SID, Provider, loud_ms
+from tests.bridges.test_telephony import Provider, loud_ms, start_call, until_hung_up
 from tests.bridges.test_webrtc import Caller as WebRTCCaller
 from tests.bridges.test_webrtc import caller  # noqa: F401  (the fixture, on this server)
 from tests.bridges.twilio_line import RATE
@@ -54,27 +54,9 @@ async def test_end_call_plays_the_goodbye_then_hangs_up_the_line(
     url = bridge_server.url.replace("/ws", "/telephony/twilio")
     async with connect(url) as ws:
         call = Provider(ws)
-        await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await call.send({
-            "event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
-            "start": {
-                "accountSid": "AC0", "streamSid": STREAM_SID, "callSid": "CA0",
-                "tracks": ["inbound"], "customParameters": {},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        })
-        call.tasks = [
-            asyncio.create_task(call.microphone()),
-            asyncio.create_task(call.listener()),
-            asyncio.create_task(call.speaker()),
-        ]
+        await start_call(call)
         call.say(speak("Goodbye, that's all.", RATE))
-        try:
-            await asyncio.wait_for(ws.wait_closed(), 60)
-        finally:
-            for task in call.tasks:
-                task.cancel()
-            await asyncio.gather(*call.tasks, return_exceptions=True)
+        await until_hung_up(call)
     assert (ws.close_code, ws.close_reason) == (1000, "end_call")
     assert loud_ms(call.played) > 1200  # the goodbye was heard before the line went down
     # Every mark sent had come back: the line went down after the whole goodbye played.

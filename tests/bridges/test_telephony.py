@@ -150,32 +150,48 @@ class Provider:
             await asyncio.sleep(schedule.wait_s(tick + 1, time.monotonic()))
 
 
+async def start_call(call: Provider) -> None:
+    """Open the stream as Twilio does (``connected``, then ``start``: call CA0 of account
+    AC0), then run the line: microphone, listener, speaker."""
+    await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    await call.send(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "start": {
+                "accountSid": "AC0",
+                "streamSid": STREAM_SID,
+                "callSid": "CA0",
+                "tracks": ["inbound"],
+                "customParameters": {},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+            "streamSid": STREAM_SID,
+        }
+    )
+    call.tasks = [
+        asyncio.create_task(call.microphone()),
+        asyncio.create_task(call.listener()),
+        asyncio.create_task(call.speaker()),
+    ]
+
+
+async def until_hung_up(call: Provider, within_s: float = 60.0) -> None:
+    """Wait for the server to close the stream, then stop the line's tasks."""
+    try:
+        await asyncio.wait_for(call.ws.wait_closed(), within_s)
+    finally:
+        for task in call.tasks:
+            task.cancel()
+        await asyncio.gather(*call.tasks, return_exceptions=True)
+
+
 @pytest.fixture
 async def provider(bridge_server: RunningServer) -> AsyncIterator[Provider]:
     url = bridge_server.url.replace("/ws", "/telephony/twilio")
     async with connect(url) as ws:
         call = Provider(ws)
-        await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await call.send(
-            {
-                "event": "start",
-                "sequenceNumber": "1",
-                "start": {
-                    "accountSid": "AC0",
-                    "streamSid": STREAM_SID,
-                    "callSid": "CA0",
-                    "tracks": ["inbound"],
-                    "customParameters": {},
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-                "streamSid": STREAM_SID,
-            }
-        )
-        call.tasks = [
-            asyncio.create_task(call.microphone()),
-            asyncio.create_task(call.listener()),
-            asyncio.create_task(call.speaker()),
-        ]
+        await start_call(call)
         try:
             yield call
         finally:

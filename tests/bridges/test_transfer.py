@@ -4,7 +4,6 @@ API (a local stand-in here), then the stream ends."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +24,7 @@ from pipeline.engines.bench import ToneTTS
 from pipeline.engines.openai_compat import OpenAICompatLLM
 from pipeline.tools import ToolRegistry
 from pipeline.tools.builtin import builtin_tools
-from tests.bridges.test_telephony import STREAM_SID, Provider, loud_ms
+from tests.bridges.test_telephony import Provider, loud_ms, start_call, until_hung_up
 from tests.bridges.twilio_line import RATE
 from tests.e2e.conftest import RunningServer
 from tests.faults.support import bench_engines, serving, serving_app
@@ -77,24 +76,9 @@ async def test_the_call_is_redirected_once_the_agent_said_so(server: RunningServ
     signed = {"X-Twilio-Signature": twilio_signature(TOKEN, url)}
     async with connect(url, additional_headers=signed) as ws:
         call = Provider(ws)
-        await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        await call.send({
-            "event": "start", "sequenceNumber": "1", "streamSid": STREAM_SID,
-            "start": {
-                "accountSid": "AC0", "streamSid": STREAM_SID, "callSid": "CA0",
-                "tracks": ["inbound"], "customParameters": {},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-            },
-        })
-        call.tasks = [asyncio.create_task(task) for task in
-                      (call.microphone(), call.listener(), call.speaker())]
+        await start_call(call)
         call.say(speak("Can I talk to someone in sales?", RATE))
-        try:
-            await asyncio.wait_for(ws.wait_closed(), 60)
-        finally:
-            for task in call.tasks:
-                task.cancel()
-            await asyncio.gather(*call.tasks, return_exceptions=True)
+        await until_hung_up(call)
     assert (ws.close_code, ws.close_reason) == (1000, "transfer")
     assert loud_ms(call.played) > 1200  # "putting you through" was heard first
     assert redirects == [{
