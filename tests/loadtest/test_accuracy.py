@@ -151,3 +151,19 @@ def test_every_voice_speaks(voice: str) -> None:
     assert audio.dtype.name == "float32" and audio.ndim == 1
     end = acoustic_end_ms(audio)
     assert end is not None and 800 < end < 4000
+
+
+@pytest.mark.parametrize(
+    ("question_text", "reply"),
+    [
+        ("Are whales fish?", "Whales are not fish."),
+        ("Is the Earth flat?", "The Earth isn't flat."),
+        ("Does the moon make its own light?", "The moon doesn't make its own light."),
+        ("Count from one to five.", "One to five is 1, 2, 3, 4, and 5."),
+        ("Is ice colder than boiling water?", "Ice is generally colder than boiling water."),
+    ],
+)
+def test_right_answers_said_another_way(question_text: str, reply: str) -> None:
+    """Replies the models gave that are right but were first scored wrong."""
+    question = next(q for q in QUESTIONS if q.text == question_text)
+    assert is_right(question, reply)
