@@ -308,3 +308,40 @@ async def test_the_assembled_whisper_base_transcribes() -> None:
     finally:
         stt.close()
     assert "capital" in transcript.text.lower() and "france" in transcript.text.lower()
+
+
+class _FakeLlama:
+    """Stands in for LlamaCppLLM: records the path it was given, answers one token."""
+
+    def __init__(self, path: str, **options: object) -> None:
+        self.path = path
+
+    async def stream(self, messages: object, *, max_tokens: int, temperature: float):  # type: ignore[no-untyped-def]
+        yield "ok"
+
+
+@pytest.mark.parametrize(
+    ("tier", "gguf", "expected"),
+    [
+        (None, None, "small"),
+        ("medium", None, "medium"),
+        ("large", "/models/mine.gguf", "/models/mine.gguf"),
+    ],
+)
+def test_the_server_loads_the_tiers_gguf_unless_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tier: str | None, gguf: str | None, expected: str
+) -> None:
+    from agent.config import Settings
+    from agent.profiles import build_llm
+    from pipeline.engines import llama_cpp
+
+    def ensure(chosen: object, progress: object) -> Path:
+        assert isinstance(chosen, Tier)
+        return Path(f"/cache/{chosen.name}.gguf")
+
+    monkeypatch.setattr(models, "ensure_tier_llm", ensure)
+    monkeypatch.setattr(llama_cpp, "LlamaCppLLM", _FakeLlama)
+    settings = Settings(gguf_path=gguf) if tier is None else Settings(tier=tier, gguf_path=gguf)
+    llm = build_llm(settings, progress=lambda line: None)
+    assert isinstance(llm, _FakeLlama)
+    assert llm.path == (expected if gguf else f"/cache/{expected}.gguf")
