@@ -1,23 +1,30 @@
-"""Spoken questions answered: transcript WER, answer accuracy and latency of a configuration.
+"""Spoken questions answered: transcript WER, answer accuracy and latency of configurations.
 
-    python -m loadtest.accuracy [--tier small|medium|large] [--url ws://…/ws]
-        [--voices espeak-us,espeak-gb,piper] [--every-voice] [--instructions TEXT]
+    python -m loadtest.accuracy [--variants small/previous,small,medium,large]
+        [--url ws://…/ws] [--voices espeak-us,espeak-gb,piper] [--every-voice]
         [--json out.json]
 
-Without ``--url`` it starts ``voiceforge serve --port 0`` (the embedded profile, with
-``VOICEFORGE_TIER`` set to ``--tier``) in its own process. Each of the 48 questions
-of ``loadtest.spoken_questions`` (facts, arithmetic, yes/no, instructions) is spoken
-by one of the voices in turn (``--every-voice``: by each), streamed in real time as
-20 ms frames by an open microphone over the real protocol, in sessions of
-``--turns-per-session`` questions; the caller "plays" each reply in real time.
+A variant is a tier (``VOICEFORGE_TIER``), optionally with ``/previous``: the
+instructions VoiceForge had before issue 18 instead of the server's default. One
+``voiceforge serve --port 0`` per tier is started in its own process (or, with
+``--url``, the one server given is asked, as variant ``server``). Each of the 48
+questions of ``loadtest.spoken_questions`` (facts, arithmetic, yes/no,
+instructions) is spoken by one of the voices in turn (``--every-voice``: by
+each), streamed in real time as 20 ms frames by an open microphone over the real
+protocol; the caller "plays" each reply in real time. The questions go in blocks
+of ``--turns-per-session``, each block asked of every variant in a session of its
+own, the variants' order rotating block by block: every variant hears the same
+questions, interleaved in time, so a machine busier at one moment than another
+burdens them alike, and only one server works at a time.
 
 Per turn it keeps the transcript, the reply and whether the reply is right (the
 question's accepted patterns, ``loadtest.scoring``), and the latency from the
 acoustic end of speech (the last 10 ms above −45 dBFS of the audio sent) to the
 first reply audio received, measured at the client (``loadtest.latency``'s
-machinery). It reports the corpus word error rate of the transcripts, the share
-of questions answered right (overall, by kind and by voice), latency p50/p95 and
-the server's resident memory (``/metrics``), as a table and as JSON.
+machinery). Per variant it reports the corpus word error rate of the transcripts,
+the share of questions answered right (overall, by kind and by voice), latency
+p50/p95 (and their ratio to the first variant's) and the server's resident memory
+(``/metrics``), as a table and as JSON, with the load average before and after.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ from loadtest.runner import scrape_server
 from loadtest.scoring import is_right, word_error_rate
 from loadtest.speech import piper_speak, speak
 from loadtest.spoken_questions import QUESTIONS, Question
+from pipeline.errors import VoiceForgeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,35 @@ VOICES: dict[str, Voice] = {
 }
 
 
+PREVIOUS_INSTRUCTIONS = (
+    "You are VoiceForge, a friendly voice assistant talking with a caller. Your words are "
+    "spoken aloud, so answer in one to three short, complete sentences of plain speech. "
+    "No lists, no markdown, no code, no emoji."
+)
+"""The default instructions before issue 18, kept to measure the new ones against."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What one set of answers was asked of: a tier, and the instructions if not the default."""
+
+    name: str
+    tier: str
+    instructions: str | None = None
+
+
+def parse_variant(spec: str) -> Variant:
+    """``TIER`` or ``TIER/previous``; ``server`` is the one server of ``--url``."""
+    tier, _, prompt = spec.partition("/")
+    if prompt not in ("", "previous"):
+        raise ValueError(f"variant {spec!r}: after the tier only /previous is known")
+    if tier != "server":
+        from pipeline.tiers import tier_named
+
+        tier_named(tier)
+    return Variant(spec, tier, PREVIOUS_INSTRUCTIONS if prompt else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Asked:
     """One question as one voice speaks it."""
@@ -86,6 +124,7 @@ class Asked:
 
 @dataclass
 class Answer:
+    variant: str
     question: str
     kind: str
     voice: str
@@ -110,9 +149,10 @@ def plan(
 
 
 def answer_of(asked: Asked, transcript: str, reply: str, status: str,
-              acoustic_ms: float | None, server_ms: float | None) -> Answer:
+              acoustic_ms: float | None, server_ms: float | None, variant: str = "") -> Answer:
     """One turn scored: a reply that did not complete counts as wrong."""
     return Answer(
+        variant=variant,
         question=asked.question.text,
         kind=asked.question.kind,
         voice=asked.voice,
@@ -161,40 +201,97 @@ def summarize(answers: Sequence[Answer]) -> dict[str, Any]:
 def _progress_line(number: int, total: int, answer: Answer) -> str:
     mark = "right" if answer.right else "WRONG"
     return (
-        f"  {number:2d}/{total} {answer.voice:9s} {mark}  {answer.acoustic_ms or 0:5.0f} ms"
-        f"  heard {answer.transcript!r} -> {answer.reply[:70]!r}"
+        f"  {number:3d}/{total} {answer.variant:15s} {answer.voice:9s} {mark}"
+        f"  {answer.acoustic_ms or 0:5.0f} ms  heard {answer.transcript!r}"
+        f" -> {answer.reply[:60]!r}"
     )
 
 
+def interleave(count: int, per_session: int, variants: int) -> list[tuple[int, range]]:
+    """(variant index, question indexes) per session: each block of questions asked of
+    every variant, the order rotating by one variant each block."""
+    order = []
+    for number, start in enumerate(range(0, count, per_session)):
+        block = range(start, min(start + per_session, count))
+        order += [((number + k) % variants, block) for k in range(variants)]
+    return order
+
+
 async def ask_all(
-    url: str,
+    urls: dict[str, str],
+    variants: Sequence[Variant],
     asked: Sequence[Asked],
     speech: Sequence[np.ndarray],
     per_session: int,
     session: dict[str, Any],
-) -> tuple[list[Answer], float]:
-    """Every question over the real protocol; the answers and the server's largest RSS."""
+) -> tuple[list[Answer], dict[str, float]]:
+    """Every question of every variant over the real protocol, interleaved; the answers
+    and each server's largest RSS (by tier)."""
     answers: list[Answer] = []
-    rss_max = 0.0
-    http_base = _http_base(url)
-    for start in range(0, len(asked), per_session):
+    rss_max = dict.fromkeys(urls, 0.0)
+    total = len(asked) * len(variants)
+    for tier, url in urls.items():
+        await warm_up(url)
+        print(f"  warmed up the {tier} server", flush=True)
+    for which, block in interleave(len(asked), per_session, len(variants)):
+        variant = variants[which]
+        url = urls[variant.tier]
+        fields = dict(session)
+        if variant.instructions is not None:
+            fields["instructions"] = variant.instructions
         async with await VoiceForgeClient.connect(url) as client:
-            if session:
-                await client.update_session(**session)
+            if fields:
+                await client.update_session(**fields)
             caller = TimedCaller(client)
             caller.start()
             try:
-                for index in range(start, min(start + per_session, len(asked))):
+                for index in block:
                     turn = await one_turn(client, caller, asked[index].question.text, speech[index])
                     answers.append(
                         answer_of(asked[index], turn.transcript, turn.reply, turn.status,
-                                  turn.acoustic_ms, turn.server_ms)
+                                  turn.acoustic_ms, turn.server_ms, variant.name)
                     )
-                    print(_progress_line(len(answers), len(asked), answers[-1]), flush=True)
+                    print(_progress_line(len(answers), total, answers[-1]), flush=True)
             finally:
                 await caller.stop()
-        rss_max = max(rss_max, await asyncio.to_thread(_rss_bytes, http_base))
+        rss = await asyncio.to_thread(_rss_bytes, _http_base(url))
+        rss_max[variant.tier] = max(rss_max[variant.tier], rss)
     return answers, rss_max
+
+
+WARM_UP = "Hello, can you hear me?"
+
+
+async def warm_up(url: str) -> None:
+    """One turn not counted: a fresh server's first turn pays for its engines' first
+    run (12.5 s against about 1 s after it, in a trial), which says nothing about a
+    tier's latency in use."""
+    async with await VoiceForgeClient.connect(url) as client:
+        caller = TimedCaller(client)
+        caller.start()
+        try:
+            await one_turn(client, caller, WARM_UP, speak(WARM_UP))
+        finally:
+            await caller.stop()
+
+
+@contextmanager
+def tier_servers(tiers: Sequence[str]) -> Iterator[dict[str, str]]:
+    """One ``voiceforge serve`` per tier, each started with its ``VOICEFORGE_TIER``."""
+    urls: dict[str, str] = {}
+    saved = os.environ.get("VOICEFORGE_TIER")
+    with ExitStack() as stack:
+        try:
+            for tier in tiers:
+                print(f"starting a server for tier {tier}", flush=True)
+                os.environ["VOICEFORGE_TIER"] = tier
+                urls[tier] = stack.enter_context(spawned_server())
+        finally:
+            if saved is None:
+                os.environ.pop("VOICEFORGE_TIER", None)
+            else:
+                os.environ["VOICEFORGE_TIER"] = saved
+        yield urls
 
 
 def _http_base(ws_url: str) -> str:
@@ -230,29 +327,54 @@ def _git_commit() -> str:
 
 
 def render(summary: dict[str, Any]) -> str:
-    """The printed table."""
-    latency = summary["acoustic_latency_ms"]
+    """The printed table: one row per variant, then each variant's kinds and voices."""
     lines = [
-        f"tier {summary['tier']}: {summary['right']}/{summary['asked']} right "
-        f"({summary['accuracy']:.0%}), transcript WER {summary['transcript_wer']:.1%}, "
-        f"acoustic end of speech -> first audio p50 {latency['p50']:.0f} ms, "
-        f"p95 {latency['p95']:.0f} ms, server RSS max {summary['rss_mb_max']:.0f} MiB",
-        "",
-        f"{'':14s} {'asked':>5s} {'right':>5s} {'accuracy':>8s} {'WER':>6s}",
+        f"{'variant':16s} {'right':>7s} {'accuracy':>8s} {'WER':>6s} {'p50 ms':>7s} "
+        f"{'p95 ms':>7s} {'p50 ratio':>9s} {'RSS MiB':>8s}",
     ]
+    for name, result in summary["variants"].items():
+        latency = result["acoustic_latency_ms"]
+        lines.append(
+            f"{name:16s} {result['right']:3d}/{result['asked']:<3d} {result['accuracy']:8.0%} "
+            f"{result['transcript_wer']:6.1%} {latency['p50']:7.0f} {latency['p95']:7.0f} "
+            f"{result['p50_ratio']:9.2f} {result['rss_mb_max']:8.0f}"
+        )
+    lines += ["", f"{'accuracy by':16s} " + " ".join(f"{n:>16s}" for n in summary["variants"])]
+    first = next(iter(summary["variants"].values()))
     for group in ("by_kind", "by_voice"):
-        for name, share in summary[group].items():
-            lines.append(
-                f"{name:14s} {share['asked']:5d} {share['right']:5d} "
-                f"{share['accuracy']:8.0%} {share['transcript_wer']:6.1%}"
-            )
+        for key in first[group]:
+            cells = [
+                f"{result[group][key]['right']:3d}/{result[group][key]['asked']:<3d}"
+                f" WER {result[group][key]['transcript_wer']:4.0%}"
+                for result in summary["variants"].values()
+            ]
+            lines.append(f"{key:16s} " + " ".join(f"{cell:>16s}" for cell in cells))
     return "\n".join(lines)
+
+
+def summarize_variants(
+    variants: Sequence[Variant], answers: Sequence[Answer], rss: dict[str, float]
+) -> dict[str, Any]:
+    """Each variant's summary, with its latency p50 as a ratio of the first variant's."""
+    results = {}
+    for variant in variants:
+        result = summarize([a for a in answers if a.variant == variant.name])
+        result["tier"] = variant.tier
+        result["instructions"] = "previous" if variant.instructions else "default"
+        result["rss_mb_max"] = rss.get(variant.tier, 0.0) / 2**20
+        result["setup_bytes"] = _setup_bytes(variant.tier)
+        results[variant.name] = result
+    base = next(iter(results.values()))["acoustic_latency_ms"]["p50"]
+    for result in results.values():
+        result["p50_ratio"] = result["acoustic_latency_ms"]["p50"] / base
+    return {"variants": results}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--tier", help="the tier the started server loads (VOICEFORGE_TIER)")
+    parser.add_argument("--url", help="ask this running server (variant 'server') instead")
+    parser.add_argument("--variants", default="small",
+                        help="comma-separated TIER or TIER/previous (default: small)")
     parser.add_argument("--voices", default=",".join(VOICES),
                         help=f"comma-separated, of {', '.join(VOICES)} (default: all)")
     parser.add_argument("--every-voice", action="store_true",
@@ -260,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=len(QUESTIONS),
                         help="ask only the first N questions")
     parser.add_argument("--turns-per-session", type=int, default=4)
-    parser.add_argument("--instructions", help="session instructions (default: the server's)")
     parser.add_argument("--session", type=json.loads, default=None, metavar="JSON",
                         help="more session.update fields for every session")
     parser.add_argument("--json", type=Path, help="write the summary and every turn here")
@@ -269,35 +390,28 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in voices if name not in VOICES]
     if unknown or not voices:
         parser.error(f"unknown voices {unknown}; known: {', '.join(VOICES)}")
-    if args.tier is not None:
-        from pipeline.tiers import tier_named
-
-        tier = tier_named(args.tier)
-        os.environ["VOICEFORGE_TIER"] = tier.name
-    session = dict(args.session or {})
-    if args.instructions is not None:
-        session["instructions"] = args.instructions
+    specs = ["server"] if args.url else [v.strip() for v in args.variants.split(",") if v.strip()]
+    try:
+        variants = [parse_variant(spec) for spec in specs]
+    except (ValueError, VoiceForgeError) as error:
+        parser.error(str(error))
     asked = plan(QUESTIONS[: args.questions], voices, args.every_voice)
     print(f"preparing {len(asked)} spoken questions ({', '.join(voices)})", flush=True)
     speech = prepare_speech(asked)
-    load_before = os.getloadavg()
-    started = time.monotonic()
-
-    def run(url: str) -> tuple[list[Answer], float]:
-        return asyncio.run(ask_all(url, asked, speech, args.turns_per_session, session))
-
-    if args.url:
-        answers, rss = run(args.url)
-    else:
-        with spawned_server() as url:
-            answers, rss = run(url)
-    summary = summarize(answers)
+    session = dict(args.session or {})
+    tiers = list(dict.fromkeys(variant.tier for variant in variants))
+    with ExitStack() as stack:
+        urls = {"server": args.url} if args.url else stack.enter_context(tier_servers(tiers))
+        load_before = os.getloadavg()
+        started = time.monotonic()
+        answers, rss = asyncio.run(
+            ask_all(urls, variants, asked, speech, args.turns_per_session, session)
+        )
+    summary = summarize_variants(variants, answers, rss)
     summary.update(
-        tier=args.tier or os.environ.get("VOICEFORGE_TIER") or "server default",
-        setup_bytes=_setup_bytes(args.tier) if args.tier else None,
-        rss_mb_max=rss / 2**20,
         voices={name: VOICES[name].description for name in voices},
         session=session,
+        previous_instructions=PREVIOUS_INSTRUCTIONS,
         duration_s=time.monotonic() - started,
         load_average_before=load_before,
         load_average_after=os.getloadavg(),
@@ -311,13 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
         print(f"written to {args.json}")
-    return 0 if summary["completed"] == summary["asked"] else 1
+    return 0 if all(a.status == "completed" for a in answers) else 1
 
 
-def _setup_bytes(tier_name: str) -> int:
-    from pipeline.tiers import tier_named
+def _setup_bytes(tier_name: str) -> int | None:
+    """What the tier assembles at set-up (None for a server we did not start)."""
+    from pipeline.tiers import TIERS
 
-    return tier_named(tier_name).setup_bytes()
+    tier = TIERS.get(tier_name)
+    return tier.setup_bytes() if tier is not None else None
 
 
 if __name__ == "__main__":

@@ -10,9 +10,21 @@ import math
 
 import pytest
 
-from loadtest.accuracy import VOICES, Asked, answer_of, plan, render, summarize
+from loadtest.accuracy import (
+    PREVIOUS_INSTRUCTIONS,
+    VOICES,
+    Asked,
+    answer_of,
+    interleave,
+    parse_variant,
+    plan,
+    render,
+    summarize,
+    summarize_variants,
+)
 from loadtest.scoring import is_right, normalize, number_words, word_error_rate
 from loadtest.spoken_questions import QUESTIONS, Question
+from pipeline.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(
@@ -137,10 +149,45 @@ def test_summary_counts_right_answers_by_kind_and_voice() -> None:
         "asked": 2, "right": 1, "accuracy": 0.5, "transcript_wer": pytest.approx(1 / 13)
     }
     assert summary["acoustic_latency_ms"]["p50"] == pytest.approx(1000.0)
-    summary.update(tier="small", rss_mb_max=812.0)
+
+
+def test_variants_are_summarised_side_by_side() -> None:
+    spider = QUESTIONS[0]
+    variants = [parse_variant("small/previous"), parse_variant("medium")]
+    answers = [
+        answer_of(Asked(spider, "piper"), "How many legs does a spider have?",
+                  "Four legs.", "completed", 1000.0, 900.0, "small/previous"),
+        answer_of(Asked(spider, "piper"), "How many legs does a spider have?",
+                  "Eight legs.", "completed", 1100.0, 1000.0, "medium"),
+    ]
+    summary = summarize_variants(variants, answers, {"small": 2**30, "medium": 2**31})
+    small, medium = summary["variants"]["small/previous"], summary["variants"]["medium"]
+    assert (small["right"], medium["right"]) == (0, 1)
+    assert (small["instructions"], medium["instructions"]) == ("previous", "default")
+    assert medium["p50_ratio"] == pytest.approx(1.1) and small["p50_ratio"] == 1.0
+    assert (small["rss_mb_max"], medium["rss_mb_max"]) == (1024.0, 2048.0)
+    assert medium["setup_bytes"] > small["setup_bytes"] > 0
     table = render(summary)
-    assert "2/3 right (67%)" in table and "p50 1000 ms" in table
-    assert "espeak-us" in table and "instruction" not in table
+    assert "small/previous" in table and "medium" in table and "1.10" in table
+
+
+def test_parse_variant() -> None:
+    assert parse_variant("large").instructions is None
+    assert parse_variant("small/previous").instructions == PREVIOUS_INSTRUCTIONS
+    assert parse_variant("server").tier == "server"
+    with pytest.raises(ValueError, match="only /previous"):
+        parse_variant("small/other")
+    with pytest.raises(ConfigurationError, match="unknown tier"):
+        parse_variant("huge")
+
+
+def test_interleave_asks_each_block_of_every_variant_in_rotating_order() -> None:
+    order = interleave(count=5, per_session=2, variants=3)
+    assert [(v, list(block)) for v, block in order] == [
+        (0, [0, 1]), (1, [0, 1]), (2, [0, 1]),
+        (1, [2, 3]), (2, [2, 3]), (0, [2, 3]),
+        (2, [4]), (0, [4]), (1, [4]),
+    ]
 
 
 @pytest.mark.parametrize("voice", list(VOICES))
