@@ -224,11 +224,14 @@ async def ask_all(
     speech: Sequence[np.ndarray],
     per_session: int,
     session: dict[str, Any],
-) -> tuple[list[Answer], dict[str, float]]:
-    """Every question of every variant over the real protocol, interleaved; the answers
-    and each server's largest RSS (by tier)."""
-    answers: list[Answer] = []
-    rss_max = dict.fromkeys(urls, 0.0)
+    answers: list[Answer],
+    rss_max: dict[str, float],
+    after_session: Callable[[], None] = lambda: None,
+) -> None:
+    """Every question of every variant over the real protocol, interleaved, into
+    ``answers``; each server's largest RSS (by tier) into ``rss_max``. Filled as it
+    goes, so a run stopped early keeps what it has."""
+    rss_max.update(dict.fromkeys(urls, 0.0))
     total = len(asked) * len(variants)
     for tier, url in urls.items():
         await warm_up(url)
@@ -256,7 +259,18 @@ async def ask_all(
                 await caller.stop()
         rss = await asyncio.to_thread(_rss_bytes, _http_base(url))
         rss_max[variant.tier] = max(rss_max[variant.tier], rss)
-    return answers, rss_max
+        after_session()
+
+
+def answered_by_all(variants: Sequence[Variant], answers: Sequence[Answer]) -> list[Answer]:
+    """The answers to the questions every variant has answered (a run stopped early
+    compares the variants on the same questions)."""
+    asked_of = [
+        {(a.question, a.voice) for a in answers if a.variant == variant.name}
+        for variant in variants
+    ]
+    common = set.intersection(*asked_of) if asked_of else set()
+    return [a for a in answers if (a.question, a.voice) in common]
 
 
 WARM_UP = "Hello, can you hear me?"
@@ -404,26 +418,41 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"server": args.url} if args.url else stack.enter_context(tier_servers(tiers))
         load_before = os.getloadavg()
         started = time.monotonic()
-        answers, rss = asyncio.run(
-            ask_all(urls, variants, asked, speech, args.turns_per_session, session)
+        answers: list[Answer] = []
+        rss: dict[str, float] = {}
+
+        def report(final: bool) -> dict[str, Any]:
+            kept = answered_by_all(variants, answers)
+            summary = summarize_variants(variants, kept, rss)
+            summary.update(
+                voices={name: VOICES[name].description for name in voices},
+                session=session,
+                complete=final,
+                questions_per_variant=len(kept) // len(variants),
+                previous_instructions=PREVIOUS_INSTRUCTIONS,
+                duration_s=time.monotonic() - started,
+                load_average_before=load_before,
+                load_average_now=os.getloadavg(),
+                machine=f"{platform.machine()}, {os.cpu_count()} cores, "
+                f"{platform.python_version()}",
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                commit=_git_commit(),
+                turns=[asdict(answer) for answer in kept],
+            )
+            if args.json:
+                # Written after every session: a run stopped early still leaves the
+                # figures of the questions every variant answered.
+                args.json.write_text(json.dumps(summary, indent=2))
+            return summary
+
+        asyncio.run(
+            ask_all(urls, variants, asked, speech, args.turns_per_session, session,
+                    answers, rss, lambda: report(final=False))
         )
-    summary = summarize_variants(variants, answers, rss)
-    summary.update(
-        voices={name: VOICES[name].description for name in voices},
-        session=session,
-        previous_instructions=PREVIOUS_INSTRUCTIONS,
-        duration_s=time.monotonic() - started,
-        load_average_before=load_before,
-        load_average_after=os.getloadavg(),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        commit=_git_commit(),
-        turns=[asdict(answer) for answer in answers],
-    )
+    summary = report(final=True)
     print()
     print(render(summary))
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
         print(f"written to {args.json}")
     return 0 if all(a.status == "completed" for a in answers) else 1
 

@@ -214,3 +214,17 @@ def test_right_answers_said_another_way(question_text: str, reply: str) -> None:
     """Replies the models gave that are right but were first scored wrong."""
     question = next(q for q in QUESTIONS if q.text == question_text)
     assert is_right(question, reply)
+
+
+def test_a_run_stopped_early_compares_the_variants_on_the_same_questions() -> None:
+    from loadtest.accuracy import answered_by_all
+
+    small, medium = parse_variant("small"), parse_variant("medium")
+    answers = [
+        answer_of(Asked(q, "piper"), q.text, q.right, "completed", 900.0, 800.0, v.name)
+        for q, v in [(QUESTIONS[0], small), (QUESTIONS[0], medium), (QUESTIONS[1], small)]
+    ]
+    kept = answered_by_all([small, medium], answers)
+    assert [(a.variant, a.question) for a in kept] == [
+        ("small", QUESTIONS[0].text), ("medium", QUESTIONS[0].text)
+    ]
