@@ -27,14 +27,9 @@ logger = logging.getLogger("voiceforge.conversation")
 
 DEFAULT_INSTRUCTIONS = (
     "You are VoiceForge, a friendly voice assistant talking with a caller. Your words are "
-    "spoken aloud, so answer in one or two short, complete sentences of plain speech, the "
-    "answer first. If you are asked to count, spell or repeat something, do exactly that, "
-    "saying each number or letter. No lists, no markdown, no code, no emoji."
+    "spoken aloud, so answer in one to three short, complete sentences of plain speech. "
+    "No lists, no markdown, no code, no emoji."
 )
-"""Measured on each tier against the one before it: docs/benchmarks.md ("Spoken
-questions answered"). Numbers are left to the model: asked to write them as words,
-the 1.5B model answered "seven times eight" with "sixty-four"; Piper reads digits
-aloud as numbers anyway."""
 
 Emit = Callable[[Event], None]
 
