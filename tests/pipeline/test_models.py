@@ -134,7 +134,9 @@ def test_smart_turn_model_is_taken_out_of_the_wheel(
     path = models.ensure_smart_turn_model(progress=lines.append)
     assert path == models.smart_turn_model_path() == tmp_path / "models" / models.SMART_TURN_NAME
     assert path.read_bytes() == content
-    assert lines[0] == f"assembling {models.SMART_TURN_NAME}: part 1/1 from pipecat-ai (0/0 MiB)"
+    assert lines[0] == (
+        f"assembling {models.SMART_TURN_NAME}: part 1/1 from pipecat-ai (10.7 KiB of 10.7 KiB)"
+    )
     assert lines[1:2] == ["verifying sha256"]
     assert lines[2].startswith(f"model ready at {path} (")
     assert len(lines) == 3
