@@ -418,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"server": args.url} if args.url else stack.enter_context(tier_servers(tiers))
         load_before = os.getloadavg()
         started = time.monotonic()
+        commit = _git_commit()  # the code that runs, whatever is committed meanwhile
         answers: list[Answer] = []
         rss: dict[str, float] = {}
 
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                 f"{platform.python_version()}",
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                commit=_git_commit(),
+                commit=commit,
                 turns=[asdict(answer) for answer in kept],
             )
             if args.json:
