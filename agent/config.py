@@ -19,6 +19,7 @@ from agent.credentials import (
 from agent.tokens import MAX_CALLS_LIMIT
 from agent.transfer import parse_targets
 from pipeline.errors import ConfigurationError
+from pipeline.tiers import DEFAULT_TIER, tier_named
 
 PROFILES = ("embedded", "bench", "gpu")
 
@@ -194,6 +195,8 @@ class Settings:
     """The account whose calls are redirected (default: the one the stream names)."""
     twilio_api_url: str = "https://api.twilio.com"
     # Engines.
+    tier: str = DEFAULT_TIER
+    """The embedded profile's models (pipeline/tiers.py): ``small``, ``medium``, ``large``."""
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
     gguf_path: str | None = None
@@ -236,6 +239,7 @@ class Settings:
                     "set either VOICEFORGE_API_KEY(_FILE) or VOICEFORGE_API_KEYS(_FILE), not both"
                 )
             settings.api_key = settings.api_keys[0].secret
+        settings.tier = _env("VOICEFORGE_TIER", settings.tier) or settings.tier
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
         settings.gguf_path = _env("VOICEFORGE_GGUF")
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
@@ -353,6 +357,7 @@ class Settings:
     def validate(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigurationError(f"unknown profile {self.profile!r}; known: {PROFILES}")
+        tier_named(self.tier)
         if self.llm_backend not in ("llama_cpp", "openai"):
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:

@@ -13,6 +13,7 @@ from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
+from pipeline.tiers import tier_named
 from pipeline.tools.builtin import builtin_tools
 from pipeline.tools.registry import ToolRegistry, tools_in_modules
 from pipeline.vad import BatchedVADWorker, SileroVAD
@@ -31,8 +32,8 @@ def _timed(progress: Progress, what: str) -> Callable[[str], None]:
 
 
 def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
-    """The CPU default: Silero VAD, Smart Turn, faster-whisper tiny.en, llama.cpp GGUF,
-    Piper joe.
+    """The CPU default: Silero VAD, Smart Turn, faster-whisper and a llama.cpp GGUF of
+    the chosen tier (pipeline/tiers.py), Piper joe.
 
     Every weight comes from an installed package or a local path; nothing is
     downloaded at run time (the GGUF and the Smart Turn model are fetched by
@@ -50,7 +51,9 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
     smart_turn = SmartTurnModel(models.ensure_smart_turn_model(progress))
     done(str(smart_turn.model_path))
 
-    whisper = settings.whisper_model or str(models.whisper_model_dir())
+    tier = tier_named(settings.tier)
+    progress(f"tier {tier.name}: {tier.summary}")
+    whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
     done = _timed(progress, "STT (faster-whisper)")
     stt = WhisperSTT(
         whisper,
@@ -90,7 +93,7 @@ def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
     if settings.gguf_path:
         path = settings.gguf_path
     else:
-        path = str(models.ensure_default_gguf(progress))
+        path = str(models.ensure_tier_llm(tier_named(settings.tier), progress))
     done = _timed(progress, "LLM (llama.cpp)")
     llm = LlamaCppLLM(
         path,

