@@ -82,6 +82,7 @@ def _script(request: SeenRequest) -> ScriptedReply:
         "book": [("book_table", '{"day": "Friday"}')],
         "too slow": [("slow_timeout", '{"order_id": "E5"}')],
         "goodbye": [("end_call", "{}")],
+        "map of": [("show_map", '{"city": "Paris"}')],
     }
     for words, reply in calls.items():
         if words in said:
@@ -358,3 +359,41 @@ async def test_a_caller_who_speaks_up_after_the_goodbye_keeps_the_call(
         events = await collect_until_done(client)
         assert not _of(events, SessionEnded)
         assert _of(events, ResponseDone)[0].status is ResponseStatus.COMPLETED
+
+
+MAP = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_client_tool_is_run_by_the_python_sdk_and_its_result_read_back(
+    server: RunningServer, llm_server: FaultyLLMServer, fails: bool
+) -> None:
+    shown: list[str] = []
+
+    async def show_map(city: str) -> str:
+        if fails:
+            raise RuntimeError("no screen attached")
+        shown.append(city)
+        return f"a map of {city} is on the caller's screen"
+
+    async with await VoiceForgeClient.connect(server.url) as client:
+        await client.add_tool("show_map", "Show a city map on the caller's screen.", MAP,
+                              show_map)
+        await client.send_text("show me the map of Paris")
+        events = await collect_until_done(client)
+        call = _of(events, ResponseToolCall)[0]
+        assert (call.name, call.executor) == ("show_map", "client")
+        result = _of(events, ResponseToolResult)[0]
+        done = _of(events, ResponseDone)[0]
+        assert done.status is ResponseStatus.COMPLETED
+        history = await _next_request_history(client, llm_server)
+    exchange = _tool_exchange(history)
+    assert exchange[0] == ("call", "show_map")
+    if fails:
+        assert result.status == "error" and "no screen attached" in result.output
+        assert json.loads(exchange[1][1]) == {"error": "error", "detail": result.output}
+    else:
+        assert shown == ["Paris"] and result.status == "ok"
+        assert exchange[1] == ("tool", "a map of Paris is on the caller's screen")
+        assert done.text == "Here is what I found: a map of Paris is on the caller's screen."
+    assert exchange[2] == ("assistant", done.text)
