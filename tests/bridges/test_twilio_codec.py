@@ -28,7 +28,7 @@ START = {
 def test_provider_messages_parse() -> None:
     assert telephony.parse(json.dumps({"event": "connected", "protocol": "Call"})) == Connected()
     assert telephony.parse(json.dumps(START)) == Start(
-        "MZ1", "CA1", "audio/x-mulaw", 8000, {"api_key": "k"}
+        "MZ1", "CA1", "audio/x-mulaw", 8000, {"api_key": "k"}, account_sid="AC1"
     )
     payload = base64.b64encode(b"\xff" * 160).decode()
     media = {"event": "media", "media": {"track": "inbound", "payload": payload}}
