@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -13,6 +14,7 @@ from pipeline.overlap_handling import OverlapHandling
 from pipeline.reply_state import Response, ResponsePhase
 from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext, Engines, SessionConfig
+from pipeline.tools import ToolRegistry
 from pipeline.turn import TurnConfig
 
 pytestmark = pytest.mark.filterwarnings("error")
@@ -21,7 +23,9 @@ pytestmark = pytest.mark.filterwarnings("error")
 def _call(events: list[Event], *, pause: bool = True, barge_in_ms: float = 300.0) -> CallContext:
     turn = TurnConfig(barge_in_min_speech_ms=barge_in_ms)
     config = SessionConfig(playback_pause=pause, turn=turn)
-    return CallContext("sess_t", cast(Engines, None), config, History("system"), events.append)
+    # No engine is used here: only the server's (empty) tool registry is read.
+    engines = cast(Engines, SimpleNamespace(tools=ToolRegistry()))
+    return CallContext("sess_t", engines, config, History("system"), events.append)
 
 
 def _playing(runner: ResponseRunner) -> Response:
