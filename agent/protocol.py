@@ -140,6 +140,13 @@ _FORBIDDEN_SCHEMA_KEYS = frozenset({"pattern", "patternProperties", "$ref", "$dy
 """Schema keywords a client's tool may not use: a regular expression of the client's
 would run on the server for every call (a catastrophic one stalls the event loop),
 and a reference could point anywhere."""
+_COUNT_KEYWORDS = frozenset(
+    {"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"}
+)
+MAX_SCHEMA_COUNT = 256
+"""The largest count a client's schema may ask for: the embedded model's grammar spells
+each counted item out, so ``"maxItems": 100000`` would cost the shared model's worker
+a grammar of 100 000 rules per reply."""
 _NAME_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
 """Schema keywords whose map keys are names, not keywords."""
 
@@ -600,6 +607,11 @@ def _forbidden_keyword(schema: Any) -> str | None:
             for key, child in node.items():
                 if not names and key in _FORBIDDEN_SCHEMA_KEYS:
                     return str(key)
+                if (
+                    not names and key in _COUNT_KEYWORDS
+                    and isinstance(child, int | float) and child > MAX_SCHEMA_COUNT
+                ):
+                    return f"{key} above {MAX_SCHEMA_COUNT}"
                 pending.append((child, not names and key in _NAME_MAPS))
         elif isinstance(node, list):
             pending.extend((child, False) for child in node)

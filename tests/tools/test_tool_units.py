@@ -384,3 +384,22 @@ async def test_a_tools_concurrency_bound_holds_across_calls() -> None:
     outcomes = [await runs.tools.wait(round_, offered) for runs, round_ in
                 zip((first, second), rounds, strict=True)]
     assert [o[0].output for o in outcomes] == ["a", "b"] and most == 1
+
+
+def test_a_client_schema_may_not_ask_for_huge_counts() -> None:
+    from agent.protocol import MAX_SCHEMA_COUNT, ProtocolError, parse_client_tools
+
+    def tool(schema: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"type": "function", "name": "t", "parameters": schema}]
+
+    fits = {"type": "object", "properties": {"tags": {
+        "type": "array", "items": {"type": "string", "maxLength": MAX_SCHEMA_COUNT},
+        "maxItems": MAX_SCHEMA_COUNT}}}
+    assert parse_client_tools(tool(fits))[0].name == "t"
+    for keyword in ("maxItems", "minItems", "maxLength", "minLength", "maxProperties"):
+        huge = {"type": "object", "properties": {"x": {keyword: 100_000}}}
+        with pytest.raises(ProtocolError, match=f"{keyword} above {MAX_SCHEMA_COUNT}"):
+            parse_client_tools(tool(huge))
+    # A property merely named like the keyword is not one.
+    named = {"type": "object", "properties": {"maxItems": {"type": "integer"}}}
+    assert parse_client_tools(tool(named))[0].name == "t"
