@@ -66,9 +66,10 @@ class CallContexts:
 
     def take(self, model: Any, call: str) -> None:
         """Before ``call`` generates: park the current owner's context, bring back ``call``'s."""
-        if call == self._owner:
-            return
-        previous, self._owner = self._owner, call
+        with self._lock:
+            if call == self._owner:
+                return
+            previous, self._owner = self._owner, call
         if not self.enabled:
             return
         if previous != NO_CALL and model.n_tokens > 0:
@@ -80,9 +81,12 @@ class CallContexts:
             self.restored += 1
 
     def forget(self, call: str) -> None:
-        """``call`` has ended: drop its context (thread-safe)."""
+        """``call`` has ended: drop its context (thread-safe). If the model still holds
+        it, it stays there (the next call shares its instructions) but is never parked."""
         with self._lock:
             self._pop(call)
+            if self._owner == call:
+                self._owner = NO_CALL
 
     def _pop(self, call: str) -> _Saved | None:
         """Remove ``call``'s saved context and its bytes (the lock held)."""

@@ -321,7 +321,7 @@ class LlamaCppLLM:
         try:
             fitted = self.fit(messages, max_tokens, tools)
             self.generations_started += 1
-            self.contexts.take(self._model, session)
+            self.contexts.take(self._model, _context_key(session, tools, tool_choice))
             self._prompt_pending = True
             items = self._items(fitted, max_tokens, temperature, tools, stop, tool_choice)
             gate = self._gates.setdefault(session, _open_gate())
@@ -463,6 +463,22 @@ class LlamaCppLLM:
         self._closed = True
         self._executor.shutdown(wait=True)
         self._model.close()
+
+
+def _context_key(session: str, tools: Sequence[dict[str, Any]], tool_choice: str) -> str:
+    """Whose context a generation runs in.
+
+    A call offered tools has its turns read in the template's prompt with the tools
+    listed, but the answer after a tool call is asked in a different prompt (plain
+    words, no tools: ``plain_messages``). Run in the call's own context, that answer
+    would leave the plain prompt behind, and the call's next turn would re-read its
+    tools block and whole history (~300 tokens: 1–2 s on two cores). So the answer
+    runs outside the call (``NO_CALL``, never kept): the call's context is parked
+    with its tool call in it and comes back for its next turn, which shares all of
+    it up to the reply.
+    """
+    answer_round = bool(tools) and tool_choice == "none"
+    return NO_CALL if answer_round else session
 
 
 def _open_gate() -> threading.Event:

@@ -380,3 +380,56 @@ async def test_a_pause_nobody_resumes_ends_by_itself(
     rest = [delta async for delta in stream]
     assert llm.pauses == pauses + 1  # it did stop, and went on alone
     assert "paris" in (first + "".join(rest)).lower()
+
+
+async def test_a_calls_next_turn_after_a_tool_answer_reads_only_its_new_words() -> None:
+    """The answer after a tool call is asked in another prompt (plain words, no
+    tools): it must not leave that prompt in the call's context, or the call's next
+    turn re-reads the tools block and its whole history (the tools-on p95 of
+    docs/benchmarks.md)."""
+    from pipeline.session import DEFAULT_INSTRUCTIONS
+    from pipeline.tools.builtin import builtin_tools
+
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
+    history: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS}]
+
+    async def turn(question: str, choice: str = "auto") -> str:
+        if choice == "auto":
+            history.append({"role": "user", "content": question})
+        items = [
+            item async for item in engine.stream_with_tools(
+                history, tools=tools, max_tokens=12, temperature=0.0, session="a",
+                tool_choice=choice,
+            )
+        ]
+        return "".join(item for item in items if isinstance(item, str))
+
+    try:
+        reply = await turn("What is the capital of France?")
+        history.append({"role": "assistant", "content": reply})
+        first_prompt = engine.last_prompt_tokens
+        assert first_prompt > 200  # the instructions and the tools block
+        # The same turn's answer round (what follows a tool call): no tools offered.
+        await turn("", choice="none")
+        history.append({"role": "assistant", "content": await turn("And of Spain?")})
+        assert engine.last_prompt_tokens < 40, engine.last_prompt_tokens
+        assert "madrid" in history[-1]["content"].lower()
+    finally:
+        engine.close()
+
+
+async def test_a_call_that_ended_holding_the_model_is_not_parked() -> None:
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    try:
+        first = engine.for_session("a")
+        await _turn(first, [{"role": "system", "content": "Be brief."}], "Hello?")
+        first.release()  # type: ignore[attr-defined]
+        second = engine.for_session("b")
+        history: list[ChatMessage] = [{"role": "system", "content": "Be brief."}]
+        await _turn(second, history, "Hi there?")
+        # B shared A's instructions from the model, and A's ended context was not kept.
+        assert engine.contexts.bytes_held == 0
+        assert engine.contexts.saved == 0
+    finally:
+        engine.close()
