@@ -26,6 +26,7 @@ measured on a development set, docs/decisions.md.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,13 @@ CALL_STARTS = ("{", "```", TOOL_CALL_TAG)
 """How a reply that is a call begins: the JSON object, the JSON in a code block (the
 0.5B model does both), the template's tag. Speech never begins so."""
 MAX_CALL_TOKENS = 256
+MAX_KEPT_GRAMMARS = 16
+CALL_TIME_BUDGET_S = 8.0
+"""The most a call may take to write under its grammar after its first token. A call
+to the built-in tools takes ~13 tokens: 0.5 s here, 3.4 s while other work loads both
+cores; a legal but huge client schema can make each token cost 300 ms and a call run
+to ``MAX_CALL_TOKENS`` (over a minute of the shared model, loadtest/grammar_cost.py).
+Cut short, the call is answered as invalid."""
 CALL_CONFIDENCE = 0.8
 """The model must put this much probability on opening a call, at its first token,
 for the call to go ahead; below it the reply is words. At its own argmax the 0.5B
@@ -53,7 +61,13 @@ set is not the benchmark's)."""
 class TemplateTools:
     """Renders prompts with tools and writes calls under a grammar, for one model."""
 
-    def __init__(self, model: Any, *, call_confidence: float = CALL_CONFIDENCE) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        call_confidence: float = CALL_CONFIDENCE,
+        call_time_budget_s: float = CALL_TIME_BUDGET_S,
+    ) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = model.metadata.get("tokenizer.chat_template")
@@ -72,12 +86,15 @@ class TemplateTools:
         self.tag_token: int | None = tag[0] if len(tag) == 1 else None
         """The template's call-opening token, when the vocabulary has one."""
         self.call_confidence = call_confidence
+        self.call_time_budget_s = call_time_budget_s
         starts = [
             token for token in range(model.n_vocab())
             if model.detokenize([token], special=True).lstrip().startswith(_OPENING_BYTES)
         ]
         self._call_openings = np.asarray(starts, dtype=np.intp)
         """Every token a call can begin with (~190 in Qwen2.5's vocabulary; 0.3 s to find)."""
+        self._grammars: dict[str, Any] = {}
+        """Call grammars by tool set, the least recently used first."""
 
     def prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]]) -> str:
         template_messages: Any = [_template_message(m) for m in messages]
@@ -135,7 +152,7 @@ class TemplateTools:
         if not called or stopped():
             return
         prefix = f"{spoken}{TOOL_CALL_TAG}\n" if tag_seen else ""
-        yield self._constrained_call(prompt + prefix, tools, temperature)
+        yield self._constrained_call(prompt + prefix, tools, temperature, stopped)
 
     def first_token_gate(self) -> Any:
         """A logits processor for one generation: at the first token, a call may open
@@ -153,33 +170,60 @@ class TemplateTools:
 
         return gate
 
-    def _constrained_call(
-        self, prompt: str, tools: Sequence[dict[str, Any]], temperature: float
-    ) -> ToolCall:
+    def call_grammar(self, tools: Sequence[dict[str, Any]]) -> Any:
+        """The grammar a call to one of ``tools`` is written under, kept per tool set:
+        a call's tools stay the same from turn to turn, and a large client schema's
+        grammar is megabytes of text (loadtest/grammar_cost.py)."""
         from llama_cpp.llama_grammar import LlamaGrammar
 
-        schema = {"anyOf": [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"const": tool["function"]["name"]},
-                    "arguments": tool["function"].get("parameters") or {"type": "object"},
-                },
-                "required": ["name", "arguments"],
-                "additionalProperties": False,
-            }
-            for tool in tools
-        ]}
-        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        key = json.dumps(list(tools), sort_keys=True)
+        grammar = self._grammars.pop(key, None)
+        if grammar is None:
+            schema = {"anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": tool["function"]["name"]},
+                        "arguments": tool["function"].get("parameters") or {"type": "object"},
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for tool in tools
+            ]}
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        self._grammars[key] = grammar  # the most recently used last
+        while len(self._grammars) > MAX_KEPT_GRAMMARS:
+            del self._grammars[next(iter(self._grammars))]
+        return grammar
+
+    def _constrained_call(
+        self,
+        prompt: str,
+        tools: Sequence[dict[str, Any]],
+        temperature: float,
+        stopped: Callable[[], bool],
+    ) -> ToolCall:
+        from llama_cpp import StoppingCriteriaList
+
+        started: list[float] = []
+
+        def over(tokens: Any, logits: Any) -> bool:
+            # Timed from the first token: the prompt before it is the reply's own.
+            if not started:
+                started.append(time.monotonic())
+            return stopped() or time.monotonic() - started[0] > self.call_time_budget_s
+
         result = self._model.create_completion(
-            prompt, max_tokens=MAX_CALL_TOKENS, temperature=temperature, grammar=grammar
+            prompt, max_tokens=MAX_CALL_TOKENS, temperature=temperature,
+            grammar=self.call_grammar(tools), stopping_criteria=StoppingCriteriaList([over]),
         )
         text: str = result["choices"][0]["text"]
         try:
             call = json.loads(text)
             return ToolCall(str(call["name"]), json.dumps(call.get("arguments", {})))
         except (ValueError, KeyError, TypeError):
-            # Cut short by MAX_CALL_TOKENS: the executor answers it as invalid.
+            # Cut short (MAX_CALL_TOKENS, the time budget): the executor answers it as invalid.
             name = next(
                 (t["function"]["name"] for t in tools if f'"{t["function"]["name"]}"' in text),
                 "unknown",

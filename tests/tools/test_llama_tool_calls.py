@@ -137,3 +137,44 @@ def test_a_call_opens_only_when_the_model_is_confident_enough(llm: LlamaCppLLM) 
         second = gate(None, scores.copy())  # only the first token is judged
         assert np.isfinite(second[openings]).all()
     tools.call_confidence = CALL_CONFIDENCE
+
+
+def test_call_grammars_are_kept_per_tool_set_within_a_bound(llm: LlamaCppLLM) -> None:
+    from pipeline.engines.llama_tools import MAX_KEPT_GRAMMARS
+
+    writer = llm.template_tools()
+    tools: Any = [spec.openai() for spec in BUILTIN]
+    first = writer.call_grammar(tools)
+    assert writer.call_grammar([dict(tool) for tool in tools]) is first  # built once
+    for number in range(MAX_KEPT_GRAMMARS):
+        other: Any = [{"type": "function", "function": {
+            "name": f"tool_{number}", "parameters": {"type": "object", "properties": {}}}}]
+        assert writer.call_grammar(other) is not first
+    assert len(writer._grammars) == MAX_KEPT_GRAMMARS
+    assert writer.call_grammar(tools) is not first  # the least recently used went first
+
+
+def test_a_call_under_a_huge_legal_schema_is_cut_by_its_time_budget_and_by_a_stop(
+    llm: LlamaCppLLM,
+) -> None:
+    """A client's legal schema can make each grammar-checked token cost hundreds of
+    milliseconds (loadtest/grammar_cost.py): the call stops at its time budget, or at
+    once when the reply is stopped, and is answered as invalid."""
+    from pipeline.engines.llama_tools import TemplateTools
+
+    strings = {"type": "string", "minLength": 256, "maxLength": 256}
+    huge: Any = [{"type": "function", "function": {"name": "fill", "parameters": {
+        "type": "object",
+        "properties": {"rows": {"type": "array", "items": strings, "minItems": 256}},
+        "required": ["rows"],
+    }}}]
+    messages: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS},
+                                   {"role": "user", "content": "Fill the rows."}]
+    prompt = llm.template_tools().prompt(messages, huge)
+    budgeted = TemplateTools(llm._model, call_time_budget_s=0.0)
+    cut = budgeted._constrained_call(prompt, huge, 0.0, stopped=lambda: False)
+    stopped = llm.template_tools()._constrained_call(prompt, huge, 0.0, stopped=lambda: True)
+    for call in (cut, stopped):
+        assert call.name == "unknown"  # not even the name was written
+        with pytest.raises(ValueError):
+            json.loads(call.arguments)
