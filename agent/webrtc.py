@@ -51,7 +51,11 @@ from agent.protocol import (
     ResponseCancel,
     ServerMessage,
     SessionCreated,
+    SessionUpdate,
+    SessionUpdated,
+    ToolResult,
     decode_client_frame,
+    shown,
 )
 from agent.state import AppState, Slot
 from pipeline.conversation import Conversation
@@ -77,8 +81,11 @@ CONNECT_TIMEOUT_S = 30.0
 DATA_CHANNEL_LABEL = "events"
 MAX_PENDING_EVENTS = 1000
 MAX_OFFER_BYTES = 64 * 1024
-MAX_CHANNEL_MESSAGE_CHARS = 16 * 1024
-"""A ``conversation.text`` or ``response.cancel`` in JSON is far smaller."""
+MAX_CHANNEL_MESSAGE_CHARS = 40 * 1024
+"""As ``/ws``'s control frames: a ``session.update`` with client tools can be large."""
+BRIDGE_FIELDS = frozenset({"input_sample_rate", "output_sample_rate", "playback_pause"})
+"""``session.update`` fields the bridge sets for a WebRTC call: its audio travels on
+media tracks at the rates the peers negotiated, and its playback always pauses."""
 AUDIO_CODECS = frozenset({"audio/opus", "audio/pcmu", "audio/pcma"})
 """What the call's one audio line may negotiate (aiortc would add G722)."""
 MEDIA_FRAME_RATE = 100.0
@@ -443,14 +450,45 @@ class WebRTCSession:
             self.conversation.cancel_response(message.response_id)
         elif isinstance(message, ConversationText):
             self.conversation.send_text(message.text)
+        elif isinstance(message, SessionUpdate):
+            self._update_session(message.session)
+        elif isinstance(message, ToolResult):
+            if not self.conversation.tool_result(
+                message.call_id, message.output, message.is_error
+            ):
+                self.emit(ErrorEvent(
+                    "unknown_tool_call",
+                    f"no client tool call {shown(message.call_id)} is waiting for a result "
+                    "(answered already, timed out, or never made)",
+                ))
         else:
             self.emit(
                 ErrorEvent(
                     "unknown_type",
-                    "the data channel takes response.cancel and conversation.text; "
-                    "audio and its playback travel on the media tracks",
+                    "the data channel takes session.update, conversation.text, "
+                    "response.cancel and tool.result; audio and its playback travel on "
+                    "the media tracks",
                 )
             )
+
+    def _update_session(self, fields: dict[str, Any]) -> None:
+        """A ``session.update`` from the data channel, as ``/ws`` applies it, less the
+        fields the bridge sets (``BRIDGE_FIELDS``)."""
+        fixed = sorted(BRIDGE_FIELDS.intersection(fields))
+        if fixed:
+            self.emit(ErrorEvent(
+                "invalid_session",
+                f"{', '.join(fixed)}: set by the WebRTC bridge (the media tracks' rates; "
+                "playback always pauses)",
+            ))
+            return
+        try:
+            updated = bridge.updated_config(self.state, self.conversation.config, fields)
+        except ProtocolError as exc:
+            self.emit(ErrorEvent(exc.code, str(exc)))
+            return
+        self.conversation.update(updated)
+        self.emit(SessionUpdated(session_view(updated)))
 
     # -------------------------------------------------------------- lifecycle
 

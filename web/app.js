@@ -450,6 +450,8 @@ async function start() {
               credential: $("ice-credential").value,
             }),
             audioElement: $("agent-audio"),
+            session: sessionFields(),
+            tools: $("browser-tools").checked ? BROWSER_TOOLS : [],
           })
         : new VoiceChat({
             url,

@@ -217,6 +217,64 @@ export class ClientTools {
  * awaitingReply / stats up to date from the server's events.
  */
 export class ChatSession extends EventTarget {
+  /** Session fields and client tools, for both transports: call from the constructor. */
+  setUpSession(options) {
+    this.sessionFields = { ...(options.session || {}) };
+    this.clientTools = new ClientTools(
+      (message) => this.send(message),
+      () => this.session?.tool_timeout_ms ?? DEFAULT_TOOL_TIMEOUT_MS,
+    );
+    for (const tool of options.tools || []) this.clientTools.add(tool);
+  }
+
+  /** Change session settings (instructions, voice, ...); the server answers session.updated. */
+  updateSession(fields) {
+    Object.assign(this.sessionFields, fields);
+    if (this.ready) this.send({ type: "session.update", session: fields });
+  }
+
+  /** Declare (or replace) a client tool: {name, description, parameters, handler}. */
+  addTool(tool) {
+    this.clientTools.add(tool);
+    this.sendTools();
+  }
+
+  removeTool(name) {
+    if (this.clientTools.remove(name)) this.sendTools();
+  }
+
+  /** The tool list replaces the session's; only servers of protocol ≥ 1.2 take it. */
+  sendTools() {
+    if (!this.ready || !this.created) return; // sent once the session is set up
+    if ((this.created.protocol_minor || 0) < TOOLS_MINOR) {
+      const message = `This server speaks protocol 1.${this.created.protocol_minor || 0}; client tools need 1.${TOOLS_MINOR}.`;
+      this.stats.errors.push({ code: "tools_unsupported", message, fatal: false });
+      this.emit("error", { code: "tools_unsupported", message, fatal: false, response_id: null, category: "client" });
+      return;
+    }
+    this.send({ type: "session.update", session: { tools: this.clientTools.definitions() } });
+  }
+
+  /** `response.tool_call` and `response.tool_result`: run ours, keep the record in stats. */
+  onToolEvent(message) {
+    const calls = this.stats.toolCalls;
+    if (message.type === "response.tool_call") {
+      calls.push({
+        call_id: message.call_id,
+        response_id: message.response_id,
+        name: message.name,
+        arguments: message.arguments,
+        executor: message.executor,
+        status: "running",
+      });
+      this.clientTools.run(message);
+      return;
+    }
+    const call = calls.find((entry) => entry.call_id === message.call_id);
+    if (call) Object.assign(call, { status: message.status, output: message.output, elapsed_ms: message.elapsed_ms });
+    this.clientTools.settled(message);
+  }
+
   get state() {
     return this.currentState;
   }
@@ -302,7 +360,7 @@ export class VoiceChat extends ChatSession {
     super();
     this.url = options.url;
     this.apiKey = options.apiKey || null;
-    this.sessionFields = { ...(options.session || {}) };
+    this.setUpSession(options);
     this.microphone = {
       echoCancellation: true,
       noiseSuppression: true,
@@ -311,11 +369,6 @@ export class VoiceChat extends ChatSession {
     };
     this.workletBase = options.workletBase || new URL("./worklets/", import.meta.url).href;
     this.playbackPause = options.playbackPause ?? true;
-    this.clientTools = new ClientTools(
-      (message) => this.send(message),
-      () => this.session?.tool_timeout_ms ?? DEFAULT_TOOL_TIMEOUT_MS,
-    );
-    for (const tool of options.tools || []) this.clientTools.add(tool);
     this.endReason = null; // session.ended: why the server ended the call
     this.ws = null;
     this.context = null;
@@ -358,34 +411,6 @@ export class VoiceChat extends ChatSession {
       outputSampleRate: null,
       contextSampleRate: null,
     };
-  }
-
-  /** Change session settings (instructions, voice, ...); the server answers session.updated. */
-  updateSession(fields) {
-    Object.assign(this.sessionFields, fields);
-    if (this.ready) this.send({ type: "session.update", session: fields });
-  }
-
-  /** Declare (or replace) a client tool: {name, description, parameters, handler}. */
-  addTool(tool) {
-    this.clientTools.add(tool);
-    this.sendTools();
-  }
-
-  removeTool(name) {
-    if (this.clientTools.remove(name)) this.sendTools();
-  }
-
-  /** The tool list replaces the session's; only servers of protocol ≥ 1.2 take it. */
-  sendTools() {
-    if (!this.ready || !this.created) return; // sent once the session is set up
-    if ((this.created.protocol_minor || 0) < TOOLS_MINOR) {
-      const message = `This server speaks protocol 1.${this.created.protocol_minor || 0}; client tools need 1.${TOOLS_MINOR}.`;
-      this.stats.errors.push({ code: "tools_unsupported", message, fatal: false });
-      this.emit("error", { code: "tools_unsupported", message, fatal: false, response_id: null, category: "client" });
-      return;
-    }
-    this.send({ type: "session.update", session: { tools: this.clientTools.definitions() } });
   }
 
   // ------------------------------------------------------------------ audio
@@ -637,22 +662,9 @@ export class VoiceChat extends ChatSession {
         };
         break;
       case "response.tool_call":
-        stats.toolCalls.push({
-          call_id: message.call_id,
-          response_id: message.response_id,
-          name: message.name,
-          arguments: message.arguments,
-          executor: message.executor,
-          status: "running",
-        });
-        this.clientTools.run(message);
+      case "response.tool_result":
+        this.onToolEvent(message);
         break;
-      case "response.tool_result": {
-        const call = stats.toolCalls.find((entry) => entry.call_id === message.call_id);
-        if (call) Object.assign(call, { status: message.status, output: message.output, elapsed_ms: message.elapsed_ms });
-        this.clientTools.settled(message);
-        break;
-      }
       case "session.ended":
         this.endReason = stats.endReason = message.reason; // the server closes next
         break;

@@ -61,9 +61,13 @@ export class WebRTCChat extends ChatSession {
    * @param {object[]} [options.iceServers]  RTCIceServer entries (STUN/TURN); none on a LAN
    * @param {object} [options.microphone]    echoCancellation, noiseSuppression, autoGainControl
    * @param {HTMLAudioElement} [options.audioElement]  where the agent's voice plays
+   * @param {object} [options.session]       session.update fields (instructions, voice, ...;
+   *   not the sample rates or playback_pause, which the bridge sets)
+   * @param {object[]} [options.tools]       client tools: {name, description, parameters, handler}
    */
   constructor(options) {
     super();
+    this.setUpSession(options);
     this.offerUrl = options.offerUrl;
     this.apiKey = options.apiKey || null;
     this.iceServers = options.iceServers || [];
@@ -102,6 +106,7 @@ export class WebRTCChat extends ChatSession {
       responses: {}, // response id → {status, reason, text, text_heard, timings}
       transcripts: [],
       errors: [],
+      toolCalls: [], // {call_id, name, arguments, executor, status, output, elapsed_ms}
       remoteAudio: { audibleMs: 0, peak: 0 }, // the agent's voice as the page received it
       inbound: { totalSamplesReceived: 0, totalAudioEnergy: 0, audioLevel: 0, packetsReceived: 0 },
       connectionState: "new",
@@ -340,6 +345,17 @@ export class WebRTCChat extends ChatSession {
         this.session = message.session;
         stats.sessionId = message.session_id;
         this.ready = true;
+        if (Object.keys(this.sessionFields).length) {
+          this.send({ type: "session.update", session: this.sessionFields });
+        }
+        if (this.clientTools.size) this.sendTools();
+        break;
+      case "session.updated":
+        this.session = message.session;
+        break;
+      case "response.tool_call":
+      case "response.tool_result":
+        this.onToolEvent(message);
         break;
       case "session.ended":
         this.endReason = message.reason; // the agent hung up: the close that follows is not a loss
@@ -423,6 +439,7 @@ export class WebRTCChat extends ChatSession {
     clearInterval(this.statsTimer);
     clearTimeout(this.disconnectTimer);
     this.meterTimer = this.statsTimer = this.disconnectTimer = null;
+    this.clientTools.abortAll();
     if (this.channel) {
       this.channel.onmessage = this.channel.onclose = null;
       this.channel.close();

@@ -256,3 +256,31 @@ def test_over_webrtc_the_page_says_the_agent_hung_up_not_that_the_line_was_lost(
           "the hang-up note")
     assert tab.locator("#banner").is_hidden()  # no "connection lost"
     assert errors == []
+
+
+def test_over_webrtc_the_pages_tool_is_declared_on_the_data_channel_and_runs_in_the_browser(
+    server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
+) -> None:
+    tab, errors = page
+
+    def answer(messages: list[ChatMessage]) -> list[str | ToolCall]:
+        return say(f"It is {json.loads(messages[-1]['content'])['local_time']} where you are.")
+
+    llm.script([ToolCall("get_local_time", "{}", call_id="call_rtc_clock")], answer)
+    tab.goto(f"{server.http}/?transport=webrtc&tools=1")
+    tab.click("#start")
+    tab.wait_for_selector("#connection[data-connected='true']")
+    # (The data channel is ordered: the page's session.update comes before its text.)
+    _type(tab, "What time is it here?")
+    _wait(tab, "() => document.querySelector(\"li.tool[data-status='ok']\")", "the tool's result")
+    _wait(
+        tab,
+        "() => [...document.querySelectorAll('#log li.agent .bubble')]"
+        ".some((b) => /where you are/.test(b.textContent))",
+        "the answer that speaks the browser's time",
+    )
+    assert llm.requests[0].tool_names() == ["end_call", "get_local_time"]
+    result = llm.requests[1].messages[-1]
+    assert (result["role"], result["tool_call_id"]) == ("tool", "call_rtc_clock")
+    assert tab.evaluate("() => window.voiceforge.toolCalls[0].status") == "ok"
+    assert errors == []
