@@ -19,6 +19,8 @@ from agent.credentials import (
 from agent.tokens import MAX_CALLS_LIMIT
 from agent.transfer import parse_targets
 from pipeline.errors import ConfigurationError
+from pipeline.models import cache_dir
+from pipeline.records import Redaction
 from pipeline.tiers import DEFAULT_TIER, tier_named
 
 PROFILES = ("embedded", "bench", "gpu")
@@ -224,6 +226,15 @@ class Settings:
     """Python modules whose ``@tool`` functions are the operator's server tools."""
     timezone: str = "UTC"
     """The time zone the agent tells the time in when the caller names none."""
+    # Call records: docs/calls.md.
+    database_url: str | None = field(default=None, repr=False)
+    """Where call records go (``sqlite:///path`` or ``postgresql://...``); None: none
+    are kept. ``voiceforge serve`` defaults to a SQLite file under the cache folder."""
+    record_redact: tuple[str, ...] = ()
+    """What stored transcripts hide: ``digits``, ``emails``."""
+    record_buffer_entries: int = 10_000
+    """Record entries held while the database is slow or away; beyond, they are dropped
+    (and counted)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -332,6 +343,14 @@ class Settings:
         settings.twilio_api_url = _env("VOICEFORGE_TWILIO_API_URL", settings.twilio_api_url) or (
             settings.twilio_api_url
         )
+        database = _read_secret("VOICEFORGE_DATABASE_URL", "VOICEFORGE_DATABASE_URL_FILE")
+        if database is None:
+            database = f"sqlite:///{cache_dir() / 'calls.sqlite3'}"
+        settings.database_url = None if database in ("off", "none") else database
+        settings.record_redact = _env_list("VOICEFORGE_RECORD_REDACT")
+        settings.record_buffer_entries = _env_int(
+            "VOICEFORGE_RECORD_BUFFER", settings.record_buffer_entries
+        )
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -352,7 +371,21 @@ class Settings:
         """Every secret configured here: what logs must never show."""
         keyring = self.keyring()
         found = keyring.secrets() if keyring is not None else []
-        return found + [s for s in (self.twilio_auth_token, self.metrics_key) if s]
+        return found + [s for s in (self.twilio_auth_token, self.metrics_key,
+                                    self.database_password()) if s]
+
+    def database_password(self) -> str | None:
+        """The password inside ``database_url``, if it has one (kept out of logs)."""
+        if self.database_url is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(self.database_url).password
+        except ArgumentError:
+            return None
+        return None if password is None else str(password)
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -394,8 +427,11 @@ class Settings:
             problems.append("hard_max_frame_bytes must be >= max_frame_bytes")
         if self.connection_limit() <= self.max_sessions:
             problems.append("max_connections must be > max_sessions (HTTP needs room too)")
+        if self.record_buffer_entries <= 0:
+            problems.append("record_buffer_entries must be > 0")
         if problems:
             raise ConfigurationError("invalid limits: " + "; ".join(problems))
+        self._validate_records()
         self._validate_keys()
         if self.api_key is None and not is_loopback(self.host):
             raise ConfigurationError(
@@ -408,6 +444,19 @@ class Settings:
         if self.max_connections is not None:
             return self.max_connections
         return 2 * self.max_sessions + 32
+
+    def _validate_records(self) -> None:
+        try:
+            Redaction.named(self.record_redact)
+        except ValueError as exc:
+            raise ConfigurationError(f"VOICEFORGE_RECORD_REDACT: {exc}") from None
+        if self.database_url is not None:
+            from agent.records.store import database_url
+
+            try:
+                database_url(self.database_url)
+            except ValueError as exc:
+                raise ConfigurationError(f"VOICEFORGE_DATABASE_URL: {exc}") from None
 
     def _validate_keys(self) -> None:
         if self.api_keys and self.api_key != self.api_keys[0].secret:

@@ -83,6 +83,8 @@ class Conversation:
         caps the per-frame overhead of tiny frames)."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._input_task: asyncio.Task[None] | None = None
+        self.on_text_input: Callable[[str], None] | None = None
+        """Told each typed turn's words (call records): no event carries them."""
 
     @property
     def config(self) -> SessionConfig:
@@ -140,6 +142,7 @@ class Conversation:
         # conversation: drop the reference so the pair is freed when the call ends,
         # not at the next full garbage collection (loadtest/soak.py found the delay).
         self._call.emit = discard_event
+        self.on_text_input = None
         # A cancelled task keeps its CancelledError, whose traceback holds the
         # task's frame and so this object: forget the finished tasks.
         self._input_task = None
@@ -201,6 +204,8 @@ class Conversation:
         """A typed user turn: interrupts any reply in progress, then answers."""
         text = text.strip()
         if text:
+            if self.on_text_input is not None:
+                self.on_text_input(text)
             self._turns.text(text)
 
     def cancel_response(

@@ -1,0 +1,56 @@
+"""Call records in a database: ``store`` (SQLAlchemy async Core, alembic migrations)
+and ``writer`` (the bounded buffer and the task that empties it). The records
+themselves are built sans-I/O in ``pipeline.records``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from agent.records.store import CallFilter, RecordStore, database_url
+from agent.records.writer import CallRecords
+from pipeline.records import RecordLimits, Redaction
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+__all__ = [
+    "RECORDS_FLUSH_TIMEOUT_S",
+    "CallFilter",
+    "CallRecords",
+    "RecordStore",
+    "database_url",
+    "records_for",
+    "start_records",
+]
+
+
+def records_for(
+    url: str, registry: CollectorRegistry, *, redact: tuple[str, ...] = (),
+    max_buffered_entries: int = 10_000, max_entries_per_call: int = 2_000,
+) -> CallRecords:
+    """The records of a server whose settings name ``url`` (not yet started)."""
+    return CallRecords(
+        RecordStore(database_url(url)), registry,
+        redaction=Redaction.named(redact),
+        limits=RecordLimits(max_entries=max_entries_per_call),
+        max_buffered_entries=max_buffered_entries,
+    )
+
+
+RECORDS_FLUSH_TIMEOUT_S = 5.0
+"""At shutdown, how long records still buffered get to reach the database."""
+
+
+def start_records(settings: Settings, registry: CollectorRegistry) -> CallRecords | None:
+    """The records of a server with these settings, writer started; None without a
+    database. Call on the server's loop."""
+    if settings.database_url is None:
+        return None
+    records = records_for(
+        settings.database_url, registry, redact=settings.record_redact,
+        max_buffered_entries=settings.record_buffer_entries,
+    )
+    records.start()
+    return records
