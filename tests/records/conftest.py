@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.records.postgres import PostgresServer, binaries, postgres_server
+from loadtest.postgres import PostgresServer, binaries, postgres_server
 
 _databases = itertools.count(1)
 

@@ -28,12 +28,12 @@ from websockets.asyncio.client import connect
 
 from agent.client import VoiceForgeClient
 from agent.config import Settings
+from loadtest.postgres import PostgresServer
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT
 from pipeline.events import ResponseDone, ResponseStatus
 from tests.bridges.test_telephony import STREAM_SID, Provider, start_call
 from tests.e2e.conftest import RunningServer
 from tests.faults.support import AudioSender, bench_engines, collect_until_done, serving
-from tests.records.postgres import PostgresServer
 from tests.speech import speak
 
 KEY = "k-records-test-secret-0123456789abcdef"

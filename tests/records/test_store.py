@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.records import CallFilter, CallRecords, RecordStore, database_url, records_for
+from loadtest.postgres import PostgresServer
 from pipeline.events import (
     ResponseCreated,
     ResponseDone,
     ResponseStatus,
     TranscriptFinal,
 )
-from tests.records.postgres import PostgresServer
 
 FLUSH_S = 30.0
 

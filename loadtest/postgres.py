@@ -1,5 +1,5 @@
-"""A real PostgreSQL server for the tests: a fresh cluster in a temporary folder, on a
-free port of 127.0.0.1, stopped (and removable) at the end.
+"""A real PostgreSQL server for the tests and benchmarks: a fresh cluster in a
+temporary folder, on a free port of 127.0.0.1, stopped (and removed) at the end.
 
 PostgreSQL refuses to run as root: run as root (as ``make test`` and CI do), the
 cluster belongs to an unprivileged user (``postgres`` from Debian's package, or
