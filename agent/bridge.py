@@ -53,6 +53,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "first_chunk_max_words": config.chunker.first_chunk_max_words,
         "first_chunk_priority": config.first_chunk_priority,
         "playback_pause": config.playback_pause,
+        "record_audio": config.record_audio,
         "tools": [
             {
                 "type": "function",
@@ -93,6 +94,10 @@ def updated_config(
                     f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
                     "which this server does not run",
                 )
+        if changes.get("record_audio") and state.settings.recordings == "off":
+            raise ProtocolError(
+                "invalid_session", "this server records no calls (VOICEFORGE_RECORDINGS=off)"
+            )
         chunking = {
             name: changes.pop(name)
             for name in ("first_chunk_at_clause", "first_chunk_max_words")
@@ -114,6 +119,8 @@ def session_opened(state: AppState, conversation: Conversation, transport: str) 
         call_id = conversation.session_id
         records.open(call_id, transport, session_view(conversation.config))
         conversation.on_text_input = lambda text: records.text_input(call_id, text)
+        if records.recordings is not None:
+            conversation.on_input_frame = lambda frame: records.caller_audio(call_id, frame)
     if state.draining:
         # Set up while the drain began: the drain's list of calls missed it, and a
         # draining server starts no reply on any call.
@@ -144,7 +151,7 @@ def observe(state: AppState, session_id: str, event: object) -> None:
     if state.records is not None:
         if isinstance(event, SessionUpdated):
             state.records.settings_changed(session_id, event.session)
-        elif not isinstance(event, ResponseAudioDelta):
+        else:
             state.records.observe(session_id, event)
     if isinstance(event, ResponseDone):
         state.metrics.observe_response(event)

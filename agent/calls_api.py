@@ -4,7 +4,8 @@
   ``transport``, ``end_reason``, ``q`` (words said or replied), ``limit``, and
   ``cursor`` (the ``next_cursor`` of the page before).
 * ``GET /v1/calls/{id}``: the call and its whole timeline.
-* ``DELETE /v1/calls/{id}``.
+* ``GET /v1/calls/{id}/recording``: its audio, when it was recorded.
+* ``DELETE /v1/calls/{id}``: the record and the recording.
 
 The API key itself is required (a session token opens calls, not their records);
 a server without a key answers this machine's own programs only, as for calls.
@@ -12,25 +13,29 @@ a server without a key answers this machine's own programs only, as for calls.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
 import logging
+import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from agent import intake
 from agent.records import CallFilter, CallRecords
+from agent.records.recording import delete as delete_recording
+from agent.records.recording import recording_path
 from agent.records.store import MAX_PAGE, MAX_SEARCH_CHARS
 from agent.state import AppState
 
 logger = logging.getLogger("voiceforge.calls")
 
 TRANSPORTS = ("ws", "webrtc", "telephony")
-MAX_ID_CHARS = 64
+CALL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _BadQuery(ValueError):
@@ -134,8 +139,9 @@ async def _list_calls(request: Request) -> Response:
 
 
 def _call_id(request: Request) -> str | None:
+    """The id in the path, if it can be one (it also names the recording's file)."""
     call_id = request.path_params["call_id"]
-    return call_id if isinstance(call_id, str) and 0 < len(call_id) <= MAX_ID_CHARS else None
+    return call_id if isinstance(call_id, str) and CALL_ID.fullmatch(call_id) else None
 
 
 async def _get_call(request: Request) -> Response:
@@ -170,14 +176,44 @@ async def _delete_call(request: Request) -> Response:
         deleted = await records.store.delete_call(call_id)
     except Exception as exc:
         return _unavailable(exc)
+    if records.recordings is not None:
+        await asyncio.to_thread(delete_recording, records.recordings.directory, call_id)
     if not deleted:
         return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
     logger.info("call records: call %s deleted", call_id)
     return Response(status_code=204)
 
 
+async def _get_recording(request: Request) -> Response:
+    """The call's audio: Ogg Opus, left channel the caller, right the agent."""
+    _, records = _records(request)
+    if isinstance(records, Response):
+        return records
+    call_id = _call_id(request)
+    if call_id is None:
+        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+    try:
+        call = await records.store.get_call(call_id)
+    except Exception as exc:
+        return _unavailable(exc)
+    if call is None:
+        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+    if call["recording"] is None:
+        return JSONResponse({"error": "no_recording", "message": "this call was not "
+                             "recorded, or its recording is still being encoded"}, 404)
+    path = None if records.recordings is None else recording_path(
+        records.recordings.directory, call_id)
+    if path is None or not path.is_file():
+        return JSONResponse({"error": "recording_gone", "message": "the recording is not on "
+                             "this server: past its retention period, or kept by another "
+                             "replica"}, 404)
+    return FileResponse(path, media_type="audio/ogg", filename=f"{call_id}.opus",
+                        headers={"Cache-Control": "no-store"})
+
+
 routes = [
     Route("/v1/calls", _list_calls, methods=["GET"]),
     Route("/v1/calls/{call_id}", _get_call, methods=["GET"]),
     Route("/v1/calls/{call_id}", _delete_call, methods=["DELETE"]),
+    Route("/v1/calls/{call_id}/recording", _get_recording, methods=["GET"]),
 ]

@@ -24,6 +24,7 @@ from pipeline.records import Redaction
 from pipeline.tiers import DEFAULT_TIER, tier_named
 
 PROFILES = ("embedded", "bench", "gpu")
+RECORDING_MODES = ("off", "on_request", "all")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -232,6 +233,13 @@ class Settings:
     are kept. ``voiceforge serve`` defaults to a SQLite file under the cache folder."""
     record_redact: tuple[str, ...] = ()
     """What stored transcripts hide: ``digits``, ``emails``."""
+    recordings: str = "off"
+    """Call audio: ``off``; ``on_request`` (calls that set ``session.record_audio``);
+    ``all`` (every call, unless it sets ``record_audio`` false)."""
+    recordings_dir: str | None = None
+    """Where recordings go; default: ``recordings`` under the cache folder."""
+    recording_retention_days: float = 30.0
+    """Recordings older than this are deleted."""
     record_buffer_entries: int = 10_000
     """Record entries held while the database is slow or away; beyond, they are dropped
     (and counted)."""
@@ -348,6 +356,11 @@ class Settings:
             database = f"sqlite:///{cache_dir() / 'calls.sqlite3'}"
         settings.database_url = None if database in ("off", "none") else database
         settings.record_redact = _env_list("VOICEFORGE_RECORD_REDACT")
+        settings.recordings = _env("VOICEFORGE_RECORDINGS", settings.recordings) or "off"
+        settings.recordings_dir = _env("VOICEFORGE_RECORDINGS_DIR")
+        settings.recording_retention_days = _env_float(
+            "VOICEFORGE_RECORDING_RETENTION_DAYS", settings.recording_retention_days
+        )
         settings.record_buffer_entries = _env_int(
             "VOICEFORGE_RECORD_BUFFER", settings.record_buffer_entries
         )
@@ -360,6 +373,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.api_keys and self.api_key is None:
             self.api_key = self.api_keys[0].secret
+
+    def recordings_path(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else cache_dir() / "recordings"
 
     def keyring(self) -> KeyRing | None:
         """The accepted keys (None: no key, loopback callers only)."""
@@ -450,6 +466,16 @@ class Settings:
             Redaction.named(self.record_redact)
         except ValueError as exc:
             raise ConfigurationError(f"VOICEFORGE_RECORD_REDACT: {exc}") from None
+        if self.recordings not in RECORDING_MODES:
+            raise ConfigurationError(
+                f"VOICEFORGE_RECORDINGS must be one of {', '.join(RECORDING_MODES)}"
+            )
+        if self.recordings != "off" and self.database_url is None:
+            raise ConfigurationError(
+                "VOICEFORGE_RECORDINGS needs call records (VOICEFORGE_DATABASE_URL is off)"
+            )
+        if not self.recording_retention_days > 0:
+            raise ConfigurationError("VOICEFORGE_RECORDING_RETENTION_DAYS must be > 0")
         if self.database_url is not None:
             from agent.records.store import database_url
 

@@ -138,6 +138,7 @@ class _Session:
     def emit(self, event: Event | ServerMessage) -> None:
         if self.closing is not None and not self.closing.flush:
             return
+        bridge.observe(self.state, self.session_id, event)
         if isinstance(event, ResponseAudioDelta):
             if event.response_id in self.cleared:
                 return
@@ -155,7 +156,6 @@ class _Session:
             if isinstance(event, ResponseAudioClear):
                 self.cleared.add(event.response_id)
                 self.outbound.purge_audio(event.response_id)
-            bridge.observe(self.state, self.session_id, event)
             ok = self.outbound.push(encode_server_message(event))
         if not ok:
             # Not even control events fit: the client has stopped reading.

@@ -185,6 +185,7 @@ class AppState:
             max_history_turns=settings.max_history_turns,
             max_history_chars=settings.max_history_chars,
             engine_retries=settings.engine_retries,
+            record_audio=settings.recordings == "all",
             max_response_tokens=min(
                 SessionConfig().max_response_tokens, settings.max_response_tokens
             ),

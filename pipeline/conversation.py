@@ -85,6 +85,9 @@ class Conversation:
         self._input_task: asyncio.Task[None] | None = None
         self.on_text_input: Callable[[str], None] | None = None
         """Told each typed turn's words (call records): no event carries them."""
+        self.on_input_frame: Callable[[FloatAudio], None] | None = None
+        """Given each 16 kHz frame the turn detector hears (call recordings): the
+        call's clock, the one transcript timings are on."""
 
     @property
     def config(self) -> SessionConfig:
@@ -142,7 +145,7 @@ class Conversation:
         # conversation: drop the reference so the pair is freed when the call ends,
         # not at the next full garbage collection (loadtest/soak.py found the delay).
         self._call.emit = discard_event
-        self.on_text_input = None
+        self.on_text_input = self.on_input_frame = None
         # A cancelled task keeps its CancelledError, whose traceback holds the
         # task's frame and so this object: forget the finished tasks.
         self._input_task = None
@@ -244,6 +247,8 @@ class Conversation:
                 frame = self._pending[:FRAME_SAMPLES]
                 self._pending = self._pending[FRAME_SAMPLES:]
                 self._turns.hear(frame, arrived)
+                if self.on_input_frame is not None:
+                    self.on_input_frame(frame)
                 try:
                     probability = await self._vad.process(frame)
                 except EngineError as exc:

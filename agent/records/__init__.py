@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from agent.records.store import CallFilter, RecordStore, database_url
-from agent.records.writer import CallRecords
+from agent.records.writer import CallRecords, RecordingPolicy
 from pipeline.records import RecordLimits, Redaction
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ __all__ = [
     "CallFilter",
     "CallRecords",
     "RecordStore",
+    "RecordingPolicy",
     "database_url",
     "records_for",
     "start_records",
@@ -29,13 +30,14 @@ __all__ = [
 def records_for(
     url: str, registry: CollectorRegistry, *, redact: tuple[str, ...] = (),
     max_buffered_entries: int = 10_000, max_entries_per_call: int = 2_000,
+    recordings: RecordingPolicy | None = None,
 ) -> CallRecords:
     """The records of a server whose settings name ``url`` (not yet started)."""
     return CallRecords(
         RecordStore(database_url(url)), registry,
         redaction=Redaction.named(redact),
         limits=RecordLimits(max_entries=max_entries_per_call),
-        max_buffered_entries=max_buffered_entries,
+        max_buffered_entries=max_buffered_entries, recordings=recordings,
     )
 
 
@@ -51,6 +53,8 @@ def start_records(settings: Settings, registry: CollectorRegistry) -> CallRecord
     records = records_for(
         settings.database_url, registry, redact=settings.record_redact,
         max_buffered_entries=settings.record_buffer_entries,
+        recordings=None if settings.recordings == "off" else RecordingPolicy(
+            settings.recordings_path(), settings.recording_retention_days * 86_400.0),
     )
     records.start()
     return records

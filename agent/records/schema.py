@@ -50,6 +50,7 @@ calls = sa.Table(
     sa.Column("settings", JSONDocument, nullable=False),
     sa.Column("server", sa.String(255), nullable=False),
     sa.Column("entries_dropped", sa.Integer(), nullable=False),
+    sa.Column("recording", JSONDocument),
 )
 
 call_entries = sa.Table(

@@ -231,6 +231,7 @@ def _call_json(row: Any) -> dict[str, Any]:
         "settings": _loaded(row["settings"]),
         "server": row["server"],
         "entries_dropped": row["entries_dropped"],
+        "recording": _loaded(row["recording"]),
     }
     if "turns" in row:
         body["turns"] = row["turns"]

@@ -22,12 +22,18 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agent.records import recording
+from agent.records.recording import CallRecording
 from agent.records.store import RecordStore, redacted_url
+from pipeline.engines.base import FloatAudio
+from pipeline.events import ResponseAudioDelta, ResponseDone
 from pipeline.records import CallRecorder, Entry, RecordLimits, Redaction
+from pipeline.records.audio import RATE, RecordingTimeline
 
 logger = logging.getLogger("voiceforge.records")
 
@@ -36,6 +42,13 @@ WRITE_TIMEOUT_S = 20.0
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0
 FAILURE_LOG_EVERY_S = 30.0
+EXPIRY_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingPolicy:
+    directory: Path
+    retention_s: float
 
 
 class RecordMetrics:
@@ -86,6 +99,12 @@ class _Call:
     """Why the call is ending, known before the transport closes it (a hang-up)."""
     counted_drops: int = 0
     """The recorder's ``dropped`` already counted in the metric."""
+    timeline: RecordingTimeline | None = None
+    """The call's clock and reply placement, with recordings on (whether or not this
+    call records)."""
+    recording: CallRecording | None = None
+    recording_info: dict[str, Any] | None = None
+    encoding: bool = False
 
 
 class CallRecords:
@@ -100,6 +119,7 @@ class CallRecords:
         limits: RecordLimits | None = None,
         max_buffered_entries: int = 10_000,
         max_unwritten_calls: int = 1_000,
+        recordings: RecordingPolicy | None = None,
     ) -> None:
         self.store = store
         self.metrics = RecordMetrics(registry)
@@ -114,6 +134,9 @@ class CallRecords:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        self.recordings = recordings
+        self._encoders: set[asyncio.Task[None]] = set()
+        self._expiry: asyncio.Task[None] | None = None
         self._migrated = False
         self.available = False
         """The database answered the last time it was asked."""
@@ -127,14 +150,41 @@ class CallRecords:
             self.metrics.dropped.labels("calls").inc()
             return
         recorder = CallRecorder(call_id, redaction=self.redaction, limits=self.limits)
-        self._calls[call_id] = _Call(recorder, transport, time.time(), self._settings(settings))
+        call = _Call(recorder, transport, time.time(), self._settings(settings))
+        self._calls[call_id] = call
+        if self.recordings is not None:
+            call.timeline = RecordingTimeline()
+            self._record_audio(call_id, call, settings.get("record_audio") is True)
         self._kick()
+
+    def _record_audio(self, call_id: str, call: _Call, wanted: bool) -> None:
+        """Start (or stop) recording this call's audio, as its settings ask."""
+        if self.recordings is None or call.closed:
+            return
+        # One recording per call: once stopped, it is not started again.
+        if wanted and call.recording is None and not call.encoding and not call.recording_info:
+            try:
+                call.recording = CallRecording(self.recordings.directory, call_id)
+            except OSError as exc:
+                logger.error("recordings: cannot record call %s: %s", call_id, exc)
+        elif not wanted and call.recording is not None:
+            # Asked to stop: what was recorded so far is kept.
+            self._finish_recording(call_id, call)
+
+    def caller_audio(self, call_id: str, frame: FloatAudio) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.timeline is None:
+            return
+        piece = call.timeline.caller(frame)
+        if call.recording is not None:
+            call.recording.write(piece)
 
     def settings_changed(self, call_id: str, settings: dict[str, Any]) -> None:
         call = self._calls.get(call_id)
         if call is not None and not call.closed:
             call.settings = self._settings(settings)
             call.version += 1
+            self._record_audio(call_id, call, settings.get("record_audio") is True)
             self._kick()
 
     def text_input(self, call_id: str, text: str) -> None:
@@ -144,8 +194,19 @@ class CallRecords:
 
     def observe(self, call_id: str, event: object) -> None:
         call = self._calls.get(call_id)
-        if call is not None:
-            self._buffer(call, call.recorder.observe(event, time.time()))
+        if call is None:
+            return
+        if call.timeline is not None:
+            if isinstance(event, ResponseAudioDelta):
+                call.timeline.reply_audio(event)
+                return
+            if isinstance(event, ResponseDone):
+                piece = call.timeline.reply_done(event)
+                if piece is not None and call.recording is not None:
+                    call.recording.write(piece)
+        elif isinstance(event, ResponseAudioDelta):
+            return
+        self._buffer(call, call.recorder.observe(event, time.time()))
 
     def ending(self, call_id: str, reason: str) -> None:
         """Why the call is about to end, when whoever ends it knows better than the
@@ -160,11 +221,40 @@ class CallRecords:
             return
         now = time.time()
         self._buffer(call, call.recorder.close(now))
+        if call.recording is not None:
+            self._finish_recording(call_id, call)
         call.closed = True
+        call.timeline = None
         call.ended_at = now
         call.end_reason = call.pending_reason or reason
         call.version += 1
         self._kick()
+
+    def _finish_recording(self, call_id: str, call: _Call) -> None:
+        """Encode the recording off the loop; its row says so once it is done."""
+        taken, call.recording = call.recording, None
+        if taken is None:
+            return
+        call.encoding = True
+
+        async def encode() -> None:
+            try:
+                duration_ms = await asyncio.to_thread(taken.encode)
+            except Exception:
+                logger.exception("recordings: encoding call %s failed", call_id)
+            else:
+                call.recording_info = {
+                    "format": "ogg/opus", "sample_rate": RATE,
+                    "channels": ["caller", "agent"], "duration_ms": round(duration_ms, 1),
+                }
+                call.version += 1
+            finally:
+                call.encoding = False
+                self._kick()
+
+        task = asyncio.create_task(encode(), name=f"{call_id}-recording")
+        self._encoders.add(task)
+        task.add_done_callback(self._encoders.discard)
 
     def is_open(self, call_id: str) -> bool:
         """The call runs on this server, or its record is still being written."""
@@ -205,12 +295,32 @@ class CallRecords:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="voiceforge-records")
+        if self.recordings is not None:
+            self._expiry = asyncio.create_task(
+                self._expire(self.recordings), name="voiceforge-recording-expiry"
+            )
+
+    async def _expire(self, policy: RecordingPolicy) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(recording.expire, policy.directory, policy.retention_s)
+            except OSError as exc:
+                logger.warning("recordings: expiring old ones failed: %s", exc)
+            await asyncio.sleep(min(EXPIRY_EVERY_S, policy.retention_s))
 
     async def stop(self, flush_timeout_s: float) -> None:
         """Write what is buffered (within ``flush_timeout_s``), then stop."""
         for call_id, call in list(self._calls.items()):
             if not call.closed:
                 self.close(call_id, "server_stopped")
+        if self._expiry is not None:
+            self._expiry.cancel()
+            await asyncio.gather(self._expiry, return_exceptions=True)
+        # Recordings being encoded get the same time; a cancelled one is not kept.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*self._encoders, return_exceptions=True), flush_timeout_s
+            )
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), flush_timeout_s)
@@ -293,7 +403,8 @@ class CallRecords:
         for call_id, version in versions.items():
             call = self._calls[call_id]
             call.written_version = max(call.written_version, version)
-            if call.closed and call.pending == 0 and call.written_version == call.version:
+            if (call.closed and not call.encoding and call.pending == 0
+                    and call.written_version == call.version):
                 del self._calls[call_id]
 
     def _call_row(self, call_id: str, call: _Call) -> dict[str, Any]:
@@ -308,6 +419,7 @@ class CallRecords:
             "settings": call.settings,
             "server": self.server,
             "entries_dropped": call.recorder.dropped + call.buffer_dropped,
+            "recording": call.recording_info,
         }
 
 

@@ -87,6 +87,17 @@ def test_call_records_are_configured_from_the_environment(
         replace(settings, record_redact=("names",)).validate()
     with pytest.raises(ConfigurationError, match="VOICEFORGE_DATABASE_URL"):
         replace(settings, database_url="mysql://db/calls").validate()
+    monkeypatch.setenv("VOICEFORGE_RECORDINGS", "on_request")
+    monkeypatch.setenv("VOICEFORGE_RECORDINGS_DIR", str(tmp_path / "audio"))
+    monkeypatch.setenv("VOICEFORGE_RECORDING_RETENTION_DAYS", "7")
+    recorded = Settings.from_env()
+    assert (recorded.recordings, recorded.recordings_path(),
+            recorded.recording_retention_days) == ("on_request", tmp_path / "audio", 7.0)
+    recorded.validate()
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_RECORDINGS must be one of"):
+        replace(recorded, recordings="sometimes").validate()
+    with pytest.raises(ConfigurationError, match="needs call records"):
+        replace(recorded, database_url=None).validate()
 
 
 @pytest.mark.parametrize("name", ["VOICEFORGE_PORT", "VOICEFORGE_THREADS"])
