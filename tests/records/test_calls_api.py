@@ -250,3 +250,22 @@ async def test_a_phone_call_is_recorded(server: RunningServer) -> None:
     assert turns and turns[0]["user_text"] == HEARD
     assert turns[0]["inputs"][0]["source"] == "speech"
 
+
+
+async def test_replicas_sharing_postgresql_see_each_others_calls(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database("calls_replicas")
+    with serving_records(url) as first, serving_records(url) as second:
+        call_ids = []
+        for replica in (first, second):
+            async with await VoiceForgeClient.connect(replica.url) as client:
+                call_ids.append(client.session_id)
+                await client.send_text("Which replica is this?")
+                await collect_until_done(client)
+        for call_id, replica in zip(call_ids, (first, second), strict=True):
+            await wait_for_record(replica, call_id, ended)
+        for replica in (first, second):
+            async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
+                listed = (await http.get("/v1/calls")).json()["calls"]
+            assert sorted(call["id"] for call in listed) == sorted(call_ids)

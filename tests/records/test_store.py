@@ -199,3 +199,20 @@ def test_only_sqlite_and_postgresql_urls_are_taken() -> None:
         database_url("mysql://h/db")
     with pytest.raises(ValueError, match="not a database URL"):
         database_url("not a url")
+
+
+async def test_stopping_with_the_database_away_gives_up_after_the_flush_timeout(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    records = records_for(postgres.create_database("calls_gone"), CollectorRegistry())
+    records.start()
+    postgres.stop()
+    try:
+        records.open("call_z", "ws", {})
+        play_turn(records, "call_z", 1)
+        started = time.monotonic()
+        await records.stop(1.0)  # a still-open call is closed as server_stopped first
+        assert time.monotonic() - started < 10
+    finally:
+        postgres.start()
+    assert "could not be written before stopping" in caplog.text
