@@ -13,6 +13,7 @@ When the database returns, everything still buffered is written, oldest first.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import itertools
@@ -28,12 +29,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agent.records import recording
-from agent.records.recording import CallRecording
+from agent.records.recording import Batch, CallRecording
 from agent.records.store import RecordStore, redacted_url
 from pipeline.engines.base import FloatAudio
 from pipeline.events import ResponseAudioDelta, ResponseDone
 from pipeline.records import CallRecorder, Entry, RecordLimits, Redaction
-from pipeline.records.audio import RATE, RecordingTimeline
+from pipeline.records.audio import RATE, Piece, RecordingTimeline
 
 logger = logging.getLogger("voiceforge.records")
 
@@ -64,7 +65,8 @@ class RecordMetrics:
             "voiceforge_records_dropped",
             "Call record entries (or whole calls) not kept: buffer_full (the database "
             "was away too long), call_limit (a call past its entry limit), calls (too "
-            "many calls waiting to be written)",
+            "many calls waiting to be written), recording_backlog (a second of call "
+            "audio the disk was too far behind to take)",
             ["reason"], registry=registry,
         )
         self.write_errors = Counter(
@@ -136,6 +138,10 @@ class CallRecords:
         self._task: asyncio.Task[None] | None = None
         self.recordings = recordings
         self._encoders: set[asyncio.Task[None]] = set()
+        self._disk = (None if recordings is None else concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="voiceforge-recordings"))
+        """Every file operation of recordings, in order: batches, then the encoding."""
+        self._disk_jobs: set[asyncio.Future[int]] = set()
         self._expiry: asyncio.Task[None] | None = None
         self._migrated = False
         self.available = False
@@ -177,7 +183,31 @@ class CallRecords:
             return
         piece = call.timeline.caller(frame)
         if call.recording is not None:
-            call.recording.write(piece)
+            self._record(call.recording, piece)
+
+    def _record(self, recording: CallRecording, piece: Piece) -> None:
+        before = recording.dropped_bytes
+        batch = recording.add(piece)
+        if recording.dropped_bytes != before:
+            self.metrics.dropped.labels("recording_backlog").inc()
+        self._to_disk(recording, batch)
+
+    def _to_disk(self, recording: CallRecording, batch: Batch | None) -> None:
+        if batch is None or self._disk is None:
+            return
+        job = asyncio.get_running_loop().run_in_executor(
+            self._disk, recording.write_batch, batch
+        )
+        self._disk_jobs.add(job)
+        size = sum(len(data) for _, _, data in batch)
+
+        def written(job: asyncio.Future[int]) -> None:
+            self._disk_jobs.discard(job)
+            recording.queued_bytes -= size
+            if not job.cancelled() and (exc := job.exception()) is not None:
+                logger.error("recordings: writing %s failed: %s", recording.path.name, exc)
+
+        job.add_done_callback(written)
 
     def settings_changed(self, call_id: str, settings: dict[str, Any]) -> None:
         call = self._calls.get(call_id)
@@ -203,7 +233,7 @@ class CallRecords:
             if isinstance(event, ResponseDone):
                 piece = call.timeline.reply_done(event)
                 if piece is not None and call.recording is not None:
-                    call.recording.write(piece)
+                    self._record(call.recording, piece)
         elif isinstance(event, ResponseAudioDelta):
             return
         self._buffer(call, call.recorder.observe(event, time.time()))
@@ -233,13 +263,21 @@ class CallRecords:
     def _finish_recording(self, call_id: str, call: _Call) -> None:
         """Encode the recording off the loop; its row says so once it is done."""
         taken, call.recording = call.recording, None
-        if taken is None:
+        if taken is None or self._disk is None:
             return
+        before = taken.dropped_bytes
+        last = taken.take()
+        if taken.dropped_bytes != before:
+            self.metrics.dropped.labels("recording_backlog").inc()
+        self._to_disk(taken, last)
         call.encoding = True
+        disk = self._disk
 
         async def encode() -> None:
             try:
-                duration_ms = await asyncio.to_thread(taken.encode)
+                # The same one thread: every batch of the call is written first.
+                duration_ms = await asyncio.get_running_loop().run_in_executor(
+                    disk, taken.encode)
             except Exception:
                 logger.exception("recordings: encoding call %s failed", call_id)
             else:
@@ -321,6 +359,8 @@ class CallRecords:
             await asyncio.wait_for(
                 asyncio.gather(*self._encoders, return_exceptions=True), flush_timeout_s
             )
+        if self._disk is not None:
+            self._disk.shutdown(wait=False, cancel_futures=True)
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), flush_timeout_s)

@@ -18,11 +18,11 @@ import pytest
 
 from agent.client import ClientError, VoiceForgeClient
 from agent.config import Settings
-from agent.records.recording import expire
+from agent.records.recording import MAX_QUEUED_BYTES, CallRecording, expire
 from pipeline.audio import float_to_pcm16
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT
 from pipeline.events import ResponseAudioDelta, ResponseDone, ResponseStatus
-from pipeline.records.audio import RATE, Channel, RecordingTimeline
+from pipeline.records.audio import RATE, Channel, Piece, RecordingTimeline
 from tests.e2e.conftest import RunningServer
 from tests.faults.support import AudioSender, bench_engines, serving
 from tests.records.test_calls_api import RECORD_TIMEOUT_S, wait_for_record
@@ -58,6 +58,25 @@ def test_replies_go_where_they_were_played_and_only_as_far_as_they_were_played()
     # Nothing played, nothing written.
     timeline.reply_audio(delta("resp_3", 200))
     assert timeline.reply_done(done("resp_3", 0.0)) is None
+
+
+def test_a_disk_far_behind_drops_batches_instead_of_holding_them(tmp_path: Path) -> None:
+    recording = CallRecording(tmp_path, "sess_disk")
+    # A tone, not a constant: Opus, like any speech codec, keeps no DC.
+    second = (0.25 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
+    batch = recording.add(Piece(Channel.CALLER, 0, second))
+    assert batch is not None and recording.queued_bytes == 2 * RATE
+    recording.queued_bytes = MAX_QUEUED_BYTES  # the disk thread has not caught up
+    assert recording.add(Piece(Channel.CALLER, RATE, second)) is None
+    assert recording.dropped_bytes == 2 * RATE
+    # What was handed over is written in place and encoded; the lost second is silence.
+    recording.write_batch(batch)
+    recording.write_batch([(Channel.AGENT, RATE // 2, float_to_pcm16(second))])
+    assert recording.encode() == 2000.0
+    caller, agent = decode(recording.path.read_bytes(), tmp_path / "check.opus")
+    assert loud(caller, 100, 900) > 0.1 and loud(caller, 1100, 1900) < 0.01
+    assert loud(agent, 0, 400) < 0.01 and loud(agent, 600, 1400) > 0.1
+    assert not list(tmp_path.glob(".sess_disk.*"))  # the raw channels are gone
 
 
 def test_old_recordings_expire(tmp_path: Path) -> None:
