@@ -240,6 +240,10 @@ class Settings:
     """Where recordings go; default: ``recordings`` under the cache folder."""
     recording_retention_days: float = 30.0
     """Recordings older than this are deleted."""
+    call_webhook_url: str | None = None
+    """Where each finished call's record is POSTed (signed, retried); docs/calls.md."""
+    call_webhook_secret: str | None = field(default=None, repr=False)
+    """The HMAC-SHA256 key of the webhook's ``VoiceForge-Signature``."""
     record_buffer_entries: int = 10_000
     """Record entries held while the database is slow or away; beyond, they are dropped
     (and counted)."""
@@ -358,6 +362,10 @@ class Settings:
         settings.record_redact = _env_list("VOICEFORGE_RECORD_REDACT")
         settings.recordings = _env("VOICEFORGE_RECORDINGS", settings.recordings) or "off"
         settings.recordings_dir = _env("VOICEFORGE_RECORDINGS_DIR")
+        settings.call_webhook_url = _env("VOICEFORGE_CALL_WEBHOOK_URL")
+        settings.call_webhook_secret = _read_secret(
+            "VOICEFORGE_CALL_WEBHOOK_SECRET", "VOICEFORGE_CALL_WEBHOOK_SECRET_FILE"
+        )
         settings.recording_retention_days = _env_float(
             "VOICEFORGE_RECORDING_RETENTION_DAYS", settings.recording_retention_days
         )
@@ -388,7 +396,7 @@ class Settings:
         keyring = self.keyring()
         found = keyring.secrets() if keyring is not None else []
         return found + [s for s in (self.twilio_auth_token, self.metrics_key,
-                                    self.database_password()) if s]
+                                    self.database_password(), self.call_webhook_secret) if s]
 
     def database_password(self) -> str | None:
         """The password inside ``database_url``, if it has one (kept out of logs)."""
@@ -474,6 +482,19 @@ class Settings:
             raise ConfigurationError(
                 "VOICEFORGE_RECORDINGS needs call records (VOICEFORGE_DATABASE_URL is off)"
             )
+        if self.call_webhook_url is not None:
+            if self.database_url is None:
+                raise ConfigurationError(
+                    "VOICEFORGE_CALL_WEBHOOK_URL needs call records (VOICEFORGE_DATABASE_URL)"
+                )
+            if not self.call_webhook_url.startswith(("https://", "http://")):
+                raise ConfigurationError("VOICEFORGE_CALL_WEBHOOK_URL must be an http(s) URL")
+            if self.call_webhook_secret is None:
+                raise ConfigurationError(
+                    "VOICEFORGE_CALL_WEBHOOK_URL needs VOICEFORGE_CALL_WEBHOOK_SECRET(_FILE): "
+                    "deliveries are signed"
+                )
+            check_key_strength("VOICEFORGE_CALL_WEBHOOK_SECRET", self.call_webhook_secret)
         if not self.recording_retention_days > 0:
             raise ConfigurationError("VOICEFORGE_RECORDING_RETENTION_DAYS must be > 0")
         if self.database_url is not None:

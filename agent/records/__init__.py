@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from agent.records.store import CallFilter, RecordStore, database_url
+from agent.records.webhook import CallWebhook
 from agent.records.writer import CallRecords, RecordingPolicy
 from pipeline.records import RecordLimits, Redaction
 
@@ -30,11 +31,14 @@ __all__ = [
 def records_for(
     url: str, registry: CollectorRegistry, *, redact: tuple[str, ...] = (),
     max_buffered_entries: int = 10_000, max_entries_per_call: int = 2_000,
-    recordings: RecordingPolicy | None = None,
+    recordings: RecordingPolicy | None = None, webhook: tuple[str, str] | None = None,
 ) -> CallRecords:
-    """The records of a server whose settings name ``url`` (not yet started)."""
+    """The records of a server whose settings name ``url`` (not yet started);
+    ``webhook``: (URL, secret) of the call webhook."""
+    store = RecordStore(database_url(url))
     return CallRecords(
-        RecordStore(database_url(url)), registry,
+        store, registry,
+        webhook=None if webhook is None else CallWebhook(*webhook, store, registry),
         redaction=Redaction.named(redact),
         limits=RecordLimits(max_entries=max_entries_per_call),
         max_buffered_entries=max_buffered_entries, recordings=recordings,
@@ -55,6 +59,8 @@ def start_records(settings: Settings, registry: CollectorRegistry) -> CallRecord
         max_buffered_entries=settings.record_buffer_entries,
         recordings=None if settings.recordings == "off" else RecordingPolicy(
             settings.recordings_path(), settings.recording_retention_days * 86_400.0),
+        webhook=None if settings.call_webhook_url is None or settings.call_webhook_secret is None
+        else (settings.call_webhook_url, settings.call_webhook_secret),
     )
     records.start()
     return records

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from agent.records import recording
 from agent.records.recording import Batch, CallRecording
 from agent.records.store import RecordStore, redacted_url
+from agent.records.webhook import CallWebhook
 from pipeline.engines.base import FloatAudio
 from pipeline.events import ResponseAudioDelta, ResponseDone
 from pipeline.records import CallRecorder, Entry, RecordLimits, Redaction
@@ -122,6 +123,7 @@ class CallRecords:
         max_buffered_entries: int = 10_000,
         max_unwritten_calls: int = 1_000,
         recordings: RecordingPolicy | None = None,
+        webhook: CallWebhook | None = None,
     ) -> None:
         self.store = store
         self.metrics = RecordMetrics(registry)
@@ -137,6 +139,7 @@ class CallRecords:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self.recordings = recordings
+        self.webhook = webhook
         self._encoders: set[asyncio.Task[None]] = set()
         self._disk = (None if recordings is None else concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="voiceforge-recordings"))
@@ -333,6 +336,8 @@ class CallRecords:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="voiceforge-records")
+        if self.webhook is not None:
+            self.webhook.start()
         if self.recordings is not None:
             self._expiry = asyncio.create_task(
                 self._expire(self.recordings), name="voiceforge-recording-expiry"
@@ -370,6 +375,8 @@ class CallRecords:
         if self._entries:
             logger.error("call records: %d entries could not be written before stopping",
                          len(self._entries))
+        if self.webhook is not None:
+            await self.webhook.stop(flush_timeout_s)
         await self.store.close()
 
     async def flushed(self, timeout_s: float) -> bool:
@@ -446,6 +453,8 @@ class CallRecords:
             if (call.closed and not call.encoding and call.pending == 0
                     and call.written_version == call.version):
                 del self._calls[call_id]
+                if self.webhook is not None:
+                    self.webhook.call_written(call_id)
 
     def _call_row(self, call_id: str, call: _Call) -> dict[str, Any]:
         voice = call.settings.get("voice")
