@@ -59,12 +59,16 @@ models: setup
 
 # Packages the tests need from Debian, as command:package pairs: espeak-ng speaks the
 # test questions; chromium runs the voice chat page in tests/web (playwright drives
-# /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu).
+# /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu);
+# postgresql's server (off PATH, in /usr/lib/postgresql/*/bin) backs tests/records, which
+# start and stop their own cluster.
 SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \

@@ -14,6 +14,7 @@ import msgpack
 from agent.protocol import (
     ProtocolError,
     ServerMessage,
+    SessionUpdated,
     encode_server_message,
     parse_session_fields,
 )
@@ -52,6 +53,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "first_chunk_max_words": config.chunker.first_chunk_max_words,
         "first_chunk_priority": config.first_chunk_priority,
         "playback_pause": config.playback_pause,
+        "record_audio": config.record_audio,
         "tools": [
             {
                 "type": "function",
@@ -92,6 +94,10 @@ def updated_config(
                     f"end_of_turn_policy {policy!r} needs the end-of-turn model, "
                     "which this server does not run",
                 )
+        if changes.get("record_audio") and state.settings.recordings == "off":
+            raise ProtocolError(
+                "invalid_session", "this server records no calls (VOICEFORGE_RECORDINGS=off)"
+            )
         chunking = {
             name: changes.pop(name)
             for name in ("first_chunk_at_clause", "first_chunk_max_words")
@@ -104,18 +110,28 @@ def updated_config(
         raise ProtocolError("invalid_session", str(exc)) from None
 
 
-def session_opened(state: AppState, conversation: Conversation) -> None:
+def session_opened(state: AppState, conversation: Conversation, transport: str) -> None:
     """Every transport calls this when its call goes live."""
     state.metrics.sessions.inc()
     state.metrics.sessions_active.inc()
+    records = state.records
+    if records is not None:
+        call_id = conversation.session_id
+        records.open(call_id, transport, session_view(conversation.config))
+        conversation.on_text_input = lambda text: records.text_input(call_id, text)
+        if records.recordings is not None:
+            conversation.on_input_frame = lambda frame: records.caller_audio(call_id, frame)
     if state.draining:
         # Set up while the drain began: the drain's list of calls missed it, and a
         # draining server starts no reply on any call.
         conversation.accepting_turns = False
 
 
-def session_closed(state: AppState) -> None:
+def session_closed(state: AppState, conversation: Conversation, reason: str) -> None:
+    """Every transport calls this once its call has ended (``reason``: why)."""
     state.metrics.sessions_active.dec()
+    if state.records is not None:
+        state.records.close(conversation.session_id, reason)
 
 
 _ENGINE_OF_CODE = {
@@ -131,7 +147,12 @@ _ENGINE_OF_CODE = {
 
 def observe(state: AppState, session_id: str, event: object) -> None:
     """What every transport does with the events of its calls: metrics, logs,
-    engine health for ``/readyz`` and latency for admission control."""
+    engine health for ``/readyz``, latency for admission control, call records."""
+    if state.records is not None:
+        if isinstance(event, SessionUpdated):
+            state.records.settings_changed(session_id, event.session)
+        else:
+            state.records.observe(session_id, event)
     if isinstance(event, ResponseDone):
         state.metrics.observe_response(event)
         answered = event.status is ResponseStatus.COMPLETED and "apology" not in event.timings

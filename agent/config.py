@@ -19,9 +19,12 @@ from agent.credentials import (
 from agent.tokens import MAX_CALLS_LIMIT
 from agent.transfer import parse_targets
 from pipeline.errors import ConfigurationError
+from pipeline.models import cache_dir
+from pipeline.records import Redaction
 from pipeline.tiers import DEFAULT_TIER, tier_named
 
 PROFILES = ("embedded", "bench", "gpu")
+RECORDING_MODES = ("off", "on_request", "all")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -224,6 +227,26 @@ class Settings:
     """Python modules whose ``@tool`` functions are the operator's server tools."""
     timezone: str = "UTC"
     """The time zone the agent tells the time in when the caller names none."""
+    # Call records: docs/calls.md.
+    database_url: str | None = field(default=None, repr=False)
+    """Where call records go (``sqlite:///path`` or ``postgresql://...``); None: none
+    are kept. ``voiceforge serve`` defaults to a SQLite file under the cache folder."""
+    record_redact: tuple[str, ...] = ()
+    """What stored transcripts hide: ``digits``, ``emails``."""
+    recordings: str = "off"
+    """Call audio: ``off``; ``on_request`` (calls that set ``session.record_audio``);
+    ``all`` (every call, unless it sets ``record_audio`` false)."""
+    recordings_dir: str | None = None
+    """Where recordings go; default: ``recordings`` under the cache folder."""
+    recording_retention_days: float = 30.0
+    """Recordings older than this are deleted."""
+    call_webhook_url: str | None = None
+    """Where each finished call's record is POSTed (signed, retried); docs/calls.md."""
+    call_webhook_secret: str | None = field(default=None, repr=False)
+    """The HMAC-SHA256 key of the webhook's ``VoiceForge-Signature``."""
+    record_buffer_entries: int = 10_000
+    """Record entries held while the database is slow or away; beyond, they are dropped
+    (and counted)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -332,6 +355,23 @@ class Settings:
         settings.twilio_api_url = _env("VOICEFORGE_TWILIO_API_URL", settings.twilio_api_url) or (
             settings.twilio_api_url
         )
+        database = _read_secret("VOICEFORGE_DATABASE_URL", "VOICEFORGE_DATABASE_URL_FILE")
+        if database is None:
+            database = f"sqlite:///{cache_dir() / 'calls.sqlite3'}"
+        settings.database_url = None if database in ("off", "none") else database
+        settings.record_redact = _env_list("VOICEFORGE_RECORD_REDACT")
+        settings.recordings = _env("VOICEFORGE_RECORDINGS", settings.recordings) or "off"
+        settings.recordings_dir = _env("VOICEFORGE_RECORDINGS_DIR")
+        settings.call_webhook_url = _env("VOICEFORGE_CALL_WEBHOOK_URL")
+        settings.call_webhook_secret = _read_secret(
+            "VOICEFORGE_CALL_WEBHOOK_SECRET", "VOICEFORGE_CALL_WEBHOOK_SECRET_FILE"
+        )
+        settings.recording_retention_days = _env_float(
+            "VOICEFORGE_RECORDING_RETENTION_DAYS", settings.recording_retention_days
+        )
+        settings.record_buffer_entries = _env_int(
+            "VOICEFORGE_RECORD_BUFFER", settings.record_buffer_entries
+        )
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -341,6 +381,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.api_keys and self.api_key is None:
             self.api_key = self.api_keys[0].secret
+
+    def recordings_path(self) -> Path:
+        return Path(self.recordings_dir) if self.recordings_dir else cache_dir() / "recordings"
 
     def keyring(self) -> KeyRing | None:
         """The accepted keys (None: no key, loopback callers only)."""
@@ -352,7 +395,21 @@ class Settings:
         """Every secret configured here: what logs must never show."""
         keyring = self.keyring()
         found = keyring.secrets() if keyring is not None else []
-        return found + [s for s in (self.twilio_auth_token, self.metrics_key) if s]
+        return found + [s for s in (self.twilio_auth_token, self.metrics_key,
+                                    self.database_password(), self.call_webhook_secret) if s]
+
+    def database_password(self) -> str | None:
+        """The password inside ``database_url``, if it has one (kept out of logs)."""
+        if self.database_url is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            password = make_url(self.database_url).password
+        except ArgumentError:
+            return None
+        return None if password is None else str(password)
 
     def validate(self) -> None:
         if self.profile not in PROFILES:
@@ -394,8 +451,11 @@ class Settings:
             problems.append("hard_max_frame_bytes must be >= max_frame_bytes")
         if self.connection_limit() <= self.max_sessions:
             problems.append("max_connections must be > max_sessions (HTTP needs room too)")
+        if self.record_buffer_entries <= 0:
+            problems.append("record_buffer_entries must be > 0")
         if problems:
             raise ConfigurationError("invalid limits: " + "; ".join(problems))
+        self._validate_records()
         self._validate_keys()
         if self.api_key is None and not is_loopback(self.host):
             raise ConfigurationError(
@@ -408,6 +468,42 @@ class Settings:
         if self.max_connections is not None:
             return self.max_connections
         return 2 * self.max_sessions + 32
+
+    def _validate_records(self) -> None:
+        try:
+            Redaction.named(self.record_redact)
+        except ValueError as exc:
+            raise ConfigurationError(f"VOICEFORGE_RECORD_REDACT: {exc}") from None
+        if self.recordings not in RECORDING_MODES:
+            raise ConfigurationError(
+                f"VOICEFORGE_RECORDINGS must be one of {', '.join(RECORDING_MODES)}"
+            )
+        if self.recordings != "off" and self.database_url is None:
+            raise ConfigurationError(
+                "VOICEFORGE_RECORDINGS needs call records (VOICEFORGE_DATABASE_URL is off)"
+            )
+        if self.call_webhook_url is not None:
+            if self.database_url is None:
+                raise ConfigurationError(
+                    "VOICEFORGE_CALL_WEBHOOK_URL needs call records (VOICEFORGE_DATABASE_URL)"
+                )
+            if not self.call_webhook_url.startswith(("https://", "http://")):
+                raise ConfigurationError("VOICEFORGE_CALL_WEBHOOK_URL must be an http(s) URL")
+            if self.call_webhook_secret is None:
+                raise ConfigurationError(
+                    "VOICEFORGE_CALL_WEBHOOK_URL needs VOICEFORGE_CALL_WEBHOOK_SECRET(_FILE): "
+                    "deliveries are signed"
+                )
+            check_key_strength("VOICEFORGE_CALL_WEBHOOK_SECRET", self.call_webhook_secret)
+        if not self.recording_retention_days > 0:
+            raise ConfigurationError("VOICEFORGE_RECORDING_RETENTION_DAYS must be > 0")
+        if self.database_url is not None:
+            from agent.records.store import database_url
+
+            try:
+                database_url(self.database_url)
+            except ValueError as exc:
+                raise ConfigurationError(f"VOICEFORGE_DATABASE_URL: {exc}") from None
 
     def _validate_keys(self) -> None:
         if self.api_keys and self.api_key != self.api_keys[0].secret:

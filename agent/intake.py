@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket
 
 from agent.gate import (
     Refusal,
+    api_key_presented,
     credential_ok,
     origin_ok,
     refusal,
@@ -185,6 +186,29 @@ def admit_request(request: Request, transport: Transport) -> Slot | Response:
     if isinstance(admitted, Denial):
         return denied_response(state, request, admitted)
     return admitted
+
+
+def admit_operator(request: Request, what: str) -> Response | None:
+    """For the operator's HTTP API (``/v1/calls``): None to serve the request, else
+    the refusal. It takes the API key itself, never a session token (a token opens
+    calls, not what other calls left); a key-less server answers this machine's own
+    programs only, as it does for calls. No slot: it is not a call."""
+    state: AppState = request.app.state.voiceforge
+    settings = state.settings
+    if not origin_ok(request, settings):
+        refuse_quietly(state, request, "origin")
+        return JSONResponse({"error": "origin", "message": "origin not allowed"}, 403)
+    keyring = settings.keyring()
+    allowed = (credential_ok(request, None) if keyring is None
+               else api_key_presented(request, keyring))
+    if allowed:
+        return None
+    refuse_quietly(state, request, "unauthorized")
+    return JSONResponse(
+        {"error": "unauthorized", "message": f"{what} need the API key "
+         "(Authorization: Bearer <key>); a session token does not open them"}, 401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 class BodyRefused(Exception):

@@ -24,6 +24,8 @@ CLOSE_INTERNAL_ERROR = 1011
 
 def _hang_up(state: AppState, call: BridgeCall, reason: str) -> None:
     state.metrics.disconnects.labels(reason).inc()
+    if state.records is not None:
+        state.records.ending(call.conversation.session_id, reason)
     logger.info("session=%s closed: %s", call.conversation.session_id, reason,
                 extra={"session_id": call.conversation.session_id})
     state.spawn(call.close())

@@ -462,6 +462,7 @@ _BOOL_FIELDS = {
     "first_chunk_at_clause",
     "first_chunk_priority",
     "playback_pause",
+    "record_audio",
 }
 
 

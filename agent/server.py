@@ -63,6 +63,7 @@ from agent.protocol import (
     encode_server_message,
     shown,
 )
+from agent.records import RECORDS_FLUSH_TIMEOUT_S, start_records
 from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
@@ -137,6 +138,7 @@ class _Session:
     def emit(self, event: Event | ServerMessage) -> None:
         if self.closing is not None and not self.closing.flush:
             return
+        bridge.observe(self.state, self.session_id, event)
         if isinstance(event, ResponseAudioDelta):
             if event.response_id in self.cleared:
                 return
@@ -154,7 +156,6 @@ class _Session:
             if isinstance(event, ResponseAudioClear):
                 self.cleared.add(event.response_id)
                 self.outbound.purge_audio(event.response_id)
-            bridge.observe(self.state, self.session_id, event)
             ok = self.outbound.push(encode_server_message(event))
         if not ok:
             # Not even control events fit: the client has stopped reading.
@@ -377,7 +378,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
     session = _Session(websocket, state)
     state.sessions.add(session)
     conversation = session.conversation
-    bridge.session_opened(state, conversation)
+    bridge.session_opened(state, conversation, intake.Transport.WS)
     settings = state.settings
     logger.info("session=%s opened", session.session_id, extra={"session_id": session.session_id})
     session.emit(
@@ -427,11 +428,11 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
         await asyncio.gather(reader, writer, return_exceptions=True)
         await conversation.close()
         state.sessions.discard(session)
-        bridge.session_closed(state)
         closing = session.closing
         code = closing.code if closing is not None else CLOSE_GOING_AWAY
         if closing is not None:
             ended_by = closing.reason
+        bridge.session_closed(state, conversation, ended_by)
         state.metrics.disconnects.labels(ended_by).inc()
         logger.info(
             "session=%s closed (%s, %d)", session.session_id, ended_by, code,
@@ -610,7 +611,7 @@ def create_app(
     (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
     Engines from a factory, or given with ``own_engines``, are closed (their
     worker threads stopped) when the server stops."""
-    from agent import telephony, webrtc
+    from agent import calls_api, telephony, webrtc
 
     async def load(state: AppState, factory: EngineFactory) -> None:
         try:
@@ -630,6 +631,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = AppState(settings, None)
         app.state.voiceforge = state
+        state.records = start_records(settings, state.metrics.registry)
         loader: asyncio.Task[None] | None = None
         if isinstance(engines, Engines):
             await engines.start_workers()
@@ -650,6 +652,8 @@ def create_app(
             await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
             await asyncio.gather(*state.background, return_exceptions=True)
             await hang_up_all(state)
+            if state.records is not None:
+                await state.records.stop(RECORDS_FLUSH_TIMEOUT_S)
             state.unobserve_engines()
             if state.loaded:
                 await state.engines.stop_workers()
@@ -663,6 +667,7 @@ def create_app(
             Route("/readyz", _readyz),
             Route("/metrics", _metrics),
             Route("/v1/session-tokens", _session_tokens, methods=["POST"]),
+            *calls_api.routes,
             *webrtc.routes,
             *telephony.routes,
             # The browser voice chat page (web/); last, so it never shadows the API.

@@ -19,6 +19,7 @@ from agent.config import Settings
 from agent.health import EngineHealth
 from agent.metrics import Metrics
 from agent.protocol import SessionCaps
+from agent.records import CallRecords
 from pipeline.conversation import Conversation, Engines, SessionConfig
 
 
@@ -146,6 +147,8 @@ class AppState:
         self.background: set[asyncio.Task[None]] = set()
         self.sampled_log = SampledLog()
         """Lines one hostile client could repeat (refusals, junk messages)."""
+        self.records: CallRecords | None = None
+        """Call records (docs/calls.md), when a database is configured."""
 
     @property
     def loaded(self) -> bool:
@@ -182,6 +185,7 @@ class AppState:
             max_history_turns=settings.max_history_turns,
             max_history_chars=settings.max_history_chars,
             engine_retries=settings.engine_retries,
+            record_audio=settings.recordings == "all",
             max_response_tokens=min(
                 SessionConfig().max_response_tokens, settings.max_response_tokens
             ),

@@ -449,7 +449,7 @@ async def _take_call(websocket: WebSocket, slot: Slot) -> None:
 async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> None:
     websocket = stream.ws
     session = TelephonySession(websocket, state, slot, start)
-    bridge.session_opened(state, session.conversation)
+    bridge.session_opened(state, session.conversation, "telephony")
     state.bridge_sessions.add(session)
     logger.info(
         "session=%s: call %s stream %s", session.session_id, start.call_sid[:64],
@@ -457,6 +457,7 @@ async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> 
     )
     session.conversation.start()
     writer = asyncio.create_task(session.writer(), name=f"{session.session_id}-writer")
+    ended_by = "disconnected"
     try:
         while True:
             receive = asyncio.create_task(stream.receive())
@@ -464,6 +465,7 @@ async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> 
             if writer in done:
                 receive.cancel()
                 await asyncio.gather(receive, return_exceptions=True)
+                ended_by = session.hang_up or ("slow_provider" if session.overflowed else "error")
                 break
             text = receive.result()
             if text is None:
@@ -476,6 +478,7 @@ async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> 
             elif isinstance(message, Dtmf):
                 logger.info("session=%s: dtmf %s", session.session_id, message.digit[:8])
             elif isinstance(message, Stop):
+                ended_by = "caller_hung_up"
                 break
     except WebSocketDisconnect:
         pass
@@ -488,7 +491,7 @@ async def _serve(stream: _Stream, state: AppState, slot: Slot, start: Start) -> 
             logger.exception("session=%s: closing the call failed", session.session_id)
         finally:
             state.bridge_sessions.discard(session)
-            bridge.session_closed(state)
+            bridge.session_closed(state, session.conversation, ended_by)
             slot.release()
             with contextlib.suppress(Exception):
                 await websocket.close(CLOSE_GOING_AWAY)

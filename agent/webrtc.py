@@ -278,7 +278,7 @@ class WebRTCSession:
         if self._closed:  # hung up (the server drains) while the answer was made
             raise ConnectionAbortedError("the call was ended while it was set up")
         self._opened = True
-        bridge.session_opened(self.state, self.conversation)
+        bridge.session_opened(self.state, self.conversation, "webrtc")
         self.emit(
             SessionCreated(
                 session_id=self.session_id,
@@ -523,7 +523,7 @@ class WebRTCSession:
             self.state.bridge_sessions.discard(self)
             self.slot.release()
             if self._opened:
-                bridge.session_closed(self.state)
+                bridge.session_closed(self.state, self.conversation, self.ended_by or "peer_closed")
             logger.info("session=%s: WebRTC call closed", self.session_id)
 
 

@@ -83,6 +83,11 @@ class Conversation:
         caps the per-frame overhead of tiny frames)."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._input_task: asyncio.Task[None] | None = None
+        self.on_text_input: Callable[[str], None] | None = None
+        """Told each typed turn's words (call records): no event carries them."""
+        self.on_input_frame: Callable[[FloatAudio], None] | None = None
+        """Given each 16 kHz frame the turn detector hears (call recordings): the
+        call's clock, the one transcript timings are on."""
 
     @property
     def config(self) -> SessionConfig:
@@ -140,6 +145,7 @@ class Conversation:
         # conversation: drop the reference so the pair is freed when the call ends,
         # not at the next full garbage collection (loadtest/soak.py found the delay).
         self._call.emit = discard_event
+        self.on_text_input = self.on_input_frame = None
         # A cancelled task keeps its CancelledError, whose traceback holds the
         # task's frame and so this object: forget the finished tasks.
         self._input_task = None
@@ -201,6 +207,8 @@ class Conversation:
         """A typed user turn: interrupts any reply in progress, then answers."""
         text = text.strip()
         if text:
+            if self.on_text_input is not None:
+                self.on_text_input(text)
             self._turns.text(text)
 
     def cancel_response(
@@ -239,6 +247,8 @@ class Conversation:
                 frame = self._pending[:FRAME_SAMPLES]
                 self._pending = self._pending[FRAME_SAMPLES:]
                 self._turns.hear(frame, arrived)
+                if self.on_input_frame is not None:
+                    self.on_input_frame(frame)
                 try:
                     probability = await self._vad.process(frame)
                 except EngineError as exc:

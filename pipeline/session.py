@@ -89,6 +89,8 @@ class SessionConfig:
     first_chunk_priority: bool = True
     """An in-process LLM stands aside while the reply's first chunk is synthesised
     (they share the CPU; the first audio is what the caller waits for)."""
+    record_audio: bool = False
+    """Record both sides of this call (docs/calls.md), where the server allows it."""
     playback_pause: bool = False
     """The client can pause and resume a response's playback: caller speech over the
     agent pauses the reply at once, and a backchannel or noise resumes it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from agent.config import Settings
 from pipeline.errors import ConfigurationError
+from pipeline.models import cache_dir
 
 KEY = "k-unit-test-secret-0123456789abcdef"
 
@@ -58,8 +60,44 @@ def test_from_env_reads_the_documented_variables(monkeypatch: pytest.MonkeyPatch
 
 def test_from_env_defaults_when_nothing_is_set() -> None:
     settings = Settings.from_env()
-    assert settings == Settings()
+    # The one default of the server that a bare Settings() (tests, embedding) leaves
+    # off: call records in a SQLite file under the cache folder.
+    assert settings.database_url == f"sqlite:///{cache_dir() / 'calls.sqlite3'}"
+    assert replace(settings, database_url=None) == Settings()
     settings.validate()
+
+
+def test_call_records_are_configured_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEFORGE_DATABASE_URL", "off")
+    assert Settings.from_env().database_url is None
+    secret_file = tmp_path / "db-url"
+    secret_file.write_text("postgresql://vf:s3cret-pw@db.internal/calls\n")
+    monkeypatch.delenv("VOICEFORGE_DATABASE_URL")
+    monkeypatch.setenv("VOICEFORGE_DATABASE_URL_FILE", str(secret_file))
+    monkeypatch.setenv("VOICEFORGE_RECORD_REDACT", "digits, emails")
+    settings = Settings.from_env()
+    assert settings.database_url == "postgresql://vf:s3cret-pw@db.internal/calls"
+    assert settings.record_redact == ("digits", "emails")
+    assert "s3cret-pw" in settings.secrets()  # kept out of the logs
+    assert "s3cret-pw" not in repr(settings)
+    settings.validate()
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_RECORD_REDACT"):
+        replace(settings, record_redact=("names",)).validate()
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_DATABASE_URL"):
+        replace(settings, database_url="mysql://db/calls").validate()
+    monkeypatch.setenv("VOICEFORGE_RECORDINGS", "on_request")
+    monkeypatch.setenv("VOICEFORGE_RECORDINGS_DIR", str(tmp_path / "audio"))
+    monkeypatch.setenv("VOICEFORGE_RECORDING_RETENTION_DAYS", "7")
+    recorded = Settings.from_env()
+    assert (recorded.recordings, recorded.recordings_path(),
+            recorded.recording_retention_days) == ("on_request", tmp_path / "audio", 7.0)
+    recorded.validate()
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_RECORDINGS must be one of"):
+        replace(recorded, recordings="sometimes").validate()
+    with pytest.raises(ConfigurationError, match="needs call records"):
+        replace(recorded, database_url=None).validate()
 
 
 @pytest.mark.parametrize("name", ["VOICEFORGE_PORT", "VOICEFORGE_THREADS"])

@@ -56,11 +56,11 @@ async def test_a_call_set_up_while_the_server_drains_takes_no_turn() -> None:
     state = AppState(Settings(), engines)
     events: list[Event] = []
     early = Conversation(engines, events.append)
-    bridge.session_opened(state, early)
+    bridge.session_opened(state, early, "ws")
     assert early.accepting_turns
     state.draining = True
     late = Conversation(engines, events.append)
-    bridge.session_opened(state, late)
+    bridge.session_opened(state, late, "ws")
     try:
         assert not late.accepting_turns
         late.send_text("Hello?")

@@ -110,6 +110,7 @@ BOOL_FIELDS = (
     "first_chunk_at_clause",
     "first_chunk_priority",
     "playback_pause",
+    "record_audio",
 )
 NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
 INT_FIELDS = {"max_response_tokens": (1, 2048), "first_chunk_max_words": (0, 64)}
@@ -283,6 +284,8 @@ class SessionModel:
                     for name, number in value.items()
                 )
             )
+        elif key == "record_audio":
+            good = value is False  # a server that records no calls refuses true
         elif key in BOOL_FIELDS:
             good = isinstance(value, bool)
         elif key in NUMBER_FIELDS:
