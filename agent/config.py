@@ -224,6 +224,22 @@ class Settings:
     """Python modules whose ``@tool`` functions are the operator's server tools."""
     timezone: str = "UTC"
     """The time zone the agent tells the time in when the caller names none."""
+    # The OpenAI-compatible REST audio API: docs/openai-compat.md.
+    speech_max_input_chars: int = 4096
+    """``/v1/audio/speech`` input longer than this is refused (OpenAI's own limit)."""
+    upload_max_bytes: int = 25 * 1024 * 1024
+    """Largest ``/v1/audio/transcriptions`` upload (OpenAI's limit); 413 beyond it."""
+    transcription_max_audio_s: float = 600.0
+    """Longest recording ``/v1/audio/transcriptions`` decodes; longer ones are refused."""
+    upload_timeout_s: float = 60.0
+    """A request body (an upload, a speech request) must arrive within this."""
+    voices_dir: str | None = None
+    """Where cloned voices are kept (``POST /v1/voices``); also Chatterbox's voice
+    folder, so they are loaded again at start-up. None: no voice can be added."""
+    voice_max_bytes: int = 10 * 1024 * 1024
+    voice_min_s: float = 3.0
+    voice_max_s: float = 30.0
+    """A voice's reference recording must last this long (Chatterbox hears 10 s of it)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -332,6 +348,16 @@ class Settings:
         settings.twilio_api_url = _env("VOICEFORGE_TWILIO_API_URL", settings.twilio_api_url) or (
             settings.twilio_api_url
         )
+        settings.speech_max_input_chars = _env_int(
+            "VOICEFORGE_SPEECH_MAX_INPUT_CHARS", settings.speech_max_input_chars
+        )
+        settings.upload_max_bytes = _env_int(
+            "VOICEFORGE_UPLOAD_MAX_BYTES", settings.upload_max_bytes
+        )
+        settings.transcription_max_audio_s = _env_float(
+            "VOICEFORGE_TRANSCRIPTION_MAX_AUDIO_S", settings.transcription_max_audio_s
+        )
+        settings.voices_dir = _env("VOICEFORGE_VOICES_DIR")
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -372,7 +398,9 @@ class Settings:
                 "errors_per_code_per_s",
                 "max_response_tokens", "max_instructions_chars", "max_instructions_tokens",
                 "admission_min_samples", "admission_min_calls", "engine_failure_sessions",
-                "engine_failure_window_s",
+                "engine_failure_window_s", "speech_max_input_chars", "upload_max_bytes",
+                "transcription_max_audio_s", "upload_timeout_s", "voice_max_bytes",
+                "voice_min_s",
             )
             if not getattr(self, name) > 0
         ]
@@ -380,6 +408,8 @@ class Settings:
             problems.append("llm_context_cache_mb must be >= 0")
         if self.latency_budget_ms < 0 or self.engine_retries < 0:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
+        if self.voice_max_s <= self.voice_min_s:
+            problems.append("voice_max_s must be > voice_min_s")
         if self.min_partial_transcript_interval_ms < 0:
             problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:
