@@ -410,6 +410,8 @@ class Settings:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
         if self.voice_max_s <= self.voice_min_s:
             problems.append("voice_max_s must be > voice_min_s")
+        if self.voices_dir is not None and not Path(self.voices_dir).is_dir():
+            problems.append(f"voices_dir {self.voices_dir} is not a folder")
         if self.min_partial_transcript_interval_ms < 0:
             problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:

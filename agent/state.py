@@ -19,6 +19,7 @@ from agent.config import Settings
 from agent.health import EngineHealth
 from agent.metrics import Metrics
 from agent.protocol import SessionCaps
+from agent.voice_library import VoiceLibrary
 from pipeline.conversation import Conversation, Engines, SessionConfig
 
 
@@ -146,6 +147,8 @@ class AppState:
         self.background: set[asyncio.Task[None]] = set()
         self.sampled_log = SampledLog()
         """Lines one hostile client could repeat (refusals, junk messages)."""
+        self.voice_library = VoiceLibrary(settings.voices_dir)
+        """The voices added through ``/v1/voices`` (agent.voices)."""
 
     @property
     def loaded(self) -> bool:
