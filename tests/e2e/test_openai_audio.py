@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import replace
 
+import httpx2
 import numpy as np
 import openai
 import pytest
@@ -314,3 +315,86 @@ def test_requests_hold_a_session_slot_and_are_counted(api_server: RunningServer)
     assert state.open_calls() == 0  # every earlier request gave its slot back
     counted = state.metrics.api_requests.labels("speech", "200")._value.get()
     assert counted >= 3
+
+
+class BreakingTTS:
+    """The real engine, failing after its first chunk (``fail``) and telling when the
+    synthesis generator was closed (the client left or the answer ended)."""
+
+    def __init__(self, inner: TTSEngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.sample_rate = inner.sample_rate
+        self.fail = False
+        self.closed = threading.Event()
+        self.chunks = 0
+
+    def voices(self) -> Sequence[str]:
+        return self.inner.voices()
+
+    async def synthesize(self, text: str, *, voice: str | None = None) -> AsyncIterator[FloatAudio]:
+        chunks = self.inner.synthesize(text, voice=voice)
+        try:
+            async for chunk in chunks:
+                if self.fail and self.chunks:
+                    from pipeline.errors import TTSError
+
+                    raise TTSError("the voice model fell over", transient=False)
+                self.chunks += 1
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            self.closed.set()
+
+
+@pytest.fixture(scope="module")
+def breaking(embedded_engines: Engines) -> BreakingTTS:
+    return BreakingTTS(embedded_engines.tts)
+
+
+@pytest.fixture(scope="module")
+def breaking_server(embedded_engines: Engines, breaking: BreakingTTS) -> Iterator[RunningServer]:
+    yield from start_server(Settings(), replace(sharing(embedded_engines), tts=breaking))
+
+
+def test_a_failure_after_the_first_bytes_is_an_error_not_a_short_file(
+    breaking_server: RunningServer, breaking: BreakingTTS
+) -> None:
+    breaking.fail, breaking.chunks = True, 0
+    with openai.OpenAI(api_key="none", base_url=breaking_server.http + "/v1",
+                       max_retries=0) as sdk:
+        with pytest.raises(httpx2.RemoteProtocolError):  # the body was cut, never completed
+            with sdk.audio.speech.with_streaming_response.create(
+                model="tts-1", voice="alloy", input=LONG_TEXT, response_format="wav"
+            ) as response:
+                assert response.status_code == 200
+                b"".join(response.iter_bytes())
+        breaking.chunks = 0
+        sse = sdk.audio.speech.create(model="tts-1", voice="alloy", input=LONG_TEXT,
+                                      response_format="pcm", stream_format="sse")
+    events = [json.loads(line[6:]) for line in sse.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["error"]["code"] == "tts_failed"  # said, in the stream's own terms
+
+
+def test_a_client_that_leaves_stops_the_synthesis_and_frees_its_slot(
+    breaking_server: RunningServer, breaking: BreakingTTS
+) -> None:
+    breaking.fail, breaking.chunks = False, 0
+    text = " ".join([LONG_TEXT] * 3)
+    with openai.OpenAI(api_key="none", base_url=breaking_server.http + "/v1",
+                       max_retries=0) as sdk:
+        breaking.closed.clear()
+        with sdk.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alloy", input=text, response_format="pcm"
+        ) as response:
+            next(response.iter_bytes())  # then leave
+    assert breaking.closed.wait(30)
+    made = breaking.chunks
+    state = breaking_server.app_state
+    for _ in range(300):  # bounded: the slot goes back as the answer ends
+        if state.open_calls() == 0:
+            break
+        threading.Event().wait(0.05)
+    assert state.open_calls() == 0
+    assert made < 9, f"{made} chunks: the whole input was synthesised for a client that left"
