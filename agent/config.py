@@ -237,6 +237,19 @@ class Settings:
     """Where cloned voices are kept (``POST /v1/voices``); also Chatterbox's voice
     folder, so they are loaded again at start-up. None: no voice can be added."""
     voice_max_bytes: int = 10 * 1024 * 1024
+    # Remote speech engines (any OpenAI-compatible audio API), instead of the profile's.
+    tts_backend: str = "local"
+    """``local`` (the profile's TTS) or ``openai`` (streams from ``tts_url``'s
+    ``/audio/speech``)."""
+    tts_url: str | None = None
+    tts_model: str = "tts-1"
+    tts_voices: tuple[str, ...] = ("alloy",)
+    """The remote voices callers may choose; the first is the default."""
+    stt_backend: str = "local"
+    """``local`` or ``openai`` (posts each utterance to ``stt_url``'s
+    ``/audio/transcriptions``)."""
+    stt_url: str | None = None
+    stt_model: str = "whisper-1"
     voice_min_s: float = 3.0
     voice_max_s: float = 30.0
     """A voice's reference recording must last this long (Chatterbox hears 10 s of it)."""
@@ -358,6 +371,13 @@ class Settings:
             "VOICEFORGE_TRANSCRIPTION_MAX_AUDIO_S", settings.transcription_max_audio_s
         )
         settings.voices_dir = _env("VOICEFORGE_VOICES_DIR")
+        settings.tts_backend = _env("VOICEFORGE_TTS_BACKEND", settings.tts_backend) or "local"
+        settings.tts_url = _env("VOICEFORGE_TTS_URL")
+        settings.tts_model = _env("VOICEFORGE_TTS_MODEL", settings.tts_model) or "tts-1"
+        settings.tts_voices = _env_list("VOICEFORGE_TTS_VOICES") or settings.tts_voices
+        settings.stt_backend = _env("VOICEFORGE_STT_BACKEND", settings.stt_backend) or "local"
+        settings.stt_url = _env("VOICEFORGE_STT_URL")
+        settings.stt_model = _env("VOICEFORGE_STT_MODEL", settings.stt_model) or "whisper-1"
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -388,6 +408,14 @@ class Settings:
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:
             raise ConfigurationError("the openai LLM backend needs VOICEFORGE_LLM_URL")
+        for stage, backend, url in (("TTS", self.tts_backend, self.tts_url),
+                                    ("STT", self.stt_backend, self.stt_url)):
+            if backend not in ("local", "openai"):
+                raise ConfigurationError(f"{stage} backend must be 'local' or 'openai'")
+            if backend == "openai" and not url:
+                raise ConfigurationError(
+                    f"the openai {stage} backend needs VOICEFORGE_{stage}_URL"
+                )
         problems = [
             f"{name} must be > 0"
             for name in (
