@@ -398,3 +398,17 @@ def test_a_client_that_leaves_stops_the_synthesis_and_frees_its_slot(
         threading.Event().wait(0.05)
     assert state.open_calls() == 0
     assert made < 9, f"{made} chunks: the whole input was synthesised for a client that left"
+
+
+def test_a_session_token_opens_the_api_like_a_call(api_server: RunningServer) -> None:
+    minted = httpx2.post(api_server.http + "/v1/session-tokens",
+                         headers={"Authorization": f"Bearer {KEY}"},
+                         json={"audience": ["ws"], "max_calls": 1})
+    assert minted.status_code == 200
+    token = minted.json()["token"]
+    with openai.OpenAI(api_key=token, base_url=api_server.http + "/v1", max_retries=0) as sdk:
+        audio = sdk.audio.speech.create(model="tts-1", voice="alloy", input="Hi.",
+                                        response_format="pcm")
+        assert len(audio.content) > 2400
+        with pytest.raises(openai.AuthenticationError):  # its one call is used
+            sdk.audio.speech.create(model="tts-1", voice="alloy", input="Hi.")
