@@ -172,7 +172,7 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
-async def _as_events(audio: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+async def _as_events(audio: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     try:
         async for data in audio:
             if data:
@@ -180,6 +180,8 @@ async def _as_events(audio: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]
     except EngineError as error:
         yield _sse(ApiError(500, str(error), code="tts_failed").body())
         return
+    finally:
+        await audio.aclose()  # a client that left: the synthesis stops now, not at GC
     yield _sse({"type": "speech.audio.done"})
 
 

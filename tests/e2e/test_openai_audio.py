@@ -377,8 +377,9 @@ def test_a_failure_after_the_first_bytes_is_an_error_not_a_short_file(
     assert events[-1]["error"]["code"] == "tts_failed"  # said, in the stream's own terms
 
 
+@pytest.mark.parametrize("stream_format", ["audio", "sse"])
 def test_a_client_that_leaves_stops_the_synthesis_and_frees_its_slot(
-    breaking_server: RunningServer, breaking: BreakingTTS
+    breaking_server: RunningServer, breaking: BreakingTTS, stream_format: str
 ) -> None:
     breaking.fail, breaking.chunks = False, 0
     text = " ".join([LONG_TEXT] * 3)
@@ -386,7 +387,8 @@ def test_a_client_that_leaves_stops_the_synthesis_and_frees_its_slot(
                        max_retries=0) as sdk:
         breaking.closed.clear()
         with sdk.audio.speech.with_streaming_response.create(
-            model="tts-1", voice="alloy", input=text, response_format="pcm"
+            model="tts-1", voice="alloy", input=text, response_format="pcm",
+            stream_format=stream_format,  # type: ignore[arg-type]
         ) as response:
             next(response.iter_bytes())  # then leave
     assert breaking.closed.wait(30)
