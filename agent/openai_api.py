@@ -99,10 +99,11 @@ def engines_ready(state: AppState) -> None:
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body under ``max_bytes`` and the upload deadline (413 / 408 otherwise)."""
+    state: AppState = request.app.state.voiceforge
     try:
         return await intake.read_body(
-            request, max_bytes=max_bytes, timeout_s=request.app.state.voiceforge.settings
-            .upload_timeout_s,
+            request, max_bytes=max_bytes, timeout_s=state.settings.upload_timeout_s
         )
     except intake.BodyRefused as refused:
         code = "request_too_large" if refused.status == 413 else "request_timeout"
@@ -135,10 +136,12 @@ def replayed(request: Request, body: bytes) -> Request:
 
 
 def refuse_unknown(fields: dict[str, Any] | set[str], known: frozenset[str]) -> None:
+    """OpenAI's answer to a field it does not know (a typo must not pass unnoticed)."""
     for name in fields:
         if name not in known:
-            raise ApiError(400, f"Unrecognized request argument supplied: {quoted(name)[1:-1]}",
-                           param=str(name)[:MAX_FIELD_CHARS], code="unknown_parameter")
+            shown = str(name)[:MAX_FIELD_CHARS]
+            raise ApiError(400, f"Unrecognized request argument supplied: {shown}",
+                           param=shown, code="unknown_parameter")
 
 
 class HeldResponse(StreamingResponse):
