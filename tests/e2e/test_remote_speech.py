@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -27,7 +28,8 @@ from pipeline.engines.remote_speech import RemoteSpeechTTS, RemoteTranscriptionS
 from pipeline.errors import STTError, TTSError
 from pipeline.vad import BatchedVADWorker, SileroVAD
 from tests.e2e.caller import Caller
-from tests.e2e.conftest import RunningServer, sharing, start_server
+from tests.e2e.conftest import start_server
+from tests.e2e.test_cli import served_url
 from tests.speech import speak
 
 pytestmark = pytest.mark.timeout(300)
@@ -204,15 +206,10 @@ def test_remote_stt_reads_the_transcript(scripted: tuple[str, Script]) -> None:
     assert asyncio.run(run()) == "Scripted words."
 
 
-@pytest.fixture(scope="module")
-def speech_server(embedded_engines: Engines) -> Iterator[RunningServer]:
-    yield from start_server(Settings(), sharing(embedded_engines))
-
-
-async def test_a_spoken_call_over_another_voiceforges_speech_api(
-    speech_server: RunningServer,
-) -> None:
-    base = speech_server.http + "/v1"
+async def test_a_spoken_call_over_another_voiceforges_speech_api(served_url: str) -> None:
+    """The speech server is a second VoiceForge process (``voiceforge serve``, the
+    embedded default); this process's call reaches its STT and TTS over HTTP only."""
+    base = served_url.replace("ws://", "http://").removesuffix("/ws") + "/v1"
 
     def remote_engines() -> Engines:
         # Built by the app (a factory): its lifespan closes their HTTP clients on its loop.
@@ -244,6 +241,12 @@ async def test_a_spoken_call_over_another_voiceforges_speech_api(
                 await caller.stop()
     finally:
         servers.close()
-    metrics = speech_server.app_state.metrics.api_requests
-    assert metrics.labels("transcriptions", "200")._value.get() >= 1
-    assert metrics.labels("speech", "200")._value.get() >= 1
+    async with httpx.AsyncClient() as http:
+        scraped = (await http.get(base.removesuffix("/v1") + "/metrics")).text
+    for endpoint in ("transcriptions", "speech"):
+        line = f'voiceforge_api_requests_total{{endpoint="{endpoint}",status="200"}}'
+        assert line in scraped, f"the speech process served no {endpoint}"
+
+
+__all__ = ["served_url"]
+"""The second VoiceForge process (``voiceforge serve``), as tests/e2e/test_cli.py starts it."""
