@@ -247,6 +247,35 @@ class Settings:
     record_buffer_entries: int = 10_000
     """Record entries held while the database is slow or away; beyond, they are dropped
     (and counted)."""
+    # The OpenAI-compatible REST audio API: docs/openai-compat.md.
+    speech_max_input_chars: int = 4096
+    """``/v1/audio/speech`` input longer than this is refused (OpenAI's own limit)."""
+    upload_max_bytes: int = 25 * 1024 * 1024
+    """Largest ``/v1/audio/transcriptions`` upload (OpenAI's limit); 413 beyond it."""
+    transcription_max_audio_s: float = 600.0
+    """Longest recording ``/v1/audio/transcriptions`` decodes; longer ones are refused."""
+    upload_timeout_s: float = 60.0
+    """A request body (an upload, a speech request) must arrive within this."""
+    voices_dir: str | None = None
+    """Where cloned voices are kept (``POST /v1/voices``); also Chatterbox's voice
+    folder, so they are loaded again at start-up. None: no voice can be added."""
+    voice_max_bytes: int = 10 * 1024 * 1024
+    # Remote speech engines (any OpenAI-compatible audio API), instead of the profile's.
+    tts_backend: str = "local"
+    """``local`` (the profile's TTS) or ``openai`` (streams from ``tts_url``'s
+    ``/audio/speech``)."""
+    tts_url: str | None = None
+    tts_model: str = "tts-1"
+    tts_voices: tuple[str, ...] = ("alloy",)
+    """The remote voices callers may choose; the first is the default."""
+    stt_backend: str = "local"
+    """``local`` or ``openai`` (posts each utterance to ``stt_url``'s
+    ``/audio/transcriptions``)."""
+    stt_url: str | None = None
+    stt_model: str = "whisper-1"
+    voice_min_s: float = 3.0
+    voice_max_s: float = 30.0
+    """A voice's reference recording must last this long (Chatterbox hears 10 s of it)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -372,6 +401,23 @@ class Settings:
         settings.record_buffer_entries = _env_int(
             "VOICEFORGE_RECORD_BUFFER", settings.record_buffer_entries
         )
+        settings.speech_max_input_chars = _env_int(
+            "VOICEFORGE_SPEECH_MAX_INPUT_CHARS", settings.speech_max_input_chars
+        )
+        settings.upload_max_bytes = _env_int(
+            "VOICEFORGE_UPLOAD_MAX_BYTES", settings.upload_max_bytes
+        )
+        settings.transcription_max_audio_s = _env_float(
+            "VOICEFORGE_TRANSCRIPTION_MAX_AUDIO_S", settings.transcription_max_audio_s
+        )
+        settings.voices_dir = _env("VOICEFORGE_VOICES_DIR")
+        settings.tts_backend = _env("VOICEFORGE_TTS_BACKEND", settings.tts_backend) or "local"
+        settings.tts_url = _env("VOICEFORGE_TTS_URL")
+        settings.tts_model = _env("VOICEFORGE_TTS_MODEL", settings.tts_model) or "tts-1"
+        settings.tts_voices = _env_list("VOICEFORGE_TTS_VOICES") or settings.tts_voices
+        settings.stt_backend = _env("VOICEFORGE_STT_BACKEND", settings.stt_backend) or "local"
+        settings.stt_url = _env("VOICEFORGE_STT_URL")
+        settings.stt_model = _env("VOICEFORGE_STT_MODEL", settings.stt_model) or "whisper-1"
         settings.echo_guard = _env("VOICEFORGE_ECHO_GUARD", "on") not in ("off", "0", "false")
         settings.echo_return_loss_db = float(
             _env_int("VOICEFORGE_ECHO_RETURN_LOSS_DB", int(settings.echo_return_loss_db))
@@ -419,6 +465,14 @@ class Settings:
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:
             raise ConfigurationError("the openai LLM backend needs VOICEFORGE_LLM_URL")
+        for stage, backend, url in (("TTS", self.tts_backend, self.tts_url),
+                                    ("STT", self.stt_backend, self.stt_url)):
+            if backend not in ("local", "openai"):
+                raise ConfigurationError(f"{stage} backend must be 'local' or 'openai'")
+            if backend == "openai" and not url:
+                raise ConfigurationError(
+                    f"the openai {stage} backend needs VOICEFORGE_{stage}_URL"
+                )
         problems = [
             f"{name} must be > 0"
             for name in (
@@ -429,7 +483,9 @@ class Settings:
                 "errors_per_code_per_s",
                 "max_response_tokens", "max_instructions_chars", "max_instructions_tokens",
                 "admission_min_samples", "admission_min_calls", "engine_failure_sessions",
-                "engine_failure_window_s",
+                "engine_failure_window_s", "speech_max_input_chars", "upload_max_bytes",
+                "transcription_max_audio_s", "upload_timeout_s", "voice_max_bytes",
+                "voice_min_s",
             )
             if not getattr(self, name) > 0
         ]
@@ -437,6 +493,10 @@ class Settings:
             problems.append("llm_context_cache_mb must be >= 0")
         if self.latency_budget_ms < 0 or self.engine_retries < 0:
             problems.append("latency_budget_ms and engine_retries must be >= 0")
+        if self.voice_max_s <= self.voice_min_s:
+            problems.append("voice_max_s must be > voice_min_s")
+        if self.voices_dir is not None and not Path(self.voices_dir).is_dir():
+            problems.append(f"voices_dir {self.voices_dir} is not a folder")
         if self.min_partial_transcript_interval_ms < 0:
             problems.append("min_partial_transcript_interval_ms must be >= 0")
         if not 0 < self.token_ttl_s <= 3600:

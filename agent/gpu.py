@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import httpx
 
 from agent.config import Settings
-from agent.profiles import Progress, _timed, _warm_up
+from agent.profiles import Progress, _timed, _warm_up, remote_stt, remote_tts
 from pipeline.conversation import Engines
 from pipeline.engines.base import TTSEngine
 from pipeline.errors import ConfigurationError
@@ -210,16 +210,18 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
     vad = SileroVAD()
     done(str(vad.model_path))
 
-    done = _timed(progress, "STT (faster-whisper, batched across calls)")
-    stt = BatchedWhisperSTT(
-        gpu.whisper_model,
-        device=gpu.whisper_device,
-        compute_type=gpu.whisper_compute_type,
-        cpu_threads=gpu.threads,
-        batch_window_ms=gpu.stt_batch_window_ms,
-        max_batch_size=gpu.stt_max_batch,
-    )
-    done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}")
+    stt = remote_stt(settings, progress)
+    if stt is None:
+        done = _timed(progress, "STT (faster-whisper, batched across calls)")
+        stt = BatchedWhisperSTT(
+            gpu.whisper_model,
+            device=gpu.whisper_device,
+            compute_type=gpu.whisper_compute_type,
+            cpu_threads=gpu.threads,
+            batch_window_ms=gpu.stt_batch_window_ms,
+            max_batch_size=gpu.stt_max_batch,
+        )
+        done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}")
 
     done = _timed(progress, f"LLM client ({gpu.llm_model})")
     remote = OpenAICompatLLM(gpu.llm_url, gpu.llm_model, api_key=gpu.llm_api_key)
@@ -248,6 +250,9 @@ async def _warm_up_once(gpu: GPUSettings) -> None:
 
 
 def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
+    remote = remote_tts(settings)
+    if remote is not None:
+        return remote
     if gpu.tts == "piper":
         from pipeline import models
         from pipeline.engines.piper import PiperTTS

@@ -51,6 +51,8 @@ class Transport(StrEnum):
     WS = "ws"
     WEBRTC = "webrtc"
     TELEPHONY = "telephony"
+    API = "api"
+    """The REST audio API (agent.openai_audio, agent.voices): a request is a call."""
 
 
 DEFERRED_CREDENTIAL = frozenset({Transport.TELEPHONY})
@@ -106,6 +108,17 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
     return slot
 
 
+def check_caller(state: AppState, connection: HTTPConnection) -> Denial | None:
+    """The origin and credential guards alone, no slot: for what a caller may read
+    without starting a call (the REST API's model and voice lists)."""
+    settings = state.settings
+    if not origin_ok(connection, settings):
+        return Denial(403, "origin", "origin not allowed")
+    if not credential_ok(connection, settings.keyring()):
+        return Denial(403, "unauthorized", "unauthorized")
+    return None
+
+
 def recheck(slot: Slot) -> Refusal | None:
     """Whether a call admitted a while ago (a media stream that has just sent
     ``start``) may still start: the server may have begun to drain, or replies
@@ -141,16 +154,23 @@ def _refusal_body(denial: Denial) -> dict[str, Any]:
     return body
 
 
-def denied_response(state: AppState, connection: HTTPConnection, denial: Denial) -> Response:
-    """403, or 503 with ``Retry-After``; counted and (sampled) logged."""
+def count_denial(state: AppState, connection: HTTPConnection, denial: Denial) -> float:
+    """Count and (sampled) log a refusal; the ``Retry-After`` seconds to answer with."""
     if denial.status == 403:
         refuse_quietly(state, connection, denial.reason)
-        return JSONResponse(_refusal_body(denial), status_code=403)
+        return 0.0
     state.metrics.refusals.labels(denial.reason).inc()
     state.sampled_log.log(logger, logging.WARNING, f"refused:{denial.reason}",
                           "call refused: %s (%s)", denial.reason, denial.message,
                           refusal=denial.reason)
-    retry = denial.retry_after_s or state.settings.retry_after_s
+    return denial.retry_after_s or state.settings.retry_after_s
+
+
+def denied_response(state: AppState, connection: HTTPConnection, denial: Denial) -> Response:
+    """403, or 503 with ``Retry-After``; counted and (sampled) logged."""
+    retry = count_denial(state, connection, denial)
+    if denial.status == 403:
+        return JSONResponse(_refusal_body(denial), status_code=403)
     return JSONResponse(
         _refusal_body(denial), status_code=503,
         headers={"Retry-After": str(max(1, round(retry)))},
@@ -247,6 +267,9 @@ __all__ = [
     "admit_request",
     "admit_websocket",
     "authorize_later",
+    "check",
+    "check_caller",
+    "count_denial",
     "deny_websocket",
     "read_body",
     "recheck",

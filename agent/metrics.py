@@ -106,6 +106,18 @@ class Metrics:
             "Reply audio frames dropped for clients that do not read",
             registry=self.registry,
         )
+        self.api_requests = Counter(
+            "voiceforge_api_requests",
+            "REST audio API requests (/v1/audio/*, /v1/voices), by endpoint and HTTP status",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.api_audio_seconds = Counter(
+            "voiceforge_api_audio_seconds",
+            "Audio synthesised (speech) or transcribed (transcriptions) by the REST API",
+            ["endpoint"],
+            registry=self.registry,
+        )
         # Leak detectors for soak runs (loadtest/soak.py): both must come back to
         # their idle level once the callers are gone. Read at scrape time, which
         # happens on the event loop.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from agent.bench_profile import build_bench
 from agent.config import Settings
 from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
-from pipeline.engines.base import ChatMessage, LLMEngine
+from pipeline.engines.base import ChatMessage, LLMEngine, STTEngine, TTSEngine
 from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
 from pipeline.tiers import tier_named
@@ -53,22 +53,26 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
 
     tier = tier_named(settings.tier)
     progress(f"tier {tier.name}: {tier.summary}")
-    whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
-    done = _timed(progress, "STT (faster-whisper)")
-    stt = WhisperSTT(
-        whisper,
-        device=settings.whisper_device,
-        compute_type=settings.whisper_compute_type,
-        cpu_threads=settings.threads,
-    )
-    done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
+    stt = remote_stt(settings, progress)
+    if stt is None:
+        whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
+        done = _timed(progress, "STT (faster-whisper)")
+        stt = WhisperSTT(
+            whisper,
+            device=settings.whisper_device,
+            compute_type=settings.whisper_compute_type,
+            cpu_threads=settings.threads,
+        )
+        done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
 
     llm = build_llm(settings, progress)
 
-    voice = settings.piper_voice or str(models.piper_voice_paths()[0])
-    done = _timed(progress, "TTS (Piper)")
-    tts = PiperTTS(voice)
-    done(f"{voice} at {tts.sample_rate} Hz")
+    tts = remote_tts(settings, progress)
+    if tts is None:
+        voice = settings.piper_voice or str(models.piper_voice_paths()[0])
+        done = _timed(progress, "TTS (Piper)")
+        tts = PiperTTS(voice)
+        done(f"{voice} at {tts.sample_rate} Hz")
     return Engines(
         stt=stt,
         llm=llm,
@@ -76,6 +80,28 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
         vad=BatchedVADWorker(vad),
         smart_turn=BatchedSmartTurnWorker(smart_turn),
     )
+
+
+def remote_tts(settings: Settings, progress: Progress = print) -> TTSEngine | None:
+    """The remote TTS when ``tts_backend`` is ``openai`` (any profile), else None."""
+    if settings.tts_backend != "openai":
+        return None
+    from pipeline.engines.remote_speech import RemoteSpeechTTS
+
+    assert settings.tts_url is not None
+    progress(f"TTS: streaming from {settings.tts_url} (model {settings.tts_model})")
+    return RemoteSpeechTTS(settings.tts_url, settings.tts_model, voices=settings.tts_voices)
+
+
+def remote_stt(settings: Settings, progress: Progress = print) -> STTEngine | None:
+    """The remote STT when ``stt_backend`` is ``openai`` (any profile), else None."""
+    if settings.stt_backend != "openai":
+        return None
+    from pipeline.engines.remote_speech import RemoteTranscriptionSTT
+
+    assert settings.stt_url is not None
+    progress(f"STT: transcribing with {settings.stt_url} (model {settings.stt_model})")
+    return RemoteTranscriptionSTT(settings.stt_url, settings.stt_model)
 
 
 def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:

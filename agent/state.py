@@ -20,6 +20,7 @@ from agent.health import EngineHealth
 from agent.metrics import Metrics
 from agent.protocol import SessionCaps
 from agent.records import CallRecords
+from agent.voice_library import VoiceLibrary
 from pipeline.conversation import Conversation, Engines, SessionConfig
 
 
@@ -149,6 +150,8 @@ class AppState:
         """Lines one hostile client could repeat (refusals, junk messages)."""
         self.records: CallRecords | None = None
         """Call records (docs/calls.md), when a database is configured."""
+        self.voice_library = VoiceLibrary(settings.voices_dir)
+        """The voices added through ``/v1/voices`` (agent.voices)."""
 
     @property
     def loaded(self) -> bool:

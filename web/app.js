@@ -492,8 +492,87 @@ function stop() {
   setState("idle");
 }
 
+// ---------------------------------------------------------- the voice library
+
+const RECORD_MS = 8000;
+let recordedVoice = null; // a Blob from the microphone, or null
+
+function apiUrl(path) {
+  const url = new URL(offerUrlFor($("url").value.trim() || defaultServerUrl()));
+  url.pathname = url.pathname.replace(/\/webrtc\/offer$/, path);
+  return url.href;
+}
+
+function voiceNote(text, { error = false } = {}) {
+  $("voice-note").textContent = text;
+  $("voice-note").classList.toggle("error", error);
+}
+
+async function recordVoice() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (error) {
+    voiceNote(`No microphone: ${error.message}`, { error: true });
+    return;
+  }
+  const recorder = new MediaRecorder(stream);
+  const parts = [];
+  recorder.ondataavailable = (event) => parts.push(event.data);
+  const stopped = new Promise((resolve) => (recorder.onstop = resolve));
+  recorder.start();
+  $("voice-record").disabled = true;
+  voiceNote("Recording… speak for 8 seconds.");
+  setTimeout(() => recorder.stop(), RECORD_MS);
+  await stopped;
+  for (const track of stream.getTracks()) track.stop();
+  $("voice-record").disabled = false;
+  recordedVoice = new Blob(parts, { type: recorder.mimeType || "audio/webm" });
+  $("voice-file").value = "";
+  voiceNote(`Recorded ${(recordedVoice.size / 1024).toFixed(0)} KiB; name it and add it.`);
+}
+
+async function addVoice(event) {
+  event.preventDefault();
+  const name = $("voice-name").value.trim();
+  const file = $("voice-file").files[0] || null;
+  const sample = file || recordedVoice;
+  if (!name || !sample) {
+    voiceNote("Give the voice a name and a recording.", { error: true });
+    return;
+  }
+  const form = new FormData();
+  form.append("name", name);
+  form.append("audio_sample", sample, file ? file.name : "recording.webm");
+  const key = $("key").value.trim();
+  voiceNote("Adding…");
+  let response;
+  try {
+    response = await fetch(apiUrl("/v1/voices"), {
+      method: "POST",
+      body: form,
+      headers: key ? { Authorization: `Bearer ${key}` } : {},
+    });
+  } catch (error) {
+    voiceNote(`Could not reach the server: ${error.message}`, { error: true });
+    return;
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    voiceNote(body.error?.message || `The server answered ${response.status}`, { error: true });
+    return;
+  }
+  const select = $("voice");
+  select.append(new Option(`${body.name} (${body.id})`, body.id));
+  select.value = body.id;
+  recordedVoice = null;
+  voiceNote(`Added ${body.name}: chosen for the next reply once you Apply.`);
+}
+
 function init() {
   loadSettings();
+  $("voice-record").addEventListener("click", recordVoice);
+  $("voice-form").addEventListener("submit", addVoice);
   $("start").addEventListener("click", () => (wantConnected ? stop() : start()));
   $("reconnect").addEventListener("click", () => {
     stop();

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, NotRequired, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
@@ -178,4 +179,70 @@ class TTSEngine(Protocol):
 
     def voices(self) -> Sequence[str]:
         """Names accepted as ``voice``."""
+        ...
+
+
+@runtime_checkable
+class CloningTTS(Protocol):
+    """A TTS that can take a new voice from a reference recording while it runs
+    (optional: Chatterbox can, Piper cannot). The voice library API
+    (``/v1/voices``) adds and removes voices through it."""
+
+    default_voice: str
+
+    async def add_voice(self, name: str, reference: Path) -> None:
+        """Prepare ``name`` from the WAV at ``reference``; usable by ``synthesize`` as
+        soon as this returns (the file is not read again). Raises TTSError."""
+        ...
+
+    async def remove_voice(self, name: str) -> None:
+        """Forget ``name``; synthesis already under way with it finishes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TimedWord:
+    word: str
+    start: float
+    end: float
+    """Seconds from the start of the audio."""
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSegment:
+    """One decoded stretch of a long recording, with Whisper's own measures."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    language: str
+    tokens: tuple[int, ...] = ()
+    seek: int = 0
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[TimedWord, ...] = ()
+
+
+@runtime_checkable
+class SegmentingSTT(Protocol):
+    """An STT that transcribes a whole recording segment by segment, with timestamps
+    (optional; ``/v1/audio/transcriptions`` falls back to one ``transcribe`` call)."""
+
+    multilingual: bool
+
+    def transcribe_segments(
+        self,
+        audio: FloatAudio,
+        *,
+        language: str | None,
+        prompt: str | None,
+        temperature: float | None,
+        word_timestamps: bool,
+    ) -> AsyncIterator[TranscriptSegment]:
+        """Yield segments as they are decoded (16 kHz mono input). Closing the
+        generator stops after the segment in progress. Raises STTError."""
         ...

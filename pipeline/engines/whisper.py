@@ -21,8 +21,10 @@ a loop reaches it, and the compression-ratio fallback then decodes it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,12 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
-from pipeline.engines.base import FloatAudio, Transcript
+from pipeline.engines.base import (
+    FloatAudio,
+    TimedWord,
+    Transcript,
+    TranscriptSegment,
+)
 from pipeline.errors import ModelLoadError, STTError
 from pipeline.models import whisper_model_dir
 
@@ -125,10 +132,81 @@ class WhisperSTT:
         # Silence decodes to a lone "." or "..."; text without a letter or digit is nothing.
         return text if any(char.isalnum() for char in text) else ""
 
+    @property
+    def multilingual(self) -> bool:
+        return self._model is not None and bool(self._model.model.is_multilingual)
+
+    async def transcribe_segments(
+        self,
+        audio: FloatAudio,
+        *,
+        language: str | None,
+        prompt: str | None,
+        temperature: float | None,
+        word_timestamps: bool,
+    ) -> AsyncGenerator[TranscriptSegment, None]:
+        """A whole recording, segment by segment, each decoded on the worker thread
+        in its turn: a live call's transcript waits for one 30 s window at most, not
+        for the whole file."""
+        if self._model is None:
+            raise STTError(f"{self.name}: engine is closed", transient=False)
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        temperatures = list(self.temperatures) if temperature is None else [temperature]
+        try:
+            segments, info = await loop.run_in_executor(
+                self._executor,
+                lambda: self._model.transcribe(
+                    samples,
+                    language=language or self.language,
+                    beam_size=self.beam_size,
+                    temperature=temperatures,
+                    initial_prompt=prompt or None,
+                    condition_on_previous_text=False,
+                    word_timestamps=word_timestamps,
+                    vad_filter=False,
+                    no_speech_threshold=self.no_speech_threshold,
+                    log_prob_threshold=None,
+                    max_new_tokens=decode_token_budget(30.0),
+                ),
+            )
+        except Exception as error:
+            raise STTError(f"{self.name}: transcription failed: {error}") from error
+        decoded: Iterator[Any] = iter(segments)
+        index = 0
+        try:
+            while True:
+                try:
+                    segment = await loop.run_in_executor(self._executor, next, decoded, None)
+                except Exception as error:
+                    raise STTError(f"{self.name}: transcription failed: {error}") from error
+                if segment is None:
+                    return
+                yield _segment(index, segment, str(info.language))
+                index += 1
+        finally:
+            # Closed on the worker thread, after the segment in progress.
+            with contextlib.suppress(RuntimeError):
+                self._executor.submit(getattr(decoded, "close", lambda: None))
+
     def close(self) -> None:
         """Wait for the transcription in progress, then release the model."""
         self._executor.shutdown(wait=True)
         self._model = None
+
+
+def _segment(index: int, segment: Any, language: str) -> TranscriptSegment:
+    words = tuple(
+        TimedWord(str(word.word), float(word.start), float(word.end), float(word.probability))
+        for word in (segment.words or ())
+    )
+    return TranscriptSegment(
+        id=index, start=float(segment.start), end=float(segment.end),
+        text=str(segment.text), language=language, tokens=tuple(segment.tokens),
+        seek=int(segment.seek), temperature=float(segment.temperature or 0.0),
+        avg_logprob=float(segment.avg_logprob), compression_ratio=float(segment.compression_ratio),
+        no_speech_prob=float(segment.no_speech_prob), words=words,
+    )
 
 
 def short_model_name(model: str | Path | None) -> str:

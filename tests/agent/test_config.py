@@ -206,3 +206,31 @@ def test_limits_that_contradict_each_other_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=problem):
         Settings(**changes).validate()
+
+
+def test_remote_speech_and_the_audio_api_settings_from_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("VOICEFORGE_TTS_BACKEND", "openai")
+    monkeypatch.setenv("VOICEFORGE_TTS_URL", "http://gpu:8000/v1")
+    monkeypatch.setenv("VOICEFORGE_TTS_VOICES", "voice_a, voice_b")
+    monkeypatch.setenv("VOICEFORGE_STT_BACKEND", "openai")
+    monkeypatch.setenv("VOICEFORGE_STT_URL", "http://gpu:8000/v1")
+    monkeypatch.setenv("VOICEFORGE_VOICES_DIR", str(tmp_path))
+    monkeypatch.setenv("VOICEFORGE_UPLOAD_MAX_BYTES", "1000")
+    settings = Settings.from_env()
+    settings.validate()
+    assert settings.tts_voices == ("voice_a", "voice_b")
+    assert (settings.stt_url, settings.stt_model) == ("http://gpu:8000/v1", "whisper-1")
+    assert settings.upload_max_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"tts_backend": "openai"}, {"stt_backend": "openai"}, {"tts_backend": "grpc"},
+     {"voices_dir": "/no/such/folder"}, {"voice_min_s": 10.0, "voice_max_s": 5.0},
+     {"upload_max_bytes": 0}],
+)
+def test_bad_remote_speech_and_audio_api_settings_are_refused(changes: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        Settings(**changes).validate()

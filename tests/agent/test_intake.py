@@ -32,6 +32,7 @@ TRANSPORTS = {
     "server.py": ("_websocket", "admit_websocket"),
     "webrtc.py": ("_offer", "admit_request"),
     "telephony.py": ("_twilio", "admit_websocket"),
+    "openai_api.py": ("answer_call", "check"),
 }
 
 GUARDS = {"credential_ok", "origin_ok", "secret_ok", "twilio_signature_ok"}

@@ -27,7 +27,7 @@ from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_token
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
 from pipeline.engines.threaded import iterate_in_thread, pick_voice
-from pipeline.errors import ConfigurationError, ModelLoadError
+from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
 SAMPLE_RATE = 24_000
 
@@ -210,6 +210,30 @@ class ChatterboxTTS:
             emotion_adv=self.exaggeration * torch.ones(1, 1, 1),
         ).to(device=self._model.device, dtype=torch.bfloat16 if self._bf16 else None)
         return _Voice(t3_cond=t3_cond, ref_dict=_aligned_prompt(conds.gen))
+
+    # -- the voice library ------------------------------------------------------------
+
+    async def add_voice(self, name: str, reference: Path) -> None:
+        """Clone a voice from the WAV at ``reference`` (``CloningTTS``): prepared on the
+        worker thread, between two chunks of whatever is being synthesised."""
+        if name == BUILTIN_VOICE or name in self._voices:
+            raise TTSError(f"voice {name!r} exists already", transient=False)
+        loop = asyncio.get_running_loop()
+        try:
+            voice = await loop.run_in_executor(self._executor, self._prepare_voice, reference)
+        except Exception as error:
+            raise TTSError(f"cannot prepare voice {name!r}: {error}", transient=False) from error
+        self._voices[name] = voice
+
+    async def remove_voice(self, name: str) -> None:
+        """Forget ``name`` (``CloningTTS``); a synthesis using it finishes with it."""
+        if name == self.default_voice:
+            raise TTSError(f"{name!r} is the default voice", transient=False)
+        self._voices.pop(name, None)
+
+    def _prepare_voice(self, reference: Path) -> _Voice:
+        self._model.prepare_conditionals(str(reference), exaggeration=self.exaggeration)
+        return self._voice(self._model.conds)
 
     # -- synthesis -----------------------------------------------------------------
 
