@@ -64,11 +64,18 @@ class GPUSettings:
     tts: str = "chatterbox"
     tts_device: str = "cuda"
     threads: int = 2
+    remote_stt: bool = False
+    """Speech is transcribed by a remote ``/v1/audio/transcriptions`` (``stt_backend``):
+    no local Whisper to check."""
+    remote_tts: bool = False
+    """Speech is made by a remote ``/v1/audio/speech`` (``tts_backend``): no local TTS."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GPUSettings:
         """The gpu profile's view of ``settings`` plus its own environment variables."""
         gpu = cls(threads=settings.threads)
+        gpu.remote_stt = settings.stt_backend == "openai"
+        gpu.remote_tts = settings.tts_backend == "openai"
         gpu.llm_url = settings.llm_url or DEFAULT_LLM_URL
         # "default" is the embedded profile's placeholder: the gpu profile means the 70B.
         if settings.llm_model not in ("", "default"):
@@ -107,7 +114,7 @@ def _env_float(name: str, default: float) -> float:
 def check_cuda(gpu: GPUSettings) -> list[str]:
     """CUDA is needed where an engine is configured for it, and must be visible there."""
     problems = []
-    if gpu.whisper_device == "cuda":
+    if gpu.whisper_device == "cuda" and not gpu.remote_stt:
         import ctranslate2
 
         if ctranslate2.get_cuda_device_count() < 1:
@@ -116,7 +123,7 @@ def check_cuda(gpu: GPUSettings) -> list[str]:
                 "with an NVIDIA GPU and driver (in Docker: --gpus all / a compose GPU "
                 "reservation), or set VOICEFORGE_WHISPER_DEVICE=cpu"
             )
-    if gpu.tts == "chatterbox" and gpu.tts_device == "cuda":
+    if gpu.tts == "chatterbox" and gpu.tts_device == "cuda" and not gpu.remote_tts:
         import torch
 
         if not torch.cuda.is_available():
@@ -162,6 +169,8 @@ def check_llm_endpoint(gpu: GPUSettings) -> list[str]:
 
 
 def check_tts(gpu: GPUSettings) -> list[str]:
+    if gpu.remote_tts:
+        return []
     if gpu.tts not in TTS_ENGINES:
         return [f"unknown TTS engine {gpu.tts!r} (VOICEFORGE_TTS): choose one of {TTS_ENGINES}"]
     missing = [name for name in TTS_MODULES[gpu.tts] if not _module_exists(name)]

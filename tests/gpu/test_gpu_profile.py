@@ -72,6 +72,20 @@ def test_a_missing_or_unknown_tts_engine_is_a_clear_problem(
         missing
     )
     assert "VOICEFORGE_TTS=piper" in missing
+    # Speech from a remote /v1/audio/speech needs no local TTS, installed or on CUDA.
+    remote = GPUSettings(tts="chatterbox", remote_tts=True)
+    assert check_tts(remote) == []
+    remote.whisper_device = "cpu"
+    assert check_cuda(remote) == []
+
+
+def test_remote_speech_settings_reach_the_gpu_profiles_checks() -> None:
+    gpu = GPUSettings.from_settings(
+        Settings(tts_backend="openai", tts_url="http://127.0.0.1:9/v1", stt_backend="openai",
+                 stt_url="http://127.0.0.1:9/v1")
+    )
+    assert (gpu.remote_tts, gpu.remote_stt) == (True, True)
+    assert check_cuda(gpu) == []  # neither Whisper nor Chatterbox runs here
 
 
 async def test_the_cli_prints_every_problem_without_a_traceback() -> None:
