@@ -144,20 +144,31 @@ def _call_id(request: Request) -> str | None:
     return call_id if isinstance(call_id, str) and CALL_ID.fullmatch(call_id) else None
 
 
-async def _get_call(request: Request) -> Response:
+NOT_FOUND = {"error": "not_found", "message": "no such call"}
+
+
+async def _found_call(request: Request) -> tuple[CallRecords, dict[str, Any]] | Response:
+    """The records and the call the path names, or the answer saying why not."""
     _, records = _records(request)
     if isinstance(records, Response):
         return records
     call_id = _call_id(request)
     if call_id is None:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+        return JSONResponse(NOT_FOUND, 404)
     try:
         call = await records.store.get_call(call_id)
     except Exception as exc:
         return _unavailable(exc)
     if call is None:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
-    return JSONResponse(call, headers={"Cache-Control": "no-store"})
+        return JSONResponse(NOT_FOUND, 404)
+    return records, call
+
+
+async def _get_call(request: Request) -> Response:
+    found = await _found_call(request)
+    if isinstance(found, Response):
+        return found
+    return JSONResponse(found[1], headers={"Cache-Control": "no-store"})
 
 
 async def _delete_call(request: Request) -> Response:
@@ -166,7 +177,7 @@ async def _delete_call(request: Request) -> Response:
         return records
     call_id = _call_id(request)
     if call_id is None:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+        return JSONResponse(NOT_FOUND, 404)
     if records.is_open(call_id):
         return JSONResponse(
             {"error": "call_in_progress", "message": "the call is still going on (or its "
@@ -179,25 +190,18 @@ async def _delete_call(request: Request) -> Response:
     if records.recordings is not None:
         await asyncio.to_thread(delete_recording, records.recordings.directory, call_id)
     if not deleted:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+        return JSONResponse(NOT_FOUND, 404)
     logger.info("call records: call %s deleted", call_id)
     return Response(status_code=204)
 
 
 async def _get_recording(request: Request) -> Response:
     """The call's audio: Ogg Opus, left channel the caller, right the agent."""
-    _, records = _records(request)
-    if isinstance(records, Response):
-        return records
-    call_id = _call_id(request)
-    if call_id is None:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
-    try:
-        call = await records.store.get_call(call_id)
-    except Exception as exc:
-        return _unavailable(exc)
-    if call is None:
-        return JSONResponse({"error": "not_found", "message": "no such call"}, 404)
+    found = await _found_call(request)
+    if isinstance(found, Response):
+        return found
+    records, call = found
+    call_id = str(call["id"])
     if call["recording"] is None:
         return JSONResponse({"error": "no_recording", "message": "this call was not "
                              "recorded, or its recording is still being encoded"}, 404)

@@ -71,25 +71,15 @@ def _type(page: Any, text: str) -> None:
     page.click("#send")
 
 
-def test_the_pages_tool_runs_in_the_browser_and_the_agent_hangs_up(
-    server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
-) -> None:
-    tab, errors = page
+def _speak_the_browsers_time(messages: list[ChatMessage]) -> list[str | ToolCall]:
+    return say(f"It is {json.loads(messages[-1]['content'])['local_time']} where you are.")
 
-    def answer(messages: list[ChatMessage]) -> list[str | ToolCall]:
-        return say(f"It is {json.loads(messages[-1]['content'])['local_time']} where you are.")
 
-    llm.script(
-        [ToolCall("get_local_time", "{}", call_id="call_clock")],
-        answer,
-        [ToolCall("end_call", "{}", call_id="call_bye")],
-        say("Goodbye!"),
-    )
-    tab.goto(f"{server.http}/?tools=1")
+def _ask_the_time_and_hear_it(tab: Any) -> None:
+    """Ask the page's tool question; wait for its result and the answer that speaks it."""
     tab.click("#start")
     tab.wait_for_selector("#connection[data-connected='true']")
     _type(tab, "What time is it here?")
-
     _wait(tab, "() => document.querySelector(\"li.tool[data-status='ok']\")", "the tool's result")
     _wait(
         tab,
@@ -97,6 +87,20 @@ def test_the_pages_tool_runs_in_the_browser_and_the_agent_hangs_up(
         ".some((b) => /where you are/.test(b.textContent))",
         "the answer that speaks the browser's time",
     )
+
+
+def test_the_pages_tool_runs_in_the_browser_and_the_agent_hangs_up(
+    server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
+) -> None:
+    tab, errors = page
+    llm.script(
+        [ToolCall("get_local_time", "{}", call_id="call_clock")],
+        _speak_the_browsers_time,
+        [ToolCall("end_call", "{}", call_id="call_bye")],
+        say("Goodbye!"),
+    )
+    tab.goto(f"{server.http}/?tools=1")
+    _ask_the_time_and_hear_it(tab)
     # The model was offered the page's tool and read what the browser answered.
     assert "get_local_time" in llm.requests[0].tool_names()
     result = llm.requests[1].messages[-1]
@@ -262,23 +266,12 @@ def test_over_webrtc_the_pages_tool_is_declared_on_the_data_channel_and_runs_in_
     server: RunningServer, llm: ScriptedToolLLM, page: tuple[Any, PageErrors]
 ) -> None:
     tab, errors = page
-
-    def answer(messages: list[ChatMessage]) -> list[str | ToolCall]:
-        return say(f"It is {json.loads(messages[-1]['content'])['local_time']} where you are.")
-
-    llm.script([ToolCall("get_local_time", "{}", call_id="call_rtc_clock")], answer)
-    tab.goto(f"{server.http}/?transport=webrtc&tools=1")
-    tab.click("#start")
-    tab.wait_for_selector("#connection[data-connected='true']")
-    # (The data channel is ordered: the page's session.update comes before its text.)
-    _type(tab, "What time is it here?")
-    _wait(tab, "() => document.querySelector(\"li.tool[data-status='ok']\")", "the tool's result")
-    _wait(
-        tab,
-        "() => [...document.querySelectorAll('#log li.agent .bubble')]"
-        ".some((b) => /where you are/.test(b.textContent))",
-        "the answer that speaks the browser's time",
+    llm.script(
+        [ToolCall("get_local_time", "{}", call_id="call_rtc_clock")], _speak_the_browsers_time
     )
+    tab.goto(f"{server.http}/?transport=webrtc&tools=1")
+    # (The data channel is ordered: the page's session.update comes before its text.)
+    _ask_the_time_and_hear_it(tab)
     assert llm.requests[0].tool_names() == ["end_call", "get_local_time"]
     result = llm.requests[1].messages[-1]
     assert (result["role"], result["tool_call_id"]) == ("tool", "call_rtc_clock")
