@@ -9,12 +9,14 @@ are taken into account.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 import msgpack
 
 # §7, by hand: every error code the page documents.
@@ -41,6 +43,7 @@ DOCUMENTED_ERROR_CODES = frozenset(
         "tts_failed",
         "engine_failed",
         "internal_error",
+        "unknown_tool_call",
     }
 )
 ERROR_CATEGORIES = frozenset({"client", "transient", "permanent"})
@@ -62,6 +65,7 @@ CLIENT_TYPES = (
     "response.cancel",
     "output_audio.played",
     "conversation.text",
+    "tool.result",
 )
 # §5: what the server may send.
 SERVER_TYPES = frozenset(
@@ -80,6 +84,9 @@ SERVER_TYPES = frozenset(
         "response.audio.pause",
         "response.audio.resume",
         "response.done",
+        "response.tool_call",
+        "response.tool_result",
+        "session.ended",
         "error",
     }
 )
@@ -112,7 +119,13 @@ BOOL_FIELDS = (
     "playback_pause",
     "record_audio",
 )
-NUMBER_FIELDS = {"temperature": (0.0, 2.0), "partial_transcript_interval_ms": (0.0, 10_000.0)}
+NUMBER_FIELDS = {
+    "temperature": (0.0, 2.0),
+    "partial_transcript_interval_ms": (0.0, 10_000.0),
+    "tool_timeout_ms": (100.0, 60_000.0),
+    "tool_filler_ms": (0.0, 10_000.0),
+    "end_call_grace_ms": (0.0, 10_000.0),
+}
 INT_FIELDS = {"max_response_tokens": (1, 2048), "first_chunk_max_words": (0, 64)}
 SESSION_FIELDS = (
     "instructions",
@@ -123,7 +136,30 @@ SESSION_FIELDS = (
     *BOOL_FIELDS,
     *NUMBER_FIELDS,
     *INT_FIELDS,
+    "tools",
+    "tool_choice",
 )
+# §1 and §3.2 (1.2): ``session.tools``, the one place client JSON may nest.
+TREE_VALUES = 4096
+TREE_LEVELS = 24
+"""Values nested below ``tools`` itself (level 0)."""
+TREE_ENTRIES = 256
+MAX_CLIENT_TOOLS = 16
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TOOL_DESCRIPTION_CHARS = 1024
+TOOL_KEYS = frozenset({"type", "name", "description", "parameters"})
+FORBIDDEN_SCHEMA_KEYWORDS = frozenset({"pattern", "patternProperties", "$ref", "$dynamicRef"})
+COUNT_KEYWORDS = frozenset(
+    {"minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"}
+)
+MAX_SCHEMA_COUNT = 256
+NAME_MAPS = frozenset({"properties", "$defs", "definitions", "dependentSchemas"})
+"""Schema keywords whose keys are names (a property *named* ``pattern`` is fine)."""
+TOOL_CHOICES = ("auto", "none")
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+# §4 ``tool.result``.
+MAX_CALL_ID_CHARS = 64
+MAX_TOOL_OUTPUT_CHARS = 16000
 
 def generic_unpack(frame: bytes) -> tuple[bool, Any]:
     """(True, object) as any msgpack reader sees the frame, or (False, None)."""
@@ -148,38 +184,60 @@ def keys_are_strings(obj: Any) -> bool:
     return True
 
 
-def shape_is_allowed(message: dict[str, Any]) -> bool:
+class _Pairs(list[tuple[Any, Any]]):
+    """A map as its (key, value) pairs, repeated keys kept."""
+
+
+def _pairs(frame: bytes) -> Any:
+    return msgpack.unpackb(frame, raw=False, strict_map_key=False, object_pairs_hook=_Pairs)
+
+
+def shape_is_allowed(frame: bytes) -> bool:
     """§1 nesting: maps only as ``session`` and ``session.turn``, no array or ext value
-    anywhere, at most 32 entries per map."""
-    def flat(obj: dict[str, Any], maps_at: dict[str, Any]) -> bool:
-        if len(obj) > MAX_MAP_KEYS:
+    anywhere, at most 32 entries per map (repeated keys counted) — except
+    ``session.tools``: client JSON within the budgets (values, levels, entries, no ext;
+    the values of every ``tools`` of the frame counted together)."""
+    try:
+        top = _pairs(frame)
+    except Exception:  # generic_unpack has already judged the frame
+        return False
+    tree_values = 0
+
+    def tree(root: Any) -> bool:
+        nonlocal tree_values
+        pending = [(root, 0)]
+        while pending:
+            value, level = pending.pop()
+            tree_values += 1
+            if tree_values > TREE_VALUES or level > TREE_LEVELS:
+                return False
+            if isinstance(value, _Pairs):
+                if len(value) > TREE_ENTRIES:
+                    return False
+                pending.extend((child, level + 1) for _, child in value)
+            elif isinstance(value, list):
+                if len(value) > TREE_ENTRIES:
+                    return False
+                pending.extend((child, level + 1) for child in value)
+            elif isinstance(value, msgpack.ExtType | msgpack.Timestamp):
+                return False
+        return True
+
+    def flat(pairs: _Pairs, maps_at: dict[str, Any], path: tuple[Any, ...]) -> bool:
+        if len(pairs) > MAX_MAP_KEYS:
             return False
-        for key, value in obj.items():
-            if isinstance(value, dict):
-                if key not in maps_at or not flat(value, maps_at[key]):
+        for key, value in pairs:
+            if path == ("session",) and key == "tools":
+                if not tree(value):
+                    return False
+            elif isinstance(value, _Pairs):
+                if key not in maps_at or not flat(value, maps_at[key], (*path, key)):
                     return False
             elif isinstance(value, list | msgpack.ExtType | msgpack.Timestamp):
                 return False
         return True
 
-    return flat(message, {"session": {"turn": {}}})
-
-
-def entries_within_limit(frame: bytes) -> bool:
-    """§1: no map has more than 32 entries, repeated keys counted (a reader that keeps
-    the last of each, as ``generic_unpack`` does, would hide them)."""
-    largest = 0
-
-    def count(pairs: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
-        nonlocal largest
-        largest = max(largest, len(pairs))
-        return pairs
-
-    try:
-        msgpack.unpackb(frame, raw=False, strict_map_key=False, object_pairs_hook=count)
-    except Exception:  # generic_unpack has already judged the frame
-        return False
-    return largest <= MAX_MAP_KEYS
+    return isinstance(top, _Pairs) and flat(top, {"session": {"turn": {}}}, ())
 
 
 def is_number(value: Any) -> bool:
@@ -192,9 +250,7 @@ def expected_decode(frame: bytes) -> str | None:
     ok, message = generic_unpack(frame)
     if not ok or not keys_are_strings(message):
         return "malformed_frame"
-    if not isinstance(message, dict) or not shape_is_allowed(message):
-        return "malformed_frame"
-    if not entries_within_limit(frame):
+    if not isinstance(message, dict) or not shape_is_allowed(frame):
         return "malformed_frame"
     if not isinstance(message.get("type"), str):
         return "malformed_frame"
@@ -222,8 +278,67 @@ def expected_decode(frame: bytes) -> str | None:
             and isinstance(message.get("response_id"), str)
         )
         return None if good else "invalid_message"
+    if kind == "tool.result":
+        call_id, output = message.get("call_id"), message.get("output")
+        is_error = message.get("is_error", False)  # optional: absent, not nil
+        good = (
+            isinstance(call_id, str)
+            and len(call_id) <= MAX_CALL_ID_CHARS
+            and isinstance(output, str)
+            and len(output) <= MAX_TOOL_OUTPUT_CHARS
+            and isinstance(is_error, bool)
+        )
+        return None if good else "invalid_message"
     text = message.get("text")
     return None if isinstance(text, str) and len(text) <= MAX_TEXT_CHARS else "invalid_message"
+
+
+def schema_is_allowed(schema: Any) -> bool:
+    """§3.2 ``tools``: no forbidden keyword and no count over 256 (names excepted)."""
+    pending: list[tuple[Any, bool]] = [(schema, False)]
+    while pending:
+        node, names = pending.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if not names and key in FORBIDDEN_SCHEMA_KEYWORDS:
+                    return False
+                if (not names and key in COUNT_KEYWORDS and is_number(child)
+                        and child > MAX_SCHEMA_COUNT):
+                    return False
+                pending.append((child, not names and key in NAME_MAPS))
+        elif isinstance(node, list):
+            pending.extend((child, False) for child in node)
+    return True
+
+
+def tools_view(value: Any) -> list[dict[str, Any]] | None:
+    """§3.2 ``tools``: the list ``session.updated`` shows, or None when refused."""
+    if not isinstance(value, list) or len(value) > MAX_CLIENT_TOOLS:
+        return None
+    view = []
+    for entry in value:
+        if not isinstance(entry, dict) or entry.get("type", "function") != "function":
+            return None
+        if not set(entry) <= TOOL_KEYS:
+            return None
+        name, description = entry.get("name"), entry.get("description", "")
+        parameters = entry.get("parameters", NO_ARGUMENTS)
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            return None
+        if not isinstance(description, str) or len(description) > MAX_TOOL_DESCRIPTION_CHARS:
+            return None
+        if not isinstance(parameters, dict) or parameters.get("type") != "object":
+            return None
+        if not schema_is_allowed(parameters):
+            return None
+        try:
+            jsonschema.Draft202012Validator.check_schema(parameters)
+        except jsonschema.SchemaError:
+            return None
+        view.append({"type": "function", "name": name, "description": description,
+                     "parameters": parameters})
+    names = [tool["name"] for tool in view]
+    return view if len(set(names)) == len(names) else None
 
 
 def turn_is_valid(
@@ -284,6 +399,10 @@ class SessionModel:
                     for name, number in value.items()
                 )
             )
+        elif key == "tools":
+            good = tools_view(value) is not None
+        elif key == "tool_choice":
+            good = isinstance(value, str) and value in TOOL_CHOICES
         elif key == "record_audio":
             good = value is False  # a server that records no calls refuses true
         elif key in BOOL_FIELDS:
@@ -324,6 +443,8 @@ class SessionModel:
                     view[key] = max(float(value), float(floor))
             elif key == "max_response_tokens":
                 view[key] = min(value, self.limits.get("max_response_tokens", value))
+            elif key == "tools":
+                view[key] = tools_view(value)
             else:
                 view[key] = value
         return set(), view

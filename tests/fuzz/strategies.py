@@ -32,7 +32,10 @@ def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[
 texts = st.text(st.characters(codec="utf-8"), max_size=16)
 """Strings msgpack can encode (no lone surrogates)."""
 
-FIELD_NAMES = ("type", "audio", "session", "text", "played_ms", "response_id", "pad")
+FIELD_NAMES = (
+    "type", "audio", "session", "text", "played_ms", "response_id", "pad",
+    "call_id", "output", "is_error",
+)
 str_keys = st.one_of(texts, st.sampled_from(FIELD_NAMES + SESSION_FIELDS + TURN_FIELDS))
 odd_keys = st.one_of(
     st.integers(-3, 300),
@@ -86,7 +89,59 @@ turn_maps = st.dictionaries(
     st.one_of(numbers, numbers, st.sampled_from(["silence", "learned", "Learned", ""])),
     max_size=5,
 )
+def nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return {"type": "object", "properties": {"x": schema}}
+
+
+schema_parts = st.one_of(
+    st.sampled_from([
+        {"type": "string"}, {"type": "integer", "maximum": 5}, {"type": "string", "pattern": "a+"},
+        {"type": "array", "maxItems": 256}, {"type": "array", "maxItems": 300},
+        {"type": "array", "minItems": 256.5}, {"$ref": "#/$defs/x"}, {"type": "nothing"},
+        {"type": "string", "minLength": -1}, {"enum": []},
+    ]),
+    any_value,
+)
+tool_schemas = st.one_of(
+    st.just({"type": "object", "properties": {}}),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["object", "object", "string"]),
+         "properties": st.dictionaries(
+             st.sampled_from(["city", "pattern", "$ref", "n", "maxItems"]), schema_parts,
+             max_size=3)},
+        optional={"required": st.lists(texts, max_size=2),
+                  "additionalProperties": st.one_of(st.booleans(), schema_parts),
+                  "minProperties": st.integers(-1, 300),
+                  "$defs": st.dictionaries(st.sampled_from(["x", "pattern"]), schema_parts,
+                                           max_size=2)},
+    ),
+    # A map wider than the 32 of flat frames, within the 256 of session.tools, and past it.
+    st.sampled_from([30, 40, 255, 257]).map(lambda n: {
+        "type": "object", "properties": {f"p{i}": {} for i in range(n)}}),
+    # Nested about the 24 levels below session.tools (its innermost value at level 5 + n).
+    st.integers(18, 21).map(nested_schema),
+    any_value,
+)
+tool_entries = st.fixed_dictionaries(
+    {"name": st.one_of(
+        st.sampled_from(["show_map", "get-time", "a" * 64, "a" * 65, "bad name", "", "x"]), texts)},
+    optional={"type": st.sampled_from(["function", "Function"]),
+              "description": st.one_of(texts, _repeat("d", 1023, 1025), any_value),
+              "parameters": tool_schemas,
+              "strict": any_value},
+)
+tool_lists = st.one_of(
+    st.lists(tool_entries, max_size=3),
+    st.lists(st.just({"name": "t"}), min_size=1, max_size=1).map(lambda t: t * 2),  # same name
+    st.integers(16, 17).map(lambda n: [{"name": f"t{i}"} for i in range(n)]),
+    any_value,
+)
 SESSION_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "tools": tool_lists,
+    "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required", "Auto"]), any_value),
     "instructions": st.one_of(texts, _repeat("x", 7995, 8005), _repeat("é", 7998, 8001), any_value),
     "voice": st.one_of(st.sampled_from(["tone", None, "Tone", "joe", ""]), any_value),
     "input_sample_rate": st.one_of(st.sampled_from(SAMPLE_RATES), numbers, any_value),
@@ -125,6 +180,9 @@ def field_values(max_audio: int) -> dict[str, st.SearchStrategy[Any]]:
         "response_id": weighted(
             (2, st.none()), (3, texts), (1, st.just("resp_0123456789ab")), (1, any_value)
         ),
+        "call_id": weighted((4, texts), (1, _repeat("c", 63, 65)), (1, any_value)),
+        "output": weighted((4, texts), (1, _repeat("o", 15999, 16001)), (1, any_value)),
+        "is_error": weighted((4, st.booleans()), (1, any_value)),
     }
 
 
@@ -134,6 +192,7 @@ OWN_FIELDS = {
     "response.cancel": ("response_id",),
     "output_audio.played": ("response_id", "played_ms"),
     "conversation.text": ("text",),
+    "tool.result": ("call_id", "output"),
 }
 
 

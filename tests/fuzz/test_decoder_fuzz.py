@@ -33,6 +33,7 @@ from agent.protocol import (
     ProtocolError,
     ResponseCancel,
     SessionUpdate,
+    ToolResult,
     decode_client_frame,
     encode_client_message,
     parse_session_fields,
@@ -43,6 +44,7 @@ from tests.fuzz.oracle import (
     DECODER_CODES,
     DOCUMENTED_ERROR_CODES,
     MAX_TEXT_CHARS,
+    NUMBER_FIELDS,
     SESSION_CODES,
     TURN_FIELDS,
     SessionModel,
@@ -60,6 +62,7 @@ from tests.fuzz.strategies import (
     deep_recipes,
     map_keys,
     mutated,
+    nested_schema,
     packed,
     session_maps,
     texts,
@@ -78,6 +81,7 @@ MESSAGE_CLASSES = {
     "response.cancel": ResponseCancel,
     "output_audio.played": OutputAudioPlayed,
     "conversation.text": ConversationText,
+    "tool.result": ToolResult,
 }
 
 
@@ -135,6 +139,9 @@ def check_decoded(message: ClientMessage, frame: bytes) -> None:
         assert type(message.played_ms) is float
         assert math.isfinite(message.played_ms) and message.played_ms >= 0
         assert message.played_ms == float(raw["played_ms"])
+    elif isinstance(message, ToolResult):
+        assert (message.call_id, message.output) == (raw["call_id"], raw["output"])
+        assert message.is_error is raw.get("is_error", False)
     else:
         assert type(message.text) is str and len(message.text) <= MAX_TEXT_CHARS
         assert message.text == raw["text"]
@@ -286,7 +293,84 @@ def test_parse_session_fields_returns_changes_or_raises_protocol_error(
         if key == "turn":
             assert set(value) <= set(TURN_FIELDS)
             assert all(type(number) is float for number in value.values())
-        elif key in ("temperature", "partial_transcript_interval_ms"):
+        elif key in NUMBER_FIELDS:
             assert type(value) is float
+        elif key == "tools":
+            assert [spec.name for spec in value] == [tool["name"] for tool in session[key]]
         else:
             assert value == session[key]
+
+
+def _tool(**fields: Any) -> dict[str, Any]:
+    return {"type": "function", "name": "show_map", **fields}
+
+
+def _properties(count: int) -> dict[str, Any]:
+    return {"type": "object", "properties": {f"p{i}": {} for i in range(count)}}
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # §1: session.tools nests past the flat frame's rules, within its own budgets.
+        ({"type": "session.update", "session": {"tools": [_tool(parameters=_properties(40))]}},
+         None),
+        ({"type": "session.update", "session": {"tools": [_tool(parameters=_properties(257))]}},
+         "malformed_frame"),
+        ({"type": "session.update",
+          "session": {"tools": [_tool(parameters=nested_schema(19))]}}, None),
+        ({"type": "session.update",
+          "session": {"tools": [_tool(parameters=nested_schema(20))]}}, "malformed_frame"),
+        ({"type": "session.update", "session": {"instructions": [1]}}, "malformed_frame"),
+        ({"type": "conversation.text", "text": "hi", "tools": [1]}, "malformed_frame"),
+        # §4 tool.result.
+        ({"type": "tool.result", "call_id": "call_1", "output": "ok"}, None),
+        ({"type": "tool.result", "call_id": "call_1", "output": "ok", "is_error": True}, None),
+        ({"type": "tool.result", "call_id": "c" * 65, "output": "ok"}, "invalid_message"),
+        ({"type": "tool.result", "call_id": "call_1", "output": "o" * 16001}, "invalid_message"),
+        ({"type": "tool.result", "call_id": "call_1", "output": "ok", "is_error": None},
+         "invalid_message"),
+        ({"type": "tool.result", "output": "ok"}, "invalid_message"),
+    ],
+)
+def test_tool_frames_at_their_limits_decode_as_documented(
+    message: dict[str, Any], expected: str | None
+) -> None:
+    frame = msgpack.packb(message, use_bin_type=True)
+    assert expected_decode(frame) == expected  # the page, as the oracle reads it
+    result = check_against_model(frame, "decoder.tool_limits")  # the server agrees
+    assert isinstance(result, ProtocolError) == (expected is not None)
+
+
+@pytest.mark.parametrize(
+    ("tools", "accepted"),
+    [
+        ([_tool()], True),
+        ([_tool(parameters={"type": "object", "properties": {"pattern": {"type": "string"}}})],
+         True),  # a property named pattern
+        ([_tool(parameters={"type": "object", "properties": {"a": {"pattern": "x+"}}})], False),
+        ([_tool(parameters={"type": "object", "properties": {"a": {"maxItems": 256}}})], True),
+        ([_tool(parameters={"type": "object", "properties": {"a": {"maxItems": 257}}})], False),
+        ([_tool(parameters={"type": "object", "$defs": {"a": {"$ref": "#"}}})], False),
+        ([_tool(parameters={"type": "string"})], False),
+        ([_tool(parameters={"type": "object", "minProperties": -1})], False),  # not a schema
+        ([_tool(name="a" * 64)], True),
+        ([_tool(name="a" * 65)], False),
+        ([_tool(description="d" * 1025)], False),
+        ([_tool(strict=True)], False),
+        ([_tool(), _tool()], False),  # the same name twice
+        ([{"name": f"t{i}"} for i in range(16)], True),
+        ([{"name": f"t{i}"} for i in range(17)], False),
+    ],
+)
+def test_session_tools_are_accepted_or_refused_as_documented(
+    tools: list[dict[str, Any]], accepted: bool
+) -> None:
+    model = SessionModel(view={}, voices=["tone"])
+    assert (model.field_codes("tools", tools) == set()) == accepted  # the page
+    try:
+        changes = parse_session_fields({"tools": tools}, ["tone"])  # the server
+    except ProtocolError as exc:
+        assert not accepted and exc.code == "invalid_session", exc
+    else:
+        assert accepted and [s.name for s in changes["tools"]] == [t["name"] for t in tools]

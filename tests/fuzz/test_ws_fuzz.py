@@ -124,6 +124,8 @@ def expected_answer(frame: Frame, model: SessionModel) -> tuple[set[str], dict[s
     message = generic_unpack(frame)[1]
     if message["type"] == "session.update":
         return model.expect_update(message["session"])
+    if message["type"] == "tool.result":
+        return {"unknown_tool_call"}, None  # §4: no client tool call is ever waiting here
     return set(), None
 
 
