@@ -59,8 +59,10 @@ models: setup
 
 # Packages the tests need from Debian, as command:package pairs: espeak-ng speaks the
 # test questions; chromium runs the voice chat page in tests/web (playwright drives
-# /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu).
-SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose
+# /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu);
+# haproxy balances agent replicas in tests/deploy. kubectl (tests/deploy renders the
+# manifests with it) is not in Debian's archive: without it those tests say so and skip.
+SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose haproxy:haproxy
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_DEPS); do \
