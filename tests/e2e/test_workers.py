@@ -53,6 +53,11 @@ async def test_two_workers_share_the_port_and_sigterm_drains_both() -> None:
             samples = await scrape(http, server.http)
             assert value(samples, "voiceforge_sessions_active") == CALLS
             assert value(samples, "voiceforge_sessions_total") == CALLS
+            # What only a live process knows comes from the worker that answered.
+            live = {name: dict(labels) for name, labels in samples
+                    if name in ("process_cpu_seconds_total", "voiceforge_asyncio_tasks")}
+            assert set(live) == {"process_cpu_seconds_total", "voiceforge_asyncio_tasks"}
+            assert all(labels.get("worker") in per_worker for labels in live.values()), live
 
             for call in calls:
                 await call.send({"type": "conversation.text", "text": "And now?"})
