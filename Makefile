@@ -65,7 +65,8 @@ models: setup
 SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose haproxy:haproxy
 
 system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	@# haproxy installs to /usr/sbin, which a user's PATH may lack.
+	@missing=""; PATH="$$PATH:/usr/sbin"; for pair in $(SYSTEM_DEPS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "==> installing$$missing"; \

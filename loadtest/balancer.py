@@ -81,6 +81,11 @@ backend agents
 """
 
 
+def haproxy_path() -> str | None:
+    """Debian installs it to /usr/sbin, which a user's PATH may lack."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+
+
 def free_port() -> int:
     """A port nothing listens on now (127.0.0.1, picked by the kernel)."""
     with socket.socket() as sock:
@@ -98,8 +103,10 @@ class LocalCluster:
     """N bench replicas on fixed free ports behind one HAProxy."""
 
     def __init__(self, replicas: int, env: dict[str, str] | None = None) -> None:
-        if shutil.which("haproxy") is None:
+        haproxy = haproxy_path()
+        if haproxy is None:
             raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy)")
+        self.haproxy = haproxy
         self.env = env or {}
         self.ports = [free_port() for _ in range(replicas)]
         self.names = [f"r{index}" for index in range(replicas)]
@@ -151,11 +158,11 @@ class LocalCluster:
         config = self.folder / "haproxy.cfg"
         config.write_text(_CONFIG.format(stats=self.stats, port=self.port, servers=servers,
                                          interval=CHECK_INTERVAL_MS, header=REPLICA_HEADER))
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(config)],
+        check = subprocess.run([self.haproxy, "-c", "-q", "-f", str(config)],
                                capture_output=True, text=True, timeout=30, check=False)
         if check.returncode != 0:
             raise RuntimeError(f"haproxy refused its configuration: {check.stderr}")
-        self.proxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
+        self.proxy = subprocess.Popen([self.haproxy, "-db", "-f", str(config)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True)
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from loadtest.__main__ import main as loadtest_main
-from loadtest.balancer import local_cluster, rolling_restart
+from loadtest.balancer import haproxy_path, local_cluster, rolling_restart
 from loadtest.speech import espeak_available
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("haproxy") is None, reason="haproxy is not installed (make test installs it)"
+    haproxy_path() is None, reason="haproxy is not installed (make test installs it)"
 )
 
 # Replies of a few tokens at 4 tokens/s (over a second each, then a 0.3 s pause):
