@@ -154,6 +154,14 @@ def test_the_gpu_agent_reaches_vllm_through_the_router_keyed_on_its_header() -> 
     vllm_labels = only(objects, "Deployment", "vllm")["spec"]["template"]["metadata"]["labels"]
     assert vllm_labels[key] == value
     assert only(objects, "HorizontalPodAutoscaler", "vllm")
+    # What the schema cannot say: the router may list the pods of its namespace.
+    binding = only(objects, "RoleBinding", "vllm-router")
+    namespace = router_service["metadata"]["namespace"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": router["serviceAccountName"], "namespace": namespace}
+    ]
+    role = only(objects, "Role", binding["roleRef"]["name"])
+    assert {"pods"} <= set(role["rules"][0]["resources"])
 
 
 def test_the_cpu_agent_runs_no_llm_server() -> None:
