@@ -14,7 +14,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test setup test-setup models system-deps lint typecheck bench bench-load clean
+.PHONY: run test setup test-setup models system-deps lint typecheck bench bench-load bench-workers clean
 
 run: setup models
 	$(VENV)/bin/voiceforge serve --host $(HOST) --port $(PORT)
@@ -62,10 +62,13 @@ models: setup
 # /usr/bin/chromium); docker-compose validates compose.yaml without an engine (tests/gpu);
 # postgresql's server (off PATH, in /usr/lib/postgresql/*/bin) backs tests/records, which
 # start and stop their own cluster.
-SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose
+# haproxy balances agent replicas in tests/deploy. kubectl (tests/deploy renders the
+# manifests with it) is not in Debian's archive: without it those tests say so and skip.
+SYSTEM_DEPS := espeak-ng:espeak-ng chromium:chromium docker-compose:docker-compose haproxy:haproxy
 
 system-deps:
-	@missing=""; for pair in $(SYSTEM_DEPS); do \
+	@# haproxy installs to /usr/sbin, which a user's PATH may lack.
+	@missing=""; PATH="$$PATH:/usr/sbin"; for pair in $(SYSTEM_DEPS); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 	  missing="$$missing postgresql"; \
@@ -91,6 +94,17 @@ bench-load: setup system-deps
 	$(PY) -m loadtest --sweep 50,100,150,200,250,300 --duration 60 --ramp 10 --budget-ms 50 \
 	  --json out/loadtest-bench-sweep.json --sweep-plot out/loadtest-bench-sweep.png \
 	  --plot out/loadtest-bench-latency.png
+
+# Capacity of 1 worker process and of 2 (serve --workers), one after the other, by
+# the same criterion (docs/deploy-k8s.md); run it on a quiet machine.
+bench-workers: setup system-deps
+	mkdir -p out
+	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
+	  $(PY) -m loadtest --workers 1 --sweep 100,150,200,250,300 --duration 60 --ramp 10 \
+	  --budget-ms 50 --json out/capacity-1-worker.json
+	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
+	  $(PY) -m loadtest --workers 2 --sweep 100,150,200,250,300,350,400 --duration 60 --ramp 10 \
+	  --budget-ms 50 --json out/capacity-2-workers.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -6,23 +6,22 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import VoiceForgeError
 
+if TYPE_CHECKING:
+    from agent.config import Settings
+
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from agent.config import Settings
-    from agent.profiles import build_engines
-    from agent.server import create_app
-    from agent.serving import VoiceForgeServer, configure_logging, transport_limits
+    from agent.serving import configure_logging, server_secrets
 
     settings = Settings.from_env()
     if args.host is not None:
@@ -33,10 +32,34 @@ def _serve(args: argparse.Namespace) -> int:
         settings.profile = args.profile
     settings.validate()
     log_format = args.log_format or os.environ.get("VOICEFORGE_LOG_FORMAT", "text")
-    configure_logging(
-        log_format, [*settings.secrets(), os.environ.get(settings.llm_api_key_env)],
-        logging.INFO,
-    )
+    configure_logging(log_format, server_secrets(settings), logging.INFO)
+    workers = args.workers if args.workers is not None else _env_workers(settings.profile)
+    if workers < 1:
+        raise VoiceForgeError(f"--workers must be at least 1, got {workers}")
+    if workers > 1:
+        from agent.workers import Supervisor
+
+        return Supervisor(settings, workers, log_format).run()
+    return _serve_one(settings)
+
+
+def _env_workers(profile: str) -> int:
+    from agent.workers import default_workers
+
+    raw = os.environ.get("VOICEFORGE_WORKERS", "")
+    if not raw:
+        return default_workers(profile)
+    try:
+        return int(raw)
+    except ValueError:
+        raise VoiceForgeError(f"VOICEFORGE_WORKERS must be an integer, got {raw!r}") from None
+
+
+def _serve_one(settings: Settings) -> int:
+    """One process: the engines, the app and uvicorn, as ``--workers 1``."""
+    from agent.profiles import build_engines
+    from agent.server import create_app
+    from agent.serving import VoiceForgeServer, listening_socket, server_config, show_ready
 
     def progress(line: str) -> None:
         print(f"[voiceforge] {line}", flush=True)
@@ -45,32 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
     engines = build_engines(settings, progress)
     app = create_app(settings, engines, own_engines=True)
     # Bind first so port 0 works and the address printed is the one in use.
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
-    port = sock.getsockname()[1]
-    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    progress(f"ready: connect to ws://{shown_host}:{port}/ws")
-    progress(f"health http://{shown_host}:{port}/healthz, metrics http://{shown_host}:{port}/metrics")
-    progress(f"try it: voiceforge talk question.wav --url ws://{shown_host}:{port}/ws")
-    progress(f"or talk in a browser: http://{shown_host}:{port}/")
-    config = uvicorn.Config(
-        app,
-        **transport_limits(settings),
-        # PCM barely compresses: permessage-deflate cost ~14% of the server's CPU
-        # under load (docs/benchmarks.md) for nothing.
-        ws_per_message_deflate=False,
-        # "auto" takes uvloop (installed by uvicorn[standard]); "asyncio" is there
-        # to measure the difference (docs/benchmarks.md).
-        loop=os.environ.get("VOICEFORGE_EVENT_LOOP", "auto"),
-        log_level="info",
-        log_config=None,  # configure_logging above: one format, secrets redacted
-        # After our own drain (agent/serving.py), what little is left gets this long.
-        timeout_graceful_shutdown=5,
-    )
-    VoiceForgeServer(config, app).run(sockets=[sock])
+    sock = listening_socket(settings.host, settings.port)
+    show_ready(progress, settings.host, sock.getsockname()[1])
+    VoiceForgeServer(server_config(app, settings), app).run(sockets=[sock])
     return 0
 
 
@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--profile", default=None, help="engine profile (default: embedded)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes sharing the port, each with its own engines "
+                       "(default: VOICEFORGE_WORKERS, else the usable cores for the bench "
+                       "profile and 1 for the model profiles; docs/deploy-k8s.md)")
     serve.add_argument("--log-format", choices=("text", "json"), default=None,
                        help="log lines as text or one JSON object each "
                        "(default: VOICEFORGE_LOG_FORMAT or text)")

@@ -1,11 +1,33 @@
-"""Prometheus metrics, one registry per app so tests can run several apps."""
+"""Prometheus metrics, one registry per app so tests can run several apps.
+
+Under ``voiceforge serve --workers N`` (``agent.workers``) the workers share one
+port, so a scrape reaches whichever worker the kernel picks: every worker then
+runs in prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by
+the supervisor before it starts them) and any worker's ``/metrics`` is the sum over
+all of them; what only a live process can say (its CPU, memory, tasks, threads)
+follows with a ``worker`` label. docs/decisions.md says why not a label alone.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+from collections.abc import Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from pipeline.events import ResponseDone, ResponseStatus, ResponseToolResult
 
@@ -16,6 +38,53 @@ _INFERENCE_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5
 SMART_TURN_INFERENCE = "voiceforge_smart_turn_inference_seconds"
 
 _LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client reads it when a metric is created: set, values go to files there."""
+WORKER_ENV = "VOICEFORGE_WORKER"
+"""The worker's index (0..N-1) under ``--workers N``: the ``worker`` label."""
+OPEN_CALLS = "voiceforge_sessions_active"
+"""Open calls on every transport: what the autoscaler divides by the pods (deploy/)."""
+
+
+def worker_id() -> str | None:
+    """Which worker of ``--workers N`` this process is (None: the only one)."""
+    return os.environ.get(WORKER_ENV)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROCESS_DIR_ENV) or None
+
+
+class _Labelled(Collector):
+    """Another collector's samples with a constant label added."""
+
+    def __init__(self, inner: Collector, labels: dict[str, str]) -> None:
+        self.inner = inner
+        self.labels = labels
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.inner.collect():
+            family.samples = [
+                Sample(s.name, {**s.labels, **self.labels}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples
+            ]
+            yield family
+
+
+class _Liveness(Collector):
+    """This process's asyncio tasks and threads, read at scrape time (on the loop)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "voiceforge_asyncio_tasks", "asyncio tasks alive on the server's loop",
+            value=_task_count(),
+        )
+        yield GaugeMetricFamily(
+            "voiceforge_threads", "Python threads alive in the server process",
+            value=float(threading.active_count()),
+        )
+
 
 STAGES = {
     "end_of_turn_wait_ms": "end_of_turn_wait",
@@ -31,9 +100,18 @@ STAGES = {
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared_dir = multiprocess_dir()
+        """Set: the values live in files there, summed over the workers at scrape."""
+        # What only this process can say, read live at scrape time.
+        self.live = CollectorRegistry() if self.shared_dir else self.registry
+        worker = {"worker": worker_id() or str(os.getpid())}
         # process_cpu_seconds_total and process_resident_memory_bytes: the load
         # generator scrapes them before and after a run (Linux only; elsewhere empty).
-        ProcessCollector(registry=self.registry)
+        if self.shared_dir:
+            self.live.register(_Labelled(ProcessCollector(registry=None), worker))
+            self.live.register(_Labelled(_Liveness(), worker))
+        else:
+            ProcessCollector(registry=self.registry)
         self.first_audio = Histogram(
             "voiceforge_end_of_speech_to_first_audio_seconds",
             "End of the caller's speech to the first reply audio sent",
@@ -55,7 +133,8 @@ class Metrics:
             registry=self.registry,
         )
         self.sessions_active = Gauge(
-            "voiceforge_sessions_active", "Open sessions", registry=self.registry
+            OPEN_CALLS, "Open calls (every transport)", registry=self.registry,
+            multiprocess_mode="livesum",  # a pod's calls: its live workers' sum
         )
         self.sessions = Counter(
             "voiceforge_sessions", "Sessions opened", registry=self.registry
@@ -120,17 +199,18 @@ class Metrics:
         )
         # Leak detectors for soak runs (loadtest/soak.py): both must come back to
         # their idle level once the callers are gone. Read at scrape time, which
-        # happens on the event loop.
-        self.tasks = Gauge(
-            "voiceforge_asyncio_tasks", "asyncio tasks alive on the server's loop",
-            registry=self.registry,
-        )
-        self.tasks.set_function(_task_count)
-        self.threads = Gauge(
-            "voiceforge_threads", "Python threads alive in the server process",
-            registry=self.registry,
-        )
-        self.threads.set_function(lambda: float(threading.active_count()))
+        # happens on the event loop. (A file-backed gauge cannot be read live.)
+        if not self.shared_dir:
+            self.registry.register(_Liveness())
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The ``/metrics`` body and its content type: this process's metrics, or
+        under workers every worker's summed plus this one's live figures."""
+        if not self.shared_dir:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(summed) + generate_latest(self.live), CONTENT_TYPE_LATEST
 
     def observe_smart_turn_batch(self, requests: int, seconds: float) -> None:
         """One Smart Turn model call (``BatchedSmartTurnWorker`` observer)."""

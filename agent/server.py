@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -44,6 +43,7 @@ from agent.limits import (
     FrameRateLimiter,
     OutboundQueue,
 )
+from agent.metrics import worker_id
 from agent.protocol import (
     MAX_CLIENT_TOOLS,
     PROTOCOL_VERSION,
@@ -491,7 +491,7 @@ async def _readyz(request: Request) -> Response:
     for engine, failure in sorted(state.engine_health.failing(time.monotonic()).items()):
         reasons[f"{engine}_failing"] = failure
     body: dict[str, Any] = {"ready": not reasons, "calls": state.open_calls(),
-                            "max_sessions": state.settings.max_sessions}
+                            "max_sessions": state.settings.max_sessions, "worker": worker_id()}
     if state.admission is not None:
         body["first_audio_p95_ms"] = state.admission.recent_p95(time.monotonic())
         body["latency_budget_ms"] = state.admission.budget_ms
@@ -512,7 +512,8 @@ async def _metrics(request: Request) -> Response:
         return JSONResponse({"error": "unauthorized", "message": "/metrics needs the metrics "
                              "key (Authorization: Bearer <VOICEFORGE_METRICS_KEY>)"}, 401,
                             headers={"WWW-Authenticate": "Bearer"})
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = state.metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 async def _session_tokens(request: Request) -> Response:

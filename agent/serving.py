@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import uvicorn
@@ -38,10 +39,55 @@ def transport_limits(settings: Settings) -> dict[str, Any]:
     }
 
 
+def server_config(app: Starlette, settings: Settings, log_level: str = "info") -> uvicorn.Config:
+    """How ``voiceforge serve`` (and each of its workers) runs ``app`` under uvicorn."""
+    return uvicorn.Config(
+        app,
+        **transport_limits(settings),
+        # PCM barely compresses: permessage-deflate cost ~14% of the server's CPU
+        # under load (docs/benchmarks.md) for nothing.
+        ws_per_message_deflate=False,
+        # "auto" takes uvloop (installed by uvicorn[standard]); "asyncio" is there
+        # to measure the difference (docs/benchmarks.md).
+        loop=os.environ.get("VOICEFORGE_EVENT_LOOP", "auto"),
+        log_level=log_level,
+        log_config=None,  # configure_logging: one format, secrets redacted
+        # After our own drain (agent/serving.py), what little is left gets this long.
+        timeout_graceful_shutdown=5,
+    )
+
+
+def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A socket bound to ``host:port`` and listening; with ``reuse_port`` (Linux),
+    one of several that share the port, the kernel spreading new connections
+    over them (``agent.workers``)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class VoiceForgeServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Starlette,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.app = app
+        self.on_started = on_started
+        """Called once it listens and its lifespan started (a worker tells its parent)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -66,6 +112,21 @@ class VoiceForgeServer(uvicorn.Server):
             "shutdown complete: %d tasks and %d non-daemon threads left%s",
             len(left), len(threads), f" ({', '.join(threads)})" if threads else "",
         )
+
+
+def show_ready(progress: Callable[[str], None], host: str, port: int) -> None:
+    """The lines a person (and ``loadtest.harness.ChildServer``) reads once it serves."""
+    shown_host = f"[{host}]" if ":" in host else host
+    base = f"{shown_host}:{port}"
+    progress(f"ready: connect to ws://{base}/ws")
+    progress(f"health http://{base}/healthz, metrics http://{base}/metrics")
+    progress(f"try it: voiceforge talk question.wav --url ws://{base}/ws")
+    progress(f"or talk in a browser: http://{base}/")
+
+
+def server_secrets(settings: Settings) -> list[str | None]:
+    """What no log line may show."""
+    return [*settings.secrets(), os.environ.get(settings.llm_api_key_env)]
 
 
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", help="ws://HOST:PORT/ws of a running server (default: start one)")
     parser.add_argument("--profile", default="bench", help="profile of the started server")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="`voiceforge serve --workers` of the started server (default 1)")
     parser.add_argument("--callers", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds, after the ramp")
     parser.add_argument("--ramp", type=float, default=None, help="seconds to start all callers "
@@ -64,8 +66,9 @@ def _server(args: argparse.Namespace) -> Iterator[str]:
     if args.url:
         yield args.url
         return
-    with spawned_server(args.profile, echo=False) as url:
-        print(f"started `voiceforge serve --profile {args.profile}` at {url}", file=sys.stderr)
+    with spawned_server(args.profile, echo=False, workers=args.workers) as url:
+        print(f"started `voiceforge serve --profile {args.profile} --workers {args.workers}` "
+              f"at {url}", file=sys.stderr)
         yield url
 
 

@@ -308,10 +308,10 @@ async def child_server(
         await asyncio.to_thread(child.stop)
 
 
-def voiceforge_serve(profile: str = "bench") -> list[str]:
-    """``voiceforge serve --profile PROFILE`` on 127.0.0.1, a free port."""
+def voiceforge_serve(profile: str = "bench", workers: int = 1) -> list[str]:
+    """``voiceforge serve --profile PROFILE --workers N`` on 127.0.0.1, a free port."""
     return [sys.executable, "-m", "agent.cli", "serve", "--profile", profile,
-            "--host", "127.0.0.1", "--port", "0"]
+            "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)]
 
 
 def spec_serve(spec: dict[str, Any]) -> list[str]:

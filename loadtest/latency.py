@@ -104,13 +104,16 @@ def percentile(values: list[float], q: float) -> float:
 
 @contextmanager
 def spawned_server(
-    profile: str = "embedded", *, echo: bool = True, env: dict[str, str] | None = None
+    profile: str = "embedded", *, echo: bool = True, env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[str]:
     """``voiceforge serve --port 0`` on 127.0.0.1 in a child process; yields its ws:// URL.
-    ``env``: settings (``VOICEFORGE_*``) for it on top of this process's environment."""
+    ``env``: settings (``VOICEFORGE_*``) for it on top of this process's environment.
+    ``workers``: its ``--workers`` (1 unless asked: the figures in docs/ are of one
+    process, and a pool's /metrics shows no whole-server CPU)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--host", "127.0.0.1", "--port", "0",
-         "--profile", profile],
+         "--profile", profile, "--workers", str(workers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -73,7 +73,7 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "aborted_sessions": stats.aborted_sessions,
         "underruns": stats.underruns,
         "noise_false_turns": stats.noise_false_turns,
-        "server": {k: round(v, 1) for k, v in raw["server"].items()},
+        "server": {k: None if v is None else round(v, 1) for k, v in raw["server"].items()},
         "loadgen_cpu_percent": round(raw["loadgen_cpu_percent"], 1),
         "wall_s": round(raw["wall_s"], 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
@@ -123,11 +123,12 @@ def print_summary(report: dict[str, Any]) -> None:
     print(f"  barge-in: speech sent -> clear        {_fmt(report['barge_in_ms'])}")
     print(f"  barge-in: acoustic onset -> clear     {_fmt(report['barge_in_acoustic_ms'])}")
     server = report["server"]
-    print(
-        f"  server: CPU {server['cpu_percent']:.0f}%, RSS {server['rss_mb_before']:.0f} -> "
-        f"{server['rss_mb_max']:.0f} MB max; "
-        f"load generator CPU {report['loadgen_cpu_percent']:.0f}%"
+    shown = (
+        f"CPU {server['cpu_percent']:.0f}%, RSS {server['rss_mb_before']:.0f} -> "
+        f"{server['rss_mb_max']:.0f} MB max" if server["cpu_percent"] is not None
+        else "CPU and RSS n/a (a pool of workers: /metrics shows the one that answered)"
     )
+    print(f"  server: {shown}; load generator CPU {report['loadgen_cpu_percent']:.0f}%")
     if report["error_codes"] or report["failures"]:
         print(f"  error codes {report['error_codes']}; failures {report['failures'][:5]}")
     compare = report.get("compare")

@@ -228,11 +228,14 @@ async def run_load(
         await asyncio.sleep(0.25)
         after = await asyncio.to_thread(scrape_server, config.http_base)
     run.rss_max = max(run.rss_max, after.get("rss_bytes", 0.0))
-    server = {
-        "cpu_percent": 100.0 * (after.get("cpu_s", 0.0) - before.get("cpu_s", 0.0)) / wall_s,
-        "rss_mb_before": before.get("rss_bytes", 0.0) / 2**20,
-        "rss_mb_after": after.get("rss_bytes", 0.0) / 2**20,
-        "rss_mb_max": run.rss_max / 2**20,
+    # A pool of workers (``--workers N``) labels these per worker, and a scrape
+    # reaches one worker: no figure for the whole server then.
+    whole = "cpu_s" in before and "cpu_s" in after
+    server: dict[str, float | None] = {
+        "cpu_percent": 100.0 * (after["cpu_s"] - before["cpu_s"]) / wall_s if whole else None,
+        "rss_mb_before": before["rss_bytes"] / 2**20 if whole else None,
+        "rss_mb_after": after["rss_bytes"] / 2**20 if whole else None,
+        "rss_mb_max": run.rss_max / 2**20 if whole else None,
         "sessions_left_open": after.get("sessions_active", 0.0)
         - before.get("sessions_active", 0.0),
     }

@@ -24,8 +24,9 @@ from pipeline.conversation import Engines
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 KEY = "an-api-key-long-enough-123"
 
-PROCESS_ENTRY = {"cli.py"}
-"""Builds the app with ``agent.server.create_app`` and runs it; no transport."""
+PROCESS_ENTRY = {"cli.py", "workers.py"}
+"""Build the app with ``agent.server.create_app`` and run it (a worker of
+``serve --workers N`` too); no transport."""
 
 TRANSPORTS = {
     # module: (endpoint function, the intake call it must make)

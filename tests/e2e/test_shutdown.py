@@ -32,7 +32,7 @@ def serve(**env: str) -> Iterator[tuple[subprocess.Popen[str], str, list[str]]]:
     """The child server, its ws:// URL and the lines it printed so far."""
     process = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "serve", "--profile", "bench",
-         "--host", "127.0.0.1", "--port", "0"],
+         "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **env},
     )
