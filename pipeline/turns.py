@@ -77,7 +77,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.overlap_handling import OverlapHandling
-from pipeline.reply_state import Response, ResponsePhase, error_category
+from pipeline.reply_state import Response, ResponsePhase, ResponseRequest, error_category
 from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext
 from pipeline.smart_turn import WINDOW_SECONDS, BatchedSmartTurnWorker
@@ -117,12 +117,15 @@ class _QueuedTurn:
     """The speculative transcript the turn's text came from, to match a held reply."""
     spans_ms: list[tuple[float, float]] = field(default_factory=list)
     """Where each text's speech lies on the audio timeline (zeros for typed text)."""
+    request: ResponseRequest | None = None
+    """The client asked for this reply itself (``respond``); its settings."""
 
     def join(self, newer: _QueuedTurn) -> _QueuedTurn:
         """This turn superseded by ``newer``: one reply answers both, timed by the newer."""
         return _QueuedTurn(
             [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason,
             spans_ms=[*self.spans_ms, *newer.spans_ms],
+            request=newer.request or self.request,
         )
 
 
@@ -266,6 +269,33 @@ class TurnTaking:
         self._queue(
             _QueuedTurn([text], time.monotonic(), {}, "new_text_input", spans_ms=[(0.0, 0.0)])
         )
+
+    def respond(self, request: ResponseRequest) -> None:
+        """A reply the client asks for, to the history as it stands (after any turn
+        still waiting for its own): interrupts any reply in progress."""
+        self._responses.keep_call()
+        if not self.accepting:
+            self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
+            return
+        self._queue(_QueuedTurn([], time.monotonic(), {}, "client_request", request=request))
+
+    def commit(self) -> bool:
+        """End the paused turn now (the client says it is over); False when no turn
+        is paused."""
+        events = self.detector.end_turn()
+        for event in events:
+            self._on_turn_event(event)
+        return bool(events)
+
+    def clear(self) -> None:
+        """Forget the turn in progress (the client clears its input): no reply to it."""
+        self.detector.abandon()
+        self._stop_asking()
+        self.policy.turn_ended()
+        self._discard_speculation()
+        self.overlaps.turn_discarded()
+        self._turn_start_ms = None
+        self._speech_end_ms = None
 
     # ------------------------------------------------------------ turn events
 
@@ -637,7 +667,10 @@ class TurnTaking:
         self._discard_draft()
         for text in turn.texts:
             history.add_user(text)
-        responses.answer(turn.turn_end, turn.timings, apology=not turn.texts)
+        responses.answer(
+            turn.turn_end, turn.timings, apology=not turn.texts and turn.request is None,
+            request=turn.request,
+        )
 
     def _refuse_while_draining(self, turn: _QueuedTurn) -> None:
         """The server began to drain while ``turn`` was transcribed or waited: it gets
