@@ -50,6 +50,7 @@ class Transport(StrEnum):
     WS = "ws"
     WEBRTC = "webrtc"
     TELEPHONY = "telephony"
+    REALTIME = "realtime"
 
 
 DEFERRED_CREDENTIAL = frozenset({Transport.TELEPHONY})

@@ -610,7 +610,7 @@ def create_app(
     (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
     Engines from a factory, or given with ``own_engines``, are closed (their
     worker threads stopped) when the server stops."""
-    from agent import telephony, webrtc
+    from agent import realtime, telephony, webrtc
 
     async def load(state: AppState, factory: EngineFactory) -> None:
         try:
@@ -665,6 +665,7 @@ def create_app(
             Route("/v1/session-tokens", _session_tokens, methods=["POST"]),
             *webrtc.routes,
             *telephony.routes,
+            *realtime.routes,
             # The browser voice chat page (web/); last, so it never shadows the API.
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="web"),
         ],
