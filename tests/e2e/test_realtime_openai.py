@@ -17,6 +17,7 @@ from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from agent.config import Settings
+from pipeline import mulaw as g711
 from pipeline.audio import float_to_pcm16
 from pipeline.conversation import Conversation, Engines
 from tests.e2e.conftest import RunningServer, sharing, start_server
@@ -42,11 +43,13 @@ async def next_of(conn: AsyncRealtimeConnection, *types: str, max_events: int = 
     raise AssertionError(f"none of {types} within {max_events} events")
 
 
-async def send_speech(conn: AsyncRealtimeConnection, text: str) -> None:
-    """``text`` spoken at 24 kHz, then silence, as 100 ms appends at real time."""
-    audio = np.concatenate([speak(text, 24000), silence(1.2, 24000)])
-    pcm = float_to_pcm16(audio)
-    step = 4800  # 100 ms of 24 kHz PCM16
+async def send_speech(conn: AsyncRealtimeConnection, text: str, *, mulaw: bool = False) -> None:
+    """``text`` spoken at 24 kHz PCM16 (or 8 kHz µ-law), then silence, as 100 ms
+    appends at real time."""
+    rate = 8000 if mulaw else 24000
+    audio = np.concatenate([speak(text, rate), silence(1.2, rate)])
+    pcm = g711.encode_float(audio) if mulaw else float_to_pcm16(audio)
+    step = 800 if mulaw else 4800  # 100 ms
     for offset in range(0, len(pcm), step):
         await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[offset:offset + step])
                                              .decode())
@@ -110,6 +113,30 @@ async def test_a_spoken_turn_is_transcribed_and_answered_in_audio(
     samples = np.frombuffer(bytes(audio), dtype=np.int16)
     assert len(samples) > 24000 * 0.5
     assert np.abs(samples).max() > 1000
+
+
+async def test_a_turn_in_g711_mulaw_both_ways(conn: AsyncRealtimeConnection) -> None:
+    await conn.session.update(session={"type": "realtime", "audio": {
+        "input": {"format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}},
+        "output": {"format": {"type": "audio/pcmu"}}}})
+    updated = await next_of(conn, "session.updated")
+    assert updated.session.audio.output.format.type == "audio/pcmu"
+    feeding = asyncio.create_task(send_speech(conn, "What is the capital of France?",
+                                              mulaw=True))
+    try:
+        transcript = await next_of(conn, "conversation.item.input_audio_transcription.completed")
+        # Telephone-band speech: tiny.en may hear "France" as "friend".
+        assert "capital" in transcript.transcript.lower()
+        reply = bytearray()
+        while (event := await next_of(conn, "response.output_audio.delta", "response.done")
+               ).type != "response.done":
+            reply += base64.b64decode(event.delta)
+    finally:
+        await feeding
+    assert event.response.status == "completed"
+    # One byte per 8 kHz sample; decoded, it is speech, not silence.
+    samples = g711.decode(bytes(reply))
+    assert len(samples) > 8000 * 0.5 and np.abs(samples).max() > 1000
 
 
 async def test_a_truncated_reply_leaves_only_what_was_heard_in_history(
