@@ -54,6 +54,7 @@ from pipeline.conversation import Conversation
 from pipeline.events import (
     ErrorEvent,
     Event,
+    ResponseAudioClear,
     ResponseAudioDelta,
     ResponseCreated,
     ResponseDone,
@@ -323,6 +324,10 @@ class RealtimeCall:
                            "item_id": self.user_item, "content_index": 0, "delta": event.text})
         elif isinstance(event, TranscriptFinal):
             self._user_turn(event)
+        elif isinstance(event, ResponseAudioClear):
+            # The reply was cut: audio of it still waiting to go out would play after
+            # the cut, so it never leaves (the core sends none after the clear).
+            self.outbound.purge_audio(event.response_id)
         elif isinstance(event, ResponseCreated):
             self._reply_created(event.response_id)
         elif isinstance(event, ResponseToolCall):

@@ -219,7 +219,9 @@ def parse_session(
     pad: float | None = None
     if session.get("type", "realtime") != "realtime":
         raise _unsupported("session.type", "a transcription-only session")
-    for name in ("tracing", "prompt", "reasoning", "include"):
+    # ``tracing`` is accepted and has no effect: this server keeps no traces dashboard,
+    # and clients (the Agents SDK) set it by default.
+    for name in ("prompt", "reasoning", "include"):
         if session.get(name) not in (None, []):
             raise _unsupported(f"session.{name}", name)
     if session.get("truncation", "auto") != "auto":

@@ -90,6 +90,20 @@ def test_what_cannot_be_done_is_refused_with_the_field_named(
     refused(session, code, param)
 
 
+def test_what_the_agents_sdk_sends_by_default_is_taken() -> None:
+    settings, fields, _ = parse({
+        "type": "realtime", "model": "gpt-realtime", "output_modalities": ["audio"],
+        "tracing": "auto", "tools": [],
+        "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                            "transcription": {"model": "gpt-4o-mini-transcribe"},
+                            "turn_detection": {"type": "semantic_vad",
+                                               "interrupt_response": True}},
+                  "output": {"voice": "ash", "format": {"type": "audio/pcm", "rate": 24000}}}})
+    assert settings.transcription == {"model": "gpt-4o-mini-transcribe"}
+    assert fields["turn"]["end_of_turn_policy"] == "silence"
+    assert fields["tools"] == [] and fields["voice"] is None
+
+
 def test_a_response_create_maps_to_a_request() -> None:
     request, metadata = parse_response_create(
         {"conversation": "none", "instructions": "Say yes.", "max_output_tokens": 4000,
