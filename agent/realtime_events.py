@@ -293,11 +293,12 @@ def _audio_input(
         settings = replace(settings, transcription=transcription)
     if "turn_detection" in value:
         detection = value["turn_detection"]
-        if detection is None:
-            raise _unsupported(f"{param}.turn_detection", "turn_detection null (manual turns)")
-        detection = _expect_map(detection, f"{param}.turn_detection")
-        fields["turn"], pad = turn_fields(detection, policies)
-        settings = replace(settings, turn_detection=dict(detection))
+        if detection is None:  # manual turns: the client commits (SessionConfig.manual_turns)
+            settings = replace(settings, turn_detection=None)
+        else:
+            detection = _expect_map(detection, f"{param}.turn_detection")
+            fields["turn"], pad = turn_fields(detection, policies)
+            settings = replace(settings, turn_detection=dict(detection))
     return settings, pad
 
 

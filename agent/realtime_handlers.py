@@ -40,6 +40,7 @@ def on_session_update(call: RealtimeCall, event: dict[str, Any]) -> None:
         bridge.end_of_turn_policies(engines), call.state.settings.max_response_tokens,
     )
     updated = bridge.updated_config(call.state, call.conversation.config, fields)
+    updated = replace(updated, manual_turns=settings.turn_detection is None)
     if pad is not None:
         updated = replace(updated, speech_pad_ms=pad)
     call.conversation.update(updated)
@@ -78,6 +79,11 @@ def on_append(call: RealtimeCall, event: dict[str, Any]) -> None:
 
 
 def on_commit(call: RealtimeCall, event: dict[str, Any]) -> None:
+    if call.conversation.config.manual_turns:
+        if not call.conversation.commit_input():
+            raise RealtimeError("input_audio_buffer_commit_empty", "buffer too small: a "
+                                "commit needs at least 100 ms of audio appended since the last")
+        return
     if not call.conversation.commit_input():
         raise RealtimeError("input_audio_buffer_commit_empty", "nothing to commit: no "
                             "speech is waiting for the end of its turn (with server_vad "

@@ -160,6 +160,8 @@ class Conversation:
             self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         if config.turn != self.config.turn:
             self._turns.set_turn_config(config.turn)
+        if config.manual_turns and not self.config.manual_turns:
+            self._turns.start_manual()
         offered = self._offered_tools(config)
         if (
             config.instructions != self.history.system_prompt
@@ -245,8 +247,10 @@ class Conversation:
         return heard if len(heard) < len(kept) else kept
 
     def commit_input(self) -> bool:
-        """End the caller's paused turn now rather than after its silence; False when
-        no turn is paused (the Realtime API's ``input_audio_buffer.commit``)."""
+        """End the caller's paused turn now rather than after its silence; with
+        ``manual_turns``, make the audio since the last commit a user turn (no reply).
+        False when there is nothing to commit (the Realtime API's
+        ``input_audio_buffer.commit``)."""
         return self._turns.commit()
 
     def clear_input(self) -> None:
@@ -294,6 +298,9 @@ class Conversation:
                 frame = self._pending[:FRAME_SAMPLES]
                 self._pending = self._pending[FRAME_SAMPLES:]
                 self._turns.hear(frame, arrived)
+                if self.config.manual_turns:
+                    self._turns.judge(0.0)  # the clock runs on; no VAD is asked
+                    continue
                 try:
                     probability = await self._vad.process(frame)
                 except EngineError as exc:

@@ -105,6 +105,11 @@ class SessionConfig:
     end_call_grace_ms: float = 1500.0
     """After ``end_call``'s goodbye has been heard, the call waits this long for the
     caller; speech (or text) in that time keeps the call going."""
+    manual_turns: bool = False
+    """The client says when the caller's turn ends (the Realtime API's
+    ``turn_detection: null``): no VAD runs and nothing interrupts a reply;
+    ``Conversation.commit_input`` transcribes the audio since the last commit into a
+    user turn, and only ``respond`` replies."""
     tool_filler_ms: float = 700.0
     """A tool still running after this makes the agent say a short filler (once per
     reply, only if it has said nothing yet); 0: never."""

@@ -97,6 +97,9 @@ from pipeline.vad import FRAME_MS
 
 logger = logging.getLogger("voiceforge.conversation")
 
+MIN_COMMIT_MS = 100.0
+"""The least audio a commit takes (the Realtime API's own bound)."""
+
 MAX_QUEUED_INPUTS = 8
 """User inputs (typed texts, audio turns) that may wait, joined, for one reply; past
 it the oldest waiting one is dropped and said so (``TurnIgnored("backlog_full")``)."""
@@ -200,6 +203,10 @@ class TurnTaking:
         self._draft_transcript: asyncio.Task[tuple[str, float]] | None = None
         self._waiting: _QueuedTurn | None = None
         """The finished turn waiting for its reply (at most one: newer input joins it)."""
+        self._manual_start_ms = 0.0
+        """With ``manual_turns``: where the audio not committed yet begins."""
+        self._commits: set[asyncio.Task[None]] = set()
+        """Committed audio being transcribed: a reply asked for meanwhile waits for it."""
         self._handing_over: asyncio.Task[None] | None = None
         """The one task that turns waiting turns into replies, one at a time."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -279,9 +286,26 @@ class TurnTaking:
             return
         self._queue(_QueuedTurn([], time.monotonic(), {}, "client_request", request=request))
 
+    def start_manual(self) -> None:
+        """From now on the client ends turns: the audio to commit begins here."""
+        self._manual_start_ms = self.audio.end_sample / 16
+
     def commit(self) -> bool:
         """End the paused turn now (the client says it is over); False when no turn
-        is paused."""
+        is paused. With ``manual_turns``: the audio since the last commit (at least
+        ``MIN_COMMIT_MS``) becomes a user turn, without a reply."""
+        if self._call.config.manual_turns:
+            start_ms, end_ms = self._manual_start_ms, self.audio.end_sample / 16
+            if end_ms - start_ms < MIN_COMMIT_MS:
+                return False
+            self._manual_start_ms = end_ms
+            task = asyncio.create_task(
+                self._committed_turn(start_ms, end_ms), name=f"{self._call.session_id}-commit"
+            )
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+            self._keep_until_done(task)
+            return True
         events = self.detector.end_turn()
         for event in events:
             self._on_turn_event(event)
@@ -289,6 +313,7 @@ class TurnTaking:
 
     def clear(self) -> None:
         """Forget the turn in progress (the client clears its input): no reply to it."""
+        self._manual_start_ms = self.audio.end_sample / 16
         self.detector.abandon()
         self._stop_asking()
         self.policy.turn_ended()
@@ -603,6 +628,26 @@ class TurnTaking:
             )
         )
 
+    async def _committed_turn(self, start_ms: float, end_ms: float) -> None:
+        """Audio the client committed (``manual_turns``): transcribed into history."""
+        try:
+            text, _ = await self._transcribe(start_ms, end_ms)
+        except STTError as exc:
+            self._call.emit(
+                ErrorEvent(
+                    "stt_failed", f"transcription failed: {exc}", category=error_category(exc)
+                )
+            )
+            self._call.emit(TurnIgnored("stt_failed", start_ms, end_ms))
+            return
+        finally:
+            self.audio.trim_before_ms(end_ms)
+        self._call.emit(TranscriptFinal(text, start_ms, end_ms))
+        if not text:
+            self._call.emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
+            return
+        self._call.history.add_user(text)
+
     # --------------------------------------------------------------- hand-over
 
     def _queue(self, turn: _QueuedTurn) -> None:
@@ -642,6 +687,10 @@ class TurnTaking:
         """
         responses = self._responses
         while True:
+            if self._commits:
+                # Committed words first: the reply asked for after a commit answers them.
+                await asyncio.gather(*self._commits, return_exceptions=True)
+                continue
             if not self.accepting:
                 self._refuse_while_draining(turn)
                 return

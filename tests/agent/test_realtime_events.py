@@ -50,6 +50,13 @@ def test_semantic_vad_is_the_learned_policy_where_the_model_runs() -> None:
     assert fields["turn"] == {"end_of_turn_policy": "silence", "end_of_turn_silence_ms": 300.0}
 
 
+def test_turn_detection_null_is_manual_turns() -> None:
+    settings, fields, _ = parse({"audio": {"input": {"turn_detection": None}}})
+    assert settings.turn_detection is None and "turn" not in fields
+    view = session_object("sess_1", settings, SessionConfig(manual_turns=True), "joe")
+    assert view["audio"]["input"]["turn_detection"] is None
+
+
 def test_formats_voices_and_tokens() -> None:
     settings, fields, _ = parse({"audio": {
         "input": {"format": {"type": "audio/pcmu"}},
@@ -72,8 +79,6 @@ def test_formats_voices_and_tokens() -> None:
      "session.audio.input.format.type"),
     ({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 12345}}}}, "invalid_value",
      "session.audio.input.format.rate"),
-    ({"audio": {"input": {"turn_detection": None}}}, "unsupported_feature",
-     "session.audio.input.turn_detection"),
     ({"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}},
      "unsupported_feature", "session.audio.input.turn_detection.create_response"),
     ({"audio": {"output": {"voice": "nobody"}}}, "invalid_value", "session.audio.output.voice"),

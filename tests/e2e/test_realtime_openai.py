@@ -139,6 +139,39 @@ async def test_a_turn_in_g711_mulaw_both_ways(conn: AsyncRealtimeConnection) -> 
     assert len(samples) > 8000 * 0.5 and np.abs(samples).max() > 1000
 
 
+async def test_manual_turns_commit_then_reply_on_request(
+    conn: AsyncRealtimeConnection, server: RunningServer,
+) -> None:
+    await conn.session.update(session={"type": "realtime", "audio": {"input": {
+        "turn_detection": None, "transcription": {"model": "whisper-1"}}}})
+    assert (await next_of(conn, "session.updated")).session.audio.input.turn_detection is None
+    await conn.input_audio_buffer.commit()  # nothing appended yet
+    assert (await next_of(conn, "error")).error.code == "input_audio_buffer_commit_empty"
+    pcm = float_to_pcm16(speak("What is the capital of France?", 24000))
+    for offset in range(0, len(pcm), 4800):  # no silence after: the client ends the turn
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[offset:offset + 4800])
+                                             .decode())
+        await asyncio.sleep(0.08)  # within the server's audio rate limit (2x real time)
+    await conn.input_audio_buffer.commit()
+    await conn.response.create(response={"metadata": {"asked": "yes"}})
+    seen: list[str] = []
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while (event := await conn.recv()).type != "response.done":
+            assert event.type != "error", event
+            seen.append(event.type)
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                assert "france" in event.transcript.lower()
+            if event.type == "response.created":
+                # The reply is the one asked for, after the committed words were heard.
+                assert event.response.metadata == {"asked": "yes"}
+                assert "conversation.item.input_audio_transcription.completed" in seen
+    assert "input_audio_buffer.speech_started" not in seen  # no VAD in manual turns
+    assert seen.count("response.created") == 1 and event.response.status == "completed"
+    history = conversation_of(server, conn.session_id).history.messages()  # type: ignore[attr-defined]
+    assert [m["role"] for m in history[-2:]] == ["user", "assistant"]
+    assert "france" in history[-2]["content"].lower()
+
+
 async def test_a_truncated_reply_leaves_only_what_was_heard_in_history(
     conn: AsyncRealtimeConnection, server: RunningServer,
 ) -> None:

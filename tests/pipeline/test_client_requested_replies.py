@@ -7,12 +7,20 @@ from __future__ import annotations
 import pytest
 
 from pipeline.conversation import SessionConfig
-from pipeline.engines.bench import ScriptedLLM
-from pipeline.events import ResponseAudioDelta, ResponseDone, ResponseStatus
+from pipeline.engines.bench import ScriptedLLM, ScriptedSTT
+from pipeline.events import (
+    ResponseAudioDelta,
+    ResponseCreated,
+    ResponseDone,
+    ResponseStatus,
+    SpeechStarted,
+)
 from pipeline.history import History
 from pipeline.reply_state import ResponseRequest
 from pipeline.vad import BatchedVADWorker
+from tests.faults.support import wait_until
 from tests.pipeline.test_conversation import make
+from tests.speech import speak
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -104,3 +112,28 @@ def test_rewrite_edits_the_newest_matching_turn_and_drops_an_emptied_one() -> No
     assert [m["content"] for m in history.messages()] == ["system", "an", "second question"]
     assert not history.rewrite("user", "never said", "")
     assert not history.rewrite("assistant", "", "x")
+
+
+async def test_manual_turns_are_committed_by_the_client_and_answered_on_request(
+    vad: BatchedVADWorker,
+) -> None:
+    llm = ScriptedLLM(tokens_per_second=500, first_token_ms=1)
+    stt = ScriptedSTT(["Where is my order?"], delay_ms=200)
+    h = make(vad, llm=llm, stt=stt,
+             config=SessionConfig(manual_turns=True, playback_grace_ms=0))
+    try:
+        assert not h.conversation.commit_input()  # nothing heard yet
+        h.feed(speak("Where is my order?"))
+        # True once 100 ms or more were heard, and committed (the scripted STT's words
+        # do not depend on how much).
+        await wait_until(lambda: h.conversation.commit_input(), 20, "the audio was heard")
+        # Asked for at once: the reply waits for the committed words (a slow STT).
+        h.conversation.respond()
+        done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
+        assert isinstance(done, ResponseDone) and done.status is ResponseStatus.COMPLETED
+        assert llm.requests[-1][-1] == {"role": "user", "content": "Where is my order?"}
+        assert [type(e) for e in h.events if isinstance(e, SpeechStarted | ResponseCreated)] == [
+            ResponseCreated
+        ]  # no VAD turn events, and one reply: the one asked for
+    finally:
+        await h.conversation.close()
