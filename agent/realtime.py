@@ -66,6 +66,7 @@ from pipeline.events import (
     SpeechStopped,
     TranscriptDelta,
     TranscriptFinal,
+    TurnIgnored,
 )
 
 logger = logging.getLogger("voiceforge.realtime")
@@ -127,6 +128,8 @@ class RealtimeCall:
         reply (requests that join into one reply are answered by it)."""
         self.user_item: str | None = None
         """The item of the caller's turn in progress (speech started, not committed)."""
+        self.speech_stopped: SpeechStopped | None = None
+        """The last pause of the turn in progress, told when the turn ends."""
         self.dropped_replies: set[str] = set()
         self.tool_continues: str | None = None
         """A reply that goes on after a ``function_call_output``: the client's next
@@ -311,13 +314,17 @@ class RealtimeCall:
                 self.send({"type": "response.output_audio_transcript.delta",
                            **self._where(reply), "delta": event.delta})
         elif isinstance(event, SpeechStarted):
+            self._say_speech_stopped()  # a turn that never ended is over
             self.user_item = new_id("item")
             self.send({"type": "input_audio_buffer.speech_started",
                        "audio_start_ms": round(event.audio_start_ms), "item_id": self.user_item})
         elif isinstance(event, SpeechStopped):
+            # Said once the turn is over (as the API's VAD does after its silence), not
+            # at every pause the caller may talk through.
             self.user_item = self.user_item or new_id("item")
-            self.send({"type": "input_audio_buffer.speech_stopped",
-                       "audio_end_ms": round(event.audio_end_ms), "item_id": self.user_item})
+            self.speech_stopped = event
+        elif isinstance(event, TurnIgnored):
+            self._say_speech_stopped()
         elif isinstance(event, TranscriptDelta):
             if self.settings.transcription is not None and self.user_item is not None:
                 self.send({"type": "conversation.item.input_audio_transcription.delta",
@@ -342,7 +349,14 @@ class RealtimeCall:
         elif isinstance(event, SessionEnded):
             self.finish(CLOSE_NORMAL, event.reason, flush=True)
 
+    def _say_speech_stopped(self) -> None:
+        stopped, self.speech_stopped = self.speech_stopped, None
+        if stopped is not None and self.user_item is not None:
+            self.send({"type": "input_audio_buffer.speech_stopped",
+                       "audio_end_ms": round(stopped.audio_end_ms), "item_id": self.user_item})
+
     def _user_turn(self, event: TranscriptFinal) -> None:
+        self._say_speech_stopped()
         item_id = self.user_item or new_id("item")
         self.user_item = None
         self.send({"type": "input_audio_buffer.committed", "item_id": item_id,
@@ -382,8 +396,9 @@ class RealtimeCall:
         reply.item_id = item_id = new_id("item")
         item = assistant_item(item_id, "in_progress", None)
         reply.output.append(item)
-        self.item_reply[item_id] = reply.response_id
-        self.item_audio_ms[item_id] = 0.0
+        if not reply.out_of_band:  # only the conversation's items can be truncated
+            self.item_reply[item_id] = reply.response_id
+            self.item_audio_ms[item_id] = 0.0
         self.send({"type": "response.output_item.added", "response_id": reply.response_id,
                    "output_index": len(reply.output) - 1, "item": item})
         if not reply.out_of_band:
@@ -407,7 +422,8 @@ class RealtimeCall:
             return
         self._open_message(reply)
         assert reply.item_id is not None
-        self.item_audio_ms[reply.item_id] += event.duration_ms
+        if reply.item_id in self.item_audio_ms:
+            self.item_audio_ms[reply.item_id] += event.duration_ms
         audio = event.audio
         if self.settings.output_format is AudioFormat.PCMU:
             audio = mulaw.encode_float(pcm16_to_float(audio))

@@ -85,8 +85,14 @@ async def test_a_spoken_turn_is_transcribed_and_answered_in_audio(
     assert updated.session.audio.input.turn_detection.silence_duration_ms == 600
     feeding = asyncio.create_task(send_speech(conn, "What is the capital of France?"))
     try:
-        await next_of(conn, "input_audio_buffer.speech_started")
-        committed = await next_of(conn, "input_audio_buffer.committed")
+        started = await next_of(conn, "input_audio_buffer.speech_started")
+        # One speech_stopped per turn, when it is over (the words have pauses in them).
+        stopped = await next_of(conn, "input_audio_buffer.speech_stopped")
+        committed = await next_of(conn, "input_audio_buffer.speech_stopped",
+                                  "input_audio_buffer.committed")
+        assert committed.type == "input_audio_buffer.committed"
+        assert started.item_id == stopped.item_id == committed.item_id
+        assert stopped.audio_end_ms > started.audio_start_ms + 1000
         transcript = await next_of(conn, "conversation.item.input_audio_transcription.completed")
         assert transcript.item_id == committed.item_id
         assert "france" in transcript.transcript.lower()
