@@ -131,9 +131,10 @@ def turn_fields(
     """``turn_detection`` as ``/ws`` turn fields, and the speech pad it asks for."""
     param = "session.audio.input.turn_detection"
     kind = detection.get("type")
-    for flag in ("create_response", "interrupt_response"):
-        if detection.get(flag, True) is not True:
-            raise _unsupported(f"{param}.{flag}", f"{flag}=false")
+    if detection.get("create_response", True) not in (True, False):
+        raise _fail(f"{param}.create_response", "create_response must be true or false")
+    if detection.get("interrupt_response", True) is not True:
+        raise _unsupported(f"{param}.interrupt_response", "interrupt_response=false")
     if detection.get("idle_timeout_ms") is not None:
         raise _unsupported(f"{param}.idle_timeout_ms", "an idle timeout")
     if kind == "server_vad":
@@ -339,13 +340,13 @@ def session_object(
             "threshold": turn.speech_threshold,
             "prefix_padding_ms": round(config.speech_pad_ms),
             "silence_duration_ms": round(turn.end_of_turn_silence_ms),
-            "create_response": True,
+            "create_response": config.auto_reply,
             "interrupt_response": True,
             "idle_timeout_ms": None,
         }
     elif detection is not None:
         detection = {"type": "semantic_vad", "eagerness": detection.get("eagerness", "auto"),
-                      "create_response": True, "interrupt_response": True}
+                      "create_response": config.auto_reply, "interrupt_response": True}
     return {
         "type": "realtime",
         "object": "realtime.session",

@@ -40,7 +40,9 @@ def on_session_update(call: RealtimeCall, event: dict[str, Any]) -> None:
         bridge.end_of_turn_policies(engines), call.state.settings.max_response_tokens,
     )
     updated = bridge.updated_config(call.state, call.conversation.config, fields)
-    updated = replace(updated, manual_turns=settings.turn_detection is None)
+    detection = settings.turn_detection
+    updated = replace(updated, manual_turns=detection is None, auto_reply=detection is None
+                      or detection.get("create_response", True) is not False)
     if pad is not None:
         updated = replace(updated, speech_pad_ms=pad)
     call.conversation.update(updated)

@@ -122,13 +122,15 @@ class _QueuedTurn:
     """Where each text's speech lies on the audio timeline (zeros for typed text)."""
     request: ResponseRequest | None = None
     """The client asked for this reply itself (``respond``); its settings."""
+    reply: bool = True
+    """False: the turn only joins history (``SessionConfig.auto_reply`` off)."""
 
     def join(self, newer: _QueuedTurn) -> _QueuedTurn:
         """This turn superseded by ``newer``: one reply answers both, timed by the newer."""
         return _QueuedTurn(
             [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason,
             spans_ms=[*self.spans_ms, *newer.spans_ms],
-            request=newer.request or self.request,
+            request=newer.request or self.request, reply=newer.reply or self.reply,
         )
 
 
@@ -557,6 +559,7 @@ class TurnTaking:
             or self._waiting is not None
             or self._handing_over is not None
             or self._call.closed
+            or not self._call.config.auto_reply
         ):
             return
         self._draft_base = self._call.history.messages()
@@ -624,7 +627,8 @@ class TurnTaking:
             return
         self._queue(
             _QueuedTurn(
-                [text], speech_end, timings, "superseded", speculative, [(start_ms, end_ms)]
+                [text], speech_end, timings, "superseded", speculative, [(start_ms, end_ms)],
+                reply=self._call.config.auto_reply,
             )
         )
 
@@ -716,6 +720,8 @@ class TurnTaking:
         self._discard_draft()
         for text in turn.texts:
             history.add_user(text)
+        if not turn.reply and turn.request is None:
+            return  # the client asks for the reply (``respond``)
         responses.answer(
             turn.turn_end, turn.timings, apology=not turn.texts and turn.request is None,
             request=turn.request,

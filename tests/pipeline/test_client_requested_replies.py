@@ -4,6 +4,7 @@ the client (truncate, live or after the fact), and history edited by it."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.conversation import SessionConfig
@@ -20,7 +21,7 @@ from pipeline.reply_state import ResponseRequest
 from pipeline.vad import BatchedVADWorker
 from tests.faults.support import wait_until
 from tests.pipeline.test_conversation import make
-from tests.speech import speak
+from tests.speech import silence, speak
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -135,5 +136,27 @@ async def test_manual_turns_are_committed_by_the_client_and_answered_on_request(
         assert [type(e) for e in h.events if isinstance(e, SpeechStarted | ResponseCreated)] == [
             ResponseCreated
         ]  # no VAD turn events, and one reply: the one asked for
+    finally:
+        await h.conversation.close()
+
+
+async def test_without_auto_reply_a_turn_only_joins_history_until_asked(
+    vad: BatchedVADWorker,
+) -> None:
+    llm = ScriptedLLM(tokens_per_second=500, first_token_ms=1)
+    h = make(vad, llm=llm, config=SessionConfig(auto_reply=False, playback_grace_ms=0))
+    try:
+        h.feed(np.concatenate([silence(0.3), speak("What is the capital of France?"),
+                               silence(1.0)]))
+        history = h.conversation.history
+        await wait_until(lambda: len(history) == 1, 20, "the turn joined history")
+        # Handing a turn over writes history and starts its reply in one step: none came.
+        assert not h.of(ResponseCreated) and not llm.requests
+        assert history.messages()[-1] == {"role": "user",
+                                          "content": "What is the capital of France?"}
+        h.conversation.respond()
+        done = await h.wait_for(lambda e: isinstance(e, ResponseDone))
+        assert isinstance(done, ResponseDone) and done.status is ResponseStatus.COMPLETED
+        assert len(h.of(ResponseCreated)) == 1
     finally:
         await h.conversation.close()
