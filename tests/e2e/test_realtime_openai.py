@@ -268,6 +268,8 @@ async def test_bad_events_get_the_apis_errors_and_the_session_goes_on(
             assert error.error.param == param
 
     await refused("not json at all", "invalid_json")
+    await refused(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 300_000}),
+                  "frame_too_large")
     await refused(json.dumps({"type": "no.such.event", "event_id": "e1"}), "invalid_event")
     await refused({"type": "conversation.item.create", "item": {
         "type": "message", "role": "user",
