@@ -121,6 +121,28 @@ async def test_a_spoken_turn_is_transcribed_and_answered_in_audio(
     assert np.abs(samples).max() > 1000
 
 
+async def test_without_create_response_a_spoken_turn_waits_for_response_create(
+    conn: AsyncRealtimeConnection,
+) -> None:
+    await conn.session.update(session={"type": "realtime", "audio": {"input": {
+        "transcription": {"model": "whisper-1"},
+        "turn_detection": {"type": "server_vad", "create_response": False}}}})
+    updated = await next_of(conn, "session.updated")
+    assert updated.session.audio.input.turn_detection.create_response is False
+    feeding = asyncio.create_task(send_speech(conn, "What is the capital of France?"))
+    try:
+        transcript = await next_of(conn, "conversation.item.input_audio_transcription.completed",
+                                   "response.created")
+        assert transcript.type == "conversation.item.input_audio_transcription.completed"
+        await conn.response.create(response={"metadata": {"asked": "yes"}})
+        created = await next_of(conn, "response.created")
+        assert created.response.metadata == {"asked": "yes"}  # the one asked for, only
+        done = await next_of(conn, "response.done")
+    finally:
+        await feeding
+    assert done.response.status == "completed"
+
+
 async def test_a_turn_in_g711_mulaw_both_ways(conn: AsyncRealtimeConnection) -> None:
     await conn.session.update(session={"type": "realtime", "audio": {
         "input": {"format": {"type": "audio/pcmu"}, "transcription": {"model": "whisper-1"}},
@@ -253,9 +275,18 @@ async def test_typed_items_and_out_of_band_replies(
     assert all(m["content"] != "Say hello to me." for m in history.messages())
 
 
+def sample(server: RunningServer, name: str, **labels: str) -> float:
+    value = server.app_state.metrics.registry.get_sample_value(name, labels)
+    return value or 0.0
+
+
 async def test_bad_events_get_the_apis_errors_and_the_session_goes_on(
-    conn: AsyncRealtimeConnection,
+    conn: AsyncRealtimeConnection, server: RunningServer,
 ) -> None:
+    errors_before = sample(server, "voiceforge_errors_total", code="invalid_json",
+                           category="client")
+    completed_before = sample(server, "voiceforge_responses_total", status="completed")
+
     async def refused(event: Any, code: str, param: str | None = None) -> None:
         if isinstance(event, str):
             await conn.send_raw(event)
@@ -268,6 +299,9 @@ async def test_bad_events_get_the_apis_errors_and_the_session_goes_on(
             assert error.error.param == param
 
     await refused("not json at all", "invalid_json")
+    # Counted as /ws counts its errors.
+    assert sample(server, "voiceforge_errors_total", code="invalid_json",
+                  category="client") == errors_before + 1
     await refused(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * 300_000}),
                   "frame_too_large")
     await refused(json.dumps({"type": "no.such.event", "event_id": "e1"}), "invalid_event")
@@ -292,6 +326,8 @@ async def test_bad_events_get_the_apis_errors_and_the_session_goes_on(
     await conn.response.create()
     done = await next_of(conn, "response.done")
     assert done.response.status == "completed"
+    assert sample(server, "voiceforge_responses_total",
+                  status="completed") == completed_before + 1
 
 
 @pytest.fixture(scope="module")
