@@ -57,14 +57,10 @@ import copy
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from pipeline.audio import PIPELINE_SAMPLE_RATE
 from pipeline.echo import rms
 from pipeline.engines.base import ChatMessage, FloatAudio
 from pipeline.errors import EngineError, STTError
@@ -92,6 +88,7 @@ from pipeline.turn import (
 )
 from pipeline.turn import SpeechStarted as TurnSpeechStarted
 from pipeline.turn import SpeechStopped as TurnSpeechStopped
+from pipeline.turn_audio import TurnAudio
 from pipeline.turn_policy import AskModel, EndOfTurnPolicy, PolicyAction
 from pipeline.vad import FRAME_MS
 
@@ -132,52 +129,6 @@ class _QueuedTurn:
             spans_ms=[*self.spans_ms, *newer.spans_ms],
             request=newer.request or self.request, reply=newer.reply or self.reply,
         )
-
-
-class TurnAudio:
-    """The 16 kHz input audio of the current stream, trimmed as turns end."""
-
-    def __init__(self, max_ms: float) -> None:
-        self._chunks: deque[FloatAudio] = deque()
-        self._start_sample = 0
-        self._samples = 0
-        self._max_samples = int(max_ms * PIPELINE_SAMPLE_RATE / 1000)
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
-
-    @property
-    def end_sample(self) -> int:
-        return self._start_sample + self._samples
-
-    def append(self, audio: FloatAudio, arrived_at: float) -> None:
-        self._chunks.append(audio)
-        self._samples += len(audio)
-        self._arrivals.append((self.end_sample, arrived_at))
-        while self._samples - len(self._chunks[0]) >= self._max_samples:
-            dropped = self._chunks.popleft()
-            self._samples -= len(dropped)
-            self._start_sample += len(dropped)
-
-    def arrival_time(self, sample: int) -> float:
-        """Monotonic time at which the audio holding ``sample`` arrived."""
-        for end, arrived in self._arrivals:
-            if end > sample:
-                return arrived
-        return time.monotonic()
-
-    def slice_ms(self, start_ms: float, end_ms: float) -> FloatAudio:
-        start = max(int(start_ms * 16), self._start_sample)
-        end = min(int(end_ms * 16), self.end_sample)
-        if end <= start or not self._chunks:
-            return np.zeros(0, dtype=np.float32)
-        audio = np.concatenate(list(self._chunks))
-        return audio[start - self._start_sample : end - self._start_sample]
-
-    def trim_before_ms(self, ms: float) -> None:
-        keep_from = int(ms * 16)
-        while self._chunks and self._start_sample + len(self._chunks[0]) <= keep_from:
-            dropped = self._chunks.popleft()
-            self._samples -= len(dropped)
-            self._start_sample += len(dropped)
 
 
 class TurnTaking:
