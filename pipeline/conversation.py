@@ -260,6 +260,9 @@ class Conversation:
             self._input_queue.get_nowait()
         self._queued_input_samples = 0
         self._pending = np.zeros(0, dtype=np.float32)
+        # The resampler holds the tail of the cleared audio: it would lead the next.
+        self._input_resampler = StreamResampler(self.config.input_sample_rate,
+                                                PIPELINE_SAMPLE_RATE)
         self._turns.clear()
 
     def cancel_response(

@@ -176,6 +176,11 @@ async def test_manual_turns_commit_then_reply_on_request(
     await conn.input_audio_buffer.commit()  # nothing appended yet
     assert (await next_of(conn, "error")).error.code == "input_audio_buffer_commit_empty"
     pcm = float_to_pcm16(speak("What is the capital of France?", 24000))
+    await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[:9600]).decode())
+    await conn.input_audio_buffer.clear()  # what was appended is gone: nothing to commit
+    await next_of(conn, "input_audio_buffer.cleared")
+    await conn.input_audio_buffer.commit()
+    assert (await next_of(conn, "error")).error.code == "input_audio_buffer_commit_empty"
     for offset in range(0, len(pcm), 4800):  # no silence after: the client ends the turn
         await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[offset:offset + 4800])
                                              .decode())
@@ -188,7 +193,8 @@ async def test_manual_turns_commit_then_reply_on_request(
             assert event.type != "error", event
             seen.append(event.type)
             if event.type == "conversation.item.input_audio_transcription.completed":
-                assert "france" in event.transcript.lower()
+                # Cut right at the words' end, tiny.en sometimes hears "friends".
+                assert "capital" in event.transcript.lower()
             if event.type == "response.created":
                 # The reply is the one asked for, after the committed words were heard.
                 assert event.response.metadata == {"asked": "yes"}
@@ -197,7 +203,7 @@ async def test_manual_turns_commit_then_reply_on_request(
     assert seen.count("response.created") == 1 and event.response.status == "completed"
     history = conversation_of(server, conn.session_id).history.messages()  # type: ignore[attr-defined]
     assert [m["role"] for m in history[-2:]] == ["user", "assistant"]
-    assert "france" in history[-2]["content"].lower()
+    assert "capital" in history[-2]["content"].lower()
 
 
 async def test_a_truncated_reply_leaves_only_what_was_heard_in_history(
