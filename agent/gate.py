@@ -6,8 +6,9 @@ same questions, through ``agent.intake``, before any work is done for a caller:
 * ``credential_ok``: an API key (``agent.credentials``: several, for rotation), or
   a short-lived session token signed with one (``agent.tokens``) for this entry
   point with a call left, by ``Authorization: Bearer`` or the ``bearer.<secret>``
-  WebSocket subprotocol. Compared in constant time; never logged. Without a key,
-  only a direct request from this machine (``agent.hosts``).
+  (or OpenAI's ``openai-insecure-api-key.<secret>``) WebSocket subprotocol.
+  Compared in constant time; never logged. Without a key, only a direct request
+  from this machine (``agent.hosts``).
 * ``origin_ok``: a browser's ``Origin`` is the page's own or in the allowlist
   (a request without ``Origin`` is not from a browser page and needs the key);
   without a key, only loopback pages.
@@ -31,6 +32,10 @@ from agent.credentials import KeyRing, calls_by_token
 from agent.hosts import direct_local_request, origin_is_loopback
 from agent.protocol import BEARER_SUBPROTOCOL_PREFIX
 
+OPENAI_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+"""The OpenAI Realtime API's browser form of the key (``/v1/realtime``; any
+WebSocket entry point takes it, as it takes ``bearer.<secret>``)."""
+
 if TYPE_CHECKING:
     from agent.config import Settings
     from agent.state import AppState
@@ -43,8 +48,9 @@ def presented_secrets(connection: HTTPConnection) -> list[str]:
     if header.lower().startswith("bearer "):
         presented.append(header[7:].strip())
     for offered in connection.scope.get("subprotocols", []):
-        if offered.startswith(BEARER_SUBPROTOCOL_PREFIX):
-            presented.append(offered[len(BEARER_SUBPROTOCOL_PREFIX) :])
+        for prefix in (BEARER_SUBPROTOCOL_PREFIX, OPENAI_KEY_SUBPROTOCOL_PREFIX):
+            if offered.startswith(prefix):
+                presented.append(offered[len(prefix) :])
     return presented
 
 

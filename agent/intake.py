@@ -53,6 +53,7 @@ class Transport(StrEnum):
     TELEPHONY = "telephony"
     API = "api"
     """The REST audio API (agent.openai_audio, agent.voices): a request is a call."""
+    REALTIME = "realtime"
 
 
 DEFERRED_CREDENTIAL = frozenset({Transport.TELEPHONY})

@@ -612,7 +612,7 @@ def create_app(
     (``loading``) and ``/readyz`` (503); ``on_ready`` runs once they are loaded.
     Engines from a factory, or given with ``own_engines``, are closed (their
     worker threads stopped) when the server stops."""
-    from agent import calls_api, openai_audio, telephony, voices, webrtc
+    from agent import calls_api, openai_audio, realtime, telephony, voices, webrtc
 
     async def load(state: AppState, factory: EngineFactory) -> None:
         try:
@@ -673,6 +673,7 @@ def create_app(
             *telephony.routes,
             *openai_audio.routes,
             *voices.routes,
+            *realtime.routes,
             # The browser voice chat page (web/); last, so it never shadows the API.
             Mount("/", StaticFiles(directory=WEB_DIR, html=True, check_dir=False), name="web"),
         ],

@@ -36,6 +36,7 @@ from pipeline.engines.base import CallScopedState, FloatAudio, ToolCallingLLM, W
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent
 from pipeline.history import History
+from pipeline.reply_state import ResponseRequest
 from pipeline.responses import ResponseRunner
 from pipeline.session import (
     DEFAULT_INSTRUCTIONS,
@@ -48,7 +49,14 @@ from pipeline.session import (
 from pipeline.turns import TurnTaking
 from pipeline.vad import FRAME_SAMPLES
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "Conversation", "Emit", "Engines", "SessionConfig"]
+__all__ = [
+    "DEFAULT_INSTRUCTIONS",
+    "Conversation",
+    "Emit",
+    "Engines",
+    "ResponseRequest",
+    "SessionConfig",
+]
 
 logger = logging.getLogger("voiceforge.conversation")
 
@@ -158,6 +166,8 @@ class Conversation:
             self._input_resampler = StreamResampler(config.input_sample_rate, PIPELINE_SAMPLE_RATE)
         if config.turn != self.config.turn:
             self._turns.set_turn_config(config.turn)
+        if config.manual_turns and not self.config.manual_turns:
+            self._turns.start_manual()
         offered = self._offered_tools(config)
         if (
             config.instructions != self.history.system_prompt
@@ -211,6 +221,58 @@ class Conversation:
                 self.on_text_input(text)
             self._turns.text(text)
 
+    def add_text(self, role: str, text: str) -> None:
+        """A user or assistant turn the client writes into the conversation without
+        asking for a reply (the Realtime API's ``conversation.item.create``)."""
+        if role == "user":
+            self.history.add_user(text)
+        elif role == "assistant":
+            self.history.add_assistant(text)
+        else:
+            raise ValueError(f"role must be user or assistant, not {role!r}")
+
+    def respond(self, request: ResponseRequest | None = None) -> None:
+        """A reply to the history as it stands, with the client's settings for it
+        (the Realtime API's ``response.create``)."""
+        self._turns.respond(request or ResponseRequest())
+
+    def stop_playback(self, response_id: str, played_ms: float) -> bool:
+        """The client stopped playing this reply at ``played_ms`` (the Realtime API's
+        ``conversation.item.truncate`` while it runs): it is cancelled, and history
+        keeps what was played. False when it is not the reply in progress."""
+        return self._responses.stop_playback(response_id, played_ms)
+
+    def truncate_finished(self, response_id: str, played_ms: float) -> str | None:
+        """A finished reply of which the caller heard only ``played_ms``: history
+        keeps that part, which is returned; None when the reply is not one of the
+        last few finished."""
+        found = self._responses.heard_of(response_id, played_ms)
+        if found is None:
+            return None
+        kept, heard = found
+        if len(heard) < len(kept):
+            self.history.rewrite("assistant", kept, heard)
+        return heard if len(heard) < len(kept) else kept
+
+    def commit_input(self) -> bool:
+        """End the caller's paused turn now rather than after its silence; with
+        ``manual_turns``, make the audio since the last commit a user turn (no reply).
+        False when there is nothing to commit (the Realtime API's
+        ``input_audio_buffer.commit``)."""
+        return self._turns.commit()
+
+    def clear_input(self) -> None:
+        """Drop input audio not yet heard and the turn in progress, which gets no reply
+        (the Realtime API's ``input_audio_buffer.clear``)."""
+        while not self._input_queue.empty():
+            self._input_queue.get_nowait()
+        self._queued_input_samples = 0
+        self._pending = np.zeros(0, dtype=np.float32)
+        # The resampler holds the tail of the cleared audio: it would lead the next.
+        self._input_resampler = StreamResampler(self.config.input_sample_rate,
+                                                PIPELINE_SAMPLE_RATE)
+        self._turns.clear()
+
     def cancel_response(
         self, response_id: str | None = None, reason: str = "client_cancelled"
     ) -> bool:
@@ -249,6 +311,9 @@ class Conversation:
                 self._turns.hear(frame, arrived)
                 if self.on_input_frame is not None:
                     self.on_input_frame(frame)
+                if self.config.manual_turns:
+                    self._turns.judge(0.0)  # the clock runs on; no VAD is asked
+                    continue
                 try:
                     probability = await self._vad.process(frame)
                 except EngineError as exc:

@@ -82,6 +82,29 @@ class History:
         self._turns.append(ChatMessage(role="assistant", content=text))
         self._trim()
 
+    def rewrite(self, role: str, old: str, new: str) -> bool:
+        """The newest ``role`` turn whose text is (or, joined, holds) ``old`` keeps
+        ``new`` in its place (the turn goes when nothing is left); False when no
+        turn holds it. A client that edits its conversation (the Realtime API's
+        item delete and late truncate) changes the same turns the LLM reads."""
+        old, new = old.strip(), new.strip()
+        if not old:
+            return False
+        for index in range(len(self._turns) - 1, -1, -1):
+            turn = self._turns[index]
+            content = turn["content"]
+            if turn["role"] != role or old not in content or turn.get("tool_calls"):
+                continue
+            replaced = new if content.strip() == old else " ".join(
+                content.replace(old, new, 1).split()
+            )
+            if replaced:
+                self._turns[index] = ChatMessage(role=turn["role"], content=replaced)
+            else:
+                del self._turns[index]
+            return True
+        return False
+
     def messages(self) -> list[ChatMessage]:
         """The system prompt, then the turns; a fresh list the caller may keep."""
         system = ChatMessage(role="system", content=self.system_prompt)

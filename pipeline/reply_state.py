@@ -76,6 +76,14 @@ class Response:
     """Set unless paused; speech synthesis waits on it between chunks."""
     tools: ReplyTools | None = None
     """The tool calls this reply made (None: it was offered no tool)."""
+    in_history: bool = True
+    """False for an out-of-band reply (``ResponseRequest.out_of_band``): what it said
+    is not written to history."""
+    max_tokens: int | None = None
+    """This reply's own token limit; None: the session's ``max_response_tokens``."""
+    played_final: bool = False
+    """The client reported where it stopped playing this reply for good (it stopped
+    playback itself): a cancellation does not wait for another report."""
 
     def move(self, phase: ResponsePhase) -> None:
         if phase not in _ALLOWED_PHASES[self.phase]:
@@ -93,6 +101,18 @@ class Response:
 
     def best_played_ms(self, now: float) -> float:
         return self.played_ms if self.played_ms is not None else self.estimated_played_ms(now)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRequest:
+    """A reply asked for by the client rather than by a turn (the Realtime API's
+    ``response.create``): to the history as it stands, with its own settings."""
+
+    instructions: str | None = None
+    """Replaces the session's instructions for this reply only."""
+    max_tokens: int | None = None
+    out_of_band: bool = False
+    """Not written to history (``conversation: "none"``)."""
 
 
 def new_response_id() -> str:

@@ -48,6 +48,7 @@ from pipeline.reply_state import (
     ACTIVE_PHASES,
     Response,
     ResponsePhase,
+    ResponseRequest,
     error_category,
     error_code,
     new_response_id,
@@ -57,6 +58,8 @@ from pipeline.tools.reply import ReplyTools, SpeakNow
 from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.conversation")
+
+RECENT_RESPONSES = 16
 
 
 class ResponseRunner:
@@ -69,6 +72,11 @@ class ResponseRunner:
         """Cancelled replies waiting for the played report before writing history."""
         self.hang_up: asyncio.Task[None] | None = None
         """``end_call``'s hang-up, waiting out ``end_call_grace_ms`` after the goodbye."""
+        self._cancelled: set[str] = set()
+        """Cancelled replies whose history is not written yet."""
+        self._recent: dict[str, tuple[str, list[SpokenChunk]]] = {}
+        """The last ``RECENT_RESPONSES`` finished replies: the text history kept and
+        their chunk timeline, for a client that says later what it played."""
 
     # ----------------------------------------------------------------- queries
 
@@ -104,8 +112,16 @@ class ResponseRunner:
 
     # ---------------------------------------------------------------- starting
 
-    def answer(self, turn_end: float, timings: dict[str, float], *, apology: bool) -> None:
-        """Reply to the history as it stands; ``apology``: only say sorry (turn lost).
+    def answer(
+        self,
+        turn_end: float,
+        timings: dict[str, float],
+        *,
+        apology: bool,
+        request: ResponseRequest | None = None,
+    ) -> None:
+        """Reply to the history as it stands; ``apology``: only say sorry (turn lost);
+        ``request``: the client's settings for this reply.
 
         The caller (turn taking) has settled every earlier reply first: two replies
         never run at once, and the one before has written its history.
@@ -113,12 +129,17 @@ class ResponseRunner:
         if self.current is not None or self.finishers:
             raise RuntimeError("a reply was started while another one was still running")
         call = self._call
+        messages = call.history.messages()
+        if request is not None and request.instructions is not None:
+            messages[0] = ChatMessage(role="system", content=request.instructions)
         response = Response(
             response_id=new_response_id(),
             started_at=turn_end,
             timings=timings,
-            messages=call.history.messages(),
+            messages=messages,
             canned=call.config.apology if apology else None,
+            in_history=request is None or not request.out_of_band,
+            max_tokens=request.max_tokens if request is not None else None,
         )
         if apology:
             response.timings["apology"] = 1.0
@@ -214,6 +235,34 @@ class ResponseRunner:
             response.played_ms = max(response.played_ms or 0.0, min(played_ms, response.audio_ms))
             response.played_event.set()
 
+    def stop_playback(self, response_id: str, played_ms: float) -> bool:
+        """The client stopped playing the current reply at ``played_ms`` for good:
+        what follows is never heard, so the reply is cancelled and history keeps what
+        was played. False when that reply is not the current one or is done."""
+        response = self.current
+        if response is None or response.response_id != response_id:
+            return False
+        if response.phase is ResponsePhase.DONE or (
+            # Finishing uncancelled: it was played out and its history is being written.
+            response.phase is ResponsePhase.FINISHING and response_id not in self._cancelled
+        ):
+            return False
+        response.played_ms = min(max(0.0, played_ms), response.audio_ms)
+        response.played_final = True
+        response.played_event.set()
+        if response.phase in ACTIVE_PHASES:
+            self.cancel(response, "client_truncated")
+        return True
+
+    def heard_of(self, response_id: str, played_ms: float) -> tuple[str, str] | None:
+        """A finished reply's (text history kept, text heard up to ``played_ms``);
+        None when it is not among the last few finished."""
+        done = self._recent.get(response_id)
+        if done is None:
+            return None
+        kept, chunks = done
+        return kept, heard_text(chunks, played_ms)
+
     # ----------------------------------------------------------------- running
 
     async def _run(self, response: Response) -> None:
@@ -290,16 +339,24 @@ class ResponseRunner:
                 # cancellation (found by loadtest/). The finisher settles it.
                 return
         response.move(ResponsePhase.FINISHING)
-        if response.tools is not None:
+        if response.tools is not None and response.in_history:
             await response.tools.write_history(self._call.history)
         if failure is None:
-            self._call.history.add_assistant(response.text)
+            self._keep(response, response.text)
             self._finish(response, ResponseStatus.COMPLETED, response.text, response.audio_ms)
             return
         played = response.best_played_ms(time.monotonic())
         heard = heard_text(response.chunks, played) if played > 0 else ""
-        self._call.history.add_assistant(heard)
+        self._keep(response, heard)
         self._finish(response, ResponseStatus.FAILED, heard, played, reason=error_code(failure))
+
+    def _keep(self, response: Response, heard: str) -> None:
+        """History keeps what was heard (unless the reply was out of band)."""
+        if response.in_history:
+            self._call.history.add_assistant(heard)
+        self._recent[response.response_id] = (heard.strip(), response.chunks)
+        while len(self._recent) > RECENT_RESPONSES:
+            del self._recent[next(iter(self._recent))]
 
     async def _apologize(self, response: Response, failure: EngineError) -> None:
         """The caller heard nothing of a failed reply: say sorry, by voice if TTS works."""
@@ -366,16 +423,17 @@ class ResponseRunner:
         """One model turn, retried while nothing of it has come out yet."""
         config = self._call.config
         llm = self._call.engines.llm
+        max_tokens = response.max_tokens or config.max_response_tokens
         attempt = 0
         while True:
             stream: Any = (
                 llm.stream_with_tools(
-                    messages, tools=tools, max_tokens=config.max_response_tokens,
+                    messages, tools=tools, max_tokens=max_tokens,
                     temperature=config.temperature, tool_choice=tool_choice,
                 )
                 if tools and isinstance(llm, ToolCallingLLM)
                 else llm.stream(
-                    messages, max_tokens=config.max_response_tokens,
+                    messages, max_tokens=max_tokens,
                     temperature=config.temperature,
                 )
             )
@@ -555,9 +613,11 @@ class ResponseRunner:
         response.move(ResponsePhase.FINISHING)
         if response.task is not None:
             response.task.cancel()
+        self._cancelled.add(response.response_id)
         finisher = asyncio.create_task(self._finish_cancelled(response, reason))
         self.finishers.add(finisher)
         finisher.add_done_callback(self.finishers.discard)
+        finisher.add_done_callback(lambda _: self._cancelled.discard(response.response_id))
 
     async def _finish_cancelled(self, response: Response, reason: str) -> None:
         if response.task is not None:
@@ -566,16 +626,17 @@ class ResponseRunner:
             # Only now, with the producer stopped, can no delta follow the clear.
             response.played_event.clear()
             self._call.emit(ResponseAudioClear(response.response_id))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    response.played_event.wait(),
-                    self._call.config.played_report_timeout_ms / 1000,
-                )
+            if not response.played_final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        response.played_event.wait(),
+                        self._call.config.played_report_timeout_ms / 1000,
+                    )
         played = response.best_played_ms(time.monotonic())
         heard = heard_text(response.chunks, played) if played > 0 else ""
-        if response.tools is not None:
+        if response.tools is not None and response.in_history:
             await response.tools.write_history(self._call.history)
-        self._call.history.add_assistant(heard)
+        self._keep(response, heard)
         response.timings["played_source_client"] = 1.0 if response.played_ms is not None else 0.0
         self._finish(response, ResponseStatus.CANCELLED, heard, played, reason=reason)
 

@@ -107,6 +107,15 @@ class SessionConfig:
     end_call_grace_ms: float = 1500.0
     """After ``end_call``'s goodbye has been heard, the call waits this long for the
     caller; speech (or text) in that time keeps the call going."""
+    auto_reply: bool = True
+    """A turn the caller ends is answered; False: it only joins history and a reply
+    waits for ``Conversation.respond`` (the Realtime API's ``create_response:
+    false``). No speculative reply is started then."""
+    manual_turns: bool = False
+    """The client says when the caller's turn ends (the Realtime API's
+    ``turn_detection: null``): no VAD runs and nothing interrupts a reply;
+    ``Conversation.commit_input`` transcribes the audio since the last commit into a
+    user turn, and only ``respond`` replies."""
     tool_filler_ms: float = 700.0
     """A tool still running after this makes the agent say a short filler (once per
     reply, only if it has said nothing yet); 0: never."""

@@ -225,6 +225,11 @@ class TurnDetector:
         self._frames_seen = 0
         self._clear_turn()
 
+    def abandon(self) -> None:
+        """Forget the turn in progress, keeping the clock; emits nothing."""
+        self.state = TurnState.IDLE
+        self._clear_turn()
+
     @property
     def now_ms(self) -> float:
         """Audio time at the end of the frames processed so far."""

@@ -57,14 +57,10 @@ import copy
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from pipeline.audio import PIPELINE_SAMPLE_RATE
 from pipeline.echo import rms
 from pipeline.engines.base import ChatMessage, FloatAudio
 from pipeline.errors import EngineError, STTError
@@ -77,7 +73,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.overlap_handling import OverlapHandling
-from pipeline.reply_state import Response, ResponsePhase, error_category
+from pipeline.reply_state import Response, ResponsePhase, ResponseRequest, error_category
 from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext
 from pipeline.smart_turn import WINDOW_SECONDS, BatchedSmartTurnWorker
@@ -92,10 +88,14 @@ from pipeline.turn import (
 )
 from pipeline.turn import SpeechStarted as TurnSpeechStarted
 from pipeline.turn import SpeechStopped as TurnSpeechStopped
+from pipeline.turn_audio import TurnAudio
 from pipeline.turn_policy import AskModel, EndOfTurnPolicy, PolicyAction
 from pipeline.vad import FRAME_MS
 
 logger = logging.getLogger("voiceforge.conversation")
+
+MIN_COMMIT_MS = 100.0
+"""The least audio a commit takes (the Realtime API's own bound)."""
 
 MAX_QUEUED_INPUTS = 8
 """User inputs (typed texts, audio turns) that may wait, joined, for one reply; past
@@ -117,59 +117,18 @@ class _QueuedTurn:
     """The speculative transcript the turn's text came from, to match a held reply."""
     spans_ms: list[tuple[float, float]] = field(default_factory=list)
     """Where each text's speech lies on the audio timeline (zeros for typed text)."""
+    request: ResponseRequest | None = None
+    """The client asked for this reply itself (``respond``); its settings."""
+    reply: bool = True
+    """False: the turn only joins history (``SessionConfig.auto_reply`` off)."""
 
     def join(self, newer: _QueuedTurn) -> _QueuedTurn:
         """This turn superseded by ``newer``: one reply answers both, timed by the newer."""
         return _QueuedTurn(
             [*self.texts, *newer.texts], newer.turn_end, newer.timings, newer.cancel_reason,
             spans_ms=[*self.spans_ms, *newer.spans_ms],
+            request=newer.request or self.request, reply=newer.reply or self.reply,
         )
-
-
-class TurnAudio:
-    """The 16 kHz input audio of the current stream, trimmed as turns end."""
-
-    def __init__(self, max_ms: float) -> None:
-        self._chunks: deque[FloatAudio] = deque()
-        self._start_sample = 0
-        self._samples = 0
-        self._max_samples = int(max_ms * PIPELINE_SAMPLE_RATE / 1000)
-        self._arrivals: deque[tuple[int, float]] = deque(maxlen=512)
-
-    @property
-    def end_sample(self) -> int:
-        return self._start_sample + self._samples
-
-    def append(self, audio: FloatAudio, arrived_at: float) -> None:
-        self._chunks.append(audio)
-        self._samples += len(audio)
-        self._arrivals.append((self.end_sample, arrived_at))
-        while self._samples - len(self._chunks[0]) >= self._max_samples:
-            dropped = self._chunks.popleft()
-            self._samples -= len(dropped)
-            self._start_sample += len(dropped)
-
-    def arrival_time(self, sample: int) -> float:
-        """Monotonic time at which the audio holding ``sample`` arrived."""
-        for end, arrived in self._arrivals:
-            if end > sample:
-                return arrived
-        return time.monotonic()
-
-    def slice_ms(self, start_ms: float, end_ms: float) -> FloatAudio:
-        start = max(int(start_ms * 16), self._start_sample)
-        end = min(int(end_ms * 16), self.end_sample)
-        if end <= start or not self._chunks:
-            return np.zeros(0, dtype=np.float32)
-        audio = np.concatenate(list(self._chunks))
-        return audio[start - self._start_sample : end - self._start_sample]
-
-    def trim_before_ms(self, ms: float) -> None:
-        keep_from = int(ms * 16)
-        while self._chunks and self._start_sample + len(self._chunks[0]) <= keep_from:
-            dropped = self._chunks.popleft()
-            self._samples -= len(dropped)
-            self._start_sample += len(dropped)
 
 
 class TurnTaking:
@@ -197,6 +156,10 @@ class TurnTaking:
         self._draft_transcript: asyncio.Task[tuple[str, float]] | None = None
         self._waiting: _QueuedTurn | None = None
         """The finished turn waiting for its reply (at most one: newer input joins it)."""
+        self._manual_start_ms = 0.0
+        """With ``manual_turns``: where the audio not committed yet begins."""
+        self._commits: set[asyncio.Task[None]] = set()
+        """Committed audio being transcribed: a reply asked for meanwhile waits for it."""
         self._handing_over: asyncio.Task[None] | None = None
         """The one task that turns waiting turns into replies, one at a time."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -266,6 +229,51 @@ class TurnTaking:
         self._queue(
             _QueuedTurn([text], time.monotonic(), {}, "new_text_input", spans_ms=[(0.0, 0.0)])
         )
+
+    def respond(self, request: ResponseRequest) -> None:
+        """A reply the client asks for, to the history as it stands (after any turn
+        still waiting for its own): interrupts any reply in progress."""
+        self._responses.keep_call()
+        if not self.accepting:
+            self._call.emit(TurnIgnored("server_shutting_down", 0.0, 0.0))
+            return
+        self._queue(_QueuedTurn([], time.monotonic(), {}, "client_request", request=request))
+
+    def start_manual(self) -> None:
+        """From now on the client ends turns: the audio to commit begins here."""
+        self._manual_start_ms = self.audio.end_sample / 16
+
+    def commit(self) -> bool:
+        """End the paused turn now (the client says it is over); False when no turn
+        is paused. With ``manual_turns``: the audio since the last commit (at least
+        ``MIN_COMMIT_MS``) becomes a user turn, without a reply."""
+        if self._call.config.manual_turns:
+            start_ms, end_ms = self._manual_start_ms, self.audio.end_sample / 16
+            if end_ms - start_ms < MIN_COMMIT_MS:
+                return False
+            self._manual_start_ms = end_ms
+            task = asyncio.create_task(
+                self._committed_turn(start_ms, end_ms), name=f"{self._call.session_id}-commit"
+            )
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+            self._keep_until_done(task)
+            return True
+        events = self.detector.end_turn()
+        for event in events:
+            self._on_turn_event(event)
+        return bool(events)
+
+    def clear(self) -> None:
+        """Forget the turn in progress (the client clears its input): no reply to it."""
+        self._manual_start_ms = self.audio.end_sample / 16
+        self.detector.abandon()
+        self._stop_asking()
+        self.policy.turn_ended()
+        self._discard_speculation()
+        self.overlaps.turn_discarded()
+        self._turn_start_ms = None
+        self._speech_end_ms = None
 
     # ------------------------------------------------------------ turn events
 
@@ -502,6 +510,7 @@ class TurnTaking:
             or self._waiting is not None
             or self._handing_over is not None
             or self._call.closed
+            or not self._call.config.auto_reply
         ):
             return
         self._draft_base = self._call.history.messages()
@@ -569,9 +578,30 @@ class TurnTaking:
             return
         self._queue(
             _QueuedTurn(
-                [text], speech_end, timings, "superseded", speculative, [(start_ms, end_ms)]
+                [text], speech_end, timings, "superseded", speculative, [(start_ms, end_ms)],
+                reply=self._call.config.auto_reply,
             )
         )
+
+    async def _committed_turn(self, start_ms: float, end_ms: float) -> None:
+        """Audio the client committed (``manual_turns``): transcribed into history."""
+        try:
+            text, _ = await self._transcribe(start_ms, end_ms)
+        except STTError as exc:
+            self._call.emit(
+                ErrorEvent(
+                    "stt_failed", f"transcription failed: {exc}", category=error_category(exc)
+                )
+            )
+            self._call.emit(TurnIgnored("stt_failed", start_ms, end_ms))
+            return
+        finally:
+            self.audio.trim_before_ms(end_ms)
+        self._call.emit(TranscriptFinal(text, start_ms, end_ms))
+        if not text:
+            self._call.emit(TurnIgnored("no_words_recognized", start_ms, end_ms))
+            return
+        self._call.history.add_user(text)
 
     # --------------------------------------------------------------- hand-over
 
@@ -612,6 +642,10 @@ class TurnTaking:
         """
         responses = self._responses
         while True:
+            if self._commits:
+                # Committed words first: the reply asked for after a commit answers them.
+                await asyncio.gather(*self._commits, return_exceptions=True)
+                continue
             if not self.accepting:
                 self._refuse_while_draining(turn)
                 return
@@ -637,7 +671,12 @@ class TurnTaking:
         self._discard_draft()
         for text in turn.texts:
             history.add_user(text)
-        responses.answer(turn.turn_end, turn.timings, apology=not turn.texts)
+        if not turn.reply and turn.request is None:
+            return  # the client asks for the reply (``respond``)
+        responses.answer(
+            turn.turn_end, turn.timings, apology=not turn.texts and turn.request is None,
+            request=turn.request,
+        )
 
     def _refuse_while_draining(self, turn: _QueuedTurn) -> None:
         """The server began to drain while ``turn`` was transcribed or waited: it gets

@@ -155,3 +155,33 @@ async def test_json_logs_carry_session_and_response_ids_and_no_secret() -> None:
     assert finished[0]["status"] == "completed"
     assert any(r.get("refusal") == "unauthorized" for r in records)
     assert key not in "".join(lines)
+
+
+async def test_sigterm_drains_a_realtime_call_like_a_ws_one() -> None:
+    """``/v1/realtime`` calls are the server's calls too: the reply in flight ends
+    (``response.done``), the caller is told in the API's error shape, then 1001."""
+    from openai import AsyncOpenAI
+
+    with serve(VOICEFORGE_BENCH_TOKENS_PER_SECOND="4", VOICEFORGE_DRAIN_TIMEOUT_S="15") as (
+        process, url, lines
+    ):
+        http = url.replace("ws://", "http://").removesuffix("/ws")
+        client = AsyncOpenAI(base_url=f"{http}/v1", api_key="unused")
+        seen: list[object] = []
+        async with client.realtime.connect(model="m") as conn:
+            await conn.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hello?"}]})
+            await conn.response.create()
+            async with asyncio.timeout(20):
+                while (await conn.recv()).type != "response.output_audio.delta":
+                    pass
+                process.send_signal(signal.SIGTERM)
+                async for event in conn:  # ends when the server closes the call
+                    seen.append(event)
+        done = [e for e in seen if getattr(e, "type", "") == "response.done"]
+        assert [e.response.status for e in done] == ["completed"]  # type: ignore[attr-defined]
+        errors = [e.error for e in seen if getattr(e, "type", "") == "error"]  # type: ignore[attr-defined]
+        assert [(e.code, e.type) for e in errors] == [("server_shutting_down", "server_error")]
+        rc = await asyncio.to_thread(finish_output, process, lines, 30)
+        assert rc in (0, -signal.SIGTERM), "".join(lines[-20:])
