@@ -508,7 +508,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
     call = RealtimeCall(websocket, state, model)
     state.sessions.add(call)
     conversation = call.conversation
-    bridge.session_opened(state, conversation)
+    bridge.session_opened(state, conversation, intake.Transport.REALTIME)
     logger.info("session=%s opened (realtime)", call.session_id,
                 extra={"session_id": call.session_id})
     call.send({"type": "session.created", "session": call.session_view()})
@@ -531,10 +531,10 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
         await asyncio.gather(reader, writer, return_exceptions=True)
         await conversation.close()
         state.sessions.discard(call)
-        bridge.session_closed(state)
         code = call.closing[0] if call.closing is not None else CLOSE_GOING_AWAY
         if call.closing is not None:
             ended_by = call.closing[1]
+        bridge.session_closed(state, conversation, ended_by)
         state.metrics.disconnects.labels(ended_by).inc()
         logger.info("session=%s closed (%s, %d)", call.session_id, ended_by, code,
                     extra={"session_id": call.session_id})
