@@ -226,6 +226,8 @@ class Conversation:
         asking for a reply (the Realtime API's ``conversation.item.create``)."""
         if role == "user":
             self.history.add_user(text)
+            if self.on_text_input is not None:
+                self.on_text_input(text)  # the call's record: the next reply answers it
         elif role == "assistant":
             self.history.add_assistant(text)
         else:

@@ -1,4 +1,4 @@
-"""Call records written during real calls (``/ws``, WebRTC, telephony) on a real
+"""Call records written during real calls (``/ws``, ``/v1/realtime``, WebRTC, telephony) on a real
 server, read back through ``/v1/calls`` — against SQLite and a real PostgreSQL
 server, which is also stopped mid-call and started again.
 
@@ -278,3 +278,28 @@ async def test_replicas_sharing_postgresql_see_each_others_calls(
             async with httpx.AsyncClient(base_url=replica.http, timeout=10) as http:
                 listed = (await http.get("/v1/calls")).json()["calls"]
             assert sorted(call["id"] for call in listed) == sorted(call_ids)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_realtime_call_is_recorded(server: RunningServer) -> None:
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{server.http}/v1", api_key="sk-unused")
+    async with asyncio.timeout(RECORD_TIMEOUT_S):
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            while (event := await connection.recv()).type != "session.created":
+                pass
+            call_id = event.session.id
+            await connection.conversation.item.create(item={
+                "type": "message", "role": "user",
+                "content": [{"type": "input_text", "text": "Hello there."}],
+            })
+            await connection.response.create()
+            while (done := await connection.recv()).type != "response.done":
+                assert done.type != "error", done
+            assert done.response.status == "completed"
+    record = await wait_for_record(server, call_id, ended)
+    assert record["transport"] == "realtime"
+    (turn,) = [entry for entry in record["timeline"] if entry["kind"] == "turn"]
+    assert (turn["user_text"], turn["reply_text"], turn["status"]) == (
+        "Hello there.", REPLY, "completed")
