@@ -11,6 +11,7 @@ the assistant turn to history. A failure before any audio is apologised for; a
 cancellation (barge-in, ``response.cancel``, a newer turn) stops both stages, clears
 the client's playback and keeps in history only what was played.
 
+Where the words come from (the model, tool rounds) is pipeline/reply_text.py's.
 The runner knows nothing of turns: the turn side (pipeline/turns.py) adds the user
 turn to history and asks for a reply with ``answer`` — or, speculatively, starts a
 *held* reply whose events wait until the turn is confirmed (``start_held`` /
@@ -23,13 +24,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from pipeline.audio import ChunkSeam, StreamResampler, float_to_pcm16
 from pipeline.chunker import TextChunk, TextChunker
-from pipeline.engines.base import ChatMessage, FloatAudio, ToolCallingLLM, YieldingLLM
-from pipeline.errors import EngineError, LLMError, TTSError
+from pipeline.engines.base import ChatMessage, FloatAudio, YieldingLLM
+from pipeline.errors import EngineError, TTSError
 from pipeline.events import (
     ErrorEvent,
     Event,
@@ -53,9 +53,9 @@ from pipeline.reply_state import (
     error_code,
     new_response_id,
 )
+from pipeline.reply_text import reply_text
 from pipeline.session import CallContext
-from pipeline.tools.reply import ReplyTools, SpeakNow
-from pipeline.tools.spec import ToolCall
+from pipeline.tools.reply import SpeakNow
 
 logger = logging.getLogger("voiceforge.conversation")
 
@@ -375,91 +375,13 @@ class ResponseRunner:
         except Exception:
             logger.exception("session=%s apology not spoken", self._call.session_id)
 
-    async def _llm_deltas(self, response: Response) -> AsyncGenerator[str | SpeakNow, None]:
-        """The reply's text: one model turn, or model turns around tool calls."""
-        if response.canned is not None:
-            yield response.canned
-            return
-        call = self._call
-        config = call.config
-        llm = call.engines.llm
-        offered = call.tools.offered(config.tools, config.tool_choice)
-        if not offered or not isinstance(llm, ToolCallingLLM):
-            async for piece in self._request(response, response.messages, []):
-                if isinstance(piece, str):
-                    yield piece
-            return
-        response.tools = ReplyTools(
-            call.tools,
-            offered,
-            response_id=response.response_id,
-            client_timeout_s=config.tool_timeout_ms / 1000,
-            filler_after_s=config.tool_filler_ms / 1000,
-            timings=response.timings,
-            max_rounds=llm.max_tool_rounds,
-        )
-
-        def request(
-            messages: list[ChatMessage], tools: list[dict[str, Any]], choice: str
-        ) -> AsyncGenerator[str | ToolCall, None]:
-            return self._request(response, messages, tools, choice)
-
-        text = response.tools.text(
-            response.messages, request, response.released, lambda: not response.text.strip()
-        )
-        try:
-            async for item in text:
-                yield item
-        finally:
-            await text.aclose()
-
-    async def _request(
-        self,
-        response: Response,
-        messages: list[ChatMessage],
-        tools: list[dict[str, Any]],
-        tool_choice: str = "auto",
-    ) -> AsyncGenerator[str | ToolCall, None]:
-        """One model turn, retried while nothing of it has come out yet."""
-        config = self._call.config
-        llm = self._call.engines.llm
-        max_tokens = response.max_tokens or config.max_response_tokens
-        attempt = 0
-        while True:
-            stream: Any = (
-                llm.stream_with_tools(
-                    messages, tools=tools, max_tokens=max_tokens,
-                    temperature=config.temperature, tool_choice=tool_choice,
-                )
-                if tools and isinstance(llm, ToolCallingLLM)
-                else llm.stream(
-                    messages, max_tokens=max_tokens,
-                    temperature=config.temperature,
-                )
-            )
-            produced = False
-            try:
-                async for delta in stream:
-                    produced = True
-                    yield delta
-                return
-            except EngineError as exc:
-                if produced:
-                    raise
-                attempt = await self._call.retry_or_raise(exc, attempt, "LLM request")
-                response.timings["llm_retries"] = float(attempt)
-            except Exception as exc:  # garbage from the engine, a bug in it
-                raise LLMError(f"{llm.name}: {exc!r}", transient=False) from exc
-            finally:
-                await stream.aclose()
-
     async def _generate_text(
         self, response: Response, chunks: asyncio.Queue[TextChunk | None]
     ) -> None:
         chunker = TextChunker(self._call.config.chunker)
         requested = time.monotonic()
         first_token = True
-        stream = self._llm_deltas(response)
+        stream = reply_text(self._call, response)
         try:
             async for delta in stream:
                 if isinstance(delta, SpeakNow):
