@@ -158,6 +158,23 @@ async def _call_with_voice(server: RunningServer, voice: str) -> None:
                 return
 
 
+async def _realtime_call_with_voice(server: RunningServer, voice: str) -> None:
+    """The same, through /v1/realtime with the official SDK."""
+    client = openai.AsyncOpenAI(base_url=f"{server.http}/v1", api_key=KEY)
+    async with asyncio.timeout(120), client.realtime.connect(model="gpt-realtime") as conn:
+        await conn.session.update(session={
+            "type": "realtime", "audio": {"output": {"voice": {"id": voice}}}})
+        while (event := await conn.recv()).type != "session.updated":
+            assert event.type != "error", event
+        assert event.session.audio.output.voice == voice
+        await conn.conversation.item.create(item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi?"}]})
+        await conn.response.create()
+        while (event := await conn.recv()).type != "response.done":
+            assert event.type != "error", event
+        assert event.response.status == "completed"
+
+
 def test_a_cloned_voice_round_trips_and_is_used_at_once(
     client: openai.OpenAI, server: RunningServer, recording: RecordingTTS,
     tiny: tuple[Path, Any, Path],
@@ -182,9 +199,10 @@ def test_a_cloned_voice_round_trips_and_is_used_at_once(
     assert recording.used == [created.id]
     assert decode_audio(speech.content, max_seconds=60, sample_rate=None).duration_s > 0.1
 
-    recording.used.clear()
-    asyncio.run(_call_with_voice(server, created.id))
-    assert recording.used and set(recording.used) == {created.id}
+    for call_with_voice in (_call_with_voice, _realtime_call_with_voice):
+        recording.used.clear()
+        asyncio.run(call_with_voice(server, created.id))
+        assert recording.used and set(recording.used) == {created.id}
 
     # A restart: the engine loads the voice folder again, the library names it.
     restarted = _engine(checkpoint, config, voices_dir)
