@@ -1,0 +1,208 @@
+"""Resuming a ``/ws`` call after its connection dropped, on the same server: the
+client's socket is cut in the middle of a reply, the client comes back with the
+resume token, and the call goes on with its history — asserted through what the
+model is sent — its settings and its client tools. Tokens that are forged,
+expired or used already are refused with their close codes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from agent.client import ClientTool, VoiceForgeClient
+from agent.config import Settings
+from agent.resume import (
+    CLOSE_RESUME_EXPIRED,
+    CLOSE_RESUME_INVALID,
+    CLOSE_RESUME_USED,
+)
+from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone, ResponseStatus
+from tests.e2e.conftest import RunningServer
+from tests.faults.support import bench_engines, collect_until_done, serving
+from tests.tools.scripted import ScriptedToolLLM, say
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+LONG_REPLY = ("Once upon a time, in a quiet village by the sea, there lived an old "
+              "fisherman who told stories every night. " * 4).strip()
+WAIT_S = 20.0
+
+
+async def lookup(order: str) -> str:
+    return f"order {order} shipped"
+
+
+LOOKUP = ClientTool("lookup_order", "Where an order is.",
+                    {"type": "object", "properties": {"order": {"type": "string"}}}, lookup)
+
+
+def start(tmp_path: Path, llm: ScriptedToolLLM, **settings: Any) -> Iterator[RunningServer]:
+    engines = bench_engines(llm=llm)  # type: ignore[arg-type]
+    url = f"sqlite:///{tmp_path / 'calls.sqlite3'}"
+    with serving(Settings(database_url=url, **settings), engines) as server:
+        yield server
+
+
+@pytest.fixture
+def llm() -> ScriptedToolLLM:
+    return ScriptedToolLLM()
+
+
+@pytest.fixture
+def server(tmp_path: Path, llm: ScriptedToolLLM) -> Iterator[RunningServer]:
+    yield from start(tmp_path, llm)
+
+
+def resume_url(server: RunningServer, token: str | None) -> str:
+    assert token is not None
+    return f"{server.url}?resume={token}"
+
+
+async def until_suspended(server: RunningServer, count: int = 1) -> None:
+    """The server has seen the drop and suspended the call (bounded)."""
+    resumer = server.app_state.resumer
+    assert resumer is not None
+    deadline = time.monotonic() + WAIT_S
+    while resumer.suspended() < count:
+        assert time.monotonic() < deadline, "the dropped call was never suspended"
+        await asyncio.sleep(0.02)
+
+
+async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1000.0) -> str:
+    """Ask for the long reply and drop the connection once ``after_ms`` of its audio
+    has come (the reply is still playing: it lasts about 2 s)."""
+    await client.send_text(text)
+    deadline = time.monotonic() + WAIT_S
+    received = 0.0
+    while True:
+        event = await client.next_event(deadline - time.monotonic())
+        assert event is not None, "the server closed the call before the reply"
+        assert not isinstance(event, ResponseDone), "the reply ended before the cut"
+        if isinstance(event, ResponseAudioDelta):
+            received += event.duration_ms
+            if received >= after_ms:
+                client.abort()
+                return event.response_id
+
+
+async def refused(url: str) -> tuple[str, int | None]:
+    async with websockets.connect(url, subprotocols=["voiceforge.v1"]) as ws:  # type: ignore[list-item]
+        from agent.protocol import decode_server_frame
+
+        first = decode_server_frame(await ws.recv(decode=False))
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), WAIT_S)
+        assert isinstance(first, ErrorEvent) and first.fatal
+        return first.code, ws.close_code
+
+
+async def test_a_call_cut_mid_reply_resumes_with_its_history_settings_and_tools(
+    server: RunningServer, llm: ScriptedToolLLM
+) -> None:
+    llm.script(say("Nice to meet you, Ada."), say(LONG_REPLY), say("You are Ada."))
+    client = await VoiceForgeClient.connect(server.url)
+    call_id, token = client.session_id, client.created.resume_token
+    assert client.created.resumed is False and token
+    await client.update_session(instructions="You are a patient storyteller.")
+    await client.set_tools([LOOKUP])
+    await client.send_text("My name is Ada.")
+    await collect_until_done(client)
+    cut = await cut_mid_reply(client, "Tell me a long story.")
+    await until_suspended(server)
+
+    resumed = await VoiceForgeClient.connect(resume_url(server, token))
+    try:
+        assert resumed.session_id == call_id
+        assert resumed.created.resumed is True
+        assert resumed.created.resume_token not in (None, token)
+        assert resumed.session["instructions"] == "You are a patient storyteller."
+        assert [tool["name"] for tool in resumed.session["tools"]] == ["lookup_order"]
+        # What the client played of the cut reply: more than nothing, less than all.
+        await resumed.report_played(cut, 400.0)
+        done = [e for e in await collect_until_done(resumed) if isinstance(e, ResponseDone)]
+        assert (done[0].response_id, done[0].status, done[0].reason) == (
+            cut, ResponseStatus.CANCELLED, "connection_lost")
+        assert done[0].played_ms == 400.0
+        heard = done[0].text_heard
+        assert heard and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY)
+
+        await resumed.send_text("What is my name?")
+        await collect_until_done(resumed)
+    finally:
+        await resumed.close()
+    asked = llm.requests[-1]
+    assert [(m["role"], m["content"]) for m in asked.messages] == [
+        ("system", "You are a patient storyteller."),
+        ("user", "My name is Ada."),
+        ("assistant", "Nice to meet you, Ada."),
+        ("user", "Tell me a long story."),
+        ("assistant", heard),
+        ("user", "What is my name?"),
+    ]
+    assert "lookup_order" in asked.tool_names()
+
+
+async def test_a_token_works_once_and_a_resumed_call_resumes_again_with_its_new_token(
+    server: RunningServer, llm: ScriptedToolLLM
+) -> None:
+    client = await VoiceForgeClient.connect(server.url)
+    first_token = client.created.resume_token
+    client.abort()
+    await until_suspended(server)
+    again = await VoiceForgeClient.connect(resume_url(server, first_token))
+    second_token = again.created.resume_token
+    # The same token while the call is live, and after: refused.
+    assert await refused(resume_url(server, first_token)) == ("resume_used", CLOSE_RESUME_USED)
+    again.abort()
+    await until_suspended(server)
+    assert await refused(resume_url(server, first_token)) == ("resume_used", CLOSE_RESUME_USED)
+    third = await VoiceForgeClient.connect(resume_url(server, second_token))
+    assert third.session_id == client.session_id
+    await third.close()
+
+
+async def test_forged_and_other_servers_tokens_are_refused(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    client = await VoiceForgeClient.connect(server.url)
+    token = client.created.resume_token
+    assert token is not None
+    client.abort()
+    await until_suspended(server)
+    head, _, signature = token.rpartition(".")
+    forged = f"{head}.{'A' * len(signature)}"
+    assert await refused(resume_url(server, forged)) == ("resume_invalid", CLOSE_RESUME_INVALID)
+    other_call = token.replace(client.session_id, "sess_000000000000")
+    assert await refused(resume_url(server, other_call)) == (
+        "resume_invalid", CLOSE_RESUME_INVALID)
+    # Another server (its own secret) does not take this one's token.
+    for other in start(tmp_path / "other", ScriptedToolLLM()):
+        assert await refused(resume_url(other, token)) == (
+            "resume_invalid", CLOSE_RESUME_INVALID)
+
+
+async def test_a_call_not_resumed_within_the_window_is_refused_as_expired(
+    tmp_path: Path,
+) -> None:
+    for server in start(tmp_path, ScriptedToolLLM(), resume_window_s=0.3):
+        client = await VoiceForgeClient.connect(server.url)
+        token = client.created.resume_token
+        client.abort()
+        await until_suspended(server)
+        await asyncio.sleep(0.4)  # past the window: time must pass, nothing to wait on
+        assert await refused(resume_url(server, token)) == (
+            "resume_expired", CLOSE_RESUME_EXPIRED)
+
+
+async def test_a_client_that_closes_with_1000_ended_its_call(server: RunningServer) -> None:
+    client = await VoiceForgeClient.connect(server.url)
+    token = client.created.resume_token
+    await client.close()
+    code, _ = await refused(resume_url(server, token))
+    assert code in ("resume_unknown", "resume_used")
