@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -51,6 +51,8 @@ CLOSE_RESUME_INVALID = 4401
 CLOSE_RESUME_UNKNOWN = 4404
 CLOSE_RESUME_USED = 4409
 CLOSE_RESUME_EXPIRED = 4410
+CLOSE_TAKEN_OVER = 4000
+"""The old connection of a call resumed on a new one."""
 SNAPSHOT_WAIT_S = 3.0
 """How long a server waits for another replica's suspension of a call to reach the
 database (a client may reconnect before the old server has written it)."""
@@ -99,6 +101,8 @@ class Resumer:
             self._secrets, self._signing = {"local": secrets.token_urlsafe(32)}, "local"
         self._suspended: OrderedDict[str, _Suspended] = OrderedDict()
         self._saves: set[asyncio.Task[bool]] = set()
+        self._watched: dict[str, asyncio.Event] = {}
+        """Calls being taken over: set once suspended."""
 
     @property
     def enabled(self) -> bool:
@@ -135,6 +139,15 @@ class Resumer:
             self._saves.add(saved)
             saved.add_done_callback(self._saves.discard)
         self._suspended[snapshot.session_id] = _Suspended(snapshot, now + self.window_s, saved)
+        if (watched := self._watched.get(snapshot.session_id)) is not None:
+            watched.set()
+
+    def watch(self, session_id: str) -> asyncio.Event:
+        """An event set when this call is next suspended."""
+        return self._watched.setdefault(session_id, asyncio.Event())
+
+    def unwatch(self, session_id: str) -> None:
+        self._watched.pop(session_id, None)
 
     async def _save(self, records: CallRecords, snapshot: ResumeSnapshot,
                     expires_at: float) -> bool:
@@ -142,6 +155,7 @@ class Resumer:
         await records.flushed(SNAPSHOT_WAIT_S)
         for attempt in range(SAVE_ATTEMPTS):
             try:
+                await records.ensure_schema()
                 await records.store.save_snapshot(
                     snapshot.session_id, snapshot.epoch, dt.datetime.fromtimestamp(
                         expires_at, dt.UTC), snapshot.to_json(), records.server)
@@ -174,9 +188,12 @@ class Resumer:
 
     # --------------------------------------------------------------- claiming
 
-    async def claim(self, token: str, *, live: Callable[[str], bool]) -> ResumeSnapshot:
+    async def claim(self, token: str, *,
+                    take_over: Callable[[str, int], Awaitable[bool]]) -> ResumeSnapshot:
         """The suspended call the token names, taken for resuming; raises
-        ResumeRefused. ``live``: whether a call runs on this server now."""
+        ResumeRefused. ``take_over``: ends the call if it still runs on this server
+        (its client's old connection not yet seen to be dead) and waits until it is
+        suspended; False if it did not run here."""
         now = time.time()
         claims = self.read(token) if self.enabled else None
         if claims is None:
@@ -188,6 +205,8 @@ class Resumer:
         session_id = claims.session_id
         self._purge(now)
         held = self._suspended.get(session_id)
+        if held is None and await take_over(session_id, claims.epoch):
+            held = self._suspended.get(session_id)
         if held is not None and held.snapshot.epoch == claims.epoch:
             del self._suspended[session_id]  # on the loop, before any await: one winner
             if held.saved is not None and self.records is not None and await held.saved:
@@ -197,7 +216,7 @@ class Resumer:
                 if outcome != "claimed":
                     raise _refusal(outcome)
             return held.snapshot
-        if (held is not None and held.snapshot.epoch > claims.epoch) or live(session_id):
+        if held is not None and held.snapshot.epoch > claims.epoch:
             raise _refusal("used")
         if self.records is None:
             raise _refusal("missing")
@@ -208,6 +227,7 @@ class Resumer:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while True:
             try:
+                await records.ensure_schema()
                 outcome, body = await records.store.claim_snapshot(
                     claims.session_id, claims.epoch, dt.datetime.now(dt.UTC))
             except Exception as exc:
@@ -306,9 +326,13 @@ class LostReplySettler:
         self._timer.cancel()
 
 
-RESUMABLE_ENDS = frozenset({"client_closed", "server_shutdown"})
+TAKEN_OVER = "taken_over"
+"""The end of a connection whose call a resume took over (the client reconnected
+before this server saw the old connection die)."""
+RESUMABLE_ENDS = frozenset({"client_closed", "server_shutdown", TAKEN_OVER})
 """How a ``/ws`` call may end and stay resumable: the connection went away (unless
-the client closed it with 1000), or a draining server closed it."""
+the client closed it with 1000), a draining server closed it, or a resume took it."""
+TAKE_OVER_WAIT_S = 3.0
 
 
 def resumable(state: AppState, ended_by: str, client_close_code: int | None) -> bool:
@@ -332,6 +356,32 @@ def suspend(state: AppState, conversation: Conversation, epoch: int,
                 state.resumer.window_s, extra={"session_id": conversation.session_id})
 
 
+async def _take_over(state: AppState, session_id: str, epoch: int) -> bool:
+    """End this server's connection of the call (its client has a new one), then
+    wait, bounded, for the call to be suspended. Only for the token of the call's
+    current epoch: an older one takes nothing."""
+    old = next((call for call in state.sessions
+                if call.conversation.session_id == session_id), None)
+    if old is None:
+        return False
+    if old.epoch != epoch:
+        raise _refusal("used")
+    assert state.resumer is not None
+    arrived = state.resumer.watch(session_id)
+    try:
+        old.finish(CLOSE_TAKEN_OVER, TAKEN_OVER, flush=False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), TAKE_OVER_WAIT_S)
+    finally:
+        state.resumer.unwatch(session_id)
+    if arrived.is_set():
+        return True
+    if old in state.sessions:
+        raise ResumeRefused("resume_busy", CLOSE_RESUME_USED,
+                            "the call is still connected; try again shortly")
+    raise _refusal("missing")  # it was ending by itself, and not resumably
+
+
 async def claim_for(websocket: WebSocket,
                     state: AppState) -> tuple[ResumeSnapshot, SessionConfig] | None:
     """The call a connection's ``?resume=`` token gives back, with its settings; None
@@ -341,8 +391,8 @@ async def claim_for(websocket: WebSocket,
         if state.resumer is None:
             raise ResumeRefused("resume_invalid", CLOSE_RESUME_INVALID,
                                 "this server resumes no calls")
-        snapshot = await state.resumer.claim(token, live=lambda session_id: any(
-            call.conversation.session_id == session_id for call in state.sessions))
+        snapshot = await state.resumer.claim(
+            token, take_over=lambda session_id, epoch: _take_over(state, session_id, epoch))
         try:
             return snapshot, restored_config(state, snapshot)
         except ProtocolError as exc:

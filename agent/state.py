@@ -37,6 +37,9 @@ class Call(Protocol):
 class WebSocketCall(Call, Protocol):
     """A ``/ws`` call: told why and closed by the drain, limited by the sweeper."""
 
+    epoch: int
+    """Times the call was resumed (agent.resume)."""
+
     def error(
         self, code: str, message: str, *, fatal: bool = False, category: str = "client",
         throttled: bool = True,

@@ -454,10 +454,15 @@ class CallRecords:
             call.version != call.written_version for call in self._calls.values()
         )
 
-    async def _write_once(self) -> None:
+    async def ensure_schema(self) -> None:
+        """Bring the database to the newest schema, once per process (the writer's
+        first write does it too; resume snapshots may be read before any write)."""
         if not self._migrated:
             await self.store.migrate()
             self._migrated = True
+
+    async def _write_once(self) -> None:
+        await self.ensure_schema()
         entries = list(itertools.islice(self._entries, BATCH_ENTRIES))
         ids = {entry.call_id for entry in entries} | {
             call_id for call_id, call in self._calls.items()

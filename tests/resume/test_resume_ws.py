@@ -20,7 +20,9 @@ from agent.config import Settings
 from agent.resume import (
     CLOSE_RESUME_EXPIRED,
     CLOSE_RESUME_INVALID,
+    CLOSE_RESUME_UNKNOWN,
     CLOSE_RESUME_USED,
+    CLOSE_TAKEN_OVER,
 )
 from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone, ResponseStatus
 from tests.e2e.conftest import RunningServer
@@ -167,6 +169,30 @@ async def test_a_token_works_once_and_a_resumed_call_resumes_again_with_its_new_
     await third.close()
 
 
+async def test_a_resume_takes_the_call_from_a_connection_the_server_still_holds(
+    server: RunningServer, llm: ScriptedToolLLM
+) -> None:
+    """The client's old connection is dead but the server has not noticed yet (a
+    phone that changed networks): the resume ends it and takes the call."""
+    llm.script(say("Nice to meet you, Ada."), say("You are Ada."))
+    client = await VoiceForgeClient.connect(server.url)
+    await client.send_text("My name is Ada.")
+    await collect_until_done(client)
+    resumed = await VoiceForgeClient.connect(resume_url(server, client.created.resume_token))
+    try:
+        assert (resumed.session_id, resumed.created.resumed) == (client.session_id, True)
+        assert await client.next_event(WAIT_S) is None  # the old connection was closed
+        assert client.close_code == CLOSE_TAKEN_OVER
+        await resumed.send_text("What is my name?")
+        await collect_until_done(resumed)
+    finally:
+        await resumed.close()
+        await client.close()
+    assert [(m["role"], m["content"]) for m in llm.requests[-1].messages][1:] == [
+        ("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada."),
+        ("user", "What is my name?")]
+
+
 async def test_forged_and_other_servers_tokens_are_refused(
     server: RunningServer, tmp_path: Path
 ) -> None:
@@ -204,5 +230,9 @@ async def test_a_client_that_closes_with_1000_ended_its_call(server: RunningServ
     client = await VoiceForgeClient.connect(server.url)
     token = client.created.resume_token
     await client.close()
-    code, _ = await refused(resume_url(server, token))
-    assert code in ("resume_unknown", "resume_used")
+    deadline = time.monotonic() + WAIT_S
+    while server.app_state.sessions:  # the server has ended the call (bounded)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert server.app_state.resumer is not None and server.app_state.resumer.suspended() == 0
+    assert await refused(resume_url(server, token)) == ("resume_unknown", CLOSE_RESUME_UNKNOWN)
