@@ -76,9 +76,11 @@ async def until_suspended(server: RunningServer, count: int = 1) -> None:
         await asyncio.sleep(0.02)
 
 
-async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1000.0) -> str:
-    """Ask for the long reply and drop the connection once ``after_ms`` of its audio
-    has come (the reply is still playing: it lasts about 2 s)."""
+async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1000.0, *,
+                        drop: bool = False) -> str:
+    """Ask for the long reply and cut the connection once ``after_ms`` of its audio
+    has come (the reply is still playing: it lasts about 2 s); ``drop``: as a lost
+    network, which the SDK resumes by itself, else as a client that is gone."""
     await client.send_text(text)
     deadline = time.monotonic() + WAIT_S
     received = 0.0
@@ -89,7 +91,7 @@ async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1
         if isinstance(event, ResponseAudioDelta):
             received += event.duration_ms
             if received >= after_ms:
-                client.abort()
+                client.drop() if drop else client.abort()
                 return event.response_id
 
 
