@@ -79,6 +79,7 @@ class _Suspended:
     snapshot: ResumeSnapshot
     expires_at: float
     saved: asyncio.Task[bool] | None
+    timer: asyncio.TimerHandle | None = None
 
 
 class Resumer:
@@ -129,7 +130,8 @@ class Resumer:
         """Keep a dropped call resumable for the window (and save it for the replicas)."""
         self._purge(now)
         while len(self._suspended) >= self.max_suspended:
-            self._suspended.popitem(last=False)  # the oldest gives way; its saved copy stays
+            # The oldest gives way (its saved copy stays resumable on the replicas).
+            self._ended(next(iter(self._suspended)))
         saved = None
         if self.records is not None:
             saved = asyncio.create_task(
@@ -138,7 +140,10 @@ class Resumer:
             )
             self._saves.add(saved)
             saved.add_done_callback(self._saves.discard)
-        self._suspended[snapshot.session_id] = _Suspended(snapshot, now + self.window_s, saved)
+        held = _Suspended(snapshot, now + self.window_s, saved)
+        held.timer = asyncio.get_running_loop().call_later(
+            self.window_s, self._ended, snapshot.session_id)
+        self._suspended[snapshot.session_id] = held
         if (watched := self._watched.get(snapshot.session_id)) is not None:
             watched.set()
 
@@ -172,7 +177,36 @@ class Resumer:
     def _purge(self, now: float) -> None:
         for session_id in [sid for sid, held in self._suspended.items()
                            if held.expires_at <= now]:
-            del self._suspended[session_id]
+            self._ended(session_id)
+
+    def _ended(self, session_id: str) -> None:
+        """The window passed (or memory ran out) with no resume here: the call's
+        record is final, unless another replica resumed it."""
+        held = self._suspended.pop(session_id, None)
+        if held is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        if self.records is None:
+            return
+        task = asyncio.create_task(self._final(self.records, held),
+                                   name=f"{session_id}-resume-final")
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+
+    async def _final(self, records: CallRecords, held: _Suspended) -> bool:
+        session_id = held.snapshot.session_id
+        if held.saved is not None and await held.saved:
+            try:
+                resumed = await records.store.resumed_since(session_id, held.snapshot.epoch)
+            except Exception as exc:  # every driver failure looks different
+                logger.warning("session=%s: cannot tell whether the call was resumed "
+                               "elsewhere (%s)", session_id, type(exc).__name__)
+                resumed = False
+            if resumed:
+                return False  # its record goes on on the replica that has it
+        records.release_webhook(session_id)
+        return True
 
     def suspended(self) -> int:
         self._purge(time.time())
@@ -209,6 +243,8 @@ class Resumer:
             held = self._suspended.get(session_id)
         if held is not None and held.snapshot.epoch == claims.epoch:
             del self._suspended[session_id]  # on the loop, before any await: one winner
+            if held.timer is not None:
+                held.timer.cancel()
             if held.saved is not None and self.records is not None and await held.saved:
                 # Saved, so another replica may have taken it meanwhile.
                 outcome, _ = await self.records.store.claim_snapshot(
@@ -347,8 +383,11 @@ def suspend(state: AppState, conversation: Conversation, epoch: int,
     """Keep a dropped call for its client to resume. Call after the record of the
     call was closed, before the conversation is forgotten."""
     assert state.resumer is not None
-    point = None if state.records is None else state.records.resume_point(
-        conversation.session_id)
+    point = None
+    if state.records is not None:
+        point = state.records.resume_point(conversation.session_id)
+        # Not posted as ended while it may come back: at the window's end, if it did not.
+        state.records.hold_webhook(conversation.session_id)
     started_at, record_seq = point or (time.time(), 0)
     snapshot = snapshot_of(conversation, reply, epoch, started_at, record_seq)
     state.resumer.suspend(snapshot, time.time())

@@ -189,6 +189,14 @@ class RecordStore:
             return "expired", None
         return "used", None
 
+    async def resumed_since(self, call_id: str, epoch: int) -> bool:
+        """Whether the suspension of ``epoch`` was claimed (the call goes on elsewhere)."""
+        table = resume_snapshots
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(table.c.epoch, table.c.state)
+                                      .where(table.c.call_id == call_id))).first()
+        return row is not None and (row.epoch > epoch or row.state == "resumed")
+
     # ------------------------------------------------------------------ reads
 
     async def list_calls(self, where: CallFilter) -> list[dict[str, Any]]:

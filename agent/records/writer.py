@@ -108,6 +108,8 @@ class _Call:
     recording: CallRecording | None = None
     recording_info: dict[str, Any] | None = None
     encoding: bool = False
+    hold_webhook: bool = False
+    """Suspended (agent.resume): posted only if its window passes with no resume."""
 
 
 class CallRecords:
@@ -181,11 +183,26 @@ class CallRecords:
         call.recorder = CallRecorder(call_id, redaction=self.redaction, limits=self.limits,
                                      first_seq=call.recorder.seq)
         call.counted_drops = 0
-        call.closed = False
+        call.closed = call.hold_webhook = False
         call.ended_at = call.end_reason = call.pending_reason = None
         call.settings = self._settings(settings)
         call.version += 1
         self._kick()
+
+    def hold_webhook(self, call_id: str) -> None:
+        """The call was suspended: its end is not posted until ``release_webhook``."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.hold_webhook = True
+
+    def release_webhook(self, call_id: str) -> None:
+        """A suspended call was not resumed: post its record (now, or once written)."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.hold_webhook = False
+            self._kick()  # written already: the next pass posts it
+        elif self.webhook is not None:
+            self.webhook.call_written(call_id)
 
     def resume_point(self, call_id: str) -> tuple[float, int] | None:
         """(start time, entries numbered so far) of a call this server records."""
@@ -484,7 +501,7 @@ class CallRecords:
             if (call.closed and not call.encoding and call.pending == 0
                     and call.written_version == call.version):
                 del self._calls[call_id]
-                if self.webhook is not None:
+                if self.webhook is not None and not call.hold_webhook:
                     self.webhook.call_written(call_id)
 
     def _call_row(self, call_id: str, call: _Call) -> dict[str, Any]:
