@@ -17,6 +17,7 @@ import websockets
 
 from agent.client import ClientTool, VoiceForgeClient
 from agent.config import Settings
+from agent.protocol import SessionCreated, decode_server_frame
 from agent.resume import (
     CLOSE_RESUME_EXPIRED,
     CLOSE_RESUME_INVALID,
@@ -97,8 +98,6 @@ async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1
 
 async def refused(url: str) -> tuple[str, int | None]:
     async with websockets.connect(url, subprotocols=["voiceforge.v1"]) as ws:  # type: ignore[list-item]
-        from agent.protocol import decode_server_frame
-
         first = decode_server_frame(await ws.recv(decode=False))
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), WAIT_S)
@@ -238,3 +237,29 @@ async def test_a_client_that_closes_with_1000_ended_its_call(server: RunningServ
         await asyncio.sleep(0.02)
     assert server.app_state.resumer is not None and server.app_state.resumer.suspended() == 0
     assert await refused(resume_url(server, token)) == ("resume_unknown", CLOSE_RESUME_UNKNOWN)
+
+
+async def test_two_resumes_at_once_get_the_call_once(server: RunningServer) -> None:
+    client = await VoiceForgeClient.connect(server.url)
+    token = client.created.resume_token
+    client.abort()
+    await until_suspended(server)
+    url = resume_url(server, token)
+    both_read = asyncio.Event()
+    read = 0
+
+    async def attempt() -> tuple[str, str | None]:
+        nonlocal read
+        async with websockets.connect(url, subprotocols=["voiceforge.v1"]) as ws:  # type: ignore[list-item]
+            first = decode_server_frame(await ws.recv(decode=False))
+            read += 1
+            if read == 2:
+                both_read.set()
+            await asyncio.wait_for(both_read.wait(), WAIT_S)  # the winner holds the call
+            if isinstance(first, SessionCreated):
+                return "resumed", first.session_id
+            assert isinstance(first, ErrorEvent)
+            return "refused", first.code
+
+    outcomes = sorted(await asyncio.gather(attempt(), attempt()))
+    assert outcomes == [("refused", "resume_used"), ("resumed", client.session_id)]
