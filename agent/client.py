@@ -208,8 +208,10 @@ class VoiceForgeClient:
         open_timeout: float = 30.0,
         max_size: int | None = 16 * 1024 * 1024,
         auto_resume: bool = True,
+        resume_token: str | None = None,
     ) -> VoiceForgeClient:
-        connection, first = await _open(url, api_key, open_timeout, max_size)
+        """Open a call; with ``resume_token``, get a dropped call back instead."""
+        connection, first = await _open(url, api_key, open_timeout, max_size, resume_token)
         if not isinstance(first, SessionCreated):
             await connection.close()
             raise ClientError(f"expected session.created, got {type(first).__name__}"
@@ -462,15 +464,14 @@ class VoiceForgeClient:
         """Get the call back on a new connection after a drop (bounded by the window)."""
         if not self._resumable():
             return False
-        assert self._url is not None and self.created.resume_token is not None
-        separator = "&" if "?" in self._url else "?"
-        url = f"{self._url}{separator}resume={self.created.resume_token}"
+        url, token = self._url, self.created.resume_token
+        assert url is not None and token is not None
         deadline = time.monotonic() + float(self.created.limits.get("resume_window_s") or 0.0)
         delay = RESUME_FIRST_DELAY_S
         while (left := deadline - time.monotonic()) > 0:
             try:
-                connection, first = await _open(url, self._api_key,
-                                                 min(left, RESUME_OPEN_TIMEOUT_S), self._max_size)
+                connection, first = await _open(url, self._api_key, min(
+                    left, RESUME_OPEN_TIMEOUT_S), self._max_size, token)
             except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
                 logger.info("session=%s: reconnecting failed (%s); retrying", self.session_id,
                             type(error).__name__)
@@ -611,15 +612,16 @@ class VoiceForgeClient:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
-async def _open(url: str, api_key: str | None, open_timeout: float,
-                max_size: int | None) -> tuple[ClientConnection, ServerMessage]:
+async def _open(url: str, api_key: str | None, open_timeout: float, max_size: int | None,
+                resume_token: str | None = None) -> tuple[ClientConnection, ServerMessage]:
     """A connection to ``/ws`` and its first message (``session.created``, or the
     error of a refused resume)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    offered = [SUBPROTOCOL] + ([f"resume.{resume_token}"] if resume_token else [])
     connection = await websockets.connect(
         url,
         additional_headers=headers,
-        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        subprotocols=offered,  # type: ignore[arg-type]
         open_timeout=open_timeout,
         max_size=max_size,
         compression=None,  # PCM barely compresses; deflate only costs CPU

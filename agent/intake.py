@@ -40,6 +40,7 @@ from agent.gate import (
     secret_ok,
     twilio_signature_ok,
 )
+from agent.resume_tokens import offered_resume_token
 from agent.state import AppState, Slot
 
 logger = logging.getLogger("voiceforge.intake")
@@ -113,9 +114,9 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
 
 
 def _resume_presented(state: AppState, connection: HTTPConnection) -> bool:
-    """A resume token of this service (``/ws?resume=``): the call it names was
-    admitted once; it opens that call again and nothing else (agent.resume)."""
-    token = connection.query_params.get("resume")
+    """A resume token of this service (subprotocol ``resume.<token>``): the call it
+    names was admitted once; it opens that call again and nothing else (agent.resume)."""
+    token = offered_resume_token(connection.scope.get("subprotocols", []))
     return token is not None and state.resumer is not None and state.resumer.credential(
         token, time.time())
 

@@ -47,7 +47,7 @@ PROTOCOL_MINOR = 3
 (sent only to a client that sets ``session.playback_pause``); 2 = tools
 (``response.tool_call`` / ``response.tool_result``, ``tool.result``,
 ``session.ended``); 3 = resume (``session.created``'s ``resume_token`` and
-``resumed``, ``/ws?resume=<token>``)."""
+``resumed``, the ``resume.<token>`` subprotocol)."""
 SUBPROTOCOL = "voiceforge.v1"
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 """Browsers cannot set headers on a WebSocket: they offer ``bearer.<key>`` as a subprotocol."""
@@ -362,7 +362,8 @@ class SessionCreated:
     limits: dict[str, Any]
     protocol_minor: int = PROTOCOL_MINOR
     resume_token: str | None = None
-    """(1.3) Reconnect with ``/ws?resume=<token>`` to get this call back after a drop."""
+    """(1.3) Reconnect offering the subprotocol ``resume.<token>`` to get this call
+    back after a drop."""
     resumed: bool = False
     """(1.3) This is a resumed call: same session id, history and settings."""
 

@@ -5,7 +5,7 @@ reload, a server drained for an upgrade) is *suspended* for
 ``VOICEFORGE_RESUME_WINDOW_S``: its ``pipeline.resume.ResumeSnapshot`` is kept in
 this process's memory and, with a record database, saved there too, so that any
 replica sharing it can take the call. A client that reconnects with the call's
-resume token (``/ws?resume=<token>``) gets it back: same session id, history,
+resume token (subprotocol ``resume.<token>``) gets it back: same session id, history,
 settings, client tools; the reply in flight is settled as cancelled with what the
 client reports having played.
 
@@ -421,11 +421,10 @@ async def _take_over(state: AppState, session_id: str, epoch: int) -> bool:
     raise _refusal("missing")  # it was ending by itself, and not resumably
 
 
-async def claim_for(websocket: WebSocket,
-                    state: AppState) -> tuple[ResumeSnapshot, SessionConfig] | None:
-    """The call a connection's ``?resume=`` token gives back, with its settings; None
+async def claim_for(websocket: WebSocket, state: AppState,
+                    token: str) -> tuple[ResumeSnapshot, SessionConfig] | None:
+    """The call a connection's resume token gives back, with its settings; None
     when refused (the client got an ``error`` saying why, and the close code)."""
-    token = websocket.query_params.get("resume", "")
     try:
         if state.resumer is None:
             raise ResumeRefused("resume_invalid", CLOSE_RESUME_INVALID,

@@ -1,7 +1,8 @@
 """Resume tokens: the proof that a reconnecting client owns a dropped call.
 
-``session.created`` carries one; presented on a new ``/ws`` connection
-(``?resume=<token>``) within the resume window, it gets the call back. A token is
+``session.created`` carries one; offered on a new ``/ws`` connection as the
+subprotocol ``resume.<token>`` (never in the URL: URLs are written to access logs)
+within the resume window, it gets the call back. A token is
 
     vfr1.<key id>.<session id>.<epoch>.<expiry>.<signature>
 
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 RESUME_PREFIX = "vfr1"
+RESUME_SUBPROTOCOL_PREFIX = "resume."
 MAX_RESUME_TOKEN_CHARS = 256
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -38,6 +40,14 @@ class ResumeClaims:
     session_id: str
     epoch: int
     expires_at: float
+
+
+def offered_resume_token(subprotocols: list[str]) -> str | None:
+    """The resume token a handshake offers (``resume.<token>``), if any."""
+    for offered in subprotocols:
+        if offered.startswith(RESUME_SUBPROTOCOL_PREFIX):
+            return offered[len(RESUME_SUBPROTOCOL_PREFIX):]
+    return None
 
 
 def _sign(secret: str, payload: str) -> str:

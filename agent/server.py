@@ -64,6 +64,7 @@ from agent.protocol import (
     shown,
 )
 from agent.records import RECORDS_FLUSH_TIMEOUT_S, start_records
+from agent.resume_tokens import offered_resume_token
 from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
@@ -389,8 +390,9 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     resuming = None
-    if "resume" in websocket.query_params:
-        resuming = await resume.claim_for(websocket, state)
+    token = offered_resume_token(offered)
+    if token is not None:
+        resuming = await resume.claim_for(websocket, state, token)
         if resuming is None:
             return
     session = _Session(websocket, state, resuming)

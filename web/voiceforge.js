@@ -607,14 +607,13 @@ export class VoiceChat extends ChatSession {
   async resume() {
     const token = this.created.resume_token;
     const deadline = Date.now() + this.created.limits.resume_window_s * 1000;
-    const url = `${this.url}${this.url.includes("?") ? "&" : "?"}resume=${encodeURIComponent(token)}`;
     this.reconnecting = true;
     clearInterval(this.reportTimer);
     this.emit("reconnecting", { sessionId: this.created.session_id });
     this.updateState();
     let delay = RESUME_FIRST_DELAY_MS;
     while (!this.stopped && Date.now() < deadline) {
-      const outcome = await this.tryResume(url, deadline);
+      const outcome = await this.tryResume(token, deadline);
       if (outcome === "resumed" || this.stopped) return;
       if (outcome === "refused") break;
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(delay, deadline - Date.now()))));
@@ -628,8 +627,9 @@ export class VoiceChat extends ChatSession {
   }
 
   /** One try: "resumed", "refused" (the server said no: stop) or "failed" (try again). */
-  tryResume(url, deadline) {
-    const protocols = [SUBPROTOCOL];
+  tryResume(token, deadline) {
+    // In a subprotocol, not the URL: URLs end up in access logs.
+    const protocols = [SUBPROTOCOL, `resume.${token}`];
     if (this.apiKey) protocols.push(`bearer.${this.apiKey}`);
     return new Promise((resolve) => {
       let outcome = null;
@@ -650,7 +650,7 @@ export class VoiceChat extends ChatSession {
         if (ws) ws.close(1000);
       };
       try {
-        ws = new WebSocket(url, protocols);
+        ws = new WebSocket(this.url, protocols);
       } catch (error) {
         finish("refused");
         return;

@@ -87,7 +87,7 @@ async def test_a_call_dropped_on_one_server_resumes_on_another_process(
             await until_suspended(first)
 
             # The token is the credential: no API key on the reconnect.
-            resumed = await VoiceForgeClient.connect(f"{second_url}?resume={token}")
+            resumed = await VoiceForgeClient.connect(second_url, resume_token=token)
             try:
                 assert (resumed.session_id, resumed.created.resumed) == (call_id, True)
                 assert resumed.session["instructions"] == "You are a patient storyteller."
@@ -99,7 +99,7 @@ async def test_a_call_dropped_on_one_server_resumes_on_another_process(
                 heard = done[0].text_heard
                 assert heard and LONG_REPLY.startswith(heard) and len(heard) < len(LONG_REPLY)
                 # The first server cannot hand the same call out again.
-                assert await refused(f"{first.url}?resume={token}") == (
+                assert await refused(first.url, token) == (
                     "resume_used", CLOSE_RESUME_USED)
                 await resumed.send_text("What is my name?")
                 await collect_until_done(resumed)

@@ -131,7 +131,7 @@ async def test_a_dropped_call_is_posted_once_it_ends_not_when_it_is_suspended(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
             token = client.created.resume_token
-            async with await VoiceForgeClient.connect(f"{server.url}?resume={token}") as back:
+            async with await VoiceForgeClient.connect(server.url, resume_token=token) as back:
                 await back.send_text("After the drop.")
                 await collect_until_done(back)
             lost = await VoiceForgeClient.connect(server.url, auto_resume=False)

@@ -62,9 +62,9 @@ def server(tmp_path: Path, llm: ScriptedToolLLM) -> Iterator[RunningServer]:
     yield from start(tmp_path, llm)
 
 
-def resume_url(server: RunningServer, token: str | None) -> str:
+async def resume(server: RunningServer, token: str | None) -> VoiceForgeClient:
     assert token is not None
-    return f"{server.url}?resume={token}"
+    return await VoiceForgeClient.connect(server.url, resume_token=token, auto_resume=False)
 
 
 async def until_suspended(server: RunningServer, count: int = 1) -> None:
@@ -96,8 +96,13 @@ async def cut_mid_reply(client: VoiceForgeClient, text: str, after_ms: float = 1
                 return event.response_id
 
 
-async def refused(url: str) -> tuple[str, int | None]:
-    async with websockets.connect(url, subprotocols=["voiceforge.v1"]) as ws:  # type: ignore[list-item]
+def offering(token: str | None) -> list[websockets.Subprotocol]:
+    assert token is not None
+    return [websockets.Subprotocol("voiceforge.v1"), websockets.Subprotocol(f"resume.{token}")]
+
+
+async def refused(url: str, token: str | None) -> tuple[str, int | None]:
+    async with websockets.connect(url, subprotocols=offering(token)) as ws:
         first = decode_server_frame(await ws.recv(decode=False))
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), WAIT_S)
@@ -119,7 +124,7 @@ async def test_a_call_cut_mid_reply_resumes_with_its_history_settings_and_tools(
     cut = await cut_mid_reply(client, "Tell me a long story.")
     await until_suspended(server)
 
-    resumed = await VoiceForgeClient.connect(resume_url(server, token))
+    resumed = await resume(server, token)
     try:
         assert resumed.session_id == call_id
         assert resumed.created.resumed is True
@@ -158,14 +163,14 @@ async def test_a_token_works_once_and_a_resumed_call_resumes_again_with_its_new_
     first_token = client.created.resume_token
     client.abort()
     await until_suspended(server)
-    again = await VoiceForgeClient.connect(resume_url(server, first_token))
+    again = await resume(server, first_token)
     second_token = again.created.resume_token
     # The same token while the call is live, and after: refused.
-    assert await refused(resume_url(server, first_token)) == ("resume_used", CLOSE_RESUME_USED)
+    assert await refused(server.url, first_token) == ("resume_used", CLOSE_RESUME_USED)
     again.abort()
     await until_suspended(server)
-    assert await refused(resume_url(server, first_token)) == ("resume_used", CLOSE_RESUME_USED)
-    third = await VoiceForgeClient.connect(resume_url(server, second_token))
+    assert await refused(server.url, first_token) == ("resume_used", CLOSE_RESUME_USED)
+    third = await resume(server, second_token)
     assert third.session_id == client.session_id
     await third.close()
 
@@ -179,7 +184,7 @@ async def test_a_resume_takes_the_call_from_a_connection_the_server_still_holds(
     client = await VoiceForgeClient.connect(server.url)
     await client.send_text("My name is Ada.")
     await collect_until_done(client)
-    resumed = await VoiceForgeClient.connect(resume_url(server, client.created.resume_token))
+    resumed = await resume(server, client.created.resume_token)
     try:
         assert (resumed.session_id, resumed.created.resumed) == (client.session_id, True)
         assert await client.next_event(WAIT_S) is None  # the old connection was closed
@@ -204,13 +209,13 @@ async def test_forged_and_other_servers_tokens_are_refused(
     await until_suspended(server)
     head, _, signature = token.rpartition(".")
     forged = f"{head}.{'A' * len(signature)}"
-    assert await refused(resume_url(server, forged)) == ("resume_invalid", CLOSE_RESUME_INVALID)
+    assert await refused(server.url, forged) == ("resume_invalid", CLOSE_RESUME_INVALID)
     other_call = token.replace(client.session_id, "sess_000000000000")
-    assert await refused(resume_url(server, other_call)) == (
+    assert await refused(server.url, other_call) == (
         "resume_invalid", CLOSE_RESUME_INVALID)
     # Another server (its own secret) does not take this one's token.
     for other in start(tmp_path / "other", ScriptedToolLLM()):
-        assert await refused(resume_url(other, token)) == (
+        assert await refused(other.url, token) == (
             "resume_invalid", CLOSE_RESUME_INVALID)
 
 
@@ -223,7 +228,7 @@ async def test_a_call_not_resumed_within_the_window_is_refused_as_expired(
         client.abort()
         await until_suspended(server)
         await asyncio.sleep(0.4)  # past the window: time must pass, nothing to wait on
-        assert await refused(resume_url(server, token)) == (
+        assert await refused(server.url, token) == (
             "resume_expired", CLOSE_RESUME_EXPIRED)
 
 
@@ -236,7 +241,7 @@ async def test_a_client_that_closes_with_1000_ended_its_call(server: RunningServ
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     assert server.app_state.resumer is not None and server.app_state.resumer.suspended() == 0
-    assert await refused(resume_url(server, token)) == ("resume_unknown", CLOSE_RESUME_UNKNOWN)
+    assert await refused(server.url, token) == ("resume_unknown", CLOSE_RESUME_UNKNOWN)
 
 
 async def test_two_resumes_at_once_get_the_call_once(server: RunningServer) -> None:
@@ -244,13 +249,12 @@ async def test_two_resumes_at_once_get_the_call_once(server: RunningServer) -> N
     token = client.created.resume_token
     client.abort()
     await until_suspended(server)
-    url = resume_url(server, token)
     both_read = asyncio.Event()
     read = 0
 
     async def attempt() -> tuple[str, str | None]:
         nonlocal read
-        async with websockets.connect(url, subprotocols=["voiceforge.v1"]) as ws:  # type: ignore[list-item]
+        async with websockets.connect(server.url, subprotocols=offering(token)) as ws:
             first = decode_server_frame(await ws.recv(decode=False))
             read += 1
             if read == 2:
