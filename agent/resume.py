@@ -379,16 +379,17 @@ def resumable(state: AppState, ended_by: str, client_close_code: int | None) -> 
 
 
 def suspend(state: AppState, conversation: Conversation, epoch: int,
-            reply: Response | None) -> None:
+            reply: Response | None, started_at: float) -> None:
     """Keep a dropped call for its client to resume. Call after the record of the
-    call was closed, before the conversation is forgotten."""
+    call was closed, before the conversation is forgotten; ``started_at``: the
+    call's start (Unix time): its time limit counts from there across resumes."""
     assert state.resumer is not None
-    point = None
+    record_seq = 0
     if state.records is not None:
         point = state.records.resume_point(conversation.session_id)
+        record_seq = 0 if point is None else point[1]
         # Not posted as ended while it may come back: at the window's end, if it did not.
         state.records.hold_webhook(conversation.session_id)
-    started_at, record_seq = point or (time.time(), 0)
     snapshot = snapshot_of(conversation, reply, epoch, started_at, record_seq)
     state.resumer.suspend(snapshot, time.time())
     logger.info("session=%s suspended for %g s", conversation.session_id,

@@ -133,8 +133,10 @@ class _Session:
         self.last_rate_error = 0.0
         self.last_frame_error = 0.0
         self.last_decode_error = 0.0
-        self.started_at = time.monotonic()
-        self.last_frame_at = self.started_at
+        self.started_at = self.last_frame_at = time.monotonic()
+        self.call_started_at = time.time() if snapshot is None else snapshot.started_at
+        if snapshot is not None:  # the call's time limit counts from its real start
+            self.started_at -= max(0.0, time.time() - snapshot.started_at)
         self.slow_responses: set[str] = set()
         self.closing: _Closing | None = None
         self.reader: asyncio.Task[None] | None = None
@@ -427,7 +429,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 "resume_window_s": state.resumer.window_s if state.resumer else 0.0,
             },
             resume_token=state.resumer.token(conversation.session_id, session.epoch,
-                                             time.time()) if state.resumer else None,
+                                             session.call_started_at) if state.resumer else None,
             resumed=snapshot is not None,
         )
     )
@@ -470,7 +472,7 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
         state.sessions.discard(session)
         bridge.session_closed(state, conversation, ended_by)
         if suspending:
-            resume.suspend(state, conversation, session.epoch, reply)
+            resume.suspend(state, conversation, session.epoch, reply, session.call_started_at)
         state.metrics.disconnects.labels(ended_by).inc()
         logger.info(
             "session=%s closed (%s, %d)", session.session_id, ended_by, code,

@@ -267,3 +267,17 @@ async def test_two_resumes_at_once_get_the_call_once(server: RunningServer) -> N
 
     outcomes = sorted(await asyncio.gather(attempt(), attempt()))
     assert outcomes == [("refused", "resume_used"), ("resumed", client.session_id)]
+
+
+async def test_a_resumed_call_keeps_its_time_limit(tmp_path: Path) -> None:
+    """Dropping and resuming does not restart the call's clock: the time limit counts
+    the time before the drop and while suspended."""
+    for server in start(tmp_path, ScriptedToolLLM()):
+        client = await VoiceForgeClient.connect(server.url)
+        connected_at = time.monotonic()
+        client.abort()
+        await until_suspended(server)
+        back = await resume(server, client.created.resume_token)
+        (session,) = list(server.app_state.sessions)
+        assert session.started_at <= connected_at  # the sweeper's clock for max_call_s
+        await back.close()
