@@ -25,6 +25,7 @@ from agent.resume import (
     CLOSE_RESUME_USED,
     CLOSE_TAKEN_OVER,
 )
+from agent.resume_tokens import issue_resume_token
 from pipeline.events import ErrorEvent, ResponseAudioDelta, ResponseDone, ResponseStatus
 from tests.e2e.conftest import RunningServer
 from tests.faults.support import bench_engines, collect_until_done, serving
@@ -281,3 +282,25 @@ async def test_a_resumed_call_keeps_its_time_limit(tmp_path: Path) -> None:
         (session,) = list(server.app_state.sessions)
         assert session.started_at <= connected_at  # the sweeper's clock for max_call_s
         await back.close()
+
+
+async def test_a_token_past_its_own_expiry_is_refused(tmp_path: Path) -> None:
+    """A token signed right but past the expiry it carries: with the API key the
+    resume is refused as expired; alone it is no credential (HTTP 403)."""
+    key = "k-resume-expiry-0123456789abcdef0123456"
+    for server in start(tmp_path, ScriptedToolLLM(), api_key=key):
+        client = await VoiceForgeClient.connect(server.url, api_key=key)
+        client.abort()
+        await until_suspended(server)
+        stale = issue_resume_token(key, "default", client.session_id, 0, time.time() - 1)
+        headers = {"Authorization": f"Bearer {key}"}
+        async with websockets.connect(server.url, subprotocols=offering(stale),
+                                      additional_headers=headers) as ws:
+            first = decode_server_frame(await ws.recv(decode=False))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), WAIT_S)
+        assert isinstance(first, ErrorEvent)
+        assert (first.code, ws.close_code) == ("resume_expired", CLOSE_RESUME_EXPIRED)
+        with pytest.raises(websockets.InvalidStatus) as refusal:
+            await websockets.connect(server.url, subprotocols=offering(stale))
+        assert refusal.value.response.status_code == 403
