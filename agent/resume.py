@@ -58,9 +58,6 @@ SNAPSHOT_WAIT_S = 3.0
 database (a client may reconnect before the old server has written it)."""
 SNAPSHOT_POLL_S = 0.1
 SAVE_ATTEMPTS = 3
-RESUMABLE_CLOSE_CODES_EXCLUDED = frozenset({1000})
-"""A client that closes with 1000 ended its call; any other end of the connection
-(1001 going away, 1006 dropped, ...) leaves it resumable."""
 
 
 class ResumeRefused(Exception):
@@ -214,6 +211,9 @@ class Resumer:
 
     async def stop(self, timeout_s: float) -> None:
         """Let the snapshots being saved reach the database (a drained server's calls)."""
+        for held in self._suspended.values():
+            if held.timer is not None:
+                held.timer.cancel()
         if self._saves:
             await asyncio.wait(set(self._saves), timeout=timeout_s)
         for task in list(self._saves):

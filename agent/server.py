@@ -429,7 +429,8 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 "resume_window_s": state.resumer.window_s if state.resumer else 0.0,
             },
             resume_token=state.resumer.token(conversation.session_id, session.epoch,
-                                             session.call_started_at) if state.resumer else None,
+                                             session.call_started_at)
+            if state.resumer is not None and state.resumer.enabled else None,
             resumed=snapshot is not None,
         )
     )

@@ -304,3 +304,11 @@ async def test_a_token_past_its_own_expiry_is_refused(tmp_path: Path) -> None:
         with pytest.raises(websockets.InvalidStatus) as refusal:
             await websockets.connect(server.url, subprotocols=offering(stale))
         assert refusal.value.response.status_code == 403
+
+
+async def test_with_a_zero_window_calls_are_not_resumable(tmp_path: Path) -> None:
+    for server in start(tmp_path, ScriptedToolLLM(), resume_window_s=0.0):
+        client = await VoiceForgeClient.connect(server.url)
+        assert client.created.resume_token is None
+        assert client.created.limits["resume_window_s"] == 0.0
+        await client.close()
