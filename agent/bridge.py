@@ -110,14 +110,17 @@ def updated_config(
         raise ProtocolError("invalid_session", str(exc)) from None
 
 
-def session_opened(state: AppState, conversation: Conversation, transport: str) -> None:
-    """Every transport calls this when its call goes live."""
+def session_opened(state: AppState, conversation: Conversation, transport: str, *,
+                   resumed_from: tuple[float, int] | None = None) -> None:
+    """Every transport calls this when its call goes live; ``resumed_from``: a resumed
+    call's (start time, record entries so far)."""
     state.metrics.sessions.inc()
     state.metrics.sessions_active.inc()
     records = state.records
     if records is not None:
         call_id = conversation.session_id
-        records.open(call_id, transport, session_view(conversation.config))
+        records.open(call_id, transport, session_view(conversation.config),
+                     resumed_from=resumed_from)
         conversation.on_text_input = lambda text: records.text_input(call_id, text)
         if records.recordings is not None:
             conversation.on_input_frame = lambda frame: records.caller_audio(call_id, frame)

@@ -30,6 +30,14 @@ worker thread) in a task of its own, so events keep flowing meanwhile, and sends
 still running when the server settles its call without it (``tool_timeout_ms``
 passed, a barge-in cancelled it) is cancelled.
 ``end_reason`` says why the server ended the call (``session.ended``: the agent hung up).
+
+Resume (protocol 1.3, docs/calls.md): when the connection drops (anything but a close
+with 1000 or a 4xxx code), the client reconnects with the call's resume token within
+the server's ``limits.resume_window_s``, backing off between tries; the new
+``session.created`` (``resumed: true``) comes through ``events()``, the reply that
+was playing is cut where it was and reported played, and what is sent meanwhile
+waits for the new connection. ``connect(..., auto_resume=False)`` turns it off;
+``resumes`` counts the resumes.
 Used by ``voiceforge talk``, the tests and the load generator.
 """
 
@@ -43,7 +51,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -52,6 +60,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from agent.playback import PlaybackClock
 from agent.protocol import (
     MAX_CLIENT_TOOLS,
     SUBPROTOCOL,
@@ -99,6 +108,9 @@ TOOL_TIMEOUT_GRACE_S = 1.0
 has timed out (its ``response.tool_result`` stops the handler); this only catches a
 result that never arrives."""
 EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
+RESUME_FIRST_DELAY_S = 0.1
+RESUME_MAX_DELAY_S = 2.0
+RESUME_OPEN_TIMEOUT_S = 10.0
 
 ToolHandler = Callable[..., Any]
 """A client tool's function: called with the call's arguments as keyword arguments;
@@ -151,103 +163,6 @@ class ClientTool:
         return text[:MAX_CLIENT_OUTPUT_CHARS]
 
 
-@dataclass(slots=True)
-class _ResponsePlayback:
-    received_ms: float = 0.0
-    buffer_end: float | None = None
-    """Wall time at which the audio received so far will have finished playing."""
-    frozen_played_ms: float | None = None
-    """Set by a clear: playback stopped there."""
-    paused_played_ms: float | None = None
-    """Set by a pause: playback holds there, the buffer kept, until a resume."""
-
-
-@dataclass(slots=True)
-class PlaybackClock:
-    """Plays responses in real time on the wall clock, with no speaker.
-
-    A delta that arrives after the buffer ran dry restarts playback and counts
-    as an underrun (the caller would have heard a gap). A paused response keeps
-    its buffer and takes more audio; a resume plays on from where it stopped.
-    """
-
-    responses: dict[str, _ResponsePlayback] = field(default_factory=dict)
-    underruns: int = 0
-    dropped_after_clear: int = 0
-
-    def receive(self, response_id: str, duration_ms: float, now: float) -> bool:
-        """Queue a delta; False when its response was cleared (the audio is dropped)."""
-        state = self.responses.setdefault(response_id, _ResponsePlayback())
-        if state.frozen_played_ms is not None:
-            self.dropped_after_clear += 1
-            return False
-        if state.paused_played_ms is not None:
-            state.received_ms += duration_ms
-            return True
-        if state.buffer_end is None:
-            state.buffer_end = now
-        elif state.buffer_end < now:
-            self.underruns += 1
-            state.buffer_end = now
-        state.buffer_end += duration_ms / 1000.0
-        state.received_ms += duration_ms
-        return True
-
-    def played_ms(self, response_id: str, now: float) -> float:
-        state = self.responses.get(response_id)
-        if state is None:
-            return 0.0
-        if state.frozen_played_ms is not None:
-            return state.frozen_played_ms
-        if state.paused_played_ms is not None:
-            return state.paused_played_ms
-        if state.buffer_end is None:
-            return 0.0
-        return state.received_ms - max(0.0, state.buffer_end - now) * 1000.0
-
-    def clear(self, response_id: str, now: float) -> float:
-        """Flush the buffer of ``response_id``; returns what had been played."""
-        state = self.responses.setdefault(response_id, _ResponsePlayback())
-        played = self.played_ms(response_id, now)
-        state.frozen_played_ms = played
-        state.paused_played_ms = None
-        return played
-
-    def pause(self, response_id: str, now: float) -> float:
-        """Hold playback of ``response_id`` where it is; returns what had been played.
-
-        Pausing a cleared or already paused response changes nothing.
-        """
-        state = self.responses.setdefault(response_id, _ResponsePlayback())
-        played = self.played_ms(response_id, now)
-        if state.frozen_played_ms is None and state.paused_played_ms is None:
-            state.paused_played_ms = played
-        return played
-
-    def resume(self, response_id: str, now: float) -> None:
-        """Play on from the pause: the rest of the buffer plays from ``now``."""
-        state = self.responses.get(response_id)
-        if state is None or state.paused_played_ms is None:
-            return
-        remaining_ms = state.received_ms - state.paused_played_ms
-        state.paused_played_ms = None
-        state.buffer_end = now + remaining_ms / 1000.0 if state.received_ms > 0 else None
-
-    def is_paused(self, response_id: str) -> bool:
-        state = self.responses.get(response_id)
-        return state is not None and state.paused_played_ms is not None
-
-    def is_playing(self, response_id: str, now: float) -> bool:
-        state = self.responses.get(response_id)
-        return (
-            state is not None
-            and state.frozen_played_ms is None
-            and state.paused_played_ms is None
-            and state.buffer_end is not None
-            and state.buffer_end > now
-        )
-
-
 class VoiceForgeClient:
     """An async connection to ``/ws``."""
 
@@ -270,6 +185,19 @@ class VoiceForgeClient:
         """Handlers running, by call id (a call id runs once; a cancel stops it)."""
         self.end_reason: str | None = None
         """Why the server ended the call (``session.ended``), e.g. ``end_call``."""
+        self.auto_resume = False
+        """Reconnect with the resume token when the connection drops (set by ``connect``)."""
+        self.resumes = 0
+        self._url: str | None = None
+        self._api_key: str | None = None
+        self._max_size: int | None = None
+        self._closing = False
+        self._lost: ClientConnection | None = None
+        """A connection known to be dead (``drop``): nothing is sent on it."""
+        self._playing: str | None = None
+        """The response whose audio plays now: cut and reported when resuming."""
+        self._swapped = asyncio.Event()
+        """Set (and replaced) when the connection is replaced or the reader ends."""
 
     @classmethod
     async def connect(
@@ -279,21 +207,20 @@ class VoiceForgeClient:
         api_key: str | None = None,
         open_timeout: float = 30.0,
         max_size: int | None = 16 * 1024 * 1024,
+        auto_resume: bool = True,
+        resume_token: str | None = None,
     ) -> VoiceForgeClient:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-        connection = await websockets.connect(
-            url,
-            additional_headers=headers,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-            open_timeout=open_timeout,
-            max_size=max_size,
-            compression=None,  # PCM barely compresses; deflate only costs CPU
-        )
-        first = decode_server_frame(await connection.recv(decode=False))
+        """Open a call; with ``resume_token``, get a dropped call back instead."""
+        connection, first = await _open(url, api_key, open_timeout, max_size, resume_token)
         if not isinstance(first, SessionCreated):
             await connection.close()
-            raise ClientError(f"expected session.created, got {type(first).__name__}")
-        return cls(connection, first)
+            raise ClientError(f"expected session.created, got {type(first).__name__}"
+                              + (f" ({first.code}: {first.message})"
+                                 if isinstance(first, ErrorEvent) else ""))
+        client = cls(connection, first)
+        client._url, client._api_key, client._max_size = url, api_key, max_size
+        client.auto_resume = auto_resume
+        return client
 
     async def __aenter__(self) -> VoiceForgeClient:
         return self
@@ -313,7 +240,20 @@ class VoiceForgeClient:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, message: Any) -> None:
-        await self._ws.send(encode_client_message(message))
+        data = encode_client_message(message)
+        while True:
+            connection = self._ws
+            try:
+                if connection is self._lost:  # known dead: writes would vanish
+                    raise websockets.ConnectionClosed(None, None)
+                await connection.send(data)
+                return
+            except websockets.ConnectionClosed:
+                # Dropped: sent on the resumed connection, if the call comes back.
+                while self._ws is connection:
+                    if not self.auto_resume or self._closing or self._reader.done():
+                        raise
+                    await self._swapped.wait()
 
     async def update_session(self, **fields: Any) -> dict[str, Any]:
         """Send ``session.update`` and wait for the server's answer."""
@@ -481,37 +421,99 @@ class VoiceForgeClient:
 
     async def _read(self) -> None:
         try:
-            async for frame in self._ws:
-                if isinstance(frame, str):
-                    continue
-                try:
-                    message = decode_server_frame(frame)
-                except ProtocolError as error:
-                    if error.code != "unknown_type":
-                        raise
-                    continue  # a newer minor version's addition: ignored, as §1 says
-                await self._on_message(message)
-                for waiter in list(self._waiters):
-                    if not waiter.done() and isinstance(message, waiter.kinds):  # type: ignore[attr-defined]
-                        waiter.set_result(message)
-                        self._waiters.remove(waiter)
-                await self._events.put(message)
-        except websockets.ConnectionClosed:
-            pass
+            while True:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for frame in self._ws:
+                        await self._take(frame)
+                if not await self._resume():
+                    break
         finally:
+            self._swap()
             for waiter in self._waiters:
                 if not waiter.done():
                     waiter.set_exception(ClientError("connection closed"))
             await self._events.put(None)
+
+    async def _take(self, frame: str | bytes) -> None:
+        if isinstance(frame, str):
+            return
+        try:
+            message = decode_server_frame(frame)
+        except ProtocolError as error:
+            if error.code != "unknown_type":
+                raise
+            return  # a newer minor version's addition: ignored, as §1 says
+        await self._on_message(message)
+        for waiter in list(self._waiters):
+            if not waiter.done() and isinstance(message, waiter.kinds):  # type: ignore[attr-defined]
+                waiter.set_result(message)
+                self._waiters.remove(waiter)
+        await self._events.put(message)
+
+    def _swap(self) -> None:
+        swapped, self._swapped = self._swapped, asyncio.Event()
+        swapped.set()
+
+    def _resumable(self) -> bool:
+        code = self._ws.close_code
+        return (self.auto_resume and not self._closing and self._url is not None
+                and self.created.resume_token is not None and self.end_reason is None
+                and code not in (1000, 1008) and not (code is not None and 4000 <= code < 5000))
+
+    async def _resume(self) -> bool:
+        """Get the call back on a new connection after a drop (bounded by the window)."""
+        if not self._resumable():
+            return False
+        url, token = self._url, self.created.resume_token
+        assert url is not None and token is not None
+        deadline = time.monotonic() + float(self.created.limits.get("resume_window_s") or 0.0)
+        delay = RESUME_FIRST_DELAY_S
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                connection, first = await _open(url, self._api_key, min(
+                    left, RESUME_OPEN_TIMEOUT_S), self._max_size, token)
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as error:
+                logger.info("session=%s: reconnecting failed (%s); retrying", self.session_id,
+                            type(error).__name__)
+            else:
+                if isinstance(first, SessionCreated):
+                    await self._resumed(connection, first)
+                    return True
+                await connection.close()
+                if isinstance(first, ErrorEvent):
+                    await self._events.put(first)  # why the call did not come back
+                    if first.code != "resume_busy":
+                        return False
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, RESUME_MAX_DELAY_S)
+        return False
+
+    async def _resumed(self, connection: ClientConnection, created: SessionCreated) -> None:
+        self._ws, self.created = connection, created
+        self.session = dict(created.session)
+        self.resumes += 1
+        cut, self._playing = self._playing, None
+        if cut is not None:
+            # Playback stops here: what played is what the caller heard of it.
+            played = self.playback.clear(cut, time.monotonic())
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await connection.send(encode_client_message(OutputAudioPlayed(cut, played)))
+        self._swap()
+        await self._events.put(created)
 
     async def _on_message(self, message: ServerMessage) -> None:
         now = time.monotonic()
         if isinstance(message, SpeechStopped):
             self.speech_end_sent_at = self.sent_at(message.audio_end_ms)
         elif isinstance(message, ResponseAudioDelta):
+            self._playing = message.response_id
             self.first_audio_at.setdefault(message.response_id, now)
             self.playback.receive(message.response_id, message.duration_ms, now)
+        elif isinstance(message, ResponseDone) and message.response_id == self._playing:
+            self._playing = None
         elif isinstance(message, ResponseAudioClear):
+            if message.response_id == self._playing:
+                self._playing = None
             played = self.playback.clear(message.response_id, now)
             # Right after a clear the server waits for this to truncate history.
             with contextlib.suppress(websockets.ConnectionClosed):
@@ -587,10 +589,18 @@ class VoiceForgeClient:
         return self._ws.close_code
 
     def abort(self) -> None:
-        """Drop the connection with no close handshake, as a caller losing signal would."""
+        """Hang up with no close handshake, as a caller who is gone: never resumed."""
+        self._closing = True
+        self._ws.transport.abort()
+
+    def drop(self) -> None:
+        """Lose the connection with no close handshake, as a caller losing signal
+        would: with ``auto_resume`` the client reconnects and resumes the call."""
+        self._lost = self._ws
         self._ws.transport.abort()
 
     async def close(self) -> None:
+        self._closing = True
         if self._reporter is not None:
             self._reporter.cancel()
             await asyncio.gather(self._reporter, return_exceptions=True)
@@ -600,6 +610,29 @@ class VoiceForgeClient:
         await asyncio.gather(*runs, return_exceptions=True)
         await self._ws.close()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+async def _open(url: str, api_key: str | None, open_timeout: float, max_size: int | None,
+                resume_token: str | None = None) -> tuple[ClientConnection, ServerMessage]:
+    """A connection to ``/ws`` and its first message (``session.created``, or the
+    error of a refused resume)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    offered = [SUBPROTOCOL] + ([f"resume.{resume_token}"] if resume_token else [])
+    connection = await websockets.connect(
+        url,
+        additional_headers=headers,
+        subprotocols=offered,  # type: ignore[arg-type]
+        open_timeout=open_timeout,
+        max_size=max_size,
+        compression=None,  # PCM barely compresses; deflate only costs CPU
+    )
+    try:
+        first = decode_server_frame(await asyncio.wait_for(connection.recv(decode=False),
+                                                           open_timeout))
+    except BaseException:
+        await connection.close()
+        raise
+    return connection, first
 
 
 def is_final(message: ServerMessage) -> bool:

@@ -243,6 +243,10 @@ class Settings:
     call_webhook_url: str | None = None
     """Where each finished call's record is POSTed (signed, retried); docs/calls.md."""
     call_webhook_secret: str | None = field(default=None, repr=False)
+    resume_window_s: float = 120.0
+    """How long a dropped ``/ws`` call waits to be resumed (0: calls are not resumable)."""
+    resume_secret: str | None = field(default=None, repr=False)
+    """Signs resume tokens on a server without an API key; replicas share it."""
     """The HMAC-SHA256 key of the webhook's ``VoiceForge-Signature``."""
     record_buffer_entries: int = 10_000
     """Record entries held while the database is slow or away; beyond, they are dropped
@@ -395,6 +399,12 @@ class Settings:
         settings.call_webhook_secret = _read_secret(
             "VOICEFORGE_CALL_WEBHOOK_SECRET", "VOICEFORGE_CALL_WEBHOOK_SECRET_FILE"
         )
+        settings.resume_window_s = _env_float(
+            "VOICEFORGE_RESUME_WINDOW_S", settings.resume_window_s
+        )
+        settings.resume_secret = _read_secret(
+            "VOICEFORGE_RESUME_SECRET", "VOICEFORGE_RESUME_SECRET_FILE"
+        )
         settings.recording_retention_days = _env_float(
             "VOICEFORGE_RECORDING_RETENTION_DAYS", settings.recording_retention_days
         )
@@ -442,7 +452,8 @@ class Settings:
         keyring = self.keyring()
         found = keyring.secrets() if keyring is not None else []
         return found + [s for s in (self.twilio_auth_token, self.metrics_key,
-                                    self.database_password(), self.call_webhook_secret) if s]
+                                    self.database_password(), self.call_webhook_secret,
+                                    self.resume_secret) if s]
 
     def database_password(self) -> str | None:
         """The password inside ``database_url``, if it has one (kept out of logs)."""
@@ -555,6 +566,10 @@ class Settings:
                     "deliveries are signed"
                 )
             check_key_strength("VOICEFORGE_CALL_WEBHOOK_SECRET", self.call_webhook_secret)
+        if not 0 <= self.resume_window_s <= 3600:
+            raise ConfigurationError("VOICEFORGE_RESUME_WINDOW_S must be in [0, 3600]")
+        if self.resume_secret is not None:
+            check_key_strength("VOICEFORGE_RESUME_SECRET", self.resume_secret)
         if not self.recording_retention_days > 0:
             raise ConfigurationError("VOICEFORGE_RECORDING_RETENTION_DAYS must be > 0")
         if self.database_url is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -39,6 +40,7 @@ from agent.gate import (
     secret_ok,
     twilio_signature_ok,
 )
+from agent.resume_tokens import offered_resume_token
 from agent.state import AppState, Slot
 
 logger = logging.getLogger("voiceforge.intake")
@@ -99,7 +101,10 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
     keyring = settings.keyring()
     deferred = transport in DEFERRED_CREDENTIAL and keyring is not None
     # Key-less, every transport is this machine's only: nothing to present later.
-    if not deferred and not credential_ok(connection, keyring):
+    # A resume token is checked first: it must not spend a session token's call.
+    if not deferred and not (
+        keyring is not None and transport is Transport.WS and _resume_presented(state, connection)
+    ) and not credential_ok(connection, keyring):
         return Denial(403, "unauthorized", "unauthorized")
     refused = refusal(state)
     if refused is not None:
@@ -107,6 +112,14 @@ def check(state: AppState, connection: HTTPConnection, transport: Transport) -> 
     slot = Slot(state, transport.value)
     state.slots.add(slot)
     return slot
+
+
+def _resume_presented(state: AppState, connection: HTTPConnection) -> bool:
+    """A resume token of this service (subprotocol ``resume.<token>``): the call it
+    names was admitted once; it opens that call again and nothing else (agent.resume)."""
+    token = offered_resume_token(connection.scope.get("subprotocols", []))
+    return token is not None and state.resumer is not None and state.resumer.credential(
+        token, time.time())
 
 
 def check_caller(state: AppState, connection: HTTPConnection) -> Denial | None:

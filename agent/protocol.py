@@ -42,11 +42,12 @@ from pipeline.tools.executor import MAX_CLIENT_OUTPUT_CHARS
 from pipeline.tools.spec import Executor, ToolError, ToolSpec
 
 PROTOCOL_VERSION = 1
-PROTOCOL_MINOR = 2
+PROTOCOL_MINOR = 3
 """Additions a version-1 client may ignore: 1 = ``response.audio.pause`` / ``resume``
 (sent only to a client that sets ``session.playback_pause``); 2 = tools
 (``response.tool_call`` / ``response.tool_result``, ``tool.result``,
-``session.ended``)."""
+``session.ended``); 3 = resume (``session.created``'s ``resume_token`` and
+``resumed``, the ``resume.<token>`` subprotocol)."""
 SUBPROTOCOL = "voiceforge.v1"
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
 """Browsers cannot set headers on a WebSocket: they offer ``bearer.<key>`` as a subprotocol."""
@@ -360,6 +361,11 @@ class SessionCreated:
     session: dict[str, Any]
     limits: dict[str, Any]
     protocol_minor: int = PROTOCOL_MINOR
+    resume_token: str | None = None
+    """(1.3) Reconnect offering the subprotocol ``resume.<token>`` to get this call
+    back after a drop."""
+    resumed: bool = False
+    """(1.3) This is a resumed call: same session id, history and settings."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,6 +102,9 @@ class RealtimeCall:
     def __init__(self, websocket: WebSocket, state: AppState, model: str) -> None:
         self.ws = websocket
         self.state = state
+        self.epoch = 0
+        """Always 0: the Realtime API has no resume, so a realtime call is never
+        resumed (agent.resume hands out tokens for ``/ws`` calls only)."""
         settings = state.settings
         self.outbound = OutboundQueue(settings.max_outbound_frames, settings.max_outbound_bytes)
         self.ready = asyncio.Event()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from agent import bridge, intake
+from agent import bridge, intake, resume
 from agent.bridge import session_view
 from agent.config import Settings
 from agent.credentials import read_mint_request
@@ -43,6 +42,7 @@ from agent.limits import (
     FrameRateLimiter,
     OutboundQueue,
 )
+from agent.loading import close_engines, in_daemon_thread
 from agent.metrics import worker_id
 from agent.protocol import (
     MAX_CLIENT_TOOLS,
@@ -64,10 +64,11 @@ from agent.protocol import (
     shown,
 )
 from agent.records import RECORDS_FLUSH_TIMEOUT_S, start_records
+from agent.resume_tokens import offered_resume_token
 from agent.state import AppState
 from agent.tokens import issue_token
 from pipeline.audio import pcm16_to_float
-from pipeline.conversation import Conversation, Engines
+from pipeline.conversation import Conversation, Engines, SessionConfig
 from pipeline.events import (
     ErrorEvent,
     Event,
@@ -75,6 +76,7 @@ from pipeline.events import (
     ResponseAudioDelta,
     SessionEnded,
 )
+from pipeline.resume import ResumeSnapshot
 
 logger = logging.getLogger("voiceforge.server")
 
@@ -108,7 +110,8 @@ class _Closing:
 class _Session:
     """One WebSocket call."""
 
-    def __init__(self, websocket: WebSocket, state: AppState) -> None:
+    def __init__(self, websocket: WebSocket, state: AppState,
+                 resuming: tuple[ResumeSnapshot, SessionConfig] | None = None) -> None:
         self.ws = websocket
         self.state = state
         settings = state.settings
@@ -119,12 +122,21 @@ class _Session:
         self.decode_budget = DecodeBudget(settings.decode_budget_ms_per_s, settings.decode_burst_ms)
         self.error_throttle = ErrorThrottle(settings.errors_per_code_per_s)
         self.cleared: set[str] = set()
-        self.conversation = Conversation(state.engines, self.emit, state.session_config())
+        snapshot, config = resuming or (None, state.session_config())
+        self.conversation = Conversation(
+            state.engines, self.emit, config,
+            session_id=None if snapshot is None else snapshot.session_id)
+        self.epoch = 0 if snapshot is None else snapshot.epoch + 1
+        """Times this call was resumed: its resume token names it (works once)."""
+        self.lost_reply: resume.LostReplySettler | None = None
+        self.client_close_code: int | None = None
         self.last_rate_error = 0.0
         self.last_frame_error = 0.0
         self.last_decode_error = 0.0
-        self.started_at = time.monotonic()
-        self.last_frame_at = self.started_at
+        self.started_at = self.last_frame_at = time.monotonic()
+        self.call_started_at = time.time() if snapshot is None else snapshot.started_at
+        if snapshot is not None:  # the call's time limit counts from its real start
+            self.started_at -= max(0.0, time.time() - snapshot.started_at)
         self.slow_responses: set[str] = set()
         self.closing: _Closing | None = None
         self.reader: asyncio.Task[None] | None = None
@@ -318,6 +330,10 @@ class _Session:
         if message is None:
             return
         conversation = self.conversation
+        if self.lost_reply is not None:  # a resumed call: its cut reply settles first
+            settler, self.lost_reply = self.lost_reply, None
+            if settler.before(message):
+                return
         if isinstance(message, InputAudioAppend):
             rate = conversation.config.input_sample_rate
             audio_ms = len(message.audio) / 2 * 1000.0 / rate
@@ -375,10 +391,20 @@ async def _websocket(websocket: WebSocket) -> None:
 async def _serve(websocket: WebSocket, state: AppState) -> None:
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    session = _Session(websocket, state)
+    resuming = None
+    token = offered_resume_token(offered)
+    if token is not None:
+        resuming = await resume.claim_for(websocket, state, token)
+        if resuming is None:
+            return
+    session = _Session(websocket, state, resuming)
     state.sessions.add(session)
     conversation = session.conversation
-    bridge.session_opened(state, conversation, intake.Transport.WS)
+    snapshot = None if resuming is None else resuming[0]
+    bridge.session_opened(state, conversation, intake.Transport.WS, resumed_from=None
+                          if snapshot is None else (snapshot.started_at, snapshot.record_seq))
+    if snapshot is not None:
+        snapshot.restore(conversation.history)
     settings = state.settings
     logger.info("session=%s opened", session.session_id, extra={"session_id": session.session_id})
     session.emit(
@@ -400,9 +426,18 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
                 ),
                 "server_tools": conversation.server_tools(),
                 "max_client_tools": MAX_CLIENT_TOOLS,
+                "resume_window_s": state.resumer.window_s if state.resumer else 0.0,
             },
+            resume_token=state.resumer.token(conversation.session_id, session.epoch,
+                                             session.call_started_at)
+            if state.resumer is not None and state.resumer.enabled else None,
+            resumed=snapshot is not None,
         )
     )
+    if snapshot is not None and snapshot.lost_reply is not None:
+        session.lost_reply = resume.LostReplySettler(
+            snapshot.lost_reply, conversation.history, session.emit,
+            conversation.config.played_report_timeout_ms / 1000)
     conversation.start()
     writer = asyncio.create_task(session.writer(), name=f"{session.session_id}-writer")
     # One long-lived reader task, not a task and a wait per frame: that was a
@@ -426,13 +461,19 @@ async def _serve(websocket: WebSocket, state: AppState) -> None:
         reader.cancel()
         writer.cancel()
         await asyncio.gather(reader, writer, return_exceptions=True)
-        await conversation.close()
-        state.sessions.discard(session)
         closing = session.closing
         code = closing.code if closing is not None else CLOSE_GOING_AWAY
         if closing is not None:
             ended_by = closing.reason
+        suspending = resume.resumable(state, ended_by, session.client_close_code)
+        if session.lost_reply is not None:
+            session.lost_reply.cancel()
+        reply = conversation.reply_in_flight()  # what closing cuts
+        await conversation.close()
+        state.sessions.discard(session)
         bridge.session_closed(state, conversation, ended_by)
+        if suspending:
+            resume.suspend(state, conversation, session.epoch, reply, session.call_started_at)
         state.metrics.disconnects.labels(ended_by).inc()
         logger.info(
             "session=%s closed (%s, %d)", session.session_id, ended_by, code,
@@ -450,6 +491,7 @@ async def _read_frames(websocket: WebSocket, session: _Session) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
+            session.client_close_code = message.get("code", 1000)
             return
         if session.closing is not None:
             return  # frames already queued when the call was ended are not handled
@@ -556,50 +598,6 @@ async def _session_tokens(request: Request) -> Response:
     )
 
 
-async def _in_daemon_thread(factory: EngineFactory) -> Engines:
-    """Run a model loader off the loop in a thread of its own: a server stopped
-    while it loads exits at once (the loop's executor would wait for it)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Engines] = loop.create_future()
-
-    def run() -> None:
-        result: Engines | None = None
-        error: BaseException | None = None
-        try:
-            result = factory()
-        except BaseException as exc:  # handed to the loop, raised there
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed while loading
-            loop.call_soon_threadsafe(_settle, future, result, error)
-
-    threading.Thread(target=run, name="voiceforge-load", daemon=True).start()
-    return await future
-
-
-def _settle(
-    future: asyncio.Future[Engines], result: Engines | None, exc: BaseException | None
-) -> None:
-    if future.done():  # cancelled: the server stopped while loading
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        assert result is not None
-        future.set_result(result)
-
-
-async def close_engines(engines: Engines) -> None:
-    """Close STT, LLM and TTS (``aclose`` or ``close``, whichever they have)."""
-    for engine in (engines.stt, engines.llm, engines.tts):
-        aclose = getattr(engine, "aclose", None)
-        if aclose is not None:
-            await aclose()
-            continue
-        close = getattr(engine, "close", None)
-        if close is not None:
-            await asyncio.to_thread(close)
-
-
 def create_app(
     settings: Settings,
     engines: Engines | EngineFactory,
@@ -616,7 +614,7 @@ def create_app(
 
     async def load(state: AppState, factory: EngineFactory) -> None:
         try:
-            built = await _in_daemon_thread(factory)
+            built = await in_daemon_thread(factory)
             await built.start_workers()
         except Exception as exc:
             # Permanent: /healthz fails so an orchestrator can see it; no secret
@@ -633,6 +631,7 @@ def create_app(
         state = AppState(settings, None)
         app.state.voiceforge = state
         state.records = start_records(settings, state.metrics.registry)
+        state.resumer = resume.Resumer(settings, state.records)
         loader: asyncio.Task[None] | None = None
         if isinstance(engines, Engines):
             await engines.start_workers()
@@ -653,6 +652,8 @@ def create_app(
             await asyncio.gather(sweeper, *([loader] if loader else []), return_exceptions=True)
             await asyncio.gather(*state.background, return_exceptions=True)
             await hang_up_all(state)
+            if state.resumer is not None:  # the drained calls' snapshots
+                await state.resumer.stop(RECORDS_FLUSH_TIMEOUT_S)
             if state.records is not None:
                 await state.records.stop(RECORDS_FLUSH_TIMEOUT_S)
             state.unobserve_engines()

@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.admission import LatencyAdmission
 from agent.config import Settings
@@ -22,6 +22,9 @@ from agent.protocol import SessionCaps
 from agent.records import CallRecords
 from agent.voice_library import VoiceLibrary
 from pipeline.conversation import Conversation, Engines, SessionConfig
+
+if TYPE_CHECKING:
+    from agent.resume import Resumer
 
 
 class Call(Protocol):
@@ -33,6 +36,9 @@ class Call(Protocol):
 
 class WebSocketCall(Call, Protocol):
     """A ``/ws`` call: told why and closed by the drain, limited by the sweeper."""
+
+    epoch: int
+    """Times the call was resumed (agent.resume)."""
 
     def error(
         self, code: str, message: str, *, fatal: bool = False, category: str = "client",
@@ -152,6 +158,8 @@ class AppState:
         """Call records (docs/calls.md), when a database is configured."""
         self.voice_library = VoiceLibrary(settings.voices_dir)
         """The voices added through ``/v1/voices`` (agent.voices)."""
+        self.resumer: Resumer | None = None
+        """Dropped ``/ws`` calls waiting to be resumed (agent.resume), once started."""
 
     @property
     def loaded(self) -> bool:

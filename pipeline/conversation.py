@@ -36,7 +36,7 @@ from pipeline.engines.base import CallScopedState, FloatAudio, ToolCallingLLM, W
 from pipeline.errors import EngineError
 from pipeline.events import ErrorEvent
 from pipeline.history import History
-from pipeline.reply_state import ResponseRequest
+from pipeline.reply_state import Response, ResponseRequest
 from pipeline.responses import ResponseRunner
 from pipeline.session import (
     DEFAULT_INSTRUCTIONS,
@@ -294,6 +294,11 @@ class Conversation:
         return bool(
             self._responses.current is not None or self._turns.tasks or self._responses.finishers
         )
+
+    def reply_in_flight(self) -> Response | None:
+        """The reply being generated or played: what a dropped connection leaves
+        unfinished (pipeline/resume.py)."""
+        return self._responses.current
 
     @property
     def agent_speaking(self) -> bool:

@@ -105,6 +105,14 @@ class History:
             return True
         return False
 
+    def restore(self, message: ChatMessage) -> None:
+        """Append a turn as it was kept before (a resumed call's history), any role
+        but the system prompt's, within the same limits."""
+        if message["role"] == "system":
+            raise ValueError("the system prompt is not a turn")
+        self._turns.append(message.copy())
+        self._trim()
+
     def messages(self) -> list[ChatMessage]:
         """The system prompt, then the turns; a fresh list the caller may keep."""
         system = ChatMessage(role="system", content=self.system_prompt)

@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const STATE_LABELS = {
   idle: "Press Start and talk",
   connecting: "Connecting…",
+  reconnecting: "Connection lost — reconnecting…",
   listening: "Listening",
   user_speaking: "You are speaking",
   thinking: "Thinking…",
@@ -383,7 +384,16 @@ function wire(session) {
   });
   on("session.created", (message) => {
     fillVoices(message.limits.voices || []);
-    note(`Connected · session ${message.session_id}`);
+    if (!message.resumed) note(`Connected · session ${message.session_id}`);
+  });
+  on("reconnecting", () => {
+    $("connection").dataset.connected = "reconnecting";
+    $("connection").textContent = "reconnecting";
+    note("Connection lost; reconnecting…");
+  });
+  on("resumed", ({ sessionId }) => {
+    setConnected(true);
+    note(`Reconnected · the call goes on (session ${sessionId})`);
   });
   on("transcript.delta", (message) => showPartial(message.text));
   on("transcript.final", (message) => showFinal(message.text));

@@ -1,4 +1,4 @@
-// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.2
+// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.3
 // (docs/protocol.md). No framework, no build step: an ES module.
 //
 //   import { VoiceChat } from "./voiceforge.js";
@@ -40,11 +40,20 @@
 //   aborted and its result is not sent.
 //   `response.tool_call`, `response.tool_result` and `session.ended` (the agent hung
 //   up; the `close` event then carries `ended: "end_call"`) are dispatched as events.
+// - resume (protocol 1.3, docs/calls.md): when the connection drops (any close but
+//   1000 and 4xxx), VoiceChat reconnects with the call's resume token, backing off,
+//   within the server's `limits.resume_window_s` (state `reconnecting`, event
+//   `reconnecting`); the call comes back with its history and settings (event
+//   `resumed`, then `session.created` with `resumed: true`), the reply that was
+//   playing stops where it was and is reported played. `autoResume: false` turns it
+//   off; a call that does not come back ends with `close` (`resumeFailed: true`).
 
 import { decode, encode } from "./vendor/msgpack/index.mjs";
 
 export const PROTOCOL_VERSION = 1;
-export const PROTOCOL_MINOR = 2;
+export const PROTOCOL_MINOR = 3;
+const RESUME_FIRST_DELAY_MS = 100;
+const RESUME_MAX_DELAY_MS = 2000;
 const TOOLS_MINOR = 2; // the minor version that brought client tools
 export const SUBPROTOCOL = "voiceforge.v1";
 export const SUPPORTED_SAMPLE_RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000];
@@ -318,7 +327,7 @@ export class ChatSession extends EventTarget {
   updateState() {
     if (this.stopped) return;
     let state;
-    if (!this.ready) state = "connecting";
+    if (!this.ready) state = this.reconnecting ? "reconnecting" : "connecting";
     else if (this.userSpeaking) state = "user_speaking";
     else if (this.agentAudible()) state = "agent_speaking";
     else if (this.agentPaused()) state = "agent_paused";
@@ -355,6 +364,8 @@ export class VoiceChat extends ChatSession {
    * @param {boolean} [options.playbackPause] ask the server to pause (not cancel) a
    *   reply the caller speaks over, and resume it after a backchannel (default true)
    * @param {object[]} [options.tools]     client tools: {name, description, parameters, handler}
+   * @param {boolean} [options.autoResume] reconnect and resume the call when the
+   *   connection drops (default true)
    */
   constructor(options) {
     super();
@@ -369,6 +380,8 @@ export class VoiceChat extends ChatSession {
     };
     this.workletBase = options.workletBase || new URL("./worklets/", import.meta.url).href;
     this.playbackPause = options.playbackPause ?? true;
+    this.autoResume = options.autoResume ?? true;
+    this.reconnecting = false;
     this.endReason = null; // session.ended: why the server ended the call
     this.ws = null;
     this.context = null;
@@ -403,6 +416,7 @@ export class VoiceChat extends ChatSession {
       pauses: [], // response ids, once per response.audio.pause
       resumes: [], // response ids, once per response.audio.resume
       playedReports: 0,
+      resumes: 0, // times the call came back on a new connection
       responses: {}, // response id → {status, reason, text, text_heard}
       toolCalls: [], // {call_id, name, arguments, executor, status, output, elapsed_ms}
       endReason: null,
@@ -556,18 +570,143 @@ export class VoiceChat extends ChatSession {
         }
       };
       ws.onclose = (event) => {
-        const wasReady = this.ready;
-        this.ready = false;
         if (!settled) {
+          this.ready = false;
           fail(unreachable());
           return;
         }
-        if (this.stopped) return;
-        this.teardown();
-        this.setState("idle");
-        this.emit("close", { code: event.code, reason: event.reason, clean: event.wasClean, wasReady, ended: this.endReason });
+        this.onSocketClosed(event);
       };
     });
+  }
+
+  onSocketClosed(event) {
+    const wasReady = this.ready;
+    this.ready = false;
+    if (this.stopped) return;
+    if (this.resumable(event)) {
+      this.resume();
+      return;
+    }
+    this.teardown();
+    this.setState("idle");
+    this.emit("close", { code: event.code, reason: event.reason, clean: event.wasClean, wasReady, ended: this.endReason });
+  }
+
+  /** Whether a closed connection's call may come back (docs/protocol.md §2). */
+  resumable(event) {
+    const created = this.created;
+    const code = event.code;
+    return (
+      this.autoResume && !this.endReason && created && created.resume_token &&
+      ((created.limits && created.limits.resume_window_s) || 0) > 0 &&
+      code !== 1000 && code !== 1008 && !(code >= 4000 && code < 5000)
+    );
+  }
+
+  async resume() {
+    const token = this.created.resume_token;
+    const deadline = Date.now() + this.created.limits.resume_window_s * 1000;
+    this.reconnecting = true;
+    clearInterval(this.reportTimer);
+    this.emit("reconnecting", { sessionId: this.created.session_id });
+    this.updateState();
+    let delay = RESUME_FIRST_DELAY_MS;
+    while (!this.stopped && Date.now() < deadline) {
+      const outcome = await this.tryResume(token, deadline);
+      if (outcome === "resumed" || this.stopped) return;
+      if (outcome === "refused") break;
+      await new Promise((resolve) => setTimeout(resolve, Math.max(0, Math.min(delay, deadline - Date.now()))));
+      delay = Math.min(delay * 2, RESUME_MAX_DELAY_MS);
+    }
+    if (this.stopped) return;
+    this.reconnecting = false;
+    this.teardown();
+    this.setState("idle");
+    this.emit("close", { code: 1006, reason: "the call could not be resumed", clean: false, wasReady: true, ended: null, resumeFailed: true });
+  }
+
+  /** One try: "resumed", "refused" (the server said no: stop) or "failed" (try again). */
+  tryResume(token, deadline) {
+    // In a subprotocol, not the URL: URLs end up in access logs.
+    const protocols = [SUBPROTOCOL, `resume.${token}`];
+    if (this.apiKey) protocols.push(`bearer.${this.apiKey}`);
+    return new Promise((resolve) => {
+      let outcome = null;
+      let ws;
+      const finish = (result) => {
+        if (outcome !== null) return;
+        outcome = result;
+        clearTimeout(timer);
+        this.abortResume = null;
+        resolve(result);
+      };
+      const timer = setTimeout(() => {
+        finish("failed");
+        if (ws) ws.close();
+      }, Math.max(1, Math.min(CONNECT_TIMEOUT_MS, deadline - Date.now())));
+      this.abortResume = () => {
+        finish("refused");
+        if (ws) ws.close(1000);
+      };
+      try {
+        ws = new WebSocket(this.url, protocols);
+      } catch (error) {
+        finish("refused");
+        return;
+      }
+      ws.binaryType = "arraybuffer";
+      ws.onmessage = (event) => {
+        if (typeof event.data === "string") return;
+        let message;
+        try {
+          message = decode(new Uint8Array(event.data));
+        } catch (error) {
+          console.warn("voiceforge: undecodable frame", error);
+          return;
+        }
+        if (outcome === null) {
+          if (message.type === "session.created" && message.resumed) {
+            finish("resumed");
+            this.ws = ws;
+            this.onResumed(message);
+          } else if (message.type === "error") {
+            ws.onclose = null;
+            finish(message.code === "resume_busy" ? "failed" : "refused");
+            this.stats.errors.push({ code: message.code, message: message.message, fatal: message.fatal });
+            this.emit("error", message);
+          }
+          return;
+        }
+        this.onServerMessage(message);
+      };
+      ws.onclose = (event) => {
+        if (outcome === null) finish("failed");
+        else if (this.ws === ws) this.onSocketClosed(event);
+      };
+    });
+  }
+
+  onResumed(message) {
+    this.created = message;
+    this.session = message.session;
+    this.stats.sessionId = message.session_id;
+    this.stats.resumes += 1;
+    // The reply that was playing: the server cancelled it with the old connection.
+    // Where it stopped is what the caller heard; it says so first thing.
+    for (const id of [...this.active]) {
+      const frames = this.stats.playedFrames[id] || 0;
+      this.reported.set(id, frames);
+      this.ws.send(encode({ type: "output_audio.played", response_id: id, played_ms: this.playedMs(frames) }));
+      this.stats.playedReports += 1;
+      this.clearResponse(id, { flushOnly: true });
+    }
+    this.reconnecting = false;
+    this.ready = true; // the call's settings (rates, tools) came back with it
+    this.startReporting();
+    this.emit("resumed", { sessionId: message.session_id });
+    this.emit("session.created", message);
+    this.updateState();
   }
 
   send(message) {
@@ -720,8 +859,11 @@ export class VoiceChat extends ChatSession {
 
   teardown() {
     this.stopped = true;
+    this.reconnecting = false;
     if (this.abortConnect) this.abortConnect();
     this.abortConnect = null;
+    if (this.abortResume) this.abortResume();
+    this.abortResume = null;
     this.ready = false;
     clearInterval(this.reportTimer);
     this.reportTimer = null;

@@ -76,3 +76,17 @@ call_entries = sa.Table(
     sa.Column("tool_calls", JSONDocument, nullable=False),
     sa.Column("errors", JSONDocument, nullable=False),
 )
+
+# A suspended call's ``pipeline.resume.ResumeSnapshot`` (unredacted: emptied once
+# claimed, deleted once expired). ``state``: ``suspended`` (resumable until
+# ``expires_at``) or ``resumed`` (claimed by one server).
+resume_snapshots = sa.Table(
+    "resume_snapshots",
+    metadata,
+    sa.Column("call_id", sa.String(64), primary_key=True),
+    sa.Column("epoch", sa.Integer(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("snapshot", JSONDocument),
+    sa.Column("server", sa.String(255), nullable=False),
+)

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agent.records.schema import call_entries, calls
+from agent.records.schema import call_entries, calls, resume_snapshots
 
 VERSION_TABLE = "voiceforge_schema_version"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -134,9 +134,68 @@ class RecordStore:
 
     async def delete_call(self, call_id: str) -> bool:
         async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(resume_snapshots).where(resume_snapshots.c.call_id == call_id))
             await conn.execute(sa.delete(call_entries).where(call_entries.c.call_id == call_id))
             deleted = await conn.execute(sa.delete(calls).where(calls.c.id == call_id))
         return bool(deleted.rowcount)
+
+    # ------------------------------------------------------------ resume snapshots
+
+    async def save_snapshot(self, call_id: str, epoch: int, expires_at: dt.datetime,
+                            snapshot: dict[str, Any], server: str) -> None:
+        """Make a suspended call resumable (by any server) until ``expires_at``; expired
+        snapshots go in the same step."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        row = {"call_id": call_id, "epoch": epoch, "state": "suspended",
+               "expires_at": expires_at, "snapshot": snapshot, "server": server}
+        upsert = insert(resume_snapshots).values(row)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[resume_snapshots.c.call_id],
+            set_={name: upsert.excluded[name] for name in row if name != "call_id"},
+            # An older suspension arriving late never overwrites a newer one.
+            where=resume_snapshots.c.epoch <= upsert.excluded.epoch,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(resume_snapshots).where(
+                resume_snapshots.c.expires_at < dt.datetime.now(dt.UTC)))
+            await conn.execute(upsert)
+
+    async def claim_snapshot(
+        self, call_id: str, epoch: int, now: dt.datetime
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Take a suspended call for resuming, once: ``("claimed", snapshot)``, or why
+        not: ``missing`` (no suspension of this epoch yet), ``expired``, ``used``."""
+        table = resume_snapshots
+        async with self.engine.begin() as conn:
+            # The conditional update decides the one winner, on either database.
+            won = await conn.execute(
+                sa.update(table)
+                .where(table.c.call_id == call_id, table.c.epoch == epoch,
+                       table.c.state == "suspended", table.c.expires_at > now)
+                .values(state="resumed")
+            )
+            row = (await conn.execute(
+                sa.select(table.c.epoch, table.c.state, table.c.expires_at, table.c.snapshot)
+                .where(table.c.call_id == call_id)
+            )).mappings().first()
+            if won.rowcount == 1 and row is not None:
+                await conn.execute(sa.update(table).where(table.c.call_id == call_id)
+                                   .values(snapshot=None))  # unredacted: kept no longer
+                return "claimed", _loaded(row["snapshot"])
+        if row is None or row["epoch"] < epoch:
+            return "missing", None
+        if row["epoch"] == epoch and row["state"] == "suspended":
+            return "expired", None
+        return "used", None
+
+    async def resumed_since(self, call_id: str, epoch: int) -> bool:
+        """Whether the suspension of ``epoch`` was claimed (the call goes on elsewhere)."""
+        table = resume_snapshots
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(table.c.epoch, table.c.state)
+                                      .where(table.c.call_id == call_id))).first()
+        return row is not None and (row.epoch > epoch or row.state == "resumed")
 
     # ------------------------------------------------------------------ reads
 

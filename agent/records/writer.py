@@ -108,6 +108,8 @@ class _Call:
     recording: CallRecording | None = None
     recording_info: dict[str, Any] | None = None
     encoding: bool = False
+    hold_webhook: bool = False
+    """Suspended (agent.resume): posted only if its window passes with no resume."""
 
 
 class CallRecords:
@@ -152,19 +154,60 @@ class CallRecords:
 
     # ------------------------------------------------------------ the feed (sync)
 
-    def open(self, call_id: str, transport: str, settings: dict[str, Any]) -> None:
-        if call_id in self._calls:
+    def open(self, call_id: str, transport: str, settings: dict[str, Any], *,
+             resumed_from: tuple[float, int] | None = None) -> None:
+        """A call goes live; ``resumed_from``: a resumed call's (start time, entries
+        so far), its record reopened and numbered on."""
+        existing = self._calls.get(call_id)
+        if existing is not None:
+            if resumed_from is not None and existing.closed:
+                self._reopen(call_id, existing, settings)
             return
         if len(self._calls) >= self.max_unwritten_calls:
             self.metrics.dropped.labels("calls").inc()
             return
-        recorder = CallRecorder(call_id, redaction=self.redaction, limits=self.limits)
-        call = _Call(recorder, transport, time.time(), self._settings(settings))
+        started_at, first_seq = resumed_from or (time.time(), 0)
+        recorder = CallRecorder(call_id, redaction=self.redaction, limits=self.limits,
+                                first_seq=first_seq)
+        call = _Call(recorder, transport, started_at, self._settings(settings))
         self._calls[call_id] = call
         if self.recordings is not None:
             call.timeline = RecordingTimeline()
             self._record_audio(call_id, call, settings.get("record_audio") is True)
         self._kick()
+
+    def _reopen(self, call_id: str, call: _Call, settings: dict[str, Any]) -> None:
+        # Resumed on the server whose record of it is still being written. Its
+        # recording, finished at the drop, is not started again.
+        call.buffer_dropped += call.recorder.dropped  # still counted in the row
+        call.recorder = CallRecorder(call_id, redaction=self.redaction, limits=self.limits,
+                                     first_seq=call.recorder.seq)
+        call.counted_drops = 0
+        call.closed = call.hold_webhook = False
+        call.ended_at = call.end_reason = call.pending_reason = None
+        call.settings = self._settings(settings)
+        call.version += 1
+        self._kick()
+
+    def hold_webhook(self, call_id: str) -> None:
+        """The call was suspended: its end is not posted until ``release_webhook``."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.hold_webhook = True
+
+    def release_webhook(self, call_id: str) -> None:
+        """A suspended call was not resumed: post its record (now, or once written)."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.hold_webhook = False
+            self._kick()  # written already: the next pass posts it
+        elif self.webhook is not None:
+            self.webhook.call_written(call_id)
+
+    def resume_point(self, call_id: str) -> tuple[float, int] | None:
+        """(start time, entries numbered so far) of a call this server records."""
+        call = self._calls.get(call_id)
+        return None if call is None else (call.started_at, call.recorder.seq)
 
     def _record_audio(self, call_id: str, call: _Call, wanted: bool) -> None:
         """Start (or stop) recording this call's audio, as its settings ask."""
@@ -428,10 +471,15 @@ class CallRecords:
             call.version != call.written_version for call in self._calls.values()
         )
 
-    async def _write_once(self) -> None:
+    async def ensure_schema(self) -> None:
+        """Bring the database to the newest schema, once per process (the writer's
+        first write does it too; resume snapshots may be read before any write)."""
         if not self._migrated:
             await self.store.migrate()
             self._migrated = True
+
+    async def _write_once(self) -> None:
+        await self.ensure_schema()
         entries = list(itertools.islice(self._entries, BATCH_ENTRIES))
         ids = {entry.call_id for entry in entries} | {
             call_id for call_id, call in self._calls.items()
@@ -453,7 +501,7 @@ class CallRecords:
             if (call.closed and not call.encoding and call.pending == 0
                     and call.written_version == call.version):
                 del self._calls[call_id]
-                if self.webhook is not None:
+                if self.webhook is not None and not call.hold_webhook:
                     self.webhook.call_written(call_id)
 
     def _call_row(self, call_id: str, call: _Call) -> dict[str, Any]:

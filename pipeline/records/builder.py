@@ -114,13 +114,15 @@ class CallRecorder:
         *,
         redaction: Redaction | None = None,
         limits: RecordLimits | None = None,
+        first_seq: int = 0,
     ) -> None:
         self.call_id = call_id
         self.redaction = redaction or Redaction()
         self.limits = limits or RecordLimits()
         self.dropped = 0
         """Entries not kept: over ``max_entries``."""
-        self._seq = 0
+        self._seq = first_seq
+        """Entries numbered so far (a resumed call's record numbers on)."""
         self._inputs: list[dict[str, Any]] = []
         """Caller input not yet answered: it belongs to the next response."""
         self._inputs_since: float | None = None
@@ -128,6 +130,10 @@ class CallRecorder:
         """Responses created and not done (a cancelled one finishing while the next
         starts makes two)."""
         self.closed = False
+
+    @property
+    def seq(self) -> int:
+        return self._seq
 
     # ------------------------------------------------------------------ inputs
 

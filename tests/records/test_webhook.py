@@ -103,3 +103,48 @@ def test_a_webhook_needs_a_strong_secret_and_the_records() -> None:
     ):
         with pytest.raises(ConfigurationError, match=message):
             broken.validate()
+
+
+async def test_a_dropped_call_is_posted_once_it_ends_not_when_it_is_suspended(
+    tmp_path: Path,
+) -> None:
+    """A call resumed after a drop is posted once, with its whole record, when it
+    ends; a dropped call never resumed is posted when its resume window passes."""
+    hook = Receiver(fail_first=0)
+    app = Starlette(routes=[Route("/hook", hook.hook, methods=["POST"])])
+    http, thread, loop = start_in_thread(app, Settings())
+    url = f"http://127.0.0.1:{http.servers[0].sockets[0].getsockname()[1]}/hook"
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'calls.sqlite3'}",
+                        call_webhook_url=url, call_webhook_secret=SECRET,
+                        resume_window_s=1.0)
+    try:
+        with serving(settings, bench_engines()) as server:
+            resumer = server.app_state.resumer
+            assert resumer is not None
+            client = await VoiceForgeClient.connect(server.url, auto_resume=False)
+            resumed_id = client.session_id
+            await client.send_text("Before the drop.")
+            await collect_until_done(client)
+            client.drop()
+            deadline = time.monotonic() + 30
+            while resumer.suspended() < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            token = client.created.resume_token
+            async with await VoiceForgeClient.connect(server.url, resume_token=token) as back:
+                await back.send_text("After the drop.")
+                await collect_until_done(back)
+            lost = await VoiceForgeClient.connect(server.url, auto_resume=False)
+            lost_id = lost.session_id
+            lost.drop()
+            while len(hook.requests) < 2:  # the resumed call's end, the lost call's window
+                assert time.monotonic() < deadline, hook.requests
+                await asyncio.sleep(0.05)
+            assert resumer.suspended() == 0
+    finally:
+        stop_in_thread(http, thread, loop)
+    records = [json.loads(body) for _, body in hook.requests]
+    assert [(r["id"], r["end_reason"]) for r in records] == [
+        (resumed_id, "client_closed"), (lost_id, "client_closed")]
+    assert [e["user_text"] for e in records[0]["timeline"]] == [
+        "Before the drop.", "After the drop."]
