@@ -24,6 +24,7 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool, StaticPool
 
 from agent.records.schema import call_entries, calls, resume_snapshots
 
@@ -75,8 +76,14 @@ class RecordStore:
         if self.dialect == "sqlite":
             if url.database and url.database != ":memory:":
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            # No pool: each aiosqlite connection is a thread and three open files, and
+            # a pool would keep them after the calls that needed them (the soak's
+            # "back to the idle baseline" check); opening a SQLite file is cheap, and
+            # writes are off the audio path.
             self.engine: AsyncEngine = create_async_engine(
-                url, connect_args={"timeout": CONNECT_TIMEOUT_S}
+                url, connect_args={"timeout": CONNECT_TIMEOUT_S},
+                # (An in-memory database lives as long as its one connection.)
+                poolclass=StaticPool if url.database in (None, "", ":memory:") else NullPool,
             )
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
