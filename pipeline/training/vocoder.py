@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from pipeline.audio import read_wav_mono, resample
+from pipeline.engines.chatterbox.s3gen_stream import aligned_prompt
 from pipeline.engines.chatterbox.vocos import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -210,7 +211,9 @@ def prepare_s3gen_pairs(
             wav16 = torch.from_numpy(resample(audio, SAMPLE_RATE, TOKENIZER_RATE))[None]
             tokens, _ = s3gen.tokenizer(wav16.to(s3gen.device))
             ref_audio = read_24k(reference)[: 10 * SAMPLE_RATE]
-            ref_dict = s3gen.embed_ref(torch.from_numpy(ref_audio), SAMPLE_RATE)
+            # An odd-length reference leaves one prompt frame over two per token;
+            # the flow would then start its output a frame late (one frame short).
+            ref_dict = aligned_prompt(s3gen.embed_ref(torch.from_numpy(ref_audio), SAMPLE_RATE))
             mel = s3gen(
                 tokens,
                 ref_wav=None,

@@ -69,3 +69,31 @@ def test_gpu_extra_and_overrides_name_the_gpu_engines() -> None:
         assert package in extra
     overrides = (REPO / "docker" / "gpu-overrides.txt").read_text().split()
     assert "torch==2.6.0" in overrides
+
+
+@pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning")
+def test_the_gpu_extra_keeps_the_setuptools_perths_watermarker_imports() -> None:
+    """resemble-perth imports pkg_resources (gone in setuptools 82) without declaring
+    setuptools: the gpu extra must bring a setuptools that still has it, or the
+    image's watermarker (and gpu_bench's library baseline) cannot import."""
+    import importlib.metadata
+    import importlib.util
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    spec = importlib.util.find_spec("perth")
+    if spec is None or spec.origin is None:
+        pytest.fail("resemble-perth is missing: run `make test` (it installs chatterbox-tts)")
+    perth_net = Path(spec.origin).parent / "perth_net" / "__init__.py"
+    assert "pkg_resources" in perth_net.read_text(), "Perth no longer needs the pin"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extra = [Requirement(line) for line in project["project"]["optional-dependencies"]["gpu"]]
+    pins = [requirement.specifier for requirement in extra if requirement.name == "setuptools"]
+    assert pins, "the gpu extra does not pin setuptools"
+    assert not pins[0].contains(Version("82.0.0")), "setuptools 82 has no pkg_resources"
+    # The resolved set here satisfies the same pin, and the watermarker imports with it.
+    assert pins[0].contains(Version(importlib.metadata.version("setuptools")))
+    import perth
+
+    assert perth.PerthImplicitWatermarker is not None

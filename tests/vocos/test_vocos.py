@@ -352,3 +352,38 @@ def test_voiceforge_train_vocoder_command(trained: Trained, tmp_path: Path) -> N
     assert main(arguments) == 0
     assert load_vocos(out / "vocos").config == VocosConfig(32, 64, 1)
     assert main(["train-vocoder", str(tmp_path / "empty"), "--out", str(out)]) == 2
+
+
+def test_s3gen_pairs_with_an_odd_length_reference_are_frame_aligned(tmp_path: Path) -> None:
+    """A reference whose mel has one frame more than twice its tokens (25440
+    samples: 53 frames, 26 tokens) made the flow cut its output one frame late:
+    the mel was 2·T − 1 frames, its frame j the audio's frame j + 1. The pair must
+    be 2 frames per token, starting with the file's first frame."""
+    from chatterbox.models.s3gen import S3Gen
+
+    from pipeline.audio import resample
+    from pipeline.training.vocoder import TOKENIZER_RATE, prepare_s3gen_pairs, read_24k
+
+    torch.manual_seed(0)
+    s3gen = S3Gen().eval()
+    wav = tmp_path / "speaker" / "odd.wav"
+    wav.parent.mkdir()
+    rng = np.random.default_rng(3)
+    soundfile.write(wav, (0.1 * rng.standard_normal(25_440)).astype(np.float32), SAMPLE_RATE)
+    with torch.inference_mode():
+        reference = s3gen.embed_ref(torch.from_numpy(read_24k(wav)), SAMPLE_RATE)
+        assert reference["prompt_feat"].shape[1] == 2 * reference["prompt_token"].shape[1] + 1
+        wav16 = torch.from_numpy(
+            resample(read_24k(wav), SAMPLE_RATE, TOKENIZER_RATE)
+        )[None]
+        tokens, _ = s3gen.tokenizer(wav16)
+    [path] = prepare_s3gen_pairs(
+        [wav], s3gen, tmp_path / "pairs", cfm_steps=2, progress=lambda line: None
+    )
+    pair = torch.load(path)
+    assert pair["mel"].shape[-1] == 2 * tokens.shape[1]
+    assert pair["audio"].shape == (2 * tokens.shape[1] * HOP_LENGTH,)
+    # The real audio from its first sample (zero-padded to the tokens' length).
+    real = torch.from_numpy(read_24k(wav))
+    assert torch.equal(pair["audio"][: real.shape[0]], real)
+    assert not pair["audio"][real.shape[0] :].any()

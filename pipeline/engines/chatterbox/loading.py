@@ -30,7 +30,7 @@ def load_watermarker() -> Any:
     except Exception as error:
         raise ModelLoadError(
             "Chatterbox watermarking is enabled but the Perth watermarker cannot be imported"
-            f" ({type(error).__name__}: {error}). Install resemble-perth with setuptools<81"
+            f" ({type(error).__name__}: {error}). Install resemble-perth with setuptools<82"
             " (scripts/install-chatterbox.sh), or switch watermarking off."
         ) from error
     implicit = getattr(perth, "PerthImplicitWatermarker", None)
