@@ -45,10 +45,11 @@ from pipeline.errors import ConfigurationError
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8001/v1"
 LLM_MODELS = {
-    "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct",
-    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.3-70b": "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic",
+    "llama-3.1-8b": "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8-dynamic",
 }
-"""Served model name (``vllm serve --served-model-name``) → Hugging Face checkpoint."""
+"""Served model name (``vllm serve --served-model-name``) → the pre-quantised FP8
+Hugging Face checkpoint compose.yaml serves under it."""
 DEFAULT_LLM_MODEL = "llama-3.3-70b"
 TTS_ENGINES = ("chatterbox", "piper")
 TTS_MODULES = {
