@@ -14,11 +14,12 @@ Settings (environment; docs/deploy-gpu.md has the full table):
 - ``VOICEFORGE_WHISPER_MODEL`` (``large-v3-turbo``), ``VOICEFORGE_WHISPER_DEVICE``
   (``cuda``), ``VOICEFORGE_WHISPER_COMPUTE_TYPE`` (``float16``),
   ``VOICEFORGE_STT_BATCH_WINDOW_MS`` (10), ``VOICEFORGE_STT_MAX_BATCH`` (8).
-- ``VOICEFORGE_TTS`` (``chatterbox`` or ``piper``), ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
+- ``VOICEFORGE_TTS`` (``chatterbox``, ``chatterbox-turbo`` or ``piper``),
+  ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
 - ``VOICEFORGE_VOCODER`` (``hift`` or ``vocos``), ``VOICEFORGE_VOCOS_WEIGHTS`` (folder or hub id).
 - Chatterbox's fast paths, all off or at the library's values by default:
   ``VOICEFORGE_TTS_BF16``, ``VOICEFORGE_TTS_COMPILE``, ``VOICEFORGE_TTS_TF32`` (``0``/``1``),
-  ``VOICEFORGE_TTS_CFM_STEPS`` (10), ``VOICEFORGE_TTS_FIRST_CHUNK_TOKENS`` (10),
+  ``VOICEFORGE_TTS_CFM_STEPS`` (10; Turbo 2), ``VOICEFORGE_TTS_FIRST_CHUNK_TOKENS`` (10),
   ``VOICEFORGE_TTS_CHUNK_TOKENS`` (25), ``VOICEFORGE_TTS_MAX_TOKENS`` (1000),
   ``VOICEFORGE_TTS_TOKENS_PER_CHAR`` (4).
 
@@ -34,6 +35,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -51,9 +53,11 @@ LLM_MODELS = {
 """Served model name (``vllm serve --served-model-name``) → the pre-quantised FP8
 Hugging Face checkpoint compose.yaml serves under it."""
 DEFAULT_LLM_MODEL = "llama-3.3-70b"
-TTS_ENGINES = ("chatterbox", "piper")
+TTS_ENGINES = ("chatterbox", "chatterbox-turbo", "piper")
+CHATTERBOX_ENGINES = ("chatterbox", "chatterbox-turbo")
 TTS_MODULES = {
     "chatterbox": ("chatterbox", "pipeline.engines.chatterbox"),
+    "chatterbox-turbo": ("chatterbox.tts_turbo", "pipeline.engines.chatterbox"),
     "piper": ("piper",),
 }
 """Modules each TTS engine needs (the library, then our engine)."""
@@ -82,7 +86,8 @@ class GPUSettings:
     tts_bf16: bool = False
     tts_compile: bool = False
     tts_tf32: bool = False
-    tts_cfm_steps: int = 10
+    tts_cfm_steps: int | None = None
+    """None: the engine's own (10, Turbo 2)."""
     tts_first_chunk_tokens: int = 10
     tts_chunk_tokens: int = 25
     tts_max_tokens: int = 1000
@@ -112,7 +117,8 @@ class GPUSettings:
         gpu.tts_bf16 = _env_bool("VOICEFORGE_TTS_BF16", gpu.tts_bf16)
         gpu.tts_compile = _env_bool("VOICEFORGE_TTS_COMPILE", gpu.tts_compile)
         gpu.tts_tf32 = _env_bool("VOICEFORGE_TTS_TF32", gpu.tts_tf32)
-        gpu.tts_cfm_steps = _env_int("VOICEFORGE_TTS_CFM_STEPS", gpu.tts_cfm_steps)
+        if os.environ.get("VOICEFORGE_TTS_CFM_STEPS"):
+            gpu.tts_cfm_steps = _env_int("VOICEFORGE_TTS_CFM_STEPS", 0)
         gpu.tts_first_chunk_tokens = _env_int(
             "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS", gpu.tts_first_chunk_tokens
         )
@@ -179,12 +185,12 @@ def check_cuda(gpu: GPUSettings) -> list[str]:
                 "with an NVIDIA GPU and driver (in Docker: --gpus all / a compose GPU "
                 "reservation), or set VOICEFORGE_WHISPER_DEVICE=cpu"
             )
-    if gpu.tts == "chatterbox" and gpu.tts_device == "cuda" and not gpu.remote_tts:
+    if gpu.tts in CHATTERBOX_ENGINES and gpu.tts_device == "cuda" and not gpu.remote_tts:
         import torch
 
         if not torch.cuda.is_available():
             problems.append(
-                f"torch {torch.__version__} sees no CUDA device (Chatterbox on cuda): install "
+                f"torch {torch.__version__} sees no CUDA device ({gpu.tts} on cuda): install "
                 "the CUDA build of torch (the Docker image has it) on a GPU machine, or set "
                 "VOICEFORGE_TTS_DEVICE=cpu"
             )
@@ -241,7 +247,7 @@ def check_tts(gpu: GPUSettings) -> list[str]:
 
 def check_tts_settings(gpu: GPUSettings) -> list[str]:
     """Chatterbox's fast-path settings: in range, and CUDA-only ones on CUDA."""
-    if gpu.remote_tts or gpu.tts != "chatterbox":
+    if gpu.remote_tts or gpu.tts not in CHATTERBOX_ENGINES:
         return []
     problems = []
     if gpu.tts_device != "cuda":
@@ -265,7 +271,7 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
         )
     if gpu.tts_chunk_tokens < 1:
         problems.append(f"VOICEFORGE_TTS_CHUNK_TOKENS={gpu.tts_chunk_tokens}: at least 1")
-    if not 1 <= gpu.tts_cfm_steps <= MAX_CFM_STEPS:
+    if gpu.tts_cfm_steps is not None and not 1 <= gpu.tts_cfm_steps <= MAX_CFM_STEPS:
         problems.append(
             f"VOICEFORGE_TTS_CFM_STEPS={gpu.tts_cfm_steps}: between 1 and {MAX_CFM_STEPS}"
         )
@@ -282,10 +288,22 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
 
 
 def _module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (nor its parents: the
+    chatterbox package imports torch and Perth on import)."""
+    parent, _, leaf = name.rpartition(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(parent or leaf)
     except ModuleNotFoundError:  # a parent package is missing
         return False
+    if spec is None or not parent:
+        return spec is not None
+    if "." in parent:
+        return _module_exists(parent) and importlib.util.find_spec(name) is not None
+    locations = spec.submodule_search_locations or []
+    return any(
+        (Path(folder) / f"{leaf}.py").is_file() or (Path(folder) / leaf).is_dir()
+        for folder in locations
+    )
 
 
 def validate(gpu: GPUSettings) -> None:
@@ -386,6 +404,7 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         # HiFT unless a trained Vocos is named (docs/vocos.md).
         vocoder=os.environ.get("VOICEFORGE_VOCODER") or "hift",
         vocos_weights=os.environ.get("VOICEFORGE_VOCOS_WEIGHTS") or None,
+        turbo=gpu.tts == "chatterbox-turbo",
         bf16=gpu.tts_bf16,
         compile=gpu.tts_compile,
         tf32=gpu.tts_tf32,

@@ -80,6 +80,11 @@ def test_a_missing_or_unknown_tts_engine_is_a_clear_problem(
         missing
     )
     assert "VOICEFORGE_TTS=piper" in missing
+    # Chatterbox-Turbo is an engine of its own name, checked the same way.
+    assert check_tts(GPUSettings(tts="chatterbox-turbo")) == []
+    turbo_on_cuda = check_cuda(GPUSettings(whisper_device="cpu", tts="chatterbox-turbo"))
+    assert turbo_on_cuda and "(chatterbox-turbo on cuda)" in turbo_on_cuda[0]
+    assert check_tts_settings(GPUSettings(tts="chatterbox-turbo", tts_first_chunk_tokens=2))
     # Speech from a remote /v1/audio/speech needs no local TTS, installed or on CUDA.
     remote = GPUSettings(tts="chatterbox", remote_tts=True)
     assert check_tts(remote) == []
@@ -178,7 +183,8 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
 ) -> None:
     defaults = GPUSettings.from_settings(Settings(profile="gpu"))
     assert (defaults.tts_bf16, defaults.tts_compile, defaults.tts_tf32) == (False, False, False)
-    assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (10, 1000)
+    # No CFM steps named: the engine's own (10; Turbo's mean-flow decoder 2).
+    assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (None, 1000)
     assert check_tts_settings(defaults) == []
     for name, value in {
         "VOICEFORGE_TTS_BF16": "1",

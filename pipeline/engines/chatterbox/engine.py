@@ -25,13 +25,19 @@ import torch
 from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
 from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, aligned_prompt
-from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
+from pipeline.engines.chatterbox.t3_stream import (
+    SamplingSettings,
+    speech_tokens,
+    turbo_speech_tokens,
+)
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
 from pipeline.engines.threaded import iterate_in_thread, pick_voice
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
 SAMPLE_RATE = 24_000
+S3GEN_SILENCE_TOKEN = 4299
+"""``chatterbox.models.s3gen.const.S3GEN_SIL``."""
 WARM_UP_TEXT = "Hello, thanks for calling. This sentence warms the voice up before the first call."
 
 
@@ -85,7 +91,7 @@ class ChatterboxTTS:
         first_chunk_tokens: int = 10,
         chunk_tokens: int = 25,
         left_context_tokens: int = 50,
-        cfm_steps: int = 10,
+        cfm_steps: int | None = None,
         watermark: bool = False,
         bf16: bool = False,
         compile: bool = False,
@@ -94,6 +100,8 @@ class ChatterboxTTS:
         t3_config: Any = None,
         vocoder: str = "hift",
         vocos_weights: str | Path | None = None,
+        turbo: bool = False,
+        top_k: int = 1000,
     ) -> None:
         """Load Chatterbox and prepare every voice of the library.
 
@@ -119,12 +127,19 @@ class ChatterboxTTS:
         checkpoints that are not the default size. ``vocoder``: ``"hift"`` (the
         library's, the default) or ``"vocos"`` (Vocos trained for S3Gen's mel,
         loaded from ``vocos_weights``: a local folder or a hub id; see docs/vocos.md).
+        ``turbo``: Chatterbox-Turbo (``chatterbox.tts_turbo``: a GPT-2 T3 without
+        CFG, sampled with ``top_k`` / ``top_p`` / temperature / repetition penalty,
+        and S3Gen's 2-step mean-flow decoder; ``cfg_weight``, ``min_p`` and
+        ``exaggeration`` do not apply; ``cfm_steps`` defaults to 2, not 10; the hub's
+        ``ResembleAI/chatterbox-turbo`` when ``checkpoint_dir`` is None).
         """
         if first_chunk_tokens < 5 or chunk_tokens < 1:
             raise ConfigurationError(
                 "Chatterbox chunks need first_chunk_tokens >= 5 (HiFT's 8-frame overlap)"
                 " and chunk_tokens >= 1"
             )
+        if cfm_steps is None:
+            cfm_steps = 2 if turbo else 10
         if left_context_tokens < 0 or cfm_steps < 1 or max_new_tokens < 1:
             raise ConfigurationError(
                 "left_context_tokens must be >= 0, cfm_steps and max_new_tokens >= 1"
@@ -142,7 +157,10 @@ class ChatterboxTTS:
         if tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.name = f"chatterbox:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
+        self.turbo = turbo
+        self.top_k = top_k
+        variant = "chatterbox-turbo" if turbo else "chatterbox"
+        self.name = f"{variant}:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
         self.exaggeration = exaggeration
         self.sampling = SamplingSettings(
             temperature=temperature,
@@ -200,7 +218,9 @@ class ChatterboxTTS:
         library: dict[str, Path],
         compile: bool,
     ) -> None:
-        self._model = load_chatterbox(checkpoint_dir, device, t3_config=t3_config)
+        self._model = load_chatterbox(
+            checkpoint_dir, device, t3_config=t3_config, turbo=self.turbo
+        )
         model = self._model
         if self._bf16:
             model.t3.to(dtype=torch.bfloat16)
@@ -314,10 +334,7 @@ class ChatterboxTTS:
         sampling = dataclasses.replace(
             self.sampling, max_new_tokens=max_tokens or self.token_cap(text)
         )
-        text_tokens = model.tokenizer.text_to_tokens(punc_norm(text))
-        hp = model.t3.hp
-        text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=hp.start_text_token)
-        text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=hp.stop_text_token)
+        text_tokens = self._text_tokens(punc_norm(text))
         stream = S3GenStream(
             model.s3gen,
             voice.ref_dict,
@@ -329,23 +346,50 @@ class ChatterboxTTS:
         )
         tokens = progress.speech_tokens
         chunk_size = self.first_chunk_tokens
-        for token in speech_tokens(
-            model.t3,
-            voice.t3_cond,
-            text_tokens,
-            sampling,
-            backbone=self._backbone,
-            generator=generator,
-        ):
+        if self.turbo:
+            sampled = turbo_speech_tokens(
+                model.t3,
+                voice.t3_cond,
+                text_tokens,
+                sampling,
+                top_k=self.top_k,
+                backbone=self._backbone,
+                generator=generator,
+            )
+        else:
+            sampled = speech_tokens(
+                model.t3,
+                voice.t3_cond,
+                text_tokens,
+                sampling,
+                backbone=self._backbone,
+                generator=generator,
+            )
+        for token in sampled:
             tokens.append(token)
             progress.tokens = len(tokens)
             if len(tokens) >= stream.decoded_tokens + chunk_size + stream.lookahead_tokens:
                 yield self._chunk(stream.decode(tokens, final=False), len(tokens), progress)
                 chunk_size = self.chunk_tokens
-        last = self._chunk(stream.decode(tokens, final=True), len(tokens), progress)
+        # Turbo ends every utterance on 3 of S3Gen's silence tokens, as its library does.
+        tail = [S3GEN_SILENCE_TOKEN] * 3 if self.turbo else []
+        last = self._chunk(stream.decode([*tokens, *tail], final=True), len(tokens), progress)
         progress.finished = True
         if last.audio.size:
             yield last
+
+    def _text_tokens(self, text: str) -> torch.Tensor:
+        """(1, T) text tokens as the library's ``generate`` makes them."""
+        model = self._model
+        if self.turbo:
+            encoded = model.tokenizer(text, return_tensors="pt", padding=True, truncation=True)
+            ids: torch.Tensor = encoded.input_ids
+            return ids
+        hp = model.t3.hp
+        framed = torch.nn.functional.pad(
+            model.tokenizer.text_to_tokens(text), (1, 0), value=hp.start_text_token
+        )
+        return torch.nn.functional.pad(framed, (0, 1), value=hp.stop_text_token)
 
     def _chunk(self, audio: FloatAudio, tokens: int, progress: SynthesisProgress) -> StreamedChunk:
         if self._watermarker is not None and audio.size:
