@@ -28,6 +28,7 @@ COPY docker/gpu-overrides.txt docker/gpu-overrides.txt
 COPY agent agent
 COPY pipeline pipeline
 COPY web web
+# The gpu extra brings setuptools<82: Perth's watermarker imports pkg_resources.
 RUN uv pip install --no-cache --override docker/gpu-overrides.txt '.[gpu]'
 
 # Non-root; model downloads (Whisper, Chatterbox) go to the mounted cache volume.

@@ -14,8 +14,18 @@ Settings (environment; docs/deploy-gpu.md has the full table):
 - ``VOICEFORGE_WHISPER_MODEL`` (``large-v3-turbo``), ``VOICEFORGE_WHISPER_DEVICE``
   (``cuda``), ``VOICEFORGE_WHISPER_COMPUTE_TYPE`` (``float16``),
   ``VOICEFORGE_STT_BATCH_WINDOW_MS`` (10), ``VOICEFORGE_STT_MAX_BATCH`` (8).
-- ``VOICEFORGE_TTS`` (``chatterbox`` or ``piper``), ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
+- ``VOICEFORGE_TTS`` (``chatterbox``, ``chatterbox-turbo`` or ``piper``),
+  ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
 - ``VOICEFORGE_VOCODER`` (``hift`` or ``vocos``), ``VOICEFORGE_VOCOS_WEIGHTS`` (folder or hub id).
+- Chatterbox's fast paths, all off or at the library's values by default:
+  ``VOICEFORGE_TTS_BF16``, ``VOICEFORGE_TTS_COMPILE``, ``VOICEFORGE_TTS_TF32`` (``0``/``1``),
+  ``VOICEFORGE_TTS_CFM_STEPS`` (10; Turbo 2), ``VOICEFORGE_TTS_FIRST_CHUNK_TOKENS`` (10),
+  ``VOICEFORGE_TTS_CHUNK_TOKENS`` (25), ``VOICEFORGE_TTS_MAX_TOKENS`` (1000),
+  ``VOICEFORGE_TTS_TOKENS_PER_CHAR`` (4).
+
+Before the builder returns (and ``/readyz`` turns ready), every local GPU engine is
+warmed up: Whisper decodes a batch of 1 and one of ``VOICEFORGE_STT_MAX_BATCH``,
+Chatterbox speaks with every voice through its first and later chunks.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import importlib
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -36,14 +47,17 @@ from pipeline.errors import ConfigurationError
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8001/v1"
 LLM_MODELS = {
-    "llama-3.3-70b": "meta-llama/Llama-3.3-70B-Instruct",
-    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.3-70b": "RedHatAI/Llama-3.3-70B-Instruct-FP8-dynamic",
+    "llama-3.1-8b": "RedHatAI/Meta-Llama-3.1-8B-Instruct-FP8-dynamic",
 }
-"""Served model name (``vllm serve --served-model-name``) → Hugging Face checkpoint."""
+"""Served model name (``vllm serve --served-model-name``) → the pre-quantised FP8
+Hugging Face checkpoint compose.yaml serves under it."""
 DEFAULT_LLM_MODEL = "llama-3.3-70b"
-TTS_ENGINES = ("chatterbox", "piper")
+TTS_ENGINES = ("chatterbox", "chatterbox-turbo", "piper")
+CHATTERBOX_ENGINES = ("chatterbox", "chatterbox-turbo")
 TTS_MODULES = {
     "chatterbox": ("chatterbox", "pipeline.engines.chatterbox"),
+    "chatterbox-turbo": ("chatterbox.tts_turbo", "pipeline.engines.chatterbox"),
     "piper": ("piper",),
 }
 """Modules each TTS engine needs (the library, then our engine)."""
@@ -69,6 +83,15 @@ class GPUSettings:
     no local Whisper to check."""
     remote_tts: bool = False
     """Speech is made by a remote ``/v1/audio/speech`` (``tts_backend``): no local TTS."""
+    tts_bf16: bool = False
+    tts_compile: bool = False
+    tts_tf32: bool = False
+    tts_cfm_steps: int | None = None
+    """None: the engine's own (10, Turbo 2)."""
+    tts_first_chunk_tokens: int = 10
+    tts_chunk_tokens: int = 25
+    tts_max_tokens: int = 1000
+    tts_tokens_per_char: float = 4.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GPUSettings:
@@ -91,6 +114,19 @@ class GPUSettings:
         gpu.stt_max_batch = int(_env_float("VOICEFORGE_STT_MAX_BATCH", 8))
         gpu.tts = _env("VOICEFORGE_TTS", gpu.tts)
         gpu.tts_device = _env("VOICEFORGE_TTS_DEVICE", gpu.tts_device)
+        gpu.tts_bf16 = _env_bool("VOICEFORGE_TTS_BF16", gpu.tts_bf16)
+        gpu.tts_compile = _env_bool("VOICEFORGE_TTS_COMPILE", gpu.tts_compile)
+        gpu.tts_tf32 = _env_bool("VOICEFORGE_TTS_TF32", gpu.tts_tf32)
+        if os.environ.get("VOICEFORGE_TTS_CFM_STEPS"):
+            gpu.tts_cfm_steps = _env_int("VOICEFORGE_TTS_CFM_STEPS", 0)
+        gpu.tts_first_chunk_tokens = _env_int(
+            "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS", gpu.tts_first_chunk_tokens
+        )
+        gpu.tts_chunk_tokens = _env_int("VOICEFORGE_TTS_CHUNK_TOKENS", gpu.tts_chunk_tokens)
+        gpu.tts_max_tokens = _env_int("VOICEFORGE_TTS_MAX_TOKENS", gpu.tts_max_tokens)
+        gpu.tts_tokens_per_char = _env_float(
+            "VOICEFORGE_TTS_TOKENS_PER_CHAR", gpu.tts_tokens_per_char
+        )
         return gpu
 
 
@@ -108,6 +144,32 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = (os.environ.get(name) or "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be 1 or 0 (true/false), got {value!r}")
+
+
+MAX_TTS_TOKENS = 4000
+"""T3's speech position table holds 4096 positions (``max_speech_tokens``)."""
+MAX_CFM_STEPS = 50
+
+
 # --- start-up checks: each returns a problem (a sentence) or None -------------------
 
 
@@ -123,12 +185,12 @@ def check_cuda(gpu: GPUSettings) -> list[str]:
                 "with an NVIDIA GPU and driver (in Docker: --gpus all / a compose GPU "
                 "reservation), or set VOICEFORGE_WHISPER_DEVICE=cpu"
             )
-    if gpu.tts == "chatterbox" and gpu.tts_device == "cuda" and not gpu.remote_tts:
+    if gpu.tts in CHATTERBOX_ENGINES and gpu.tts_device == "cuda" and not gpu.remote_tts:
         import torch
 
         if not torch.cuda.is_available():
             problems.append(
-                f"torch {torch.__version__} sees no CUDA device (Chatterbox on cuda): install "
+                f"torch {torch.__version__} sees no CUDA device ({gpu.tts} on cuda): install "
                 "the CUDA build of torch (the Docker image has it) on a GPU machine, or set "
                 "VOICEFORGE_TTS_DEVICE=cpu"
             )
@@ -183,16 +245,75 @@ def check_tts(gpu: GPUSettings) -> list[str]:
     return []
 
 
+def check_tts_settings(gpu: GPUSettings) -> list[str]:
+    """Chatterbox's fast-path settings: in range, and CUDA-only ones on CUDA."""
+    if gpu.remote_tts or gpu.tts not in CHATTERBOX_ENGINES:
+        return []
+    problems = []
+    if gpu.tts_device != "cuda":
+        named = [
+            name
+            for name, on in (
+                ("VOICEFORGE_TTS_BF16", gpu.tts_bf16),
+                ("VOICEFORGE_TTS_TF32", gpu.tts_tf32),
+            )
+            if on
+        ]
+        if named:
+            problems.append(
+                f"{' and '.join(named)} need Chatterbox on cuda, not {gpu.tts_device!r}:"
+                " turn them off or set VOICEFORGE_TTS_DEVICE=cuda"
+            )
+    if gpu.tts_first_chunk_tokens < 5:
+        problems.append(
+            f"VOICEFORGE_TTS_FIRST_CHUNK_TOKENS={gpu.tts_first_chunk_tokens}: at least 5"
+            " (the vocoder's 8-frame cross-fade needs 4 tokens behind it)"
+        )
+    if gpu.tts_chunk_tokens < 1:
+        problems.append(f"VOICEFORGE_TTS_CHUNK_TOKENS={gpu.tts_chunk_tokens}: at least 1")
+    if gpu.tts_cfm_steps is not None and not 1 <= gpu.tts_cfm_steps <= MAX_CFM_STEPS:
+        problems.append(
+            f"VOICEFORGE_TTS_CFM_STEPS={gpu.tts_cfm_steps}: between 1 and {MAX_CFM_STEPS}"
+        )
+    if not gpu.tts_first_chunk_tokens < gpu.tts_max_tokens <= MAX_TTS_TOKENS:
+        problems.append(
+            f"VOICEFORGE_TTS_MAX_TOKENS={gpu.tts_max_tokens}: more than the first chunk's"
+            f" tokens and at most {MAX_TTS_TOKENS} (T3's position table)"
+        )
+    if not gpu.tts_tokens_per_char > 0:
+        problems.append(
+            f"VOICEFORGE_TTS_TOKENS_PER_CHAR={gpu.tts_tokens_per_char}: more than 0"
+        )
+    return problems
+
+
 def _module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (nor its parents: the
+    chatterbox package imports torch and Perth on import)."""
+    parent, _, leaf = name.rpartition(".")
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(parent or leaf)
     except ModuleNotFoundError:  # a parent package is missing
         return False
+    if spec is None or not parent:
+        return spec is not None
+    if "." in parent:
+        return _module_exists(parent) and importlib.util.find_spec(name) is not None
+    locations = spec.submodule_search_locations or []
+    return any(
+        (Path(folder) / f"{leaf}.py").is_file() or (Path(folder) / leaf).is_dir()
+        for folder in locations
+    )
 
 
 def validate(gpu: GPUSettings) -> None:
     """Every check, all problems reported at once. Raises ConfigurationError."""
-    problems = [*check_cuda(gpu), *check_llm_endpoint(gpu), *check_tts(gpu)]
+    problems = [
+        *check_cuda(gpu),
+        *check_llm_endpoint(gpu),
+        *check_tts(gpu),
+        *check_tts_settings(gpu),
+    ]
     if problems:
         listed = "\n".join(f"  - {problem}" for problem in problems)
         raise ConfigurationError(f"the gpu profile cannot start:\n{listed}")
@@ -231,6 +352,9 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
             max_batch_size=gpu.stt_max_batch,
         )
         done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}")
+        done = _timed(progress, "STT warm-up")
+        sizes = stt.warm_up()
+        done(f"batches of {' and '.join(map(str, sizes))} decoded")
 
     done = _timed(progress, f"LLM client ({gpu.llm_model})")
     remote = OpenAICompatLLM(gpu.llm_url, gpu.llm_model, api_key=gpu.llm_api_key)
@@ -244,6 +368,11 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
     done = _timed(progress, f"TTS ({gpu.tts})")
     tts = _build_tts(gpu, settings)
     done(f"{tts.name} at {tts.sample_rate} Hz")
+    warm_up = getattr(tts, "warm_up", None)
+    if warm_up is not None:
+        done = _timed(progress, "TTS warm-up (every voice, first and later chunks)")
+        chunks_by_voice = asyncio.run(warm_up())
+        done(", ".join(f"{voice}: {chunks} chunks" for voice, chunks in chunks_by_voice.items()))
     return Engines(stt=stt, llm=llm, tts=tts, vad=BatchedVADWorker(vad))
 
 
@@ -275,5 +404,14 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         # HiFT unless a trained Vocos is named (docs/vocos.md).
         vocoder=os.environ.get("VOICEFORGE_VOCODER") or "hift",
         vocos_weights=os.environ.get("VOICEFORGE_VOCOS_WEIGHTS") or None,
+        turbo=gpu.tts == "chatterbox-turbo",
+        bf16=gpu.tts_bf16,
+        compile=gpu.tts_compile,
+        tf32=gpu.tts_tf32,
+        cfm_steps=gpu.tts_cfm_steps,
+        first_chunk_tokens=gpu.tts_first_chunk_tokens,
+        chunk_tokens=gpu.tts_chunk_tokens,
+        max_new_tokens=gpu.tts_max_tokens,
+        tokens_per_char=gpu.tts_tokens_per_char,
     )
     return engine

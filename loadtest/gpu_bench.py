@@ -2,14 +2,18 @@
 
     python -m loadtest.gpu_bench --llm-url http://127.0.0.1:8001/v1 --llm-model llama-3.3-70b
     python -m loadtest.gpu_bench --skip-llm --tts-device cuda --json out/gpu-bench.json
+    python -m loadtest.gpu_bench --skip-llm --tts chatterbox-turbo
 
 LLM: ``--requests`` streamed chat completions (a voice-agent prompt), each timed
 from request to first token and to the end, sequentially; report p50/p95.
 TTS: each sentence synthesized twice — streamed through our engine
 (``pipeline.engines.chatterbox.ChatterboxTTS.synthesize``: time to the first
 chunk, total time) and whole through the library (``chatterbox.tts.ChatterboxTTS
-.generate``); real-time factor = synthesis time / audio duration (below 1 is
-faster than real time). Chatterbox is imported only when the TTS part runs.
+.generate``, or ``ChatterboxTurboTTS`` with ``--tts chatterbox-turbo``); real-time
+factor = synthesis time / audio duration (below 1 is faster than real time). The
+engine is warmed up first (``warm_up``, as the gpu profile does before ready), so
+the first sentence does not carry CUDA initialisation. Chatterbox is imported only
+when the TTS part runs.
 Print the machine (GPU model, driver) with the figures when you publish them.
 """
 
@@ -64,12 +68,13 @@ async def bench_llm(url: str, model: str, requests: int) -> dict[str, Any]:
     return {"first_token_ms": _percentiles(first), "total_ms": _percentiles(total)}
 
 
-async def bench_tts(device: str) -> dict[str, Any]:
+async def bench_tts(device: str, turbo: bool = False) -> dict[str, Any]:
     import numpy as np
 
-    from pipeline.engines.chatterbox import ChatterboxTTS  # type: ignore[import-not-found]
+    from pipeline.engines.chatterbox import ChatterboxTTS
 
-    engine = ChatterboxTTS(device=device)
+    engine = ChatterboxTTS(device=device, turbo=turbo)
+    warmed = await engine.warm_up()
     rows = []
     for sentence in SENTENCES:
         started = time.perf_counter()
@@ -81,7 +86,7 @@ async def bench_tts(device: str) -> dict[str, Any]:
             samples += len(chunk)
         streamed_s = time.perf_counter() - started
         audio_s = samples / engine.sample_rate
-        whole = _whole_rtf(sentence, device)
+        whole = _whole_rtf(sentence, device, turbo)
         rows.append({
             "sentence": sentence,
             "audio_s": audio_s,
@@ -90,19 +95,25 @@ async def bench_tts(device: str) -> dict[str, Any]:
             **whole,
         })  # fmt: skip
     mean_rtf = float(np.mean([row["streamed_rtf"] for row in rows]))
-    return {"sentences": rows, "mean_streamed_rtf": mean_rtf}
+    return {"engine": engine.name, "warmed_voices": warmed, "sentences": rows,
+            "mean_streamed_rtf": mean_rtf}  # fmt: skip
 
 
 _library_model: Any = None
 
 
-def _whole_rtf(sentence: str, device: str) -> dict[str, float]:
+def _whole_rtf(sentence: str, device: str, turbo: bool = False) -> dict[str, float]:
     """The library's own non-streaming generate(): first audio = all of it."""
     global _library_model
-    from chatterbox.tts import ChatterboxTTS as Library  # type: ignore[import-not-found]
-
     if _library_model is None:
-        _library_model = Library.from_pretrained(device=device)
+        if turbo:
+            from chatterbox.tts_turbo import ChatterboxTurboTTS
+
+            _library_model = ChatterboxTurboTTS.from_pretrained(device=device)
+        else:
+            from chatterbox.tts import ChatterboxTTS as Library
+
+            _library_model = Library.from_pretrained(device=device)
     started = time.perf_counter()
     wav = _library_model.generate(sentence)
     elapsed = time.perf_counter() - started
@@ -118,13 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--skip-tts", action="store_true")
     parser.add_argument("--tts-device", default="cuda")
+    parser.add_argument("--tts", choices=("chatterbox", "chatterbox-turbo"), default="chatterbox")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     if not args.skip_llm:
         results["llm"] = asyncio.run(bench_llm(args.llm_url, args.llm_model, args.requests))
     if not args.skip_tts:
-        results["tts"] = asyncio.run(bench_tts(args.tts_device))
+        turbo = args.tts == "chatterbox-turbo"
+        results["tts"] = asyncio.run(bench_tts(args.tts_device, turbo))
     text = json.dumps(results, indent=2)
     print(text)
     if args.json is not None:

@@ -31,6 +31,12 @@ echo "==> the Dockerfile's line: uv pip install --override docker/gpu-overrides.
 "$UV" pip compile pyproject.toml --extra gpu --override docker/gpu-overrides.txt \
   --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --quiet \
   -o "$work/resolved.txt"
-grep -E '^(torch|torchaudio|chatterbox-tts|vocos|faster-whisper|ctranslate2|transformers|numpy|onnxruntime)==' \
+grep -E '^(torch|torchaudio|chatterbox-tts|vocos|faster-whisper|ctranslate2|transformers|numpy|onnxruntime|setuptools|resemble-perth)==' \
   "$work/resolved.txt"
+# Perth's watermarker imports pkg_resources, gone from setuptools 82.
+setuptools_major=$(sed -n 's/^setuptools==\([0-9]*\)\..*/\1/p' "$work/resolved.txt")
+if [ -z "$setuptools_major" ] || [ "$setuptools_major" -ge 82 ]; then
+  echo "the resolution has no setuptools < 82: Perth's watermarker cannot import" >&2
+  exit 1
+fi
 echo "==> resolved $(grep -cE '^[a-z0-9]' "$work/resolved.txt") packages: OK"

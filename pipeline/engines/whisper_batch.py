@@ -125,6 +125,22 @@ class BatchedWhisperSTT:
             elapsed_ms=(time.perf_counter() - started) * 1000.0,
         )
 
+    def warm_up(self, seconds: float = 1.0) -> list[int]:
+        """Decode a batch of 1 and one of ``max_batch_size`` before the first call
+        (blocking, from the thread that builds the engines): CUDA kernels, cuBLAS
+        workspaces and the allocator's pools for the largest batch are then in place.
+        Returns the batch sizes decoded."""
+        if self._pipeline is None:
+            raise STTError(f"{self.name}: engine is closed", transient=False)
+        rng = np.random.default_rng(0)
+        clip = (0.05 * rng.standard_normal(int(seconds * PIPELINE_SAMPLE_RATE))).astype(
+            np.float32
+        )
+        sizes = sorted({1, self.max_batch_size})
+        for size in sizes:
+            self._executor.submit(self._transcribe_batch, [clip] * size).result()
+        return sizes
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._running is not None:
             return  # the running batch's completion starts the next one

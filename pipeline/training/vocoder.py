@@ -25,6 +25,7 @@ what ``ChatterboxTTS(vocoder="vocos", vocos_weights=...)`` loads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -39,6 +40,7 @@ import numpy as np
 import torch
 
 from pipeline.audio import read_wav_mono, resample
+from pipeline.engines.chatterbox.s3gen_stream import MEL_FRAMES_PER_TOKEN, aligned_prompt
 from pipeline.engines.chatterbox.vocos import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -191,6 +193,13 @@ def prepare_s3gen_pairs(
     Tokens come from S3Gen's speech tokenizer on the 16 kHz audio; the flow decoder
     predicts two mel frames per token, conditioned on another file of the same
     folder (the same speaker in LibriTTS's layout; the file itself when alone).
+
+    The prediction is ground-truth aligned (``_aligned_flow``): the flow starts from
+    the noise its own ODE maps to this file's real mel, not from fresh noise. A
+    mel sampled from fresh noise is another rendition of the tokens (other pitch
+    contour, other timbre details), and pairing it with this audio teaches the
+    vocoder to ignore its input; the aligned one keeps the recording's content and
+    carries the flow's own errors, which is what the vocoder must learn to undo.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     by_folder: dict[Path, list[Path]] = {}
@@ -210,24 +219,62 @@ def prepare_s3gen_pairs(
             wav16 = torch.from_numpy(resample(audio, SAMPLE_RATE, TOKENIZER_RATE))[None]
             tokens, _ = s3gen.tokenizer(wav16.to(s3gen.device))
             ref_audio = read_24k(reference)[: 10 * SAMPLE_RATE]
-            ref_dict = s3gen.embed_ref(torch.from_numpy(ref_audio), SAMPLE_RATE)
-            mel = s3gen(
-                tokens,
-                ref_wav=None,
-                ref_sr=None,
-                ref_dict=ref_dict,
-                finalize=True,
-                skip_vocoder=True,
-                n_cfm_timesteps=cfm_steps,
-            )
+            # An odd-length reference leaves one prompt frame over two per token;
+            # the flow would then start its output a frame late (one frame short).
+            ref_dict = aligned_prompt(s3gen.embed_ref(torch.from_numpy(ref_audio), SAMPLE_RATE))
+            samples = MEL_FRAMES_PER_TOKEN * tokens.shape[1] * HOP_LENGTH
+            real = torch.from_numpy(np.pad(audio, (0, max(0, samples - audio.size)))[:samples])
+            real_mel = mel_features(real[None].to(s3gen.device))[:, :, : samples // HOP_LENGTH]
+            with _aligned_flow(s3gen, ref_dict["prompt_feat"], real_mel):
+                mel = s3gen(
+                    tokens,
+                    ref_wav=None,
+                    ref_sr=None,
+                    ref_dict=ref_dict,
+                    finalize=True,
+                    skip_vocoder=True,
+                    n_cfm_timesteps=cfm_steps,
+                )
         mel = mel[0].float().cpu()
-        samples = mel.shape[-1] * HOP_LENGTH
-        real = torch.from_numpy(np.pad(audio, (0, max(0, samples - audio.size)))[:samples])
         torch.save({"mel": mel, "audio": real.clone()}, target)
         if (index + 1) % 50 == 0 or index + 1 == len(files):
             rate = (index + 1) / max(time.monotonic() - started, 1e-9)
             progress(f"s3gen mel {index + 1}/{len(files)} files ({rate:.2f} files/s)")
     return pairs
+
+
+@contextlib.contextmanager
+def _aligned_flow(s3gen: Any, prompt_feat: torch.Tensor, real_mel: torch.Tensor) -> Iterator[None]:
+    """While inside, S3Gen's flow solves from the noise that leads to ``real_mel``.
+
+    The library's Euler solver, run over each step backwards from the real mel
+    (``[prompt | real_mel]``: the prompt region's data is the prompt's own mel),
+    inverts the ODE (the velocity taken at the later time, as DDIM inversion does);
+    the forward solve from that noise is the flow's aligned prediction.
+    """
+    decoder = s3gen.flow.decoder
+    solve = decoder.solve_euler
+    data = torch.cat([prompt_feat.transpose(1, 2).to(real_mel), real_mel], dim=2)
+
+    def solve_from_inverted_noise(
+        x: torch.Tensor, t_span: torch.Tensor, mu: torch.Tensor, mask: torch.Tensor,
+        spks: torch.Tensor, cond: torch.Tensor, meanflow: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        if data.shape != x.shape:
+            shapes = f"{tuple(data.shape)} vs the flow's {tuple(x.shape)}"
+            raise ValueError(f"the real mel does not match the flow's frames: {shapes}")
+        noise = data.to(x)
+        for later, earlier in zip(t_span.flip(0)[:-1], t_span.flip(0)[1:], strict=True):
+            step = torch.stack([later, earlier])
+            noise = solve(noise, t_span=step, mu=mu, mask=mask, spks=spks, cond=cond)
+        result: torch.Tensor = solve(noise, t_span=t_span, mu=mu, mask=mask, spks=spks, cond=cond)
+        return result
+
+    decoder.solve_euler = solve_from_inverted_noise
+    try:
+        yield
+    finally:
+        del decoder.solve_euler  # the class's method again
 
 
 def _discriminators() -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -309,3 +309,81 @@ def test_bad_checkpoint_and_settings(tmp_path: Path) -> None:
         ChatterboxTTS(tmp_path, device="cpu", first_chunk_tokens=2)
     with pytest.raises(ConfigurationError, match="bf16"):
         ChatterboxTTS(tmp_path, device="cpu", bf16=True)
+    with pytest.raises(ConfigurationError, match="tf32"):
+        ChatterboxTTS(tmp_path, device="cpu", tf32=True)
+    with pytest.raises(ConfigurationError, match="tokens_per_char"):
+        ChatterboxTTS(tmp_path, device="cpu", tokens_per_char=0)
+
+
+def test_seeded_noise_is_drawn_on_the_generators_device(
+    tiny: TinyChatterbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA draws with a CUDA generator only on the GPU: ``torch.randn(...,
+    generator=cuda_generator)`` without ``device`` raises there. On CPU the rule is
+    imitated: the draw must name the generator's device."""
+    import torch
+
+    from pipeline.engines.chatterbox import s3gen_stream
+
+    real_randn = torch.randn
+    draws: list[str] = []
+
+    class ElsewhereGenerator:
+        """A seeded generator that says it lives on another device than S3Gen."""
+
+        device = torch.device("meta")
+
+        def __init__(self) -> None:
+            self.cpu = torch.Generator().manual_seed(5)
+
+    def strict_randn(*size: int, generator: Any = None, device: Any = None, **kw: Any) -> Any:
+        if generator is not None:
+            if torch.device(device or "cpu") != generator.device:
+                raise RuntimeError(
+                    f"Expected a '{torch.device(device or 'cpu').type}' device type for"
+                    f" generator but found '{generator.device.type}'"
+                )
+            draws.append(str(device))
+            return real_randn(*size, generator=generator.cpu, **kw)
+        return real_randn(*size, device=device, **kw)
+
+    monkeypatch.setattr(s3gen_stream.torch, "randn", strict_randn)
+    model = tiny.engine._model
+    stream = s3gen_stream.S3GenStream(
+        model.s3gen,
+        tiny.engine._voices["default"].ref_dict,
+        max_tokens=10,
+        generator=ElsewhereGenerator(),  # type: ignore[arg-type]
+    )
+    assert draws == ["meta"]
+    assert stream._noise.device == model.s3gen.device
+    assert torch.isfinite(stream._noise).all()
+
+
+async def test_a_missed_stop_token_stops_at_the_text_length_cap(tiny: TinyChatterbox) -> None:
+    """The tiny model never samples its stop token: a short text must still end
+    after a few seconds of tokens, not at max_new_tokens."""
+    engine = tiny.engine
+    engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
+    try:
+        cap = engine.token_cap("Hi.")
+        assert cap == 50 + 4 * len("Hi.")
+        chunks = await _collect(engine, "Hi.")
+        progress = engine.last_progress
+        assert progress.finished
+        # T3 took `cap` steps; the special tokens among them (random weights sample
+        # some) are dropped, as the library drops them.
+        assert cap // 2 < progress.tokens <= cap
+        assert sum(chunk.audio.size for chunk in chunks) == 960 * progress.tokens
+        # A long text is held to max_new_tokens.
+        assert engine.token_cap("word " * 200) == 400
+    finally:
+        engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=45)
+
+
+async def test_warm_up_runs_every_voice_through_both_chunk_paths(tiny: TinyChatterbox) -> None:
+    engine = tiny.engine
+    warmed = await engine.warm_up()
+    assert list(warmed) == ["default", "alice", "bob"]
+    # First chunk, at least one later chunk, the final flush.
+    assert min(warmed.values()) >= 3, warmed

@@ -96,3 +96,75 @@ def write_checkpoint(folder: Path, voice_wav: Path) -> Any:
     model.prepare_conditionals(str(voice_wav), exaggeration=0.5)
     save_checkpoint(model, folder, tokenizer_json=tokenizer_json)
     return config
+
+
+TINY_GPT2 = "voiceforge_test_tiny_gpt2"
+
+
+def tiny_turbo_t3_config() -> Any:
+    """Turbo's T3 hyper-parameters (``ChatterboxTurboTTS.from_local``), on a 2-layer GPT-2."""
+    from chatterbox.models.t3.llama_configs import GPT2_MEDIUM_CONFIG, LLAMA_CONFIGS
+    from chatterbox.models.t3.modules.t3_config import T3Config
+
+    LLAMA_CONFIGS[TINY_GPT2] = {
+        **GPT2_MEDIUM_CONFIG,
+        "n_embd": 64,
+        "hidden_size": 64,
+        "n_head": 4,
+        "n_layer": 2,
+        "n_positions": 2048,
+        "n_ctx": 2048,
+        "vocab_size": 704,
+    }
+    config = T3Config(text_tokens_dict_size=704)
+    config.llama_config_name = TINY_GPT2
+    config.speech_tokens_dict_size = 6563
+    config.input_pos_emb = None
+    config.speech_cond_prompt_len = 30
+    config.use_perceiver_resampler = False
+    config.emotion_adv = False
+    return config
+
+
+def write_turbo_checkpoint(folder: Path, voice_wav: Path) -> Any:
+    """A Turbo checkpoint folder (``from_local``'s files) with random weights; its T3Config.
+
+    ``voice_wav`` must be longer than 5 s (Turbo's ``prepare_conditionals`` insists).
+    """
+    import torch
+    from chatterbox.models.s3gen import S3Gen
+    from chatterbox.models.t3 import T3
+    from chatterbox.models.voice_encoder import VoiceEncoder
+    from chatterbox.tts_turbo import ChatterboxTurboTTS
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from pipeline.engines.chatterbox.loading import _unshared
+
+    torch.manual_seed(0)
+    config = tiny_turbo_t3_config()
+    folder.mkdir(parents=True, exist_ok=True)
+    characters = Tokenizer.from_file(str(write_tokenizer(folder.parent / "turbo-chars.json")))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=characters, eos_token="[STOP]", pad_token="[STOP]", unk_token="[UNK]"
+    )
+    tokenizer.save_pretrained(folder)
+    t3 = T3(config).eval()
+    with torch.no_grad():
+        # As in write_checkpoint: sharp logits, and a stop token never sampled.
+        t3.speech_head.weight.mul_(4.0)
+        t3.speech_head.weight[config.stop_speech_token].zero_()
+        t3.speech_head.bias[config.stop_speech_token] = -1e4
+    model = ChatterboxTurboTTS(
+        t3, S3Gen(meanflow=True).eval(), VoiceEncoder().eval(), tokenizer, "cpu"
+    )
+    # Loudness normalisation multiplies float32 audio by a numpy float64 gain, which
+    # numpy 2 (this test environment; the GPU image has 1.26) promotes to float64,
+    # and the S3 tokenizer then fails on it: the random voice is left as it is.
+    model.prepare_conditionals(str(voice_wav), norm_loudness=False)
+    save_file(_unshared(t3.state_dict()), folder / "t3_turbo_v1.safetensors")
+    save_file(_unshared(model.s3gen.state_dict()), folder / "s3gen_meanflow.safetensors")
+    save_file(_unshared(model.ve.state_dict()), folder / "ve.safetensors")
+    model.conds.save(folder / "conds.pt")
+    return config

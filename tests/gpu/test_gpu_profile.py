@@ -14,8 +14,16 @@ from pathlib import Path
 
 import pytest
 
+import agent.gpu as agent_gpu
 from agent.config import Settings
-from agent.gpu import GPUSettings, build_gpu, check_cuda, check_llm_endpoint, check_tts
+from agent.gpu import (
+    GPUSettings,
+    build_gpu,
+    check_cuda,
+    check_llm_endpoint,
+    check_tts,
+    check_tts_settings,
+)
 from pipeline import models
 from pipeline.engines.base import ChatMessage
 from pipeline.errors import ConfigurationError
@@ -72,6 +80,11 @@ def test_a_missing_or_unknown_tts_engine_is_a_clear_problem(
         missing
     )
     assert "VOICEFORGE_TTS=piper" in missing
+    # Chatterbox-Turbo is an engine of its own name, checked the same way.
+    assert check_tts(GPUSettings(tts="chatterbox-turbo")) == []
+    turbo_on_cuda = check_cuda(GPUSettings(whisper_device="cpu", tts="chatterbox-turbo"))
+    assert turbo_on_cuda and "(chatterbox-turbo on cuda)" in turbo_on_cuda[0]
+    assert check_tts_settings(GPUSettings(tts="chatterbox-turbo", tts_first_chunk_tokens=2))
     # Speech from a remote /v1/audio/speech needs no local TTS, installed or on CUDA.
     remote = GPUSettings(tts="chatterbox", remote_tts=True)
     assert check_tts(remote) == []
@@ -129,6 +142,20 @@ async def test_the_profile_builds_on_cpu_and_routes_each_call(
             whisper_model=str(models.whisper_model_dir()),
         )
         lines: list[str] = []
+        warmed: list[str] = []
+
+        def build_warmed_tts(gpu: GPUSettings, settings: Settings) -> object:
+            tts = build_tts(gpu, settings)
+
+            async def warm_up() -> dict[str, int]:
+                warmed.append(tts.name)
+                return {"default": 3}
+
+            tts.warm_up = warm_up  # type: ignore[attr-defined]
+            return tts
+
+        build_tts = agent_gpu._build_tts
+        monkeypatch.setattr(agent_gpu, "_build_tts", build_warmed_tts)
         engines = await asyncio.to_thread(build_gpu, settings, lines.append)
         try:
             assert engines.stt.name.startswith("faster-whisper-batched:")
@@ -145,6 +172,55 @@ async def test_the_profile_builds_on_cpu_and_routes_each_call(
     assert "x-call" not in warm_up.headers and warm_up.body["max_tokens"] == 1
     assert routed.headers["x-call"] == "sess_42"
     assert any("routing header x-call" in line for line in lines)
+    # Warmed up before the builder returns, i.e. before /readyz: one STT batch of 1
+    # and one of the maximum, and the TTS's own warm-up.
+    assert any("batches of 1 and 8 decoded" in line for line in lines), lines
+    assert warmed and any("default: 3 chunks" in line for line in lines), lines
+
+
+def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = GPUSettings.from_settings(Settings(profile="gpu"))
+    assert (defaults.tts_bf16, defaults.tts_compile, defaults.tts_tf32) == (False, False, False)
+    # No CFM steps named: the engine's own (10; Turbo's mean-flow decoder 2).
+    assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (None, 1000)
+    assert check_tts_settings(defaults) == []
+    for name, value in {
+        "VOICEFORGE_TTS_BF16": "1",
+        "VOICEFORGE_TTS_COMPILE": "true",
+        "VOICEFORGE_TTS_TF32": "on",
+        "VOICEFORGE_TTS_CFM_STEPS": "6",
+        "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS": "8",
+        "VOICEFORGE_TTS_CHUNK_TOKENS": "20",
+        "VOICEFORGE_TTS_MAX_TOKENS": "600",
+        "VOICEFORGE_TTS_TOKENS_PER_CHAR": "3.5",
+    }.items():
+        monkeypatch.setenv(name, value)
+    fast = GPUSettings.from_settings(Settings(profile="gpu"))
+    assert (fast.tts_bf16, fast.tts_compile, fast.tts_tf32) == (True, True, True)
+    assert (fast.tts_cfm_steps, fast.tts_first_chunk_tokens, fast.tts_chunk_tokens) == (6, 8, 20)
+    assert (fast.tts_max_tokens, fast.tts_tokens_per_char) == (600, 3.5)
+    assert check_tts_settings(fast) == []
+    fast.tts_device = "cpu"
+    [cpu] = check_tts_settings(fast)
+    assert "VOICEFORGE_TTS_BF16 and VOICEFORGE_TTS_TF32 need Chatterbox on cuda" in cpu
+
+    bad = GPUSettings(
+        tts_first_chunk_tokens=2, tts_chunk_tokens=0, tts_cfm_steps=0,
+        tts_max_tokens=5000, tts_tokens_per_char=0.0,
+    )  # fmt: skip
+    problems = " | ".join(check_tts_settings(bad))
+    for name in ("FIRST_CHUNK_TOKENS=2", "CHUNK_TOKENS=0", "CFM_STEPS=0", "MAX_TOKENS=5000",
+                 "TOKENS_PER_CHAR=0.0"):  # fmt: skip
+        assert f"VOICEFORGE_TTS_{name}" in problems
+    monkeypatch.setenv("VOICEFORGE_TTS_BF16", "maybe")
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_BF16 must be 1 or 0"):
+        GPUSettings.from_settings(Settings(profile="gpu"))
+    monkeypatch.setenv("VOICEFORGE_TTS_BF16", "0")
+    monkeypatch.setenv("VOICEFORGE_TTS_CFM_STEPS", "2.5")
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_CFM_STEPS must be a whole"):
+        GPUSettings.from_settings(Settings(profile="gpu"))
 
 
 def test_gpu_is_a_known_profile() -> None:

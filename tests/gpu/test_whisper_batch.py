@@ -72,3 +72,18 @@ async def test_silence_and_empty_audio_are_nothing_and_long_turns_are_split(
     transcript = await stt.transcribe(long_turn)
     assert "france" in transcript.text.lower()
     assert transcript.audio_ms == pytest.approx(len(long_turn) / 16.0)
+
+
+def test_warm_up_decodes_a_batch_of_one_and_of_the_maximum(
+    stt: BatchedWhisperSTT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[int] = []
+    transcribe = stt._pipeline.transcribe
+
+    def spy(*args: object, **kwargs: object) -> object:
+        decoded.append(int(kwargs["batch_size"]))  # type: ignore[call-overload]
+        return transcribe(*args, **kwargs)
+
+    monkeypatch.setattr(stt._pipeline, "transcribe", spy)
+    assert stt.warm_up(seconds=0.5) == [1, 8]
+    assert decoded == [1, 8]

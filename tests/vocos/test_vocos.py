@@ -352,3 +352,90 @@ def test_voiceforge_train_vocoder_command(trained: Trained, tmp_path: Path) -> N
     assert main(arguments) == 0
     assert load_vocos(out / "vocos").config == VocosConfig(32, 64, 1)
     assert main(["train-vocoder", str(tmp_path / "empty"), "--out", str(out)]) == 2
+
+
+@pytest.fixture(scope="module")
+def random_s3gen() -> Any:
+    from chatterbox.models.s3gen import S3Gen
+
+    torch.manual_seed(0)
+    return S3Gen().eval()
+
+
+def test_s3gen_pairs_with_an_odd_length_reference_are_frame_aligned(
+    random_s3gen: Any, tmp_path: Path
+) -> None:
+    """A reference whose mel has one frame more than twice its tokens (25440
+    samples: 53 frames, 26 tokens) made the flow cut its output one frame late:
+    the mel was 2·T − 1 frames, its frame j the audio's frame j + 1. The pair must
+    be 2 frames per token, starting with the file's first frame."""
+    from chatterbox.models.s3gen import S3Gen
+
+    from pipeline.audio import resample
+    from pipeline.training.vocoder import TOKENIZER_RATE, prepare_s3gen_pairs, read_24k
+
+    torch.manual_seed(0)
+    s3gen = S3Gen().eval()
+    wav = tmp_path / "speaker" / "odd.wav"
+    wav.parent.mkdir()
+    rng = np.random.default_rng(3)
+    soundfile.write(wav, (0.1 * rng.standard_normal(25_440)).astype(np.float32), SAMPLE_RATE)
+    with torch.inference_mode():
+        reference = s3gen.embed_ref(torch.from_numpy(read_24k(wav)), SAMPLE_RATE)
+        assert reference["prompt_feat"].shape[1] == 2 * reference["prompt_token"].shape[1] + 1
+        wav16 = torch.from_numpy(
+            resample(read_24k(wav), SAMPLE_RATE, TOKENIZER_RATE)
+        )[None]
+        tokens, _ = s3gen.tokenizer(wav16)
+    [path] = prepare_s3gen_pairs(
+        [wav], s3gen, tmp_path / "pairs", cfm_steps=2, progress=lambda line: None
+    )
+    pair = torch.load(path)
+    assert pair["mel"].shape[-1] == 2 * tokens.shape[1]
+    assert pair["audio"].shape == (2 * tokens.shape[1] * HOP_LENGTH,)
+    # The real audio from its first sample (zero-padded to the tokens' length).
+    real = torch.from_numpy(read_24k(wav))
+    assert torch.equal(pair["audio"][: real.shape[0]], real)
+    assert not pair["audio"][real.shape[0] :].any()
+
+
+def test_s3gen_pairs_follow_the_real_audio_not_a_fresh_sample(
+    random_s3gen: Any, tmp_path: Path
+) -> None:
+    """Stage 2 pairs the flow's mel with the real audio, so the mel must be the
+    flow's rendition of *this* recording (solved from the noise its ODE maps to
+    the real mel), not an independent sample of the same tokens."""
+    from pipeline.audio import resample
+    from pipeline.engines.chatterbox.s3gen_stream import aligned_prompt
+    from pipeline.training.vocoder import TOKENIZER_RATE, prepare_s3gen_pairs, read_24k
+
+    s3gen = random_s3gen
+    folder = tmp_path / "speaker"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    t = np.arange(int(1.2 * SAMPLE_RATE)) / SAMPLE_RATE
+    for name, pitch in (("a.wav", 120.0), ("b.wav", 190.0)):
+        tone = sum(np.sin(2 * np.pi * k * pitch * t) / k for k in range(1, 6)) * 0.2
+        noisy = tone + 0.01 * rng.standard_normal(t.size)
+        soundfile.write(folder / name, noisy.astype(np.float32), SAMPLE_RATE)
+    [first, _] = prepare_s3gen_pairs(
+        [folder / "a.wav", folder / "b.wav"], s3gen, tmp_path / "pairs", cfm_steps=2,
+        progress=lambda line: None,
+    )  # fmt: skip
+    assert "solve_euler" not in vars(s3gen.flow.decoder), "the solver hook outlived the pairs"
+    pair = torch.load(first)
+    real_mel = mel_features(pair["audio"][None])[0, :, : pair["mel"].shape[-1]]
+
+    # The same tokens and prompt, solved from fresh noise: what the pairs were before.
+    with torch.inference_mode():
+        wav16 = resample(read_24k(folder / "a.wav"), SAMPLE_RATE, TOKENIZER_RATE)
+        tokens, _ = s3gen.tokenizer(torch.from_numpy(wav16)[None])
+        reference = torch.from_numpy(read_24k(folder / "b.wav"))
+        ref_dict = aligned_prompt(s3gen.embed_ref(reference, SAMPLE_RATE))
+        sampled = s3gen(
+            tokens, ref_wav=None, ref_sr=None, ref_dict=ref_dict, finalize=True,
+            skip_vocoder=True, n_cfm_timesteps=2,
+        )[0]  # fmt: skip
+    aligned_error = float((pair["mel"] - real_mel).abs().mean())
+    sampled_error = float((sampled - real_mel).abs().mean())
+    assert aligned_error < 0.5 * sampled_error, (aligned_error, sampled_error)

@@ -11,6 +11,8 @@ progress: the generator is closed on the same thread, so nothing runs after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,14 +24,21 @@ import torch
 
 from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
-from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
-from pipeline.engines.chatterbox.t3_stream import SamplingSettings, speech_tokens
+from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, aligned_prompt
+from pipeline.engines.chatterbox.t3_stream import (
+    SamplingSettings,
+    speech_tokens,
+    turbo_speech_tokens,
+)
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
 from pipeline.engines.threaded import iterate_in_thread, pick_voice
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
 SAMPLE_RATE = 24_000
+S3GEN_SILENCE_TOKEN = 4299
+"""``chatterbox.models.s3gen.const.S3GEN_SIL``."""
+WARM_UP_TEXT = "Hello, thanks for calling. This sentence warms the voice up before the first call."
 
 
 @dataclass(slots=True)
@@ -77,17 +86,22 @@ class ChatterboxTTS:
         min_p: float = 0.05,
         repetition_penalty: float = 1.2,
         max_new_tokens: int = 1000,
+        tokens_per_char: float = 4.0,
+        token_allowance: int = 50,
         first_chunk_tokens: int = 10,
         chunk_tokens: int = 25,
         left_context_tokens: int = 50,
-        cfm_steps: int = 10,
+        cfm_steps: int | None = None,
         watermark: bool = False,
         bf16: bool = False,
         compile: bool = False,
+        tf32: bool = False,
         seed: int | None = None,
         t3_config: Any = None,
         vocoder: str = "hift",
         vocos_weights: str | Path | None = None,
+        turbo: bool = False,
+        top_k: int = 1000,
     ) -> None:
         """Load Chatterbox and prepare every voice of the library.
 
@@ -99,32 +113,54 @@ class ChatterboxTTS:
         chunk; the first chunk is decoded once ``first_chunk_tokens`` + 3
         lookahead tokens exist. ``left_context_tokens``: decoded tokens S3Gen sees
         again before each chunk. ``cfm_steps``: flow-matching steps (the library
-        uses 10). ``watermark``: Perth watermark on every chunk; a watermarker that
+        uses 10). ``tokens_per_char`` / ``token_allowance``: an utterance stops
+        after ``token_allowance + tokens_per_char × characters`` speech tokens (or
+        ``max_new_tokens``, whichever is less) even when T3 never samples its stop
+        token: English T3 has no alignment analyser, and a missed stop would
+        otherwise babble for ``max_new_tokens`` (40 s at 1000) and hold the worker.
+        4 tokens a character is 6 characters a second, slower than slow speech.
+        ``watermark``: Perth watermark on every chunk; a watermarker that
         cannot load is a ModelLoadError. ``bf16``: T3 in bfloat16 (S3Gen stays
         float32). ``compile``: ``torch.compile`` the T3 backbone and the flow
-        estimator. ``t3_config``: a ``T3Config`` for checkpoints that are not the
-        default size. ``vocoder``: ``"hift"`` (the library's, the default) or
-        ``"vocos"`` (Vocos trained for S3Gen's mel, loaded from ``vocos_weights``:
-        a local folder or a hub id; see docs/vocos.md).
+        estimator. ``tf32``: TensorFloat-32 matmuls and convolutions on CUDA
+        (process-wide torch switches). ``t3_config``: a ``T3Config`` for
+        checkpoints that are not the default size. ``vocoder``: ``"hift"`` (the
+        library's, the default) or ``"vocos"`` (Vocos trained for S3Gen's mel,
+        loaded from ``vocos_weights``: a local folder or a hub id; see docs/vocos.md).
+        ``turbo``: Chatterbox-Turbo (``chatterbox.tts_turbo``: a GPT-2 T3 without
+        CFG, sampled with ``top_k`` / ``top_p`` / temperature / repetition penalty,
+        and S3Gen's 2-step mean-flow decoder; ``cfg_weight``, ``min_p`` and
+        ``exaggeration`` do not apply; ``cfm_steps`` defaults to 2, not 10; the hub's
+        ``ResembleAI/chatterbox-turbo`` when ``checkpoint_dir`` is None).
         """
         if first_chunk_tokens < 5 or chunk_tokens < 1:
             raise ConfigurationError(
                 "Chatterbox chunks need first_chunk_tokens >= 5 (HiFT's 8-frame overlap)"
                 " and chunk_tokens >= 1"
             )
+        if cfm_steps is None:
+            cfm_steps = 2 if turbo else 10
         if left_context_tokens < 0 or cfm_steps < 1 or max_new_tokens < 1:
             raise ConfigurationError(
                 "left_context_tokens must be >= 0, cfm_steps and max_new_tokens >= 1"
             )
+        if tokens_per_char <= 0 or token_allowance < 0:
+            raise ConfigurationError("tokens_per_char must be > 0 and token_allowance >= 0")
         if vocoder not in VOCODERS:
             raise ConfigurationError(
                 f"unknown vocoder {vocoder!r}: choose one of {', '.join(VOCODERS)}"
             )
         if vocoder == "vocos" and vocos_weights is None:
             raise ConfigurationError("vocoder='vocos' needs vocos_weights (a folder or hub id)")
-        if bf16 and not device.startswith("cuda"):
-            raise ConfigurationError("bf16 is for CUDA devices; run float32 on CPU")
-        self.name = f"chatterbox:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
+        if (bf16 or tf32) and not device.startswith("cuda"):
+            raise ConfigurationError("bf16 and tf32 are for CUDA devices; run float32 on CPU")
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.turbo = turbo
+        self.top_k = top_k
+        variant = "chatterbox-turbo" if turbo else "chatterbox"
+        self.name = f"{variant}:{Path(checkpoint_dir).name if checkpoint_dir else 'hub'}"
         self.exaggeration = exaggeration
         self.sampling = SamplingSettings(
             temperature=temperature,
@@ -134,6 +170,8 @@ class ChatterboxTTS:
             cfg_weight=cfg_weight,
             max_new_tokens=max_new_tokens,
         )
+        self.tokens_per_char = tokens_per_char
+        self.token_allowance = token_allowance
         self.first_chunk_tokens = first_chunk_tokens
         self.chunk_tokens = chunk_tokens
         self.left_context_tokens = left_context_tokens
@@ -180,7 +218,9 @@ class ChatterboxTTS:
         library: dict[str, Path],
         compile: bool,
     ) -> None:
-        self._model = load_chatterbox(checkpoint_dir, device, t3_config=t3_config)
+        self._model = load_chatterbox(
+            checkpoint_dir, device, t3_config=t3_config, turbo=self.turbo
+        )
         model = self._model
         if self._bf16:
             model.t3.to(dtype=torch.bfloat16)
@@ -209,7 +249,7 @@ class ChatterboxTTS:
             cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
             emotion_adv=self.exaggeration * torch.ones(1, 1, 1),
         ).to(device=self._model.device, dtype=torch.bfloat16 if self._bf16 else None)
-        return _Voice(t3_cond=t3_cond, ref_dict=_aligned_prompt(conds.gen))
+        return _Voice(t3_cond=t3_cond, ref_dict=aligned_prompt(conds.gen))
 
     # -- the voice library ------------------------------------------------------------
 
@@ -269,8 +309,20 @@ class ChatterboxTTS:
         finally:
             await chunks.aclose()
 
+    def token_cap(self, text: str) -> int:
+        """The most speech tokens ``text`` may take (see ``tokens_per_char``)."""
+        from chatterbox.tts import punc_norm
+
+        by_length = self.token_allowance + math.ceil(self.tokens_per_char * len(punc_norm(text)))
+        return min(self.sampling.max_new_tokens, by_length)
+
     def _stream(
-        self, text: str, voice: _Voice, progress: SynthesisProgress
+        self,
+        text: str,
+        voice: _Voice,
+        progress: SynthesisProgress,
+        *,
+        max_tokens: int | None = None,
     ) -> Generator[StreamedChunk, None, None]:
         """The worker-thread side: T3 tokens in, audio chunks out."""
         from chatterbox.tts import punc_norm
@@ -279,14 +331,14 @@ class ChatterboxTTS:
         generator = None
         if self._seed is not None:
             generator = torch.Generator(device=model.device).manual_seed(self._seed)
-        text_tokens = model.tokenizer.text_to_tokens(punc_norm(text))
-        hp = model.t3.hp
-        text_tokens = torch.nn.functional.pad(text_tokens, (1, 0), value=hp.start_text_token)
-        text_tokens = torch.nn.functional.pad(text_tokens, (0, 1), value=hp.stop_text_token)
+        sampling = dataclasses.replace(
+            self.sampling, max_new_tokens=max_tokens or self.token_cap(text)
+        )
+        text_tokens = self._text_tokens(punc_norm(text))
         stream = S3GenStream(
             model.s3gen,
             voice.ref_dict,
-            max_tokens=self.sampling.max_new_tokens,
+            max_tokens=sampling.max_new_tokens,
             cfm_steps=self.cfm_steps,
             left_context_tokens=self.left_context_tokens,
             generator=generator,
@@ -294,23 +346,50 @@ class ChatterboxTTS:
         )
         tokens = progress.speech_tokens
         chunk_size = self.first_chunk_tokens
-        for token in speech_tokens(
-            model.t3,
-            voice.t3_cond,
-            text_tokens,
-            self.sampling,
-            backbone=self._backbone,
-            generator=generator,
-        ):
+        if self.turbo:
+            sampled = turbo_speech_tokens(
+                model.t3,
+                voice.t3_cond,
+                text_tokens,
+                sampling,
+                top_k=self.top_k,
+                backbone=self._backbone,
+                generator=generator,
+            )
+        else:
+            sampled = speech_tokens(
+                model.t3,
+                voice.t3_cond,
+                text_tokens,
+                sampling,
+                backbone=self._backbone,
+                generator=generator,
+            )
+        for token in sampled:
             tokens.append(token)
             progress.tokens = len(tokens)
             if len(tokens) >= stream.decoded_tokens + chunk_size + stream.lookahead_tokens:
                 yield self._chunk(stream.decode(tokens, final=False), len(tokens), progress)
                 chunk_size = self.chunk_tokens
-        last = self._chunk(stream.decode(tokens, final=True), len(tokens), progress)
+        # Turbo ends every utterance on 3 of S3Gen's silence tokens, as its library does.
+        tail = [S3GEN_SILENCE_TOKEN] * 3 if self.turbo else []
+        last = self._chunk(stream.decode([*tokens, *tail], final=True), len(tokens), progress)
         progress.finished = True
         if last.audio.size:
             yield last
+
+    def _text_tokens(self, text: str) -> torch.Tensor:
+        """(1, T) text tokens as the library's ``generate`` makes them."""
+        model = self._model
+        if self.turbo:
+            encoded = model.tokenizer(text, return_tensors="pt", padding=True, truncation=True)
+            ids: torch.Tensor = encoded.input_ids
+            return ids
+        hp = model.t3.hp
+        framed = torch.nn.functional.pad(
+            model.tokenizer.text_to_tokens(text), (1, 0), value=hp.start_text_token
+        )
+        return torch.nn.functional.pad(framed, (0, 1), value=hp.stop_text_token)
 
     def _chunk(self, audio: FloatAudio, tokens: int, progress: SynthesisProgress) -> StreamedChunk:
         if self._watermarker is not None and audio.size:
@@ -320,6 +399,28 @@ class ChatterboxTTS:
         progress.samples += int(audio.size)
         return StreamedChunk(audio=audio, tokens=tokens)
 
+    async def warm_up(self) -> dict[str, int]:
+        """Synthesise with every voice once, through the first chunk, a later chunk
+        and the final flush, so the first caller pays no lazy initialisation
+        (CUDA kernels, cuDNN autotuning, ``torch.compile``). Returns the chunks each
+        voice gave: at least 3 unless T3 stopped early (the text is long enough that a
+        trained model does not)."""
+        # Room for a second chunk even when some steps sample special tokens.
+        tokens = self.first_chunk_tokens + 2 * self.chunk_tokens + 3
+        chunks_by_voice = {}
+        for name, voice in list(self._voices.items()):
+            progress = SynthesisProgress()
+            chunks = iterate_in_thread(
+                self._executor,
+                self._stream(WARM_UP_TEXT, voice, progress, max_tokens=tokens),
+                self.name,
+            )
+            try:
+                chunks_by_voice[name] = len([chunk async for chunk in chunks])
+            finally:
+                await chunks.aclose()
+        return chunks_by_voice
+
     async def wait_idle(self) -> None:
         """Return once the worker has finished what was queued (a closed stream's last chunk)."""
         await asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
@@ -328,19 +429,3 @@ class ChatterboxTTS:
         """Wait for the synthesis in progress, then release the models."""
         self._executor.shutdown(wait=True)
         self._voices.clear()
-
-
-def _aligned_prompt(ref_dict: dict[str, Any]) -> dict[str, Any]:
-    """The voice prompt with exactly two mel frames per prompt token.
-
-    ``embed_ref`` can leave one mel frame more than twice the tokens (odd-length
-    references); the flow then returns one frame fewer than twice the new tokens,
-    which would shift every streamed chunk. Dropping the odd frame keeps 2:1.
-    """
-    tokens = min(int(ref_dict["prompt_token"].shape[1]), int(ref_dict["prompt_feat"].shape[1]) // 2)
-    aligned = dict(ref_dict)
-    aligned["prompt_token"] = ref_dict["prompt_token"][:, :tokens]
-    aligned["prompt_token_len"] = torch.tensor([tokens], device=ref_dict["prompt_token"].device)
-    aligned["prompt_feat"] = ref_dict["prompt_feat"][:, : 2 * tokens]
-    aligned["prompt_feat_len"] = None
-    return aligned

@@ -20,6 +20,12 @@ from typing import Any
 from pipeline.errors import ModelLoadError
 
 CHECKPOINT_FILES = ("ve.safetensors", "t3_cfg.safetensors", "s3gen.safetensors", "tokenizer.json")
+TURBO_CHECKPOINT_FILES = (
+    "ve.safetensors",
+    "t3_turbo_v1.safetensors",
+    "s3gen_meanflow.safetensors",
+    "tokenizer_config.json",
+)
 _patch_lock = threading.Lock()
 
 
@@ -30,7 +36,7 @@ def load_watermarker() -> Any:
     except Exception as error:
         raise ModelLoadError(
             "Chatterbox watermarking is enabled but the Perth watermarker cannot be imported"
-            f" ({type(error).__name__}: {error}). Install resemble-perth with setuptools<81"
+            f" ({type(error).__name__}: {error}). Install resemble-perth with setuptools<82"
             " (scripts/install-chatterbox.sh), or switch watermarking off."
         ) from error
     implicit = getattr(perth, "PerthImplicitWatermarker", None)
@@ -49,11 +55,15 @@ def load_watermarker() -> Any:
 
 
 def load_chatterbox(
-    checkpoint_dir: str | Path | None, device: str, *, t3_config: Any = None
+    checkpoint_dir: str | Path | None, device: str, *, t3_config: Any = None, turbo: bool = False
 ) -> Any:
-    """A ``chatterbox.tts.ChatterboxTTS``: from a checkpoint folder, or the hub when None."""
+    """A ``chatterbox.tts.ChatterboxTTS`` (``turbo``: a ``chatterbox.tts_turbo
+    .ChatterboxTurboTTS``): from a checkpoint folder, or the hub when None."""
     try:
-        import chatterbox.tts as library
+        if turbo:
+            import chatterbox.tts_turbo as library
+        else:
+            import chatterbox.tts as library
     except Exception as error:
         raise ModelLoadError(
             f"chatterbox-tts cannot be imported ({type(error).__name__}: {error});"
@@ -61,25 +71,27 @@ def load_chatterbox(
         ) from error
     if checkpoint_dir is not None:
         folder = Path(checkpoint_dir)
-        missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        expected = TURBO_CHECKPOINT_FILES if turbo else CHECKPOINT_FILES
+        missing = [name for name in expected if not (folder / name).is_file()]
         if missing:
             raise ModelLoadError(f"Chatterbox checkpoint {folder} lacks {', '.join(missing)}")
     try:
-        with _library_patches(library, t3_config):
+        model_class = library.ChatterboxTurboTTS if turbo else library.ChatterboxTTS
+        with _library_patches(library, t3_config, turbo=turbo):
             if checkpoint_dir is None:
-                return library.ChatterboxTTS.from_pretrained(device)
-            return library.ChatterboxTTS.from_local(Path(checkpoint_dir), device)
+                return model_class.from_pretrained(device)
+            return model_class.from_local(Path(checkpoint_dir), device)
     except ModelLoadError:
         raise
     except Exception as error:
-        where = checkpoint_dir or "the hub (ResembleAI/chatterbox)"
+        where = checkpoint_dir or f"the hub ({library.REPO_ID})"
         raise ModelLoadError(
             f"cannot load Chatterbox from {where}: {type(error).__name__}: {error}"
         ) from error
 
 
 @contextlib.contextmanager
-def _library_patches(library: Any, t3_config: Any) -> Iterator[None]:
+def _library_patches(library: Any, t3_config: Any, *, turbo: bool = False) -> Iterator[None]:
     import perth
 
     # The engine owns watermarking (see load_watermarker); the library's copy is inert.
@@ -88,7 +100,12 @@ def _library_patches(library: Any, t3_config: Any) -> Iterator[None]:
         saved = library.T3, library.perth
         library.perth = inert_perth
         if t3_config is not None:
-            library.T3 = functools.partial(library.T3, t3_config)
+            # Turbo's from_local builds T3(its own hp); the standard one T3().
+            original = library.T3
+            if turbo:
+                library.T3 = lambda *_: original(t3_config)
+            else:
+                library.T3 = functools.partial(original, t3_config)
         try:
             yield
         finally:

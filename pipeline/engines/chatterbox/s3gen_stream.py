@@ -55,9 +55,12 @@ class S3GenStream:
         self.lookahead_tokens: int = int(s3gen.flow.pre_lookahead_len)
         self._prompt_frames = int(ref_dict["prompt_feat"].shape[1])
         frames = self._prompt_frames + MEL_FRAMES_PER_TOKEN * (max_tokens + self.lookahead_tokens)
-        self._noise = torch.randn(1, 80, frames, generator=generator).to(
-            device=s3gen.device, dtype=s3gen.dtype
-        )
+        # A generator draws only on its own device (CUDA refuses a CPU draw with a
+        # CUDA generator), so the noise is made there, then moved to S3Gen's.
+        self._noise = torch.randn(
+            1, 80, frames, generator=generator,
+            device=generator.device if generator is not None else s3gen.device,
+        ).to(device=s3gen.device, dtype=s3gen.dtype)  # fmt: skip
         self.decoded_tokens = 0
         """Tokens whose audio has been emitted (or is held back for the cross-fade)."""
         self.finished = False
@@ -113,6 +116,24 @@ class S3GenStream:
         last = MEL_FRAMES_PER_TOKEN * (end - start)
         result: torch.Tensor = mel[:, :, first:last]
         return result
+
+
+def aligned_prompt(ref_dict: dict[str, Any]) -> dict[str, Any]:
+    """The voice prompt with exactly two mel frames per prompt token.
+
+    ``embed_ref`` can leave one mel frame more than twice the tokens (odd-length
+    references); the flow then starts its output one frame into the new tokens and
+    returns one frame fewer than twice their number, which would shift every
+    streamed chunk (and every stage-2 Vocos training pair). Dropping the odd frame
+    keeps 2:1.
+    """
+    tokens = min(int(ref_dict["prompt_token"].shape[1]), int(ref_dict["prompt_feat"].shape[1]) // 2)
+    aligned = dict(ref_dict)
+    aligned["prompt_token"] = ref_dict["prompt_token"][:, :tokens]
+    aligned["prompt_token_len"] = torch.tensor([tokens], device=ref_dict["prompt_token"].device)
+    aligned["prompt_feat"] = ref_dict["prompt_feat"][:, : 2 * tokens]
+    aligned["prompt_feat_len"] = None
+    return aligned
 
 
 def _to_numpy(audio: torch.Tensor) -> FloatAudio:

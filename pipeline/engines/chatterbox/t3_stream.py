@@ -113,3 +113,71 @@ def speech_tokens(
                 past_key_values=output.past_key_values,
                 use_cache=True,
             )
+
+
+def turbo_speech_tokens(
+    t3: Any,
+    t3_cond: Any,
+    text_tokens: torch.Tensor,
+    settings: SamplingSettings,
+    *,
+    top_k: int = 1000,
+    backbone: Callable[..., Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Chatterbox-Turbo's T3 (``T3.inference_turbo``), one token at a time.
+
+    Turbo's GPT-2 backbone has no classifier-free guidance (``cfg_weight`` and
+    ``min_p`` are ignored, as the library ignores them) and positions of its own;
+    its processors run in the library's order: temperature, top-k, top-p,
+    repetition penalty. ``text_tokens`` is (1, T) from the GPT-2 tokenizer, unframed.
+    """
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+    )
+
+    hp = t3.hp
+    model = backbone or t3.tfmr
+    processors = LogitsProcessorList()
+    if settings.temperature > 0 and settings.temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(settings.temperature))
+    if top_k > 0:
+        processors.append(TopKLogitsWarper(top_k))
+    if settings.top_p < 1.0:
+        processors.append(TopPLogitsWarper(settings.top_p))
+    if settings.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+
+    with torch.inference_mode():
+        device = t3.speech_head.weight.device
+        text = text_tokens.to(device=device, dtype=torch.long)
+        start = torch.full((1, 1), hp.start_speech_token, dtype=torch.long, device=device)
+        embeds, _ = t3.prepare_input_embeds(
+            t3_cond=t3_cond, text_tokens=text, speech_tokens=start, cfg_weight=0.0
+        )
+        output = model(inputs_embeds=embeds, use_cache=True)
+    # The library's first step scores against the start token, later ones against
+    # the tokens sampled so far (the start token not among them).
+    history = start
+    for _ in range(settings.max_new_tokens):
+        with torch.inference_mode():
+            logits = t3.speech_head(output.last_hidden_state[:, -1, :])
+            processed = processors(cast(torch.LongTensor, history), logits)
+            if torch.all(processed == -float("inf")):
+                return
+            probabilities = torch.softmax(processed, dim=-1)
+            next_token = torch.multinomial(probabilities, num_samples=1, generator=generator)
+            token = int(next_token.item())
+            if token == hp.stop_speech_token:
+                return
+            history = next_token if history is start else torch.cat([history, next_token], dim=1)
+        if token < SPEECH_VOCAB_SIZE:
+            yield token
+        with torch.inference_mode():
+            output = model(
+                inputs_embeds=t3.speech_emb(next_token),
+                past_key_values=output.past_key_values,
+                use_cache=True,
+            )
