@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from agent import bridge, intake
 from agent.limits import AudioRateLimiter, FrameRateLimiter, OutboundQueue
-from agent.protocol import ServerMessage
+from agent.protocol import ServerMessage, shown
 from agent.state import AppState, Slot
 from agent.transfer import TwilioTransfer
 from pipeline import mulaw
@@ -53,6 +53,10 @@ logger = logging.getLogger("voiceforge.telephony")
 
 SAMPLE_RATE = 8000
 API_KEY_PARAMETER = "api_key"
+VOICE_PARAMETER = "voice"
+"""``<Parameter name="voice">``: one of the server's voices (``GET /v1/voices``) for
+this call; an unknown one is logged and the default speaks (a caller on the line
+cannot be told)."""
 """Providers cannot set headers: the key may come as a <Parameter> of the stream."""
 MAX_MESSAGE_CHARS = 64 * 1024
 CLOSE_NORMAL = 1000
@@ -188,6 +192,13 @@ class TelephonySession:
             output_sample_rate=SAMPLE_RATE,
             playback_pause=True,
         )
+        voice = start.custom_parameters.get(VOICE_PARAMETER)
+        if voice:
+            if voice in state.engines.tts.voices():
+                config = replace(config, voice=voice)
+            else:
+                logger.warning("telephony: the stream asked for unknown voice %s; the "
+                               "default speaks", shown(voice))
         self.conversation = Conversation(state.engines, self.emit, config)
         self.started_at = time.monotonic()
         self.last_input_at = self.started_at

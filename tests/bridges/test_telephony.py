@@ -150,9 +150,10 @@ class Provider:
             await asyncio.sleep(schedule.wait_s(tick + 1, time.monotonic()))
 
 
-async def start_call(call: Provider) -> None:
+async def start_call(call: Provider, parameters: dict[str, str] | None = None) -> None:
     """Open the stream as Twilio does (``connected``, then ``start``: call CA0 of account
-    AC0), then run the line: microphone, listener, speaker."""
+    AC0, with the TwiML's ``<Parameter>`` values), then run the line: microphone,
+    listener, speaker."""
     await call.send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
     await call.send(
         {
@@ -163,7 +164,7 @@ async def start_call(call: Provider) -> None:
                 "streamSid": STREAM_SID,
                 "callSid": "CA0",
                 "tracks": ["inbound"],
-                "customParameters": {},
+                "customParameters": parameters or {},
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
             },
             "streamSid": STREAM_SID,
