@@ -416,7 +416,7 @@ export class VoiceChat extends ChatSession {
       pauses: [], // response ids, once per response.audio.pause
       resumes: [], // response ids, once per response.audio.resume
       playedReports: 0,
-      resumes: 0, // times the call came back on a new connection
+      reconnects: 0, // times the call came back on a new connection (resume)
       responses: {}, // response id → {status, reason, text, text_heard}
       toolCalls: [], // {call_id, name, arguments, executor, status, output, elapsed_ms}
       endReason: null,
@@ -691,7 +691,7 @@ export class VoiceChat extends ChatSession {
     this.created = message;
     this.session = message.session;
     this.stats.sessionId = message.session_id;
-    this.stats.resumes += 1;
+    this.stats.reconnects += 1;
     // The reply that was playing: the server cancelled it with the old connection.
     // Where it stopped is what the caller heard; it says so first thing.
     for (const id of [...this.active]) {

@@ -80,7 +80,7 @@ def test_the_page_resumes_a_call_dropped_mid_reply(
         "Object.values(window.voiceforge.playedFrames)"
         ".some(f => f > 0.6 * window.voiceforge.contextSampleRate)")
     drop_connection(bench_server)
-    tab.wait_for_function("window.voiceforge.resumes === 1")
+    tab.wait_for_function("window.voiceforge.reconnects === 1")
     tab.wait_for_selector("#connection[data-connected='true']")
     assert tab.evaluate("window.voiceforge.sessionId") == session_id
     assert "Reconnected" in tab.inner_text("#log")
