@@ -16,6 +16,7 @@ import numpy as np
 
 from agent.client import VoiceForgeClient
 from agent.protocol import ServerMessage
+from pipeline.audio import float_to_pcm16
 from pipeline.events import ResponseAudioClear, ResponseAudioDelta, ResponseDone
 
 FRAME_S = 0.02
@@ -45,17 +46,20 @@ class Caller:
 
     async def _microphone(self) -> None:
         frame = int(self.rate * FRAME_S)
-        silence = np.zeros(frame, dtype=np.float32)
+        # PCM16 once per utterance, not per frame: a load generator runs hundreds
+        # of these microphones on the machine it measures.
+        silence = float_to_pcm16(np.zeros(frame, dtype=np.float32))
         started = time.monotonic()
         sent_frames = 0
         sent_samples = 0
         while True:
             audio = self._script.get_nowait() if not self._script.empty() else None
-            frames = (
-                [audio[i : i + frame] for i in range(0, len(audio), frame)]
-                if audio is not None
-                else [silence]
-            )
+            if audio is not None:
+                pcm = float_to_pcm16(audio)
+                step = 2 * frame
+                frames = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+            else:
+                frames = [silence]
             for index, piece in enumerate(frames):
                 delay = started + sent_frames * FRAME_S - time.monotonic()
                 if delay > 0:
@@ -64,7 +68,7 @@ class Caller:
                     self._utterance_starts(audio, sent_samples)
                 await self.client.send_audio(piece, self.rate)
                 sent_frames += 1
-                sent_samples += len(piece)
+                sent_samples += len(piece) // 2
 
     async def _listen(self) -> None:
         async for message in self.client.events():
@@ -75,8 +79,11 @@ class Caller:
     ) -> ServerMessage:
         """The first logged message from index ``after`` on that satisfies ``predicate``."""
         deadline = time.monotonic() + timeout_s
+        index = after  # each message is tested once, not again at every poll
         while time.monotonic() < deadline:
-            for _, message in self.log[after:]:
+            while index < len(self.log):
+                message = self.log[index][1]
+                index += 1
                 if predicate(message):
                     return message
             await asyncio.sleep(0.02)

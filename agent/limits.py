@@ -80,11 +80,15 @@ class FrameRateLimiter:
 
 
 class DecodeBudget:
-    """A token bucket of decoding CPU time: ``ms_per_s`` refilled, ``burst_ms`` at most.
+    """A token bucket of decoding time: ``ms_per_s`` refilled, ``burst_ms`` at most.
 
     The decoder's cost per frame is bounded (agent/protocol.py); this bounds what
     one client can spend of the event loop per second however it shapes its
-    frames. A frame is decoded while the bucket is not empty and its cost charged
+    frames. The cost charged is the frame's wall time on the loop
+    (``time.perf_counter``): an upper bound of its CPU time, and what the other
+    calls wait. ``time.thread_time`` was a system call here (0.6 µs idle, ~10 % of
+    the loop's GIL-holding samples at 150 bench callers, docs/decisions.md).
+    A frame is decoded while the bucket is not empty and its cost charged
     afterwards, so the debt is at most one frame. A client that keeps running it
     dry, in ``strikes`` different seconds within ``strike_window_s``, is abusive.
     """

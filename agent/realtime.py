@@ -254,7 +254,7 @@ class RealtimeCall:
                            "the budget allows; closing the call", throttled=False)
                 self.finish(CLOSE_POLICY, "decode_budget", flush=True)
             return
-        started = time.thread_time()
+        started = time.perf_counter()
         event_id: str | None = None
         try:
             try:
@@ -271,7 +271,7 @@ class RealtimeCall:
             param = exc.param if isinstance(exc, RealtimeError) else None
             self.error(exc.code, str(exc), param=param, event_id=event_id)
         finally:
-            self.decode_budget.charge((time.thread_time() - started) * 1000.0)
+            self.decode_budget.charge((time.perf_counter() - started) * 1000.0)
 
     def dispatch(self, event: dict[str, Any]) -> None:
         kind = event["type"]

@@ -34,8 +34,9 @@ def pcm16_to_float(data: bytes) -> FloatAudio:
     """Little-endian PCM16 bytes to float32 samples. Raises AudioFormatError."""
     if len(data) % 2:
         raise AudioFormatError(f"PCM16 needs an even number of bytes, got {len(data)}")
-    samples = np.frombuffer(data, dtype="<i2")
-    return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32)
+    samples *= 1.0 / 32768.0
+    return samples
 
 
 def float_to_pcm16(audio: FloatAudio) -> bytes:
