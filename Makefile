@@ -91,7 +91,9 @@ bench: setup models system-deps
 # Capacity of the bench profile (docs/benchmarks.md); the command starts the server.
 bench-load: setup system-deps
 	mkdir -p out
-	$(PY) -m loadtest --sweep 50,100,150,200,250,300 --duration 60 --ramp 10 --budget-ms 50 \
+	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
+	  $(PY) -m loadtest --sweep 50,100,150,200,250,300 --duration 60 --ramp 10 --budget-ms 50 \
+	  --budget-metric server_overhead_ms --max-input-lag-ms 100 \
 	  --json out/loadtest-bench-sweep.json --sweep-plot out/loadtest-bench-sweep.png \
 	  --plot out/loadtest-bench-latency.png
 
