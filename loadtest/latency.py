@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -118,6 +120,7 @@ def spawned_server(
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
     )
     assert process.stdout is not None
     stdout = process.stdout
@@ -156,6 +159,20 @@ def spawned_server(
             drain.join(timeout=15)
         else:
             stdout.close()
+
+
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the process that started it dies.
+    A benchmark killed by a signal (Ctrl-C handled, but SIGTERM or SIGKILL run no
+    ``finally``) would otherwise leave its server running, still busy with callers
+    that are gone, under the next benchmark's measurements."""
+    if _prctl is not None and _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Looked up here, not in the forked child (where only the call itself runs).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _drain(stream: IO[str]) -> None:

@@ -7,6 +7,10 @@ which depend on the machine.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -103,3 +107,41 @@ def test_compare_takes_a_boolean_field_or_two_values() -> None:
     for bad in ("first_chunk_max_words=4", "=1,0", "first_chunk_max_words=four,0"):
         with pytest.raises(ValueError, match="--compare"):
             compare_values(bad)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_benchmark_takes_its_server_with_it(tmp_path: Path) -> None:
+    """SIGKILL runs no ``finally``: the server a benchmark started must still stop,
+    or it keeps loading the machine under the next benchmark's measurements."""
+    script = (
+        "from loadtest.latency import spawned_server\n"
+        "import sys, time\n"
+        "with spawned_server('bench', echo=False) as url:\n"
+        "    print(url, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert parent.stdout is not None
+        url = parent.stdout.readline().strip()
+        assert url.startswith("ws://127.0.0.1:"), url
+        health = url.replace("ws://", "http://").removesuffix("/ws") + "/healthz"
+        with urllib.request.urlopen(health, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health, timeout=2):
+                pass
+        except OSError:
+            return  # refused: the server is gone
+        time.sleep(0.2)
+    pytest.fail(f"the server at {health} still answers 30 s after its parent was killed")
