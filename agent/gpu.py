@@ -90,6 +90,7 @@ class GPUSettings:
     """None: the engine's own (10, Turbo 2)."""
     tts_first_chunk_tokens: int = 10
     tts_chunk_tokens: int = 25
+    tts_chunk_schedule: str = "fixed"
     tts_max_tokens: int = 1000
     tts_tokens_per_char: float = 4.0
 
@@ -123,6 +124,7 @@ class GPUSettings:
             "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS", gpu.tts_first_chunk_tokens
         )
         gpu.tts_chunk_tokens = _env_int("VOICEFORGE_TTS_CHUNK_TOKENS", gpu.tts_chunk_tokens)
+        gpu.tts_chunk_schedule = _env("VOICEFORGE_TTS_CHUNK_SCHEDULE", gpu.tts_chunk_schedule)
         gpu.tts_max_tokens = _env_int("VOICEFORGE_TTS_MAX_TOKENS", gpu.tts_max_tokens)
         gpu.tts_tokens_per_char = _env_float(
             "VOICEFORGE_TTS_TOKENS_PER_CHAR", gpu.tts_tokens_per_char
@@ -271,6 +273,10 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
         )
     if gpu.tts_chunk_tokens < 1:
         problems.append(f"VOICEFORGE_TTS_CHUNK_TOKENS={gpu.tts_chunk_tokens}: at least 1")
+    if gpu.tts_chunk_schedule not in ("fixed", "adaptive"):
+        problems.append(
+            f"VOICEFORGE_TTS_CHUNK_SCHEDULE={gpu.tts_chunk_schedule!r}: fixed or adaptive"
+        )
     if gpu.tts_cfm_steps is not None and not 1 <= gpu.tts_cfm_steps <= MAX_CFM_STEPS:
         problems.append(
             f"VOICEFORGE_TTS_CFM_STEPS={gpu.tts_cfm_steps}: between 1 and {MAX_CFM_STEPS}"
@@ -411,6 +417,7 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         cfm_steps=gpu.tts_cfm_steps,
         first_chunk_tokens=gpu.tts_first_chunk_tokens,
         chunk_tokens=gpu.tts_chunk_tokens,
+        chunk_schedule=gpu.tts_chunk_schedule,
         max_new_tokens=gpu.tts_max_tokens,
         tokens_per_char=gpu.tts_tokens_per_char,
     )

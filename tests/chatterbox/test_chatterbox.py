@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,34 @@ async def test_first_chunk_comes_after_the_configured_tokens(tiny: TinyChatterbo
     assert chunks[0].audio.size == (2 * FIRST_CHUNK_TOKENS - 8) * 480
 
 
+async def test_adaptive_schedule_sizes_later_chunks_within_bounds_and_keeps_the_audio(
+    tiny: TinyChatterbox,
+) -> None:
+    """The real model's stream under the adaptive schedule: each later chunk is the
+    size the schedule chose (between 5 tokens and ``chunk_tokens``), and the audio is
+    still every token's, joined as cleanly as with fixed chunks."""
+    engine = tiny.engine
+    engine.chunk_schedule = "adaptive"
+    try:
+        chunks = await _collect(engine, TEXT, voice="alice")
+    finally:
+        engine.chunk_schedule = "fixed"
+    progress = engine.last_progress
+    assert progress.finished and len(chunks) >= 3
+    lookahead = 3
+    assert chunks[0].tokens == FIRST_CHUNK_TOKENS + lookahead
+    chosen = progress.chunk_sizes
+    assert all(5 <= size <= CHUNK_TOKENS for size in chosen), chosen
+    # Every chunk but the last (the flush) follows the schedule.
+    steps = [later.tokens - earlier.tokens for earlier, later in pairwise(chunks[:-1])]
+    assert steps == chosen[: len(steps)]
+    audio = np.concatenate([chunk.audio for chunk in chunks])
+    assert audio.size == 960 * len(progress.speech_tokens)
+    joins = _joins([chunk.audio.size for chunk in chunks], audio)
+    assert joins.max_step <= joins.inside_step_p99, joins
+    assert joins.min_rms >= 0.5 * joins.inside_rms_median, joins
+
+
 async def test_cancel_stops_within_one_chunk(tiny: TinyChatterbox) -> None:
     engine = tiny.engine
     engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
@@ -313,6 +342,8 @@ def test_bad_checkpoint_and_settings(tmp_path: Path) -> None:
         ChatterboxTTS(tmp_path, device="cpu", tf32=True)
     with pytest.raises(ConfigurationError, match="tokens_per_char"):
         ChatterboxTTS(tmp_path, device="cpu", tokens_per_char=0)
+    with pytest.raises(ConfigurationError, match="chunk_schedule"):
+        ChatterboxTTS(tmp_path, device="cpu", chunk_schedule="ramp")
 
 
 def test_seeded_noise_is_drawn_on_the_generators_device(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import time
 from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import torch
 from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
 from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, aligned_prompt
+from pipeline.engines.chatterbox.schedule import SCHEDULES, ChunkSchedule
 from pipeline.engines.chatterbox.t3_stream import (
     SamplingSettings,
     speech_tokens,
@@ -50,6 +52,8 @@ class SynthesisProgress:
     speech_tokens: list[int] = field(default_factory=list)
     chunks: int = 0
     samples: int = 0
+    chunk_sizes: list[int] = field(default_factory=list)
+    """Tokens chosen for each chunk after the first (``chunk_schedule``), in order."""
     finished: bool = False
     """True once the last chunk was produced; False when it stopped early (cancelled)."""
 
@@ -90,6 +94,7 @@ class ChatterboxTTS:
         token_allowance: int = 50,
         first_chunk_tokens: int = 10,
         chunk_tokens: int = 25,
+        chunk_schedule: str = "fixed",
         left_context_tokens: int = 50,
         cfm_steps: int | None = None,
         watermark: bool = False,
@@ -111,10 +116,14 @@ class ChatterboxTTS:
         ``voices_dir``: reference WAVs, one voice per ``NAME.wav``.
         ``first_chunk_tokens`` / ``chunk_tokens``: speech tokens (25 a second) per
         chunk; the first chunk is decoded once ``first_chunk_tokens`` + 3
-        lookahead tokens exist. ``left_context_tokens``: decoded tokens S3Gen sees
-        again before each chunk. ``cfm_steps``: flow-matching steps (the library
-        uses 10). ``tokens_per_char`` / ``token_allowance``: an utterance stops
-        after ``token_allowance + tokens_per_char × characters`` speech tokens (or
+        lookahead tokens exist. ``chunk_schedule``: ``"fixed"`` (every later chunk
+        ``chunk_tokens``) or ``"adaptive"`` (each later chunk as large as this
+        utterance's measured T3 and S3Gen times let it be computed inside the audio
+        already out, up to ``chunk_tokens``; ``schedule.py``).
+        ``left_context_tokens``: decoded tokens S3Gen sees again before each chunk.
+        ``cfm_steps``: flow-matching steps (the library uses 10).
+        ``tokens_per_char`` / ``token_allowance``: an utterance stops after
+        ``token_allowance + tokens_per_char × characters`` speech tokens (or
         ``max_new_tokens``, whichever is less) even when T3 never samples its stop
         token: English T3 has no alignment analyser, and a missed stop would
         otherwise babble for ``max_new_tokens`` (40 s at 1000) and hold the worker.
@@ -137,6 +146,10 @@ class ChatterboxTTS:
             raise ConfigurationError(
                 "Chatterbox chunks need first_chunk_tokens >= 5 (HiFT's 8-frame overlap)"
                 " and chunk_tokens >= 1"
+            )
+        if chunk_schedule not in SCHEDULES:
+            raise ConfigurationError(
+                f"unknown chunk_schedule {chunk_schedule!r}: choose one of {', '.join(SCHEDULES)}"
             )
         if cfm_steps is None:
             cfm_steps = 2 if turbo else 10
@@ -174,6 +187,7 @@ class ChatterboxTTS:
         self.token_allowance = token_allowance
         self.first_chunk_tokens = first_chunk_tokens
         self.chunk_tokens = chunk_tokens
+        self.chunk_schedule = chunk_schedule
         self.left_context_tokens = left_context_tokens
         self.cfm_steps = cfm_steps
         self._bf16 = bf16
@@ -365,12 +379,25 @@ class ChatterboxTTS:
                 backbone=self._backbone,
                 generator=generator,
             )
+        schedule = (
+            ChunkSchedule(self.chunk_tokens, min_tokens=min(5, self.chunk_tokens))
+            if self.chunk_schedule == "adaptive" else None
+        )
         for token in sampled:
             tokens.append(token)
             progress.tokens = len(tokens)
+            if schedule is not None:
+                schedule.token()
             if len(tokens) >= stream.decoded_tokens + chunk_size + stream.lookahead_tokens:
-                yield self._chunk(stream.decode(tokens, final=False), len(tokens), progress)
-                chunk_size = self.chunk_tokens
+                started = time.perf_counter()
+                audio = stream.decode(tokens, final=False)
+                chunk = self._chunk(audio, len(tokens), progress)
+                if schedule is not None:
+                    schedule.decoded(time.perf_counter() - started)
+                    schedule.emitted(chunk.audio.size / SAMPLE_RATE)
+                yield chunk
+                chunk_size = self.chunk_tokens if schedule is None else schedule.next_tokens()
+                progress.chunk_sizes.append(chunk_size)
         # Turbo ends every utterance on 3 of S3Gen's silence tokens, as its library does.
         tail = [S3GEN_SILENCE_TOKEN] * 3 if self.turbo else []
         last = self._chunk(stream.decode([*tokens, *tail], final=True), len(tokens), progress)
