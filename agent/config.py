@@ -18,6 +18,7 @@ from agent.credentials import (
 )
 from agent.tokens import MAX_CALLS_LIMIT
 from agent.transfer import parse_targets
+from pipeline.engines.whisper import MAX_BEAM_SIZE
 from pipeline.errors import ConfigurationError
 from pipeline.models import cache_dir
 from pipeline.records import Redaction
@@ -509,8 +510,8 @@ class Settings:
             )
             if not getattr(self, name) > 0
         ]
-        if not 1 <= self.whisper_beam_size <= 10:
-            problems.append("whisper_beam_size must be in [1, 10]")
+        if not 1 <= self.whisper_beam_size <= MAX_BEAM_SIZE:
+            problems.append(f"whisper_beam_size must be in [1, {MAX_BEAM_SIZE}]")
         if self.llm_context_cache_mb < 0:
             problems.append("llm_context_cache_mb must be >= 0")
         if self.latency_budget_ms < 0 or self.engine_retries < 0:

@@ -273,6 +273,8 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
         )
     if gpu.tts_chunk_tokens < 1:
         problems.append(f"VOICEFORGE_TTS_CHUNK_TOKENS={gpu.tts_chunk_tokens}: at least 1")
+    # The engine's SCHEDULES (chatterbox/schedule.py), spelled out: importing that
+    # package loads torch, and these checks run before any model does.
     if gpu.tts_chunk_schedule not in ("fixed", "adaptive"):
         problems.append(
             f"VOICEFORGE_TTS_CHUNK_SCHEDULE={gpu.tts_chunk_schedule!r}: fixed or adaptive"

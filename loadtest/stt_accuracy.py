@@ -31,6 +31,7 @@ from loadtest.accuracy import VOICES, Asked, plan, prepare_speech
 from loadtest.latency import percentile
 from loadtest.scoring import word_error_rate
 from loadtest.spoken_questions import QUESTIONS
+from pipeline.engines.whisper import MAX_BEAM_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     beams = [int(b) for b in args.beam_sizes.split(",") if b.strip()]
-    if not beams or any(not 1 <= b <= 10 for b in beams):
-        parser.error("--beam-sizes: widths from 1 to 10")
+    if not beams or any(not 1 <= b <= MAX_BEAM_SIZE for b in beams):
+        parser.error(f"--beam-sizes: widths from 1 to {MAX_BEAM_SIZE}")
     voices = [v.strip() for v in args.voices.split(",") if v.strip()]
     unknown = [v for v in voices if v not in VOICES]
     if unknown:

@@ -43,8 +43,9 @@ BATCH_ENTRIES = 200
 WRITE_INTERVAL_S = 0.5
 """Least time from one write's start to the next: under load entries arrive all the
 time, and a transaction each time they did cost a connection (on SQLite a thread,
-three files and two PRAGMAs) per few entries — ~15 % of a bench server's CPU at 140
-callers. An entry that arrives after a quiet spell is still written at once."""
+three files and two PRAGMAs) per few entries — ~10 % of a bench server's CPU at 140
+callers (105 → 96 %, docs/benchmarks.md). An entry that arrives after a quiet spell
+is still written at once."""
 WRITE_TIMEOUT_S = 20.0
 RETRY_FIRST_S = 0.25
 RETRY_MAX_S = 5.0

@@ -47,6 +47,9 @@ second, or digits read one by one) makes about half as many."""
 DECODE_MIN_TOKENS = 16
 WHISPER_MAX_NEW_TOKENS = 440
 """Whisper's text context is 448 tokens, the start-of-transcript prompt included."""
+MAX_BEAM_SIZE = 10
+"""The widest beam a setting may ask for (``VOICEFORGE_WHISPER_BEAM_SIZE``,
+``loadtest.stt_accuracy``)."""
 
 
 def decode_token_budget(audio_s: float) -> int:
