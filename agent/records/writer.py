@@ -143,6 +143,10 @@ class CallRecords:
         self._calls: dict[str, _Call] = {}
         self._entries: deque[Entry] = deque()
         self._wake = asyncio.Event()
+        self._stopping = False
+        """Set by ``stop``: the writer ends at its next check even if the cancel that
+        follows is lost (Python 3.11's ``wait_for`` can swallow a cancellation that
+        lands as the write it waits for fails, and the writer would retry forever)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -384,6 +388,7 @@ class CallRecords:
     # ------------------------------------------------------------- the writer
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="voiceforge-records")
         if self.webhook is not None:
             self.webhook.start()
@@ -418,6 +423,8 @@ class CallRecords:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), flush_timeout_s)
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -441,10 +448,10 @@ class CallRecords:
         failing_since: float | None = None
         last_logged = 0.0
         last_write = -WRITE_INTERVAL_S
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            while self._has_work():
+            while self._has_work() and not self._stopping:
                 if len(self._entries) < BATCH_ENTRIES:
                     wait_s = last_write + WRITE_INTERVAL_S - time.monotonic()
                     if wait_s > 0:
@@ -466,6 +473,8 @@ class CallRecords:
                             redacted_url(self.store.url), type(exc).__name__, exc,
                             len(self._entries),
                         )
+                    if self._stopping:
+                        return
                     await asyncio.sleep(retry_s)
                     retry_s = min(retry_s * 2, RETRY_MAX_S)
                     continue
