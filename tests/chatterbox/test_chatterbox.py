@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
+from tests.chatterbox.tiny_model import CHUNK_TOKENS, FIRST_CHUNK_TOKENS, TEXT, TinyChatterbox
 
 pytestmark = [
     pytest.mark.chatterbox,
@@ -31,47 +31,6 @@ pytestmark = [
     # backend imports the standard modules Python 3.13 removes.
     pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
 ]
-
-FIRST_CHUNK_TOKENS = 8
-CHUNK_TOKENS = 12
-TEXT = "Hello there, how are you?"
-
-
-@dataclasses.dataclass
-class TinyChatterbox:
-    checkpoint: Path
-    voices_dir: Path
-    t3_config: Any
-    engine: Any
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyChatterbox]:
-    from pipeline.engines.chatterbox import ChatterboxTTS
-    from tests.chatterbox.tiny_model import write_checkpoint, write_reference_wav
-
-    root = tmp_path_factory.mktemp("chatterbox")
-    voices_dir = root / "voices"
-    voices_dir.mkdir()
-    write_reference_wav(voices_dir / "alice.wav", pitch_hz=210.0)
-    write_reference_wav(voices_dir / "bob.wav", pitch_hz=110.0)
-    builtin = write_reference_wav(root / "builtin.wav", pitch_hz=150.0)
-    config = write_checkpoint(root / "checkpoint", builtin)
-    engine = ChatterboxTTS(
-        root / "checkpoint",
-        device="cpu",
-        voices_dir=voices_dir,
-        t3_config=config,
-        first_chunk_tokens=FIRST_CHUNK_TOKENS,
-        chunk_tokens=CHUNK_TOKENS,
-        left_context_tokens=12,
-        cfm_steps=2,
-        max_new_tokens=45,
-        seed=1234,
-    )
-    yield TinyChatterbox(root / "checkpoint", voices_dir, config, engine)
-    engine.close()
-
 
 async def _collect(engine: Any, text: str, voice: str | None = None) -> list[Any]:
     return [chunk async for chunk in engine.synthesize_chunks(text, voice=voice)]
@@ -93,6 +52,11 @@ def _whole_decode(engine: Any, tokens: list[int], voice: str) -> np.ndarray:
 async def test_streamed_chunks_join_without_clicks_and_match_the_whole_length(
     tiny: TinyChatterbox,
 ) -> None:
+    import torch
+
+    # HiFT's harmonic source draws from torch's global generator: the same draws
+    # whatever ran before (the engine's own seed covers T3 and the flow's noise).
+    torch.manual_seed(0)
     engine = tiny.engine
     chunks = await _collect(engine, TEXT, voice="alice")
     progress = engine.last_progress
@@ -206,37 +170,44 @@ async def test_adaptive_schedule_sizes_later_chunks_within_bounds_and_keeps_the_
     assert joins.min_rms >= 0.5 * joins.inside_rms_median, joins
 
 
-async def test_cancel_stops_within_one_chunk(tiny: TinyChatterbox) -> None:
+async def test_cancel_stops_after_the_step_in_progress(tiny: TinyChatterbox) -> None:
+    """A cancelled utterance leaves the T3 batch before the next step: at most the
+    step in progress adds a token, and no chunk follows."""
     engine = tiny.engine
     engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
     try:
         first = asyncio.get_running_loop().create_future()
+        received = []
 
         async def consume() -> None:
             async for chunk in engine.synthesize_chunks(TEXT):
+                received.append(chunk)
                 if not first.done():
                     first.set_result(chunk)
 
         task = asyncio.create_task(consume())
-        first_chunk = await first
+        await first
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await engine.wait_idle()
         progress = engine.last_progress
+        tokens_at_cancel, chunks_at_cancel = progress.tokens, len(received)
+        await engine.wait_idle()
         assert not progress.finished
-        # The chunk being prepared when the cancel came is the last one.
-        assert progress.tokens <= first_chunk.tokens + CHUNK_TOKENS
-        assert progress.chunks <= 2
+        assert progress.tokens <= tokens_at_cancel + 1
+        assert len(received) == chunks_at_cancel
+        assert not len(engine._worker._batch or [])
 
         # Closing the generator (aclose) stops it the same way.
         stream = engine.synthesize(TEXT)
         await anext(stream)
-        tokens_at_close = engine.last_progress.tokens
         await stream.aclose()
+        progress = engine.last_progress
+        tokens_at_close = progress.tokens
         await engine.wait_idle()
-        assert not engine.last_progress.finished
-        assert engine.last_progress.tokens <= tokens_at_close + CHUNK_TOKENS
+        assert not progress.finished
+        assert progress.tokens <= tokens_at_close + 1
+        assert not len(engine._worker._batch or [])
     finally:
         engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=45)
 

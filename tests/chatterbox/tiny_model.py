@@ -8,12 +8,28 @@ the streaming mechanics, not the sound.
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile
+
+FIRST_CHUNK_TOKENS = 8
+CHUNK_TOKENS = 12
+TEXT = "Hello there, how are you?"
+
+
+@dataclasses.dataclass
+class TinyChatterbox:
+    """The engine the streaming tests share (conftest.py) and where it came from."""
+
+    checkpoint: Path
+    voices_dir: Path
+    t3_config: Any
+    engine: Any
+
 
 TINY_LLAMA = "voiceforge_test_tiny"
 SAMPLE_RATE = 24_000
@@ -168,3 +184,39 @@ def write_turbo_checkpoint(folder: Path, voice_wav: Path) -> Any:
     save_file(_unshared(model.ve.state_dict()), folder / "ve.safetensors")
     model.conds.save(folder / "conds.pt")
     return config
+
+
+def tiny_t3(*, turbo: bool = False, seed: int = 0) -> tuple[Any, Any]:
+    """A random-weight T3 alone (standard or Turbo), and a voice's ``T3Cond`` for it:
+    enough to decode speech tokens without S3Gen. The stop token is never sampled,
+    as in ``write_checkpoint``."""
+    import torch
+    from chatterbox.models.t3 import T3
+    from chatterbox.models.t3.modules.cond_enc import T3Cond
+
+    torch.manual_seed(seed)
+    config = tiny_turbo_t3_config() if turbo else tiny_t3_config()
+    t3 = T3(config).eval()
+    with torch.no_grad():
+        t3.speech_head.weight.mul_(4.0)
+        t3.speech_head.weight[config.stop_speech_token].zero_()
+        if turbo:
+            t3.speech_head.bias[config.stop_speech_token] = -1e4
+    cond = T3Cond(
+        speaker_emb=torch.randn(1, config.speaker_embed_size),
+        cond_prompt_speech_tokens=torch.randint(0, 6561, (1, config.speech_cond_prompt_len)),
+        emotion_adv=None if turbo else 0.5 * torch.ones(1, 1, 1),
+    )
+    return t3, cond
+
+
+def text_tokens(t3: Any, length: int, *, seed: int, turbo: bool = False) -> Any:
+    """(1, length) random text tokens, framed by start / stop unless ``turbo``."""
+    import torch
+
+    ids = torch.randint(4, 60, (1, length), generator=torch.Generator().manual_seed(seed))
+    if turbo:
+        return ids
+    hp = t3.hp
+    framed = torch.nn.functional.pad(ids, (1, 0), value=hp.start_text_token)
+    return torch.nn.functional.pad(framed, (0, 1), value=hp.stop_text_token)

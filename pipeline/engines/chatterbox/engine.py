@@ -1,20 +1,19 @@
 """Chatterbox text to speech, streamed: audio starts after the first few speech tokens.
 
-T3 samples speech tokens (t3_stream); every ``first_chunk_tokens`` and then every
+T3 samples speech tokens; every ``first_chunk_tokens`` and then every
 ``chunk_tokens`` tokens, plus S3Gen's 3 lookahead tokens, S3Gen turns the new
-tokens into audio (s3gen_stream). All model work runs on one worker thread; the
-async generator asks it for one chunk at a time and already starts the next while
-the consumer handles the current one. Cancelling stops after the chunk in
-progress: the generator is closed on the same thread, so nothing runs after it.
+tokens into audio (s3gen_stream). All model work runs on one worker thread
+(worker.py): every utterance in progress, whichever call it belongs to, advances
+by one batched T3 step at a time (t3_batch.py), and its chunks are decoded as they
+fall due, first chunks first. Cancelling an utterance drops it from the batch
+before the next step; nothing of it runs after the step in progress.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import math
 import time
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +26,11 @@ from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
 from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, aligned_prompt
 from pipeline.engines.chatterbox.schedule import SCHEDULES, ChunkSchedule
-from pipeline.engines.chatterbox.t3_stream import (
-    SamplingSettings,
-    speech_tokens,
-    turbo_speech_tokens,
-)
+from pipeline.engines.chatterbox.t3_batch import SPEECH_VOCAB_SIZE, SamplingSettings, T3Batch
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
-from pipeline.engines.threaded import iterate_in_thread, pick_voice
+from pipeline.engines.chatterbox.worker import SpeechWorker
+from pipeline.engines.threaded import pick_voice
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
 SAMPLE_RATE = 24_000
@@ -107,6 +103,7 @@ class ChatterboxTTS:
         vocos_weights: str | Path | None = None,
         turbo: bool = False,
         top_k: int = 1000,
+        max_streams: int = 16,
     ) -> None:
         """Load Chatterbox and prepare every voice of the library.
 
@@ -141,6 +138,8 @@ class ChatterboxTTS:
         and S3Gen's 2-step mean-flow decoder; ``cfg_weight``, ``min_p`` and
         ``exaggeration`` do not apply; ``cfm_steps`` defaults to 2, not 10; the hub's
         ``ResembleAI/chatterbox-turbo`` when ``checkpoint_dir`` is None).
+        ``max_streams``: utterances whose T3 decodes together, one batched step
+        for all (``t3_batch``, ``worker``); more wait for a free place.
         """
         if first_chunk_tokens < 5 or chunk_tokens < 1:
             raise ConfigurationError(
@@ -157,6 +156,8 @@ class ChatterboxTTS:
             raise ConfigurationError(
                 "left_context_tokens must be >= 0, cfm_steps and max_new_tokens >= 1"
             )
+        if max_streams < 1:
+            raise ConfigurationError("max_streams must be >= 1")
         if tokens_per_char <= 0 or token_allowance < 0:
             raise ConfigurationError("tokens_per_char must be > 0 and token_allowance >= 0")
         if vocoder not in VOCODERS:
@@ -205,6 +206,9 @@ class ChatterboxTTS:
                 build_vocoder, vocoder, self._model.s3gen, vocos_weights=vocos_weights
             ).result()
             self.default_voice = self._pick_default_voice(default_voice)
+            self._worker = SpeechWorker(
+                self._executor, self._new_batch, max_streams=max_streams, name=self.name
+            )
         except BaseException:
             self._executor.shutdown(wait=True)
             raise
@@ -272,9 +276,8 @@ class ChatterboxTTS:
         worker thread, between two chunks of whatever is being synthesised."""
         if name == BUILTIN_VOICE or name in self._voices:
             raise TTSError(f"voice {name!r} exists already", transient=False)
-        loop = asyncio.get_running_loop()
         try:
-            voice = await loop.run_in_executor(self._executor, self._prepare_voice, reference)
+            voice = await self._worker.call(lambda: self._prepare_voice(reference))
         except Exception as error:
             raise TTSError(f"cannot prepare voice {name!r}: {error}", transient=False) from error
         self._voices[name] = voice
@@ -314,9 +317,7 @@ class ChatterboxTTS:
             return
         progress = SynthesisProgress()
         self.last_progress = progress
-        chunks = iterate_in_thread(
-            self._executor, self._stream(text, selected, progress), self.name
-        )
+        chunks = self._worker.stream(_Utterance(self, text, selected, progress))
         try:
             async for chunk in chunks:
                 yield chunk
@@ -330,80 +331,14 @@ class ChatterboxTTS:
         by_length = self.token_allowance + math.ceil(self.tokens_per_char * len(punc_norm(text)))
         return min(self.sampling.max_new_tokens, by_length)
 
-    def _stream(
-        self,
-        text: str,
-        voice: _Voice,
-        progress: SynthesisProgress,
-        *,
-        max_tokens: int | None = None,
-    ) -> Generator[StreamedChunk, None, None]:
-        """The worker-thread side: T3 tokens in, audio chunks out."""
-        from chatterbox.tts import punc_norm
-
-        model = self._model
-        generator = None
-        if self._seed is not None:
-            generator = torch.Generator(device=model.device).manual_seed(self._seed)
-        sampling = dataclasses.replace(
-            self.sampling, max_new_tokens=max_tokens or self.token_cap(text)
+    def _new_batch(self) -> T3Batch:
+        return T3Batch(
+            self._model.t3,
+            self.sampling,
+            turbo=self.turbo,
+            top_k=self.top_k,
+            backbone=self._backbone,
         )
-        text_tokens = self._text_tokens(punc_norm(text))
-        stream = S3GenStream(
-            model.s3gen,
-            voice.ref_dict,
-            max_tokens=sampling.max_new_tokens,
-            cfm_steps=self.cfm_steps,
-            left_context_tokens=self.left_context_tokens,
-            generator=generator,
-            vocoder=self.vocoder,
-        )
-        tokens = progress.speech_tokens
-        chunk_size = self.first_chunk_tokens
-        if self.turbo:
-            sampled = turbo_speech_tokens(
-                model.t3,
-                voice.t3_cond,
-                text_tokens,
-                sampling,
-                top_k=self.top_k,
-                backbone=self._backbone,
-                generator=generator,
-            )
-        else:
-            sampled = speech_tokens(
-                model.t3,
-                voice.t3_cond,
-                text_tokens,
-                sampling,
-                backbone=self._backbone,
-                generator=generator,
-            )
-        schedule = (
-            ChunkSchedule(self.chunk_tokens, min_tokens=min(5, self.chunk_tokens))
-            if self.chunk_schedule == "adaptive" else None
-        )
-        for token in sampled:
-            tokens.append(token)
-            progress.tokens = len(tokens)
-            if schedule is not None:
-                schedule.token()
-            if len(tokens) >= stream.decoded_tokens + chunk_size + stream.lookahead_tokens:
-                started = time.perf_counter()
-                audio = stream.decode(tokens, final=False)
-                chunk = self._chunk(audio, len(tokens), progress)
-                if schedule is not None:
-                    schedule.decoded(time.perf_counter() - started)
-                    schedule.emitted(chunk.audio.size / SAMPLE_RATE)
-                yield chunk
-                chunk_size = self.chunk_tokens if schedule is None else schedule.next_tokens()
-                progress.chunk_sizes.append(chunk_size)
-        # Turbo ends every utterance on 3 of S3Gen's silence tokens, as its library does.
-        tail = [S3GEN_SILENCE_TOKEN] * 3 if self.turbo else []
-        last = self._chunk(stream.decode([*tokens, *tail], final=True), len(tokens), progress)
-        progress.finished = True
-        if last.audio.size:
-            yield last
 
     def _text_tokens(self, text: str) -> torch.Tensor:
         """(1, T) text tokens as the library's ``generate`` makes them."""
@@ -437,11 +372,8 @@ class ChatterboxTTS:
         chunks_by_voice = {}
         for name, voice in list(self._voices.items()):
             progress = SynthesisProgress()
-            chunks = iterate_in_thread(
-                self._executor,
-                self._stream(WARM_UP_TEXT, voice, progress, max_tokens=tokens),
-                self.name,
-            )
+            utterance = _Utterance(self, WARM_UP_TEXT, voice, progress, max_tokens=tokens)
+            chunks = self._worker.stream(utterance)
             try:
                 chunks_by_voice[name] = len([chunk async for chunk in chunks])
             finally:
@@ -449,10 +381,100 @@ class ChatterboxTTS:
         return chunks_by_voice
 
     async def wait_idle(self) -> None:
-        """Return once the worker has finished what was queued (a closed stream's last chunk)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
+        """Return once the worker has dropped what was cancelled (a closed stream
+        costs at most the step in progress) and run what was queued before."""
+        await self._worker.call(lambda: None)
 
     def close(self) -> None:
-        """Wait for the synthesis in progress, then release the models."""
+        """Stop every utterance after the step in progress, then release the models."""
+        self._worker.cancel_all()
         self._executor.shutdown(wait=True)
         self._voices.clear()
+
+
+class _Utterance:
+    """One utterance's chunking, on the worker thread (``worker.Job``): T3 tokens
+    in, S3Gen audio chunks out, every ``first_chunk_tokens`` and then every
+    ``chunk_tokens`` tokens (or as the adaptive schedule says), plus S3Gen's lookahead."""
+
+    def __init__(
+        self,
+        engine: ChatterboxTTS,
+        text: str,
+        voice: _Voice,
+        progress: SynthesisProgress,
+        *,
+        max_tokens: int | None = None,
+    ) -> None:
+        self._engine = engine
+        self._text = text
+        self._voice = voice
+        self._progress = progress
+        self._max_tokens = max_tokens
+        self._chunk_size = engine.first_chunk_tokens
+        self._schedule = (
+            ChunkSchedule(engine.chunk_tokens, min_tokens=min(5, engine.chunk_tokens))
+            if engine.chunk_schedule == "adaptive" else None
+        )
+        self._s3gen: S3GenStream | None = None
+        self.first_chunk_pending = True
+
+    def join(self, batch: T3Batch, key: int) -> None:
+        from chatterbox.tts import punc_norm
+
+        engine = self._engine
+        model = engine._model
+        generator = None
+        if engine._seed is not None:
+            generator = torch.Generator(device=model.device).manual_seed(engine._seed)
+        cap = self._max_tokens or engine.token_cap(self._text)
+        text_tokens = engine._text_tokens(punc_norm(self._text))
+        # The noise is drawn first, then T3 samples from the same generator.
+        self._s3gen = S3GenStream(
+            model.s3gen,
+            self._voice.ref_dict,
+            max_tokens=cap,
+            cfm_steps=engine.cfm_steps,
+            left_context_tokens=engine.left_context_tokens,
+            generator=generator,
+            vocoder=engine.vocoder,
+        )
+        batch.join(key, self._voice.t3_cond, text_tokens, max_tokens=cap, generator=generator)
+
+    def take(self, token: int | None) -> bool:
+        # Other special tokens are dropped, as the library drops them after the fact.
+        if token is None or token >= SPEECH_VOCAB_SIZE:
+            return False
+        assert self._s3gen is not None
+        tokens = self._progress.speech_tokens
+        tokens.append(token)
+        self._progress.tokens = len(tokens)
+        if self._schedule is not None:
+            self._schedule.token()
+        due = self._s3gen.decoded_tokens + self._chunk_size + self._s3gen.lookahead_tokens
+        return len(tokens) >= due
+
+    def chunk(self) -> StreamedChunk:
+        assert self._s3gen is not None
+        tokens = self._progress.speech_tokens
+        started = time.perf_counter()
+        audio = self._s3gen.decode(tokens, final=False)
+        chunk = self._engine._chunk(audio, len(tokens), self._progress)
+        schedule = self._schedule
+        if schedule is not None:
+            schedule.decoded(time.perf_counter() - started)
+            schedule.emitted(chunk.audio.size / SAMPLE_RATE)
+        self._chunk_size = self._engine.chunk_tokens if schedule is None else schedule.next_tokens()
+        self._progress.chunk_sizes.append(self._chunk_size)
+        self.first_chunk_pending = False
+        return chunk
+
+    def finish(self) -> StreamedChunk | None:
+        assert self._s3gen is not None
+        tokens = self._progress.speech_tokens
+        # Turbo ends every utterance on 3 of S3Gen's silence tokens, as its library does.
+        tail = [S3GEN_SILENCE_TOKEN] * 3 if self._engine.turbo else []
+        audio = self._s3gen.decode([*tokens, *tail], final=True)
+        last = self._engine._chunk(audio, len(tokens), self._progress)
+        self._progress.finished = True
+        return last if last.audio.size else None

@@ -1,0 +1,145 @@
+"""Many calls' Chatterbox utterances on one worker: T3 batched across them.
+
+With the real chatterbox-tts code and random weights (the shared tiny engine,
+seeded: every utterance samples from its own generator with the engine's seed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.engines.chatterbox.t3_batch import T3Batch
+from pipeline.errors import TTSError
+from tests.chatterbox.tiny_model import TinyChatterbox
+
+pytestmark = [
+    pytest.mark.chatterbox,
+    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
+    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
+]
+
+TEXTS = ("Hello there, how are you?", "Fine, thanks.", "The train leaves at nine tonight.")
+
+
+@pytest.fixture
+def engine(tiny: TinyChatterbox) -> Iterator[Any]:
+    engine = tiny.engine
+    saved = engine.sampling, engine._worker.max_streams
+    yield engine
+    engine.sampling, engine._worker.max_streams = saved
+
+
+async def _audio(engine: Any, text: str) -> np.ndarray:
+    chunks = [chunk async for chunk in engine.synthesize(text)]
+    return np.concatenate(chunks)
+
+
+async def test_utterances_decoded_together_take_the_tokens_each_takes_alone(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batching changes nothing a call hears: the same tokens, so the same chunks
+    and as many samples. (Not the same samples: HiFT's harmonic source draws its
+    phases from torch's global generator, whose draws interleave across calls.)"""
+    from pipeline.engines.chatterbox import engine as engine_module
+
+    finished: dict[str, list[int]] = {}
+    finish = engine_module._Utterance.finish
+
+    def recording(self: Any) -> Any:
+        finished[self._text] = list(self._progress.speech_tokens)
+        return finish(self)
+
+    monkeypatch.setattr(engine_module._Utterance, "finish", recording)
+    alone = [await _audio(engine, text) for text in TEXTS]
+    tokens_alone = dict(finished)
+    finished.clear()
+    steps_before = _steps(engine)
+    together = await asyncio.gather(*(_audio(engine, text) for text in TEXTS))
+    assert finished == tokens_alone and all(tokens_alone.values())
+    for mine, theirs in zip(together, alone, strict=True):
+        assert mine.size == theirs.size
+    # They shared steps: no more than the longest needs, not the sum.
+    caps = [engine.token_cap(text) for text in TEXTS]
+    assert _steps(engine) - steps_before <= max(caps)
+
+
+def _steps(engine: Any) -> int:
+    steps: int = engine._worker.steps
+    return steps
+
+
+async def test_a_new_utterance_joins_within_one_step_of_seven_speaking(engine: Any) -> None:
+    engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
+    speaking = [engine.synthesize(f"Sentence number {index}, spoken at length.")
+                for index in range(7)]  # fmt: skip
+    try:
+        for stream in speaking:
+            await anext(stream)  # each one has produced audio: all seven are in the batch
+        assert len(engine._worker._batch) == 7
+        newcomer = engine.synthesize_chunks("And one more.")
+        first = await anext(newcomer)
+        key = max(engine._worker.joined_at_step)
+        submitted, joined = engine._worker.joined_at_step[key]
+        assert joined - submitted <= 1
+        assert first.tokens == engine.first_chunk_tokens + 3
+        await newcomer.aclose()
+    finally:
+        for stream in speaking:
+            await stream.aclose()
+        await engine.wait_idle()
+    assert not len(engine._worker._batch or [])
+
+
+async def test_max_streams_bounds_the_batch_and_the_rest_wait_their_turn(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine._worker.max_streams = 2
+    sizes: list[int] = []
+    step = T3Batch.step
+
+    def counting(self: T3Batch) -> Any:
+        sizes.append(len(self))
+        return step(self)
+
+    monkeypatch.setattr(T3Batch, "step", counting)
+    together = await asyncio.gather(*(_audio(engine, text) for text in TEXTS))
+    assert all(audio.size for audio in together)
+    assert max(sizes) == 2 and sizes.count(2) > 1
+
+
+async def test_a_failing_step_fails_its_utterances_and_the_next_one_works(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    step = T3Batch.step
+    failures = iter([True])
+
+    def failing(self: T3Batch) -> Any:
+        if next(failures, False):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return step(self)
+
+    monkeypatch.setattr(T3Batch, "step", failing)
+    results = await asyncio.gather(
+        *(_audio(engine, text) for text in TEXTS[:2]), return_exceptions=True
+    )
+    failed = [result for result in results if isinstance(result, TTSError)]
+    assert failed and "illegal memory access" in str(failed[0])
+    assert (await _audio(engine, TEXTS[2])).size
+
+
+async def test_a_consumer_that_goes_away_frees_its_place(engine: Any) -> None:
+    engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
+    engine._worker.max_streams = 1
+    stream = engine.synthesize(TEXTS[0])
+    await anext(stream)
+    await stream.aclose()
+    # The only place is free again: the next utterance runs to its end.
+    async with asyncio.timeout(120):
+        assert (await _audio(engine, "Hi.")).size
