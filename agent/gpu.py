@@ -93,6 +93,8 @@ class GPUSettings:
     tts_chunk_schedule: str = "fixed"
     tts_max_tokens: int = 1000
     tts_tokens_per_char: float = 4.0
+    tts_max_streams: int = 16
+    """Utterances whose T3 decodes in one batched step (the engine's ``max_streams``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GPUSettings:
@@ -126,6 +128,7 @@ class GPUSettings:
         gpu.tts_chunk_tokens = _env_int("VOICEFORGE_TTS_CHUNK_TOKENS", gpu.tts_chunk_tokens)
         gpu.tts_chunk_schedule = _env("VOICEFORGE_TTS_CHUNK_SCHEDULE", gpu.tts_chunk_schedule)
         gpu.tts_max_tokens = _env_int("VOICEFORGE_TTS_MAX_TOKENS", gpu.tts_max_tokens)
+        gpu.tts_max_streams = _env_int("VOICEFORGE_TTS_MAX_STREAMS", gpu.tts_max_streams)
         gpu.tts_tokens_per_char = _env_float(
             "VOICEFORGE_TTS_TOKENS_PER_CHAR", gpu.tts_tokens_per_char
         )
@@ -170,6 +173,8 @@ def _env_bool(name: str, default: bool) -> bool:
 MAX_TTS_TOKENS = 4000
 """T3's speech position table holds 4096 positions (``max_speech_tokens``)."""
 MAX_CFM_STEPS = 50
+MAX_TTS_STREAMS = 128
+"""A batch's KV cache grows with its rows; past this, start another process."""
 
 
 # --- start-up checks: each returns a problem (a sentence) or None -------------------
@@ -287,6 +292,10 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
         problems.append(
             f"VOICEFORGE_TTS_MAX_TOKENS={gpu.tts_max_tokens}: more than the first chunk's"
             f" tokens and at most {MAX_TTS_TOKENS} (T3's position table)"
+        )
+    if not 1 <= gpu.tts_max_streams <= MAX_TTS_STREAMS:
+        problems.append(
+            f"VOICEFORGE_TTS_MAX_STREAMS={gpu.tts_max_streams}: between 1 and {MAX_TTS_STREAMS}"
         )
     if not gpu.tts_tokens_per_char > 0:
         problems.append(
@@ -422,5 +431,6 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         chunk_schedule=gpu.tts_chunk_schedule,
         max_new_tokens=gpu.tts_max_tokens,
         tokens_per_char=gpu.tts_tokens_per_char,
+        max_streams=gpu.tts_max_streams,
     )
     return engine

@@ -185,7 +185,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     assert (defaults.tts_bf16, defaults.tts_compile, defaults.tts_tf32) == (False, False, False)
     # No CFM steps named: the engine's own (10; Turbo's mean-flow decoder 2).
     assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (None, 1000)
-    assert defaults.tts_chunk_schedule == "fixed"
+    assert defaults.tts_chunk_schedule == "fixed" and defaults.tts_max_streams == 16
     assert check_tts_settings(defaults) == []
     for name, value in {
         "VOICEFORGE_TTS_BF16": "1",
@@ -197,13 +197,14 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
         "VOICEFORGE_TTS_CHUNK_SCHEDULE": "adaptive",
         "VOICEFORGE_TTS_MAX_TOKENS": "600",
         "VOICEFORGE_TTS_TOKENS_PER_CHAR": "3.5",
+        "VOICEFORGE_TTS_MAX_STREAMS": "32",
     }.items():
         monkeypatch.setenv(name, value)
     fast = GPUSettings.from_settings(Settings(profile="gpu"))
     assert (fast.tts_bf16, fast.tts_compile, fast.tts_tf32) == (True, True, True)
     assert (fast.tts_cfm_steps, fast.tts_first_chunk_tokens, fast.tts_chunk_tokens) == (6, 8, 20)
     assert (fast.tts_max_tokens, fast.tts_tokens_per_char) == (600, 3.5)
-    assert fast.tts_chunk_schedule == "adaptive"
+    assert fast.tts_chunk_schedule == "adaptive" and fast.tts_max_streams == 32
     assert check_tts_settings(fast) == []
     fast.tts_device = "cpu"
     [cpu] = check_tts_settings(fast)
@@ -212,10 +213,11 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     bad = GPUSettings(
         tts_first_chunk_tokens=2, tts_chunk_tokens=0, tts_cfm_steps=0,
         tts_max_tokens=5000, tts_tokens_per_char=0.0, tts_chunk_schedule="ramp",
+        tts_max_streams=0,
     )  # fmt: skip
     problems = " | ".join(check_tts_settings(bad))
     for name in ("FIRST_CHUNK_TOKENS=2", "CHUNK_TOKENS=0", "CFM_STEPS=0", "MAX_TOKENS=5000",
-                 "TOKENS_PER_CHAR=0.0", "CHUNK_SCHEDULE='ramp'"):  # fmt: skip
+                 "TOKENS_PER_CHAR=0.0", "CHUNK_SCHEDULE='ramp'", "MAX_STREAMS=0"):  # fmt: skip
         assert f"VOICEFORGE_TTS_{name}" in problems
     monkeypatch.setenv("VOICEFORGE_TTS_BF16", "maybe")
     with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_BF16 must be 1 or 0"):
