@@ -3,6 +3,7 @@
     python -m loadtest.gpu_bench --llm-url http://127.0.0.1:8001/v1 --llm-model llama-3.3-70b
     python -m loadtest.gpu_bench --skip-llm --tts-device cuda --json out/gpu-bench.json
     python -m loadtest.gpu_bench --skip-llm --tts chatterbox-turbo
+    python -m loadtest.gpu_bench --skip-llm --concurrency 1,8,16,32,64 --json out/gpu-calls.json
 
 LLM: ``--requests`` streamed chat completions (a voice-agent prompt), each timed
 from request to first token and to the end, sequentially; report p50/p95.
@@ -14,6 +15,11 @@ factor = synthesis time / audio duration (below 1 is faster than real time). The
 engine is warmed up first (``warm_up``, as the gpu profile does before ready), so
 the first sentence does not carry CUDA initialisation. Chatterbox is imported only
 when the TTS part runs.
+Concurrency (``--concurrency``): the capacity model's inputs (docs/deploy-gpu.md).
+For each count N, N utterances (the sentences in turn) start within
+``--arrival-s`` of each other, each played back in real time from its first chunk
+by a simulated listener: first-audio p50/p95, and underruns (a chunk that arrives
+after the audio before it has finished playing, and the silence it leaves).
 Print the machine (GPU model, driver) with the figures when you publish them.
 """
 
@@ -99,6 +105,61 @@ async def bench_tts(device: str, turbo: bool = False) -> dict[str, Any]:
             "mean_streamed_rtf": mean_rtf}  # fmt: skip
 
 
+async def bench_concurrency(
+    engine: Any, counts: list[int], *, arrival_s: float = 1.0, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per count N: N utterances on one engine, arrivals spread over ``arrival_s``."""
+    import random
+
+    rows = []
+    for count in counts:
+        rng = random.Random(seed + count)
+        offsets = sorted(rng.uniform(0.0, arrival_s) for _ in range(count))
+        texts = [SENTENCES[index % len(SENTENCES)] for index in range(count)]
+        started = time.perf_counter()
+        listened = await asyncio.gather(*(
+            _listen(engine, text, started + offset)
+            for text, offset in zip(texts, offsets, strict=True)
+        ))  # fmt: skip
+        firsts = [row["first_audio_ms"] for row in listened]
+        gaps = [gap for row in listened for gap in row["gaps_ms"]]
+        audio_s = sum(row["audio_s"] for row in listened)
+        rows.append({
+            "calls": count,
+            "first_audio_ms": _percentiles(firsts),
+            "underruns": len(gaps),
+            "utterances_with_underruns": sum(1 for row in listened if row["gaps_ms"]),
+            "underrun_ms": _percentiles(gaps) if gaps else None,
+            "audio_s": audio_s,
+            "wall_s": time.perf_counter() - started,
+        })  # fmt: skip
+    return rows
+
+
+async def _listen(engine: Any, text: str, start_at: float) -> dict[str, Any]:
+    """One utterance heard in real time: playback starts with the first chunk and
+    stalls whenever the next chunk is not there yet."""
+    await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+    requested = time.perf_counter()
+    first_ms: float | None = None
+    played_until = 0.0
+    """When the audio received so far will have finished playing."""
+    gaps: list[float] = []
+    audio_s = 0.0
+    async for chunk in engine.synthesize(text):
+        now = time.perf_counter()
+        if first_ms is None:
+            first_ms = (now - requested) * 1000
+            played_until = now
+        elif now > played_until:
+            gaps.append((now - played_until) * 1000)
+            played_until = now
+        seconds = len(chunk) / engine.sample_rate
+        played_until += seconds
+        audio_s += seconds
+    return {"first_audio_ms": first_ms or 0.0, "gaps_ms": gaps, "audio_s": audio_s}
+
+
 _library_model: Any = None
 
 
@@ -121,6 +182,20 @@ def _whole_rtf(sentence: str, device: str, turbo: bool = False) -> dict[str, flo
     return {"whole_first_audio_ms": elapsed * 1000, "whole_rtf": elapsed / audio_s}
 
 
+async def _concurrency(
+    device: str, turbo: bool, counts: list[int], arrival_s: float
+) -> dict[str, Any]:
+    from pipeline.engines.chatterbox import ChatterboxTTS
+
+    engine = ChatterboxTTS(device=device, turbo=turbo, max_streams=max(counts))
+    try:
+        await engine.warm_up()
+        rows = await bench_concurrency(engine, counts, arrival_s=arrival_s)
+    finally:
+        engine.close()
+    return {"engine": engine.name, "by_calls": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llm-url", default="http://127.0.0.1:8001/v1")
@@ -130,14 +205,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tts", action="store_true")
     parser.add_argument("--tts-device", default="cuda")
     parser.add_argument("--tts", choices=("chatterbox", "chatterbox-turbo"), default="chatterbox")
+    parser.add_argument(
+        "--concurrency", default=None,
+        help="comma-separated call counts: concurrent utterances on one engine",
+    )  # fmt: skip
+    parser.add_argument("--arrival-s", type=float, default=1.0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     if not args.skip_llm:
         results["llm"] = asyncio.run(bench_llm(args.llm_url, args.llm_model, args.requests))
+    turbo = args.tts == "chatterbox-turbo"
     if not args.skip_tts:
-        turbo = args.tts == "chatterbox-turbo"
         results["tts"] = asyncio.run(bench_tts(args.tts_device, turbo))
+    if args.concurrency:
+        counts = [int(count) for count in args.concurrency.split(",")]
+        results["concurrency"] = asyncio.run(
+            _concurrency(args.tts_device, turbo, counts, args.arrival_s)
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.json is not None:

@@ -143,3 +143,20 @@ async def test_a_consumer_that_goes_away_frees_its_place(engine: Any) -> None:
     # The only place is free again: the next utterance runs to its end.
     async with asyncio.timeout(120):
         assert (await _audio(engine, "Hi.")).size
+
+
+async def test_the_gpu_benchmarks_concurrency_measures_first_audio_and_underruns(
+    engine: Any,
+) -> None:
+    """loadtest.gpu_bench's capacity inputs, run on the tiny engine (on CPU the
+    random model is far slower than real time: underruns are expected here)."""
+    from loadtest.gpu_bench import bench_concurrency
+
+    rows = await bench_concurrency(engine, [1, 3], arrival_s=0.2)
+    assert [row["calls"] for row in rows] == [1, 3]
+    for row in rows:
+        assert row["first_audio_ms"]["n"] == row["calls"]
+        assert 0 < row["first_audio_ms"]["p50"] <= row["first_audio_ms"]["p95"]
+        assert row["audio_s"] > 0 and row["wall_s"] > 0
+        assert row["underruns"] >= row["utterances_with_underruns"]
+        assert (row["underrun_ms"] is None) == (row["underruns"] == 0)
