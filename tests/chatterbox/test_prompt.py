@@ -6,6 +6,7 @@ test_chatterbox.py; the cached pass must give the library's mel bit for bit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,22 @@ def test_a_reference_of_no_seconds_is_a_configuration_error(tmp_path: Path, seco
     with pytest.raises(ConfigurationError, match="reference_seconds must be > 0"):
         ChatterboxTTS(tmp_path, device="cpu", reference_seconds=seconds)
 
+
+def test_the_benchmark_runs_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A smoke run of loadtest.s3gen_prompt_bench at tiny sizes (no timing asserted)."""
+    from loadtest import s3gen_prompt_bench
+
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        s3gen_prompt_bench.main(
+            ["--seconds", "1", "--trim", "0.4", "--repeats", "1", "--cfm-steps", "1",
+             "--threads", "1", "--left-context", "2", "--chunk-tokens", "3", "--json", str(out)]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's, for later tests too
+    result = json.loads(out.read_text())
+    assert result["cached_mel_equal"] == {"whole": True, "trimmed": True}
+    assert (result["reference_s"], result["trimmed_s"]) == (1.0, 0.4)
+    assert set(result["ratio_to_whole"]) == set(s3gen_prompt_bench.VARIANTS)
+    assert "x1.00 of whole" in capsys.readouterr().out
