@@ -31,6 +31,9 @@ import numpy as np
 import torch
 
 from pipeline.engines.base import FloatAudio
+
+# MEL_FRAMES_PER_TOKEN and aligned_prompt moved to prompt.py with the rest of the voice
+# prompt; re-exported here, where pipeline.training.vocoder and older code import them.
 from pipeline.engines.chatterbox.prompt import MEL_FRAMES_PER_TOKEN as MEL_FRAMES_PER_TOKEN
 from pipeline.engines.chatterbox.prompt import FlowPrompt, prompt_mel
 from pipeline.engines.chatterbox.prompt import aligned_prompt as aligned_prompt
