@@ -91,6 +91,8 @@ class GPUSettings:
     tts_first_chunk_tokens: int = 10
     tts_chunk_tokens: int = 25
     tts_chunk_schedule: str = "fixed"
+    tts_reference_seconds: float | None = None
+    """None: S3Gen's voice prompt is the whole reference (up to the library's 10 s)."""
     tts_max_tokens: int = 1000
     tts_tokens_per_char: float = 4.0
     tts_max_streams: int = 16
@@ -127,6 +129,8 @@ class GPUSettings:
         )
         gpu.tts_chunk_tokens = _env_int("VOICEFORGE_TTS_CHUNK_TOKENS", gpu.tts_chunk_tokens)
         gpu.tts_chunk_schedule = _env("VOICEFORGE_TTS_CHUNK_SCHEDULE", gpu.tts_chunk_schedule)
+        if os.environ.get("VOICEFORGE_TTS_REFERENCE_SECONDS"):
+            gpu.tts_reference_seconds = _env_float("VOICEFORGE_TTS_REFERENCE_SECONDS", 0.0)
         gpu.tts_max_tokens = _env_int("VOICEFORGE_TTS_MAX_TOKENS", gpu.tts_max_tokens)
         gpu.tts_max_streams = _env_int("VOICEFORGE_TTS_MAX_STREAMS", gpu.tts_max_streams)
         gpu.tts_tokens_per_char = _env_float(
@@ -284,6 +288,11 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
         problems.append(
             f"VOICEFORGE_TTS_CHUNK_SCHEDULE={gpu.tts_chunk_schedule!r}: fixed or adaptive"
         )
+    if gpu.tts_reference_seconds is not None and not gpu.tts_reference_seconds > 0:
+        problems.append(
+            f"VOICEFORGE_TTS_REFERENCE_SECONDS={gpu.tts_reference_seconds}: more than 0"
+            " (unset: the whole reference)"
+        )
     if gpu.tts_cfm_steps is not None and not 1 <= gpu.tts_cfm_steps <= MAX_CFM_STEPS:
         problems.append(
             f"VOICEFORGE_TTS_CFM_STEPS={gpu.tts_cfm_steps}: between 1 and {MAX_CFM_STEPS}"
@@ -429,6 +438,7 @@ def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
         first_chunk_tokens=gpu.tts_first_chunk_tokens,
         chunk_tokens=gpu.tts_chunk_tokens,
         chunk_schedule=gpu.tts_chunk_schedule,
+        reference_seconds=gpu.tts_reference_seconds,
         max_new_tokens=gpu.tts_max_tokens,
         tokens_per_char=gpu.tts_tokens_per_char,
         max_streams=gpu.tts_max_streams,

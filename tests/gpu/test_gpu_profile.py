@@ -186,6 +186,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     # No CFM steps named: the engine's own (10; Turbo's mean-flow decoder 2).
     assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (None, 1000)
     assert defaults.tts_chunk_schedule == "fixed" and defaults.tts_max_streams == 16
+    assert defaults.tts_reference_seconds is None, "the whole reference, as the library"
     assert check_tts_settings(defaults) == []
     for name, value in {
         "VOICEFORGE_TTS_BF16": "1",
@@ -195,6 +196,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
         "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS": "8",
         "VOICEFORGE_TTS_CHUNK_TOKENS": "20",
         "VOICEFORGE_TTS_CHUNK_SCHEDULE": "adaptive",
+        "VOICEFORGE_TTS_REFERENCE_SECONDS": "3",
         "VOICEFORGE_TTS_MAX_TOKENS": "600",
         "VOICEFORGE_TTS_TOKENS_PER_CHAR": "3.5",
         "VOICEFORGE_TTS_MAX_STREAMS": "32",
@@ -205,6 +207,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     assert (fast.tts_cfm_steps, fast.tts_first_chunk_tokens, fast.tts_chunk_tokens) == (6, 8, 20)
     assert (fast.tts_max_tokens, fast.tts_tokens_per_char) == (600, 3.5)
     assert fast.tts_chunk_schedule == "adaptive" and fast.tts_max_streams == 32
+    assert fast.tts_reference_seconds == 3.0
     assert check_tts_settings(fast) == []
     fast.tts_device = "cpu"
     [cpu] = check_tts_settings(fast)
@@ -213,11 +216,12 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     bad = GPUSettings(
         tts_first_chunk_tokens=2, tts_chunk_tokens=0, tts_cfm_steps=0,
         tts_max_tokens=5000, tts_tokens_per_char=0.0, tts_chunk_schedule="ramp",
-        tts_max_streams=0,
+        tts_max_streams=0, tts_reference_seconds=0.0,
     )  # fmt: skip
     problems = " | ".join(check_tts_settings(bad))
     for name in ("FIRST_CHUNK_TOKENS=2", "CHUNK_TOKENS=0", "CFM_STEPS=0", "MAX_TOKENS=5000",
-                 "TOKENS_PER_CHAR=0.0", "CHUNK_SCHEDULE='ramp'", "MAX_STREAMS=0"):  # fmt: skip
+                 "TOKENS_PER_CHAR=0.0", "CHUNK_SCHEDULE='ramp'", "MAX_STREAMS=0",
+                 "REFERENCE_SECONDS=0.0"):  # fmt: skip
         assert f"VOICEFORGE_TTS_{name}" in problems
     monkeypatch.setenv("VOICEFORGE_TTS_BF16", "maybe")
     with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_BF16 must be 1 or 0"):
@@ -225,6 +229,10 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     monkeypatch.setenv("VOICEFORGE_TTS_BF16", "0")
     monkeypatch.setenv("VOICEFORGE_TTS_CFM_STEPS", "2.5")
     with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_CFM_STEPS must be a whole"):
+        GPUSettings.from_settings(Settings(profile="gpu"))
+    monkeypatch.setenv("VOICEFORGE_TTS_CFM_STEPS", "6")
+    monkeypatch.setenv("VOICEFORGE_TTS_REFERENCE_SECONDS", "three")
+    with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_REFERENCE_SECONDS must be a"):
         GPUSettings.from_settings(Settings(profile="gpu"))
 
 

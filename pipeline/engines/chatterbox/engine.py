@@ -24,7 +24,8 @@ import torch
 
 from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
-from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, aligned_prompt
+from pipeline.engines.chatterbox.prompt import flow_prompt
+from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
 from pipeline.engines.chatterbox.schedule import SCHEDULES, ChunkSchedule
 from pipeline.engines.chatterbox.t3_batch import SPEECH_VOCAB_SIZE, SamplingSettings, T3Batch
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
@@ -92,6 +93,7 @@ class ChatterboxTTS:
         chunk_tokens: int = 25,
         chunk_schedule: str = "fixed",
         left_context_tokens: int = 50,
+        reference_seconds: float | None = None,
         cfm_steps: int | None = None,
         watermark: bool = False,
         bf16: bool = False,
@@ -118,6 +120,8 @@ class ChatterboxTTS:
         utterance's measured T3 and S3Gen times let it be computed inside the audio
         already out, up to ``chunk_tokens``; ``schedule.py``).
         ``left_context_tokens``: decoded tokens S3Gen sees again before each chunk.
+        ``reference_seconds``: S3Gen's voice prompt is the last this many seconds of
+        the reference (None: all of it, up to the library's 10 s; ``prompt.py``).
         ``cfm_steps``: flow-matching steps (the library uses 10).
         ``tokens_per_char`` / ``token_allowance``: an utterance stops after
         ``token_allowance + tokens_per_char × characters`` speech tokens (or
@@ -158,6 +162,8 @@ class ChatterboxTTS:
             )
         if max_streams < 1:
             raise ConfigurationError("max_streams must be >= 1")
+        if reference_seconds is not None and not reference_seconds > 0:
+            raise ConfigurationError(f"reference_seconds must be > 0, got {reference_seconds}")
         if tokens_per_char <= 0 or token_allowance < 0:
             raise ConfigurationError("tokens_per_char must be > 0 and token_allowance >= 0")
         if vocoder not in VOCODERS:
@@ -190,6 +196,7 @@ class ChatterboxTTS:
         self.chunk_tokens = chunk_tokens
         self.chunk_schedule = chunk_schedule
         self.left_context_tokens = left_context_tokens
+        self.reference_seconds = reference_seconds
         self.cfm_steps = cfm_steps
         self._bf16 = bf16
         self._seed = seed
@@ -267,7 +274,8 @@ class ChatterboxTTS:
             cond_prompt_speech_tokens=conds.t3.cond_prompt_speech_tokens,
             emotion_adv=self.exaggeration * torch.ones(1, 1, 1),
         ).to(device=self._model.device, dtype=torch.bfloat16 if self._bf16 else None)
-        return _Voice(t3_cond=t3_cond, ref_dict=aligned_prompt(conds.gen))
+        prompt = flow_prompt(self._model.s3gen, conds.gen, reference_seconds=self.reference_seconds)
+        return _Voice(t3_cond=t3_cond, ref_dict=prompt)
 
     # -- the voice library ------------------------------------------------------------
 

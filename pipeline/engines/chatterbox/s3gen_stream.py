@@ -6,6 +6,10 @@ The recipe is CosyVoice2's streaming ``token2wav``, with a bounded left context:
   already-decoded tokens before it, the new tokens, and the 3 lookahead tokens
   after them. The lookahead's mel frames are dropped (what ``finalize=False``
   means in the library); the last chunk keeps everything.
+- The voice prompt (``prompt.py``) is the library's ``ref_dict``, or a
+  ``FlowPrompt``: the same, with the flow's voice-only work done once per voice
+  and reused by every pass (the same mel, bit for bit). It may be the reference's
+  last few seconds only (``trimmed_prompt``): the flow's cost grows with it.
 - One noise tensor per utterance: the flow's starting noise at mel frame ``i`` is
   the same in every pass that covers frame ``i``, so overlapping passes agree.
 - The vocoder (``vocoder.py``: HiFT by default, or Vocos) decodes each chunk's mel
@@ -27,10 +31,15 @@ import numpy as np
 import torch
 
 from pipeline.engines.base import FloatAudio
+
+# MEL_FRAMES_PER_TOKEN and aligned_prompt moved to prompt.py with the rest of the voice
+# prompt; re-exported here, where pipeline.training.vocoder and older code import them.
+from pipeline.engines.chatterbox.prompt import MEL_FRAMES_PER_TOKEN as MEL_FRAMES_PER_TOKEN
+from pipeline.engines.chatterbox.prompt import FlowPrompt, prompt_mel
+from pipeline.engines.chatterbox.prompt import aligned_prompt as aligned_prompt
 from pipeline.engines.chatterbox.vocoder import HiFTVocoder, Vocoder
 
 SAMPLES_PER_MEL_FRAME = 480
-MEL_FRAMES_PER_TOKEN = 2
 
 
 class S3GenStream:
@@ -102,38 +111,25 @@ class S3GenStream:
             [self._noise[:, :, : self._prompt_frames], self._noise[:, :, first_frame:last_frame]],
             dim=2,
         )
-        mel = self._s3gen(
-            window,
-            ref_wav=None,
-            ref_sr=None,
-            ref_dict=self._ref_dict,
-            finalize=True,
-            skip_vocoder=True,
-            n_cfm_timesteps=self._cfm_steps,
-            noised_mels=noise,
-        )
+        if isinstance(self._ref_dict, FlowPrompt):
+            mel = prompt_mel(
+                self._s3gen, self._ref_dict, window, n_timesteps=self._cfm_steps, noised_mels=noise
+            )
+        else:
+            mel = self._s3gen(
+                window,
+                ref_wav=None,
+                ref_sr=None,
+                ref_dict=self._ref_dict,
+                finalize=True,
+                skip_vocoder=True,
+                n_cfm_timesteps=self._cfm_steps,
+                noised_mels=noise,
+            )
         first = MEL_FRAMES_PER_TOKEN * (self.decoded_tokens - start)
         last = MEL_FRAMES_PER_TOKEN * (end - start)
         result: torch.Tensor = mel[:, :, first:last]
         return result
-
-
-def aligned_prompt(ref_dict: dict[str, Any]) -> dict[str, Any]:
-    """The voice prompt with exactly two mel frames per prompt token.
-
-    ``embed_ref`` can leave one mel frame more than twice the tokens (odd-length
-    references); the flow then starts its output one frame into the new tokens and
-    returns one frame fewer than twice their number, which would shift every
-    streamed chunk (and every stage-2 Vocos training pair). Dropping the odd frame
-    keeps 2:1.
-    """
-    tokens = min(int(ref_dict["prompt_token"].shape[1]), int(ref_dict["prompt_feat"].shape[1]) // 2)
-    aligned = dict(ref_dict)
-    aligned["prompt_token"] = ref_dict["prompt_token"][:, :tokens]
-    aligned["prompt_token_len"] = torch.tensor([tokens], device=ref_dict["prompt_token"].device)
-    aligned["prompt_feat"] = ref_dict["prompt_feat"][:, : 2 * tokens]
-    aligned["prompt_feat_len"] = None
-    return aligned
 
 
 def _to_numpy(audio: torch.Tensor) -> FloatAudio:
