@@ -144,3 +144,29 @@ def test_bad_joins_are_refused(model: tuple[Any, Any, bool]) -> None:
     with pytest.raises(ValueError, match="max_tokens"):
         batch.join("b", cond, _prompt(t3, 0, turbo), max_tokens=0)
     assert batch.keys() == ["a"] and batch.step()[0].key == "a"
+
+
+def test_a_step_writes_its_column_in_place_instead_of_copying_the_cache(
+    model: tuple[Any, Any, bool],
+) -> None:
+    t3, cond, turbo = model
+    batch = T3Batch(t3, SETTINGS, turbo=turbo)
+    for index in range(2):
+        batch.join(index, cond, _prompt(t3, index, turbo), max_tokens=1000)
+    batch.step()
+    layer = batch._cache.layers[0]
+    buffer = layer._buffers[0]
+    columns = batch.columns
+    for _ in range(5):
+        batch.step()
+    assert layer._buffers[0] is buffer  # the same storage, written in place
+    assert layer.keys.data_ptr() == buffer.data_ptr()
+    assert layer.keys.shape[-2] == batch.columns == columns + 5
+    # Room runs out: the buffers grow (double) and keep every column written so far.
+    before = layer.keys.clone()
+    for _ in range(buffer.shape[-2] - batch.columns + 1):
+        batch.step()
+    assert len(batch) == 2
+    assert layer._buffers[0] is not buffer
+    assert layer._buffers[0].shape[-2] >= 2 * buffer.shape[-2]
+    assert torch.equal(layer.keys[..., : before.shape[-2], :], before)
