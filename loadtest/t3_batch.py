@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--tiny", action="store_true", help="2-layer models (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -289,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     models = [model for model in args.models.split(",") if model]
     if any(model not in ("standard", "turbo") for model in models) or args.rounds < 1:
         parser.error("--models takes standard and/or turbo; --rounds must be >= 1")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     results = run(models, sizes, rounds=args.rounds, steps=args.steps, tiny=args.tiny,
                   progress=lambda line: print(line, file=sys.stderr, flush=True))  # fmt: skip
     results["command"] = "python -m loadtest.t3_batch " + " ".join(argv or sys.argv[1:])
