@@ -134,6 +134,26 @@ async def test_a_failing_step_fails_its_utterances_and_the_next_one_works(
     assert (await _audio(engine, TEXTS[2])).size
 
 
+async def test_a_bug_in_the_workers_round_fails_its_utterances_and_the_next_one_works(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.engines.chatterbox import engine as engine_module
+
+    take = engine_module._Utterance.take
+    failures = iter([True])
+
+    def broken(self: Any, token: int | None) -> bool:
+        if next(failures, False):
+            raise KeyError("a bug in the chunking")
+        return take(self, token)
+
+    monkeypatch.setattr(engine_module._Utterance, "take", broken)
+    with pytest.raises(TTSError, match="a bug in the chunking"):
+        await _audio(engine, TEXTS[0])
+    assert not engine._worker._running
+    assert (await _audio(engine, TEXTS[1])).size
+
+
 async def test_a_consumer_that_goes_away_frees_its_place(engine: Any) -> None:
     engine.sampling = dataclasses.replace(engine.sampling, max_new_tokens=400)
     engine._worker.max_streams = 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -35,6 +36,7 @@ from pipeline.engines.chatterbox.t3_batch import T3Batch
 from pipeline.errors import TTSError
 
 Result = TypeVar("Result")
+_log = logging.getLogger("voiceforge.tts")
 _END = object()
 
 
@@ -151,6 +153,28 @@ class SpeechWorker:
     # -- the worker thread --------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:
+            # A bug here must not leave the worker marked running with nobody
+            # running it: every utterance and call waiting on it gets the error,
+            # and the next one starts the loop afresh.
+            with self._lock:
+                self._running = False
+                entries = [*self._active.values(), *self._waiting]
+                calls = list(self._calls)
+                self._active.clear()
+                self._waiting.clear()
+                self._calls.clear()
+                self._batch = None
+            for entry in entries:
+                entry.deliver(error)
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(error)
+            _log.exception("chatterbox worker: its round failed; every utterance in it failed")
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 calls = list(self._calls)
