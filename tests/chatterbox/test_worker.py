@@ -180,3 +180,56 @@ async def test_the_gpu_benchmarks_concurrency_measures_first_audio_and_underruns
         assert row["audio_s"] > 0 and row["wall_s"] > 0
         assert row["underruns"] >= row["utterances_with_underruns"]
         assert (row["underrun_ms"] is None) == (row["underruns"] == 0)
+
+
+def test_one_flow_pass_for_several_voices_is_each_voices_pass(engine: Any) -> None:
+    """S3Gen's flow over three utterances (three voices) at once gives each the mel
+    it gets alone, to float precision (a batched matmul sums in another order)."""
+    import torch
+
+    from pipeline.engines.chatterbox.prompt import prompt_mel, prompt_mels
+
+    s3gen = engine._model.s3gen
+    prompts = [engine._voices[name].ref_dict for name in ("default", "alice", "bob")]
+    assert len({prompt.frames for prompt in prompts}) == 1  # 1.5 s references, all three
+    frames = prompts[0].frames + 34
+    tokens = torch.randint(0, 6561, (3, 17), generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(3, 80, frames, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        together = prompt_mels(s3gen, prompts, tokens, n_timesteps=2, noised_mels=noise)
+        alone = [
+            prompt_mel(s3gen, prompt, tokens[row : row + 1], n_timesteps=2,
+                       noised_mels=noise[row : row + 1])
+            for row, prompt in enumerate(prompts)
+        ]  # fmt: skip
+    assert together.shape == (3, 80, 34)
+    for row, mel in enumerate(alone):
+        assert torch.allclose(together[row : row + 1], mel, atol=1e-4, rtol=1e-4), row
+    # Different voices, different mels: the rows are not one voice repeated.
+    assert not torch.allclose(together[0], together[1], atol=1e-2)
+    with pytest.raises(ValueError, match="same length"):
+        prompt_mels(s3gen, prompts[:2], tokens, n_timesteps=2, noised_mels=noise)
+
+
+async def test_chunks_due_together_share_one_flow_pass(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three calls saying the same sentence (the engine's seed: the same tokens) have
+    their chunks due in the same rounds: each round's chunks take one flow pass, and
+    each call hears as many samples as alone."""
+    from pipeline.engines.chatterbox import s3gen_stream
+
+    rows: list[int] = []
+    batched = s3gen_stream.prompt_mels
+
+    def counting(s3gen: Any, prompts: list[Any], tokens: Any, **kwargs: Any) -> Any:
+        rows.append(len(prompts))
+        return batched(s3gen, prompts, tokens, **kwargs)
+
+    monkeypatch.setattr(s3gen_stream, "prompt_mels", counting)
+    alone = await _audio(engine, TEXTS[0])
+    assert set(rows) == {1}
+    rows.clear()
+    together = await asyncio.gather(*(_audio(engine, TEXTS[0]) for _ in range(3)))
+    assert [audio.size for audio in together] == [alone.size] * 3
+    assert max(rows) == 3 and rows.count(3) >= 2  # the first chunk and a later one

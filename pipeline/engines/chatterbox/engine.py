@@ -25,7 +25,7 @@ import torch
 from pipeline.engines.base import FloatAudio
 from pipeline.engines.chatterbox.loading import load_chatterbox, load_watermarker
 from pipeline.engines.chatterbox.prompt import flow_prompt
-from pipeline.engines.chatterbox.s3gen_stream import S3GenStream
+from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, decode_together
 from pipeline.engines.chatterbox.schedule import SCHEDULES, ChunkSchedule
 from pipeline.engines.chatterbox.t3_batch import SPEECH_VOCAB_SIZE, SamplingSettings, T3Batch
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
@@ -214,7 +214,11 @@ class ChatterboxTTS:
             ).result()
             self.default_voice = self._pick_default_voice(default_voice)
             self._worker = SpeechWorker(
-                self._executor, self._new_batch, max_streams=max_streams, name=self.name
+                self._executor,
+                self._new_batch,
+                max_streams=max_streams,
+                name=self.name,
+                decode_many=self._decode_chunks,
             )
         except BaseException:
             self._executor.shutdown(wait=True)
@@ -348,6 +352,17 @@ class ChatterboxTTS:
             backbone=self._backbone,
         )
 
+    def _decode_chunks(self, jobs: list[_Utterance]) -> list[StreamedChunk | BaseException]:
+        """The due chunks of several utterances, their flow passes batched where the
+        prompt and window lengths agree (``s3gen_stream.decode_together``)."""
+        started = time.perf_counter()
+        audios = decode_together([job.due_request() for job in jobs])
+        seconds = time.perf_counter() - started
+        return [
+            audio if isinstance(audio, BaseException) else job.emitted(audio, seconds)
+            for job, audio in zip(jobs, audios, strict=True)
+        ]
+
     def _text_tokens(self, text: str) -> torch.Tensor:
         """(1, T) text tokens as the library's ``generate`` makes them."""
         model = self._model
@@ -463,14 +478,23 @@ class _Utterance:
         return len(tokens) >= due
 
     def chunk(self) -> StreamedChunk:
-        assert self._s3gen is not None
-        tokens = self._progress.speech_tokens
         started = time.perf_counter()
-        audio = self._s3gen.decode(tokens, final=False)
+        stream, tokens, final = self.due_request()
+        audio = stream.decode(tokens, final=final)
+        return self.emitted(audio, time.perf_counter() - started)
+
+    def due_request(self) -> tuple[S3GenStream, list[int], bool]:
+        """The S3Gen decode the due chunk needs: (stream, tokens, final)."""
+        assert self._s3gen is not None
+        return self._s3gen, self._progress.speech_tokens, False
+
+    def emitted(self, audio: FloatAudio, seconds: float) -> StreamedChunk:
+        """The due chunk's audio, decoded in ``seconds``, handed out."""
+        tokens = self._progress.speech_tokens
         chunk = self._engine._chunk(audio, len(tokens), self._progress)
         schedule = self._schedule
         if schedule is not None:
-            schedule.decoded(time.perf_counter() - started)
+            schedule.decoded(seconds)
             schedule.emitted(chunk.audio.size / SAMPLE_RATE)
         self._chunk_size = self._engine.chunk_tokens if schedule is None else schedule.next_tokens()
         self._progress.chunk_sizes.append(self._chunk_size)

@@ -125,22 +125,49 @@ def prompt_mel(
     """The mel of ``tokens`` (1, T) after ``prompt``: what ``s3gen(tokens, ref_dict=
     prompt, finalize=True, skip_vocoder=True)`` returns, without redoing the prompt's
     share of the embedding, the speaker projection and the condition."""
+    return prompt_mels(
+        s3gen, [prompt], tokens, n_timesteps=n_timesteps, noised_mels=noised_mels
+    )
+
+
+def prompt_mels(
+    s3gen: Any,
+    prompts: list[FlowPrompt],
+    tokens: torch.Tensor,
+    *,
+    n_timesteps: int,
+    noised_mels: torch.Tensor | None,
+) -> torch.Tensor:
+    """``prompt_mel`` for several utterances in one flow pass: row i of ``tokens``
+    (B, T) after ``prompts[i]``, each with its own voice and noise (B, 80, frames).
+    The prompts must have as many frames as each other and the rows as many tokens
+    (no padding: the library's decoder pads nothing inside a sequence)."""
+    if len(prompts) != tokens.shape[0] or len({prompt.frames for prompt in prompts}) != 1:
+        raise ValueError("one prompt per row, all of the same length")
     flow = s3gen.flow
-    embedded = torch.cat([prompt.token_embedding, flow.input_embedding(tokens.long())], dim=1)
-    lengths = torch.tensor([embedded.shape[1]], device=embedded.device)
+    rows = len(prompts)
+    prompt_frames = prompts[0].frames
+    embedded = torch.cat(
+        [
+            torch.cat([prompt.token_embedding for prompt in prompts]),
+            flow.input_embedding(tokens.long()),
+        ],
+        dim=1,
+    )
+    lengths = torch.full((rows,), embedded.shape[1], device=embedded.device)
     encoded, _ = flow.encoder(embedded, lengths)
     mu = flow.encoder_proj(encoded).transpose(1, 2).contiguous()
     frames = mu.shape[2]
-    condition = torch.zeros(1, mu.shape[1], frames, device=mu.device, dtype=mu.dtype)
-    condition[:, :, : prompt.frames] = prompt.condition
+    condition = torch.zeros(rows, mu.shape[1], frames, device=mu.device, dtype=mu.dtype)
+    condition[:, :, :prompt_frames] = torch.cat([prompt.condition for prompt in prompts])
     mel, _ = flow.decoder(
         mu=mu,
-        mask=torch.ones(1, 1, frames, device=mu.device, dtype=mu.dtype),
-        spks=prompt.speaker,
+        mask=torch.ones(rows, 1, frames, device=mu.device, dtype=mu.dtype),
+        spks=torch.cat([prompt.speaker for prompt in prompts]),
         cond=condition,
         n_timesteps=n_timesteps,
         noised_mels=noised_mels,
         meanflow=s3gen.meanflow,
     )
-    result: torch.Tensor = mel[:, :, prompt.frames :]
+    result: torch.Tensor = mel[:, :, prompt_frames:]
     return result

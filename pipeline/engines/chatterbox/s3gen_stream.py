@@ -25,7 +25,8 @@ is as long as a whole-utterance decode of the same tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from pipeline.engines.base import FloatAudio
 # MEL_FRAMES_PER_TOKEN and aligned_prompt moved to prompt.py with the rest of the voice
 # prompt; re-exported here, where pipeline.training.vocoder and older code import them.
 from pipeline.engines.chatterbox.prompt import MEL_FRAMES_PER_TOKEN as MEL_FRAMES_PER_TOKEN
-from pipeline.engines.chatterbox.prompt import FlowPrompt, prompt_mel
+from pipeline.engines.chatterbox.prompt import FlowPrompt, prompt_mels
 from pipeline.engines.chatterbox.prompt import aligned_prompt as aligned_prompt
 from pipeline.engines.chatterbox.vocoder import HiFTVocoder, Vocoder
 
@@ -80,29 +81,19 @@ class S3GenStream:
         Not final: decodes up to ``len(tokens) - lookahead_tokens``. Final: decodes
         the rest and flushes the held-back audio; the stream is then finished.
         """
+        [audio] = decode_together([(self, tokens, final)])
+        if isinstance(audio, BaseException):
+            raise audio
+        return audio
+
+    def plan(self, tokens: Sequence[int], *, final: bool) -> FlowPass | None:
+        """The flow pass the next chunk needs; None when it needs none (nothing new:
+        an empty chunk, or, final, the held-back audio alone)."""
         if self.finished:
             raise RuntimeError("this S3Gen stream is finished")
         end = len(tokens) if final else len(tokens) - self.lookahead_tokens
         if end <= self.decoded_tokens:
-            if not final:
-                return np.zeros(0, dtype=np.float32)
-            self.finished = True
-            return _to_numpy(self._vocoder.flush())
-        with torch.inference_mode():
-            mel = self._mel(tokens, end)
-            audio = self._vocoder.push(mel, final=final)
-        self.decoded_tokens = end
-        self.finished = final
-        return _to_numpy(audio)
-
-    def _mel(self, tokens: Sequence[int], end: int) -> torch.Tensor:
-        """Mel frames of tokens [decoded_tokens, end), from a pass with left context.
-
-        The pass always runs with ``finalize=True`` and the lookahead frames are cut
-        here: chatterbox-tts 0.1.7's ``finalize=False`` trims the encoder output but
-        not its mask, and fails. The difference: the flow decoder's attention also
-        sees the lookahead frames, whose mel is then thrown away.
-        """
+            return None
         start = max(0, self.decoded_tokens - self._left_context)
         window = torch.tensor([list(tokens[start:])], dtype=torch.long, device=self._s3gen.device)
         first_frame = self._prompt_frames + MEL_FRAMES_PER_TOKEN * start
@@ -111,25 +102,121 @@ class S3GenStream:
             [self._noise[:, :, : self._prompt_frames], self._noise[:, :, first_frame:last_frame]],
             dim=2,
         )
+        return FlowPass(
+            self,
+            window,
+            noise,
+            first=MEL_FRAMES_PER_TOKEN * (self.decoded_tokens - start),
+            last=MEL_FRAMES_PER_TOKEN * (end - start),
+            end=end,
+            final=final,
+        )
+
+    def complete(
+        self, flow_pass: FlowPass | None, mel: torch.Tensor | None, *, final: bool
+    ) -> FloatAudio:
+        """The chunk's audio from its pass's mel (None, None: the pass ``plan`` skipped)."""
+        if flow_pass is None or mel is None:
+            if not final:
+                return np.zeros(0, dtype=np.float32)
+            self.finished = True
+            return _to_numpy(self._vocoder.flush())
+        audio = self._vocoder.push(mel[:, :, flow_pass.first : flow_pass.last], final=final)
+        self.decoded_tokens = flow_pass.end
+        self.finished = final
+        return _to_numpy(audio)
+
+    def _mels(self, passes: list[FlowPass]) -> torch.Tensor:
+        """Mel of every pass in one flow call (``batch_key`` equal), or the library's
+        own call for a plain ``ref_dict`` (one pass).
+
+        The pass always runs with ``finalize=True`` and the lookahead frames are cut
+        afterwards: chatterbox-tts 0.1.7's ``finalize=False`` trims the encoder output
+        but not its mask, and fails. The difference: the flow decoder's attention also
+        sees the lookahead frames, whose mel is then thrown away.
+        """
         if isinstance(self._ref_dict, FlowPrompt):
-            mel = prompt_mel(
-                self._s3gen, self._ref_dict, window, n_timesteps=self._cfm_steps, noised_mels=noise
+            prompts = [cast(FlowPrompt, flow_pass.stream._ref_dict) for flow_pass in passes]
+            return prompt_mels(
+                self._s3gen,
+                prompts,
+                torch.cat([flow_pass.window for flow_pass in passes]),
+                n_timesteps=self._cfm_steps,
+                noised_mels=torch.cat([flow_pass.noise for flow_pass in passes]),
             )
-        else:
-            mel = self._s3gen(
-                window,
-                ref_wav=None,
-                ref_sr=None,
-                ref_dict=self._ref_dict,
-                finalize=True,
-                skip_vocoder=True,
-                n_cfm_timesteps=self._cfm_steps,
-                noised_mels=noise,
-            )
-        first = MEL_FRAMES_PER_TOKEN * (self.decoded_tokens - start)
-        last = MEL_FRAMES_PER_TOKEN * (end - start)
-        result: torch.Tensor = mel[:, :, first:last]
-        return result
+        [flow_pass] = passes
+        mel: torch.Tensor = self._s3gen(
+            flow_pass.window,
+            ref_wav=None,
+            ref_sr=None,
+            ref_dict=self._ref_dict,
+            finalize=True,
+            skip_vocoder=True,
+            n_cfm_timesteps=self._cfm_steps,
+            noised_mels=flow_pass.noise,
+        )
+        return mel
+
+    def batch_key(self, flow_pass: FlowPass) -> tuple[Any, ...] | None:
+        """Passes with equal keys run as one flow call; None: this one runs alone."""
+        if not isinstance(self._ref_dict, FlowPrompt):
+            return None
+        return (id(self._s3gen), self._cfm_steps, self._prompt_frames, flow_pass.window.shape[1])
+
+
+@dataclass(frozen=True, slots=True)
+class FlowPass:
+    """One chunk's flow pass: its window of tokens, its noise, which frames it keeps."""
+
+    stream: S3GenStream
+    window: torch.Tensor
+    noise: torch.Tensor
+    first: int
+    last: int
+    end: int
+    final: bool
+
+
+def decode_together(
+    requests: Sequence[tuple[S3GenStream, Sequence[int], bool]],
+) -> list[FloatAudio | BaseException]:
+    """Each (stream, tokens, final)'s ``decode``, with the flow passes whose voice
+    prompt and window have the same length run as one batched call (each row its own
+    voice and noise); the vocoder then runs stream by stream. A failure is returned
+    in the place of that request's audio (a failed batched pass fails its group)."""
+    results: list[FloatAudio | BaseException | None] = [None] * len(requests)
+    plans: list[FlowPass | None] = []
+    groups: dict[Any, list[int]] = {}
+    with torch.inference_mode():
+        for index, (stream, tokens, final) in enumerate(requests):
+            try:
+                plan = stream.plan(tokens, final=final)
+            except Exception as error:
+                results[index] = error
+                plan = None
+            plans.append(plan)
+            if plan is not None:
+                key = stream.batch_key(plan)
+                groups.setdefault(key if key is not None else ("alone", index), []).append(index)
+        mels: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            passes = [cast(FlowPass, plans[index]) for index in members]
+            try:
+                batch = passes[0].stream._mels(passes)
+            except Exception as error:
+                for index in members:
+                    results[index] = error
+                continue
+            for row, index in enumerate(members):
+                mels[index] = batch[row : row + 1]
+        for index, (stream, _, final) in enumerate(requests):
+            if results[index] is not None:
+                continue
+            try:
+                results[index] = stream.complete(plans[index], mels.get(index), final=final)
+            except Exception as error:
+                results[index] = error
+    return [result if result is not None else np.zeros(0, dtype=np.float32) for result in results]
 
 
 def _to_numpy(audio: torch.Tensor) -> FloatAudio:

@@ -9,9 +9,9 @@ they end or are cancelled. Each round of the loop, in order:
 3. waiting utterances join (their prompt's prefill);
 4. one batched T3 step samples a token for every utterance;
 5. the chunks that became due are decoded by S3Gen, first chunks first (a new
-   reply's first audio never waits behind other calls' later chunks), an
-   utterance cancelled meanwhile skipped; utterances that ended get their last
-   chunk.
+   reply's first audio never waits behind other calls' later chunks), each group
+   in batched flow passes where the engine can (``decode_many``), an utterance
+   cancelled meanwhile skipped; utterances that ended get their last chunk.
 
 So a new utterance waits at most one step (and that round's decodes) before its
 prefill, and a cancelled one costs at most the step in progress. The loop runs
@@ -87,13 +87,17 @@ class SpeechWorker:
         *,
         max_streams: int,
         name: str,
+        decode_many: Callable[[list[Any]], list[Any]] | None = None,
     ) -> None:
+        """``decode_many``: the due chunks of several jobs decoded together (a list
+        of chunks, or exceptions in their places); None: each job's ``chunk()``."""
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         self._executor = executor
         self._new_batch = new_batch
         self.max_streams = max_streams
         self._name = name
+        self._decode_many = decode_many
         self._lock = threading.Lock()
         self._waiting: deque[_Entry] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
@@ -248,14 +252,29 @@ class SpeechWorker:
             if result.done:
                 ended.append(entry)
         # First chunks first: a new reply's first audio is what a caller waits for.
-        due.sort(key=lambda entry: not entry.job.first_chunk_pending)
-        for entry in due:
-            if not entry.cancelled:
-                self._emit(entry, entry.job.chunk)
+        firsts = [entry for entry in due if entry.job.first_chunk_pending]
+        for group in (firsts, [entry for entry in due if not entry.job.first_chunk_pending]):
+            self._emit_group([entry for entry in group if not entry.cancelled])
         for entry in ended:
             self._active.pop(entry.key, None)
             if not entry.cancelled and self._emit(entry, entry.job.finish):
                 entry.deliver(_END)
+
+    def _emit_group(self, entries: list[_Entry]) -> None:
+        if not entries:
+            return
+        if self._decode_many is None:
+            for entry in entries:
+                self._emit(entry, entry.job.chunk)
+            return
+        try:
+            chunks = self._decode_many([entry.job for entry in entries])
+        except Exception as error:
+            chunks = [error] * len(entries)
+        for entry, chunk in zip(entries, chunks, strict=True):
+            entry.deliver(chunk)
+            if isinstance(chunk, BaseException):
+                entry.cancelled = True
 
     def _emit(self, entry: _Entry, decode: Callable[[], Any]) -> bool:
         try:
