@@ -102,6 +102,7 @@ CONFIGURATIONS = (
     Configuration("standard, T3 batched (this change)", False, True, False, False, 10.0),
     Configuration("Turbo, T3 batched", True, True, False, False, 10.0),
     Configuration("Turbo, T3 batched, 3 s reference", True, True, False, False, 3.0),
+    Configuration("Turbo, T3 and S3Gen batched, 3 s (built)", True, True, False, True, 3.0),
     Configuration("Turbo, T3 with CUDA graphs, S3Gen batched, 3 s", True, True, True, True, 3.0),
 )
 
