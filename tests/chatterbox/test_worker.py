@@ -233,3 +233,33 @@ async def test_chunks_due_together_share_one_flow_pass(
     together = await asyncio.gather(*(_audio(engine, TEXTS[0]) for _ in range(3)))
     assert [audio.size for audio in together] == [alone.size] * 3
     assert max(rows) == 3 and rows.count(3) >= 2  # the first chunk and a later one
+
+
+def test_on_cuda_the_worker_thread_runs_on_a_stream_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mechanics only (no GPU here): on a CUDA device the engine's thread takes a
+    non-default stream, so Whisper's CTranslate2 streams and Chatterbox's kernels do
+    not wait for each other through the legacy default stream; on CPU nothing."""
+    import threading
+
+    import torch
+
+    from pipeline.engines.chatterbox.engine import own_cuda_stream
+
+    made: list[Any] = []
+    current: dict[int, Any] = {}
+
+    class FakeStream:
+        def __init__(self, device: Any) -> None:
+            self.device = device
+            made.append(self)
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(
+        torch.cuda, "set_stream", lambda stream: current.__setitem__(threading.get_ident(), stream)
+    )
+    assert own_cuda_stream("cpu") is None and not made
+    stream = own_cuda_stream("cuda:1")
+    assert made == [stream] and stream.device == torch.device("cuda:1")
+    assert current == {threading.get_ident(): stream}

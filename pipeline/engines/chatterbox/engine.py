@@ -247,6 +247,7 @@ class ChatterboxTTS:
         library: dict[str, Path],
         compile: bool,
     ) -> None:
+        self.cuda_stream = own_cuda_stream(device)
         self._model = load_chatterbox(
             checkpoint_dir, device, t3_config=t3_config, turbo=self.turbo
         )
@@ -413,6 +414,22 @@ class ChatterboxTTS:
         self._worker.cancel_all()
         self._executor.shutdown(wait=True)
         self._voices.clear()
+
+
+def own_cuda_stream(device: str) -> Any:
+    """On CUDA, make the calling thread (the engine's worker) run its work on a stream
+    of its own and return it; None elsewhere.
+
+    torch's default is the legacy default stream, which waits for, and is waited for
+    by, every blocking stream of the process: CTranslate2's (Whisper's), among them,
+    so speech and transcription would take turns on the GPU. A stream from torch's
+    pool is non-blocking: the two overlap. The current stream is per thread, and all
+    of Chatterbox's work runs on the one worker thread."""
+    if not device.startswith("cuda"):
+        return None
+    stream = torch.cuda.Stream(device=torch.device(device))  # type: ignore[no-untyped-call]
+    torch.cuda.set_stream(stream)
+    return stream
 
 
 class _Utterance:
