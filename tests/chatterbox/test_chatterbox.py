@@ -19,18 +19,15 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
-from tests.chatterbox.tiny_model import CHUNK_TOKENS, FIRST_CHUNK_TOKENS, TEXT, TinyChatterbox
+from tests.chatterbox.tiny_model import (
+    CHATTERBOX_MARKS,
+    CHUNK_TOKENS,
+    FIRST_CHUNK_TOKENS,
+    TEXT,
+    TinyChatterbox,
+)
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    # resemble-perth imports pkg_resources (hence setuptools<81), which warns on import.
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-    # diffusers 0.29 (pinned by chatterbox-tts) warns when S3Gen's decoder builds its layers.
-    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
-    # librosa.load (the library's reference-WAV loader) imports audioread, whose raw
-    # backend imports the standard modules Python 3.13 removes.
-    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
-]
+pytestmark = CHATTERBOX_MARKS
 
 async def _collect(engine: Any, text: str, voice: str | None = None) -> list[Any]:
     return [chunk async for chunk in engine.synthesize_chunks(text, voice=voice)]

@@ -24,13 +24,9 @@ from pipeline.engines.chatterbox.prompt import (
     trimmed_prompt,
 )
 from pipeline.errors import ConfigurationError
+from tests.chatterbox.tiny_model import CHATTERBOX_MARKS
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
-]
+pytestmark = CHATTERBOX_MARKS
 
 REFERENCE_SECONDS = 0.6
 """The tests' references are 1.5 s (37 tokens); the short prompt keeps 15 of them."""

@@ -16,12 +16,9 @@ import torch
 
 from pipeline.engines.chatterbox.t3_batch import SamplingSettings, T3Batch
 from pipeline.engines.chatterbox.t3_stream import speech_tokens, turbo_speech_tokens
-from tests.chatterbox.tiny_model import text_tokens, tiny_t3
+from tests.chatterbox.tiny_model import CHATTERBOX_MARKS, text_tokens, tiny_t3
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-]
+pytestmark = CHATTERBOX_MARKS
 
 STREAMS = 8
 SETTINGS = SamplingSettings(max_new_tokens=40, top_p=0.95)

@@ -17,12 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
-]
+from tests.chatterbox.tiny_model import CHATTERBOX_MARKS
+
+pytestmark = CHATTERBOX_MARKS
 
 FIRST_CHUNK_TOKENS = 8
 CHUNK_TOKENS = 12

@@ -29,15 +29,10 @@ from pipeline.engines.base import FloatAudio
 from pipeline.engines.bench import ScriptedLLM, ScriptedSTT
 from pipeline.errors import TTSError
 from pipeline.vad import BatchedVADWorker, SileroVAD
+from tests.chatterbox.tiny_model import CHATTERBOX_MARKS
 from tests.e2e.conftest import RunningServer, start_server
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    pytest.mark.timeout(600),
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
-]
+pytestmark = [*CHATTERBOX_MARKS, pytest.mark.timeout(600)]
 
 KEY = "test-key-for-the-voice-library-api-0123456789abcdef"
 

@@ -16,14 +16,9 @@ import pytest
 
 from pipeline.engines.chatterbox.t3_batch import T3Batch
 from pipeline.errors import TTSError
-from tests.chatterbox.tiny_model import TinyChatterbox
+from tests.chatterbox.tiny_model import CHATTERBOX_MARKS, TinyChatterbox
 
-pytestmark = [
-    pytest.mark.chatterbox,
-    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
-    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
-]
+pytestmark = CHATTERBOX_MARKS
 
 TEXTS = ("Hello there, how are you?", "Fine, thanks.", "The train leaves at nine tonight.")
 

@@ -14,7 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile
+
+CHATTERBOX_MARKS = [
+    pytest.mark.chatterbox,
+    # resemble-perth imports pkg_resources (hence setuptools<81), which warns on import.
+    pytest.mark.filterwarnings("ignore:pkg_resources is deprecated as an API:UserWarning"),
+    # diffusers 0.29 (pinned by chatterbox-tts) warns when S3Gen's decoder builds its layers.
+    pytest.mark.filterwarnings("ignore:`LoRACompatibleLinear` is deprecated:FutureWarning"),
+    # librosa.load (the library's reference-WAV loader) imports audioread, whose raw
+    # backend imports the standard modules Python 3.13 removes.
+    pytest.mark.filterwarnings("ignore:'(aifc|sunau|audioop)' is deprecated:DeprecationWarning"),
+]
+"""Every chatterbox test module's marks: the marker and the library's import warnings."""
 
 FIRST_CHUNK_TOKENS = 8
 CHUNK_TOKENS = 12
