@@ -6,7 +6,8 @@ is zeroed), one for Turbo. The rows are aligned at their ends: a stream that joi
 with a shorter prompt is padded on the left, a longer one pads the others, and the
 padding is masked out of attention; every row keeps its own positions, so a stream
 sees exactly what it would see decoding alone. A stream that leaves gives its rows
-back at once, and columns no row uses any more are cut.
+back at once, and columns no row uses any more are cut. Each layer's keys and values
+live in buffers with room to grow (``SlotCache``): a step writes its column in place.
 
 A step samples one token for every stream from the hidden state of the previous
 forward (the library's sampling, in batched form: classifier-free guidance,
