@@ -222,9 +222,10 @@ class T3Batch:
             cache_rows(self._cache, lambda t: _pad_left(t, length - columns))
             self._mask = torch.nn.functional.pad(self._mask, (length - columns, 0))
         for ours, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            ours.keys = torch.cat([ours.keys, theirs.keys], dim=0)
-            ours.values = torch.cat([ours.values, theirs.values], dim=0)
-            ours._buffers = None
+            ours.replace(
+                torch.cat([ours.keys, theirs.keys], dim=0),
+                torch.cat([ours.values, theirs.values], dim=0),
+            )
         self._mask = torch.cat([self._mask, mask], dim=0)
         self._hidden = torch.cat([self._hidden, hidden], dim=0)
         self._positions = torch.cat([self._positions, positions])
@@ -297,7 +298,8 @@ class T3Batch:
             if done:
                 leaving.append(index)
         if leaving:
-            keep = [i for i in range(len(self._streams)) if i not in set(leaving)]
+            gone = set(leaving)
+            keep = [i for i in range(len(self._streams)) if i not in gone]
             tokens = tokens[keep] if keep else tokens[:0]
             self._drop(leaving)
         if self._streams:
@@ -397,8 +399,17 @@ class _SlotLayer(DynamicLayer):
     """One layer's keys and values in buffers with room to grow: a step writes its
     column in place. (transformers' DynamicLayer concatenates, copying the whole
     cache of every row at every step: at B = 16 with Turbo's 435-token prompts that
-    copy was 1.4 GB a step, as much traffic as the weights.) When the room runs out
-    the buffers double. ``keys`` / ``values`` are views of the filled part."""
+    is 16 rows x 24 layers x keys and values of 435 x 1024 float32, ~1.4 GB a step by
+    arithmetic, the weights' own size.) When the room runs out the buffers double.
+    ``keys`` / ``values`` are views of the filled part; ``replace`` puts new ones in."""
+
+    _buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """New keys and values (rows joined, left, padded or cut); the buffers are
+        made afresh at the next step (joins and leaves are rare next to steps)."""
+        self.keys, self.values = keys, values
+        self._buffers = None
 
     def update(
         self,
@@ -408,7 +419,7 @@ class _SlotLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+            self._buffers = None
         length = self.get_seq_length()
         needed = length + key_states.shape[-2]
         buffers = self._buffers
@@ -438,14 +449,11 @@ class SlotCache(DynamicCache):
         Cache.__init__(self, layer_class_to_replicate=_SlotLayer)
 
 
-def cache_rows(cache: Any, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Apply ``change`` to every layer's keys and values; a layer's buffers are
-    then made afresh at its next step (joins and leaves are rare next to steps)."""
-    for layer in cache.layers:
-        layer.keys = change(layer.keys)
-        layer.values = change(layer.values)
-        if isinstance(layer, _SlotLayer):
-            layer._buffers = None
+def cache_rows(cache: SlotCache, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Apply ``change`` to every layer's keys and values."""
+    for layer in cast(list[_SlotLayer], cache.layers):
+        keys, values = cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
+        layer.replace(change(keys), change(values))
 
 
 def _pad_left(tensor: torch.Tensor, columns: int) -> torch.Tensor:
