@@ -150,6 +150,7 @@ async def newcomer(
         lambda: T3Batch(t3, SamplingSettings(), turbo=turbo),
         max_streams=speaking + 1,
         name="bench",
+        decode_many=lambda jobs: [job.chunk() for job in jobs],
     )
     others = [worker.stream(_TokensOnly(cond, prompt)) for _ in range(speaking)]
     try:

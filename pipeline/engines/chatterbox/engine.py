@@ -494,12 +494,6 @@ class _Utterance:
         due = self._s3gen.decoded_tokens + self._chunk_size + self._s3gen.lookahead_tokens
         return len(tokens) >= due
 
-    def chunk(self) -> StreamedChunk:
-        started = time.perf_counter()
-        stream, tokens, final = self.due_request()
-        audio = stream.decode(tokens, final=final)
-        return self.emitted(audio, time.perf_counter() - started)
-
     def due_request(self) -> tuple[S3GenStream, list[int], bool]:
         """The S3Gen decode the due chunk needs: (stream, tokens, final)."""
         assert self._s3gen is not None

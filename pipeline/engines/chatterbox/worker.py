@@ -52,9 +52,6 @@ class Job(Protocol):
     def take(self, token: int | None) -> bool:
         """A step's token (None: none this step); True when a chunk is due."""
 
-    def chunk(self) -> Any:
-        """Decode the chunk that is due."""
-
     def finish(self) -> Any | None:
         """Decode the rest (T3 has ended); None when there is no audio left."""
 
@@ -87,10 +84,10 @@ class SpeechWorker:
         *,
         max_streams: int,
         name: str,
-        decode_many: Callable[[list[Any]], list[Any]] | None = None,
+        decode_many: Callable[[list[Any]], list[Any]],
     ) -> None:
-        """``decode_many``: the due chunks of several jobs decoded together (a list
-        of chunks, or exceptions in their places); None: each job's ``chunk()``."""
+        """``decode_many``: the chunks due for several jobs, decoded together (a list
+        of chunks, or exceptions in their places)."""
         if max_streams < 1:
             raise ValueError("max_streams must be >= 1")
         self._executor = executor
@@ -262,10 +259,6 @@ class SpeechWorker:
 
     def _emit_group(self, entries: list[_Entry]) -> None:
         if not entries:
-            return
-        if self._decode_many is None:
-            for entry in entries:
-                self._emit(entry, entry.job.chunk)
             return
         try:
             chunks = self._decode_many([entry.job for entry in entries])
