@@ -11,7 +11,9 @@ The LLM streams text deltas; `TextChunker` turns them into `TextChunk`s for TTS.
 * Later chunks are whole sentences. A sentence of fewer than three words is merged
   with the next one (list items such as "Mix." "Bake." would otherwise each cost a
   TTS call); a chunk that grows past ``max_chunk_chars`` without a sentence end is
-  split at its last clause boundary, else at its last whitespace.
+  split at its last clause boundary, else at its last whitespace; one with neither
+  (a 4000-character "word") is cut where it stands at twice that, so no chunk, and no
+  TTS prompt, grows with the input.
 * A line break outside a code block is a sentence boundary: list items, headings and
   table rows are read as sentences.
 * A boundary is confirmed only by the character after it ("3." may become "3.5");
@@ -302,7 +304,10 @@ class ChunkerConfig:
     emphasis or code). 0: only boundaries cut it. Ignored when
     ``first_chunk_at_clause`` is off."""
     max_chunk_chars: int = 250
-    """Soft maximum: a longer chunk is split at a clause boundary or whitespace."""
+    """Soft maximum: a longer chunk is split at a clause boundary or whitespace. Text
+    with neither is cut where it stands at twice this (a hard maximum): a batched TTS
+    pads every call's prompt to the longest one, so one caller's unbroken run must not
+    grow everybody's step."""
 
 
 _MIN_SENTENCE_WORDS = 3
@@ -360,6 +365,8 @@ class TextChunker:
         self._last_clause: int | None = None
         self._last_space: int | None = None
         self._forced_tried: tuple[int | None, int | None] = (None, None)
+        self._hard_cut_at = 2 * self._config.max_chunk_chars
+        """Prose characters at which the chunk is cut where it stands."""
 
     def push(self, delta: str) -> list[TextChunk]:
         """Add an LLM delta; return the chunks it completed (often none)."""
@@ -415,7 +422,7 @@ class TextChunker:
                     continue
                 self._last_clause = step.cut
             if self._prose_chars > self._config.max_chunk_chars:
-                chunk = self._force_cut()
+                chunk = self._force_cut() or self._hard_cut()
                 if chunk is not None:
                     chunks.append(chunk)
         return chunks
@@ -563,6 +570,17 @@ class TextChunker:
                 return chunk
         return None
 
+    def _hard_cut(self) -> TextChunk | None:
+        """No boundary and no space in twice the soft maximum: cut here, mid-word.
+        A run with nothing to say is tried again a soft maximum later (not at every
+        character: each try reads the whole chunk)."""
+        if self._prose_chars < self._hard_cut_at:
+            return None
+        chunk = self._emit(self._pos, 1, joins_next=True)
+        if chunk is None:
+            self._hard_cut_at = self._prose_chars + self._config.max_chunk_chars
+        return chunk
+
     def _emit(self, cut: int, min_words: int, *, joins_next: bool = False) -> TextChunk | None:
         display = self._buffer[:cut]
         spoken = make_speakable(display)
@@ -577,6 +595,7 @@ class TextChunker:
         self._prose_chars = self._pos
         self._last_clause = self._last_space = None
         self._forced_tried = (None, None)
+        self._hard_cut_at = 2 * self._config.max_chunk_chars
         return chunk
 
 

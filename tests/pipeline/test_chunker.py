@@ -144,6 +144,36 @@ def test_long_run_without_punctuation_is_split_at_whitespace() -> None:
     assert " ".join(c.text for c in chunks).split() == ["word"] * 100
 
 
+@pytest.mark.parametrize("deltas", [1, 7, 4000])
+def test_a_run_with_no_space_is_cut_at_the_hard_maximum(deltas: int) -> None:
+    """A 4000-character "word" (an /v1/audio/speech input, a hostile LLM output) must
+    not reach the TTS as one prompt: a batched TTS pads every call to the longest."""
+    text = "Hello there. " + "x" * 4000
+    chunks = chunk_all(text, [text[i : i + deltas] for i in range(0, len(text), deltas)])[0]
+    assert max(len(c.display_text) for c in chunks) <= 2 * ChunkerConfig().max_chunk_chars
+    assert "".join(c.display_text for c in chunks) == text
+    assert len(chunks) >= 4000 // 500
+    assert all(c.joins_next for c in chunks[1:-1])
+
+
+def test_an_unspeakable_run_is_not_re_read_at_every_character() -> None:
+    """Markup with nothing to say cannot be cut into a chunk; the hard cut is then
+    tried again a soft maximum later, so the chunker's work stays linear."""
+    chunker = TextChunker()
+    calls = 0
+    original = chunker._emit
+
+    def counting(*args: object, **kwargs: object) -> TextChunk | None:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    chunker._emit = counting  # type: ignore[method-assign]
+    for _ in range(100):
+        assert chunker.push("*" * 100) == []
+    assert calls <= 10_000 // ChunkerConfig().max_chunk_chars + 1
+
+
 # --- streaming ------------------------------------------------------------------------
 
 
