@@ -31,6 +31,7 @@ from starlette.requests import HTTPConnection
 from agent.credentials import KeyRing, calls_by_token
 from agent.hosts import direct_local_request, origin_is_loopback
 from agent.protocol import BEARER_SUBPROTOCOL_PREFIX
+from pipeline.engines.base import SupervisedEngine
 
 OPENAI_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 """The OpenAI Realtime API's browser form of the key (``/v1/realtime``; any
@@ -149,6 +150,9 @@ def refusal(state: AppState, *, held: int = 0) -> Refusal | None:
         return Refusal("draining", "the server is shutting down; try another one", retry)
     if not state.loaded:
         return Refusal("not_ready", state.load_error or "models are still loading", retry)
+    for engine in (state.engines.stt, state.engines.tts):
+        if isinstance(engine, SupervisedEngine) and (why := engine.unavailable()):
+            return Refusal("engine_restarting", why, retry)
     if state.open_calls() - held >= settings.max_sessions:
         return Refusal(
             "max_sessions", f"the server is at its limit of {settings.max_sessions} calls", retry

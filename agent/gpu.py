@@ -36,13 +36,14 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 
 from agent.config import Settings
 from agent.profiles import Progress, _timed, _warm_up, remote_stt, remote_tts
 from pipeline.conversation import Engines
-from pipeline.engines.base import TTSEngine
+from pipeline.engines.base import STTEngine, TTSEngine
 from pipeline.errors import ConfigurationError
 
 DEFAULT_LLM_URL = "http://127.0.0.1:8001/v1"
@@ -97,6 +98,11 @@ class GPUSettings:
     tts_tokens_per_char: float = 4.0
     tts_max_streams: int = 16
     """Utterances whose T3 decodes in one batched step (the engine's ``max_streams``)."""
+    tts_processes: int = 1
+    """Processes of their own the TTS runs in (each a whole engine; more than one
+    shares the GPU under MPS); 0: in the server's process."""
+    stt_process: bool = True
+    """Whisper in a process of its own (False: in the server's process)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GPUSettings:
@@ -136,6 +142,8 @@ class GPUSettings:
         gpu.tts_tokens_per_char = _env_float(
             "VOICEFORGE_TTS_TOKENS_PER_CHAR", gpu.tts_tokens_per_char
         )
+        gpu.tts_processes = _env_int("VOICEFORGE_TTS_PROCESSES", gpu.tts_processes)
+        gpu.stt_process = _env_bool("VOICEFORGE_STT_PROCESS", gpu.stt_process)
         return gpu
 
 
@@ -179,6 +187,7 @@ MAX_TTS_TOKENS = 4000
 MAX_CFM_STEPS = 50
 MAX_TTS_STREAMS = 128
 """A batch's KV cache grows with its rows; past this, start another process."""
+MAX_TTS_PROCESSES = 16
 
 
 # --- start-up checks: each returns a problem (a sentence) or None -------------------
@@ -246,14 +255,20 @@ def check_tts(gpu: GPUSettings) -> list[str]:
         return []
     if gpu.tts not in TTS_ENGINES:
         return [f"unknown TTS engine {gpu.tts!r} (VOICEFORGE_TTS): choose one of {TTS_ENGINES}"]
+    problems = []
     missing = [name for name in TTS_MODULES[gpu.tts] if not _module_exists(name)]
     if missing:
-        return [
+        problems.append(
             f"the {gpu.tts} TTS engine is not installed (missing {', '.join(missing)}): "
             "install the gpu extra (pip install '.[gpu]', as the Docker image does) or set "
             "VOICEFORGE_TTS=piper"
-        ]
-    return []
+        )
+    if not 0 <= gpu.tts_processes <= MAX_TTS_PROCESSES:
+        problems.append(
+            f"VOICEFORGE_TTS_PROCESSES={gpu.tts_processes}: between 0 (in the server's"
+            f" process) and {MAX_TTS_PROCESSES}"
+        )
+    return problems
 
 
 def check_tts_settings(gpu: GPUSettings) -> list[str]:
@@ -352,7 +367,6 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
     """Validate, then load: Silero VAD, batched Whisper, the vLLM client, the TTS."""
     from pipeline.engines.openai_compat import OpenAICompatLLM
     from pipeline.engines.session_routing import SessionRoutedLLM
-    from pipeline.engines.whisper_batch import BatchedWhisperSTT
     from pipeline.vad import BatchedVADWorker, SileroVAD
 
     gpu = GPUSettings.from_settings(settings)
@@ -366,21 +380,7 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
     vad = SileroVAD()
     done(str(vad.model_path))
 
-    stt = remote_stt(settings, progress)
-    if stt is None:
-        done = _timed(progress, "STT (faster-whisper, batched across calls)")
-        stt = BatchedWhisperSTT(
-            gpu.whisper_model,
-            device=gpu.whisper_device,
-            compute_type=gpu.whisper_compute_type,
-            cpu_threads=gpu.threads,
-            batch_window_ms=gpu.stt_batch_window_ms,
-            max_batch_size=gpu.stt_max_batch,
-        )
-        done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}")
-        done = _timed(progress, "STT warm-up")
-        sizes = stt.warm_up()
-        done(f"batches of {' and '.join(map(str, sizes))} decoded")
+    stt = remote_stt(settings, progress) or _local_stt(gpu, progress)
 
     done = _timed(progress, f"LLM client ({gpu.llm_model})")
     remote = OpenAICompatLLM(gpu.llm_url, gpu.llm_model, api_key=gpu.llm_api_key)
@@ -391,15 +391,65 @@ def build_gpu(settings: Settings, progress: Progress = print) -> Engines:
     routing = f"routing header {gpu.session_header}" if gpu.session_header else "no routing"
     done(f"{gpu.llm_url} ({routing}; system prompt cached)")
 
-    done = _timed(progress, f"TTS ({gpu.tts})")
-    tts = _build_tts(gpu, settings)
-    done(f"{tts.name} at {tts.sample_rate} Hz")
-    warm_up = getattr(tts, "warm_up", None)
-    if warm_up is not None:
-        done = _timed(progress, "TTS warm-up (every voice, first and later chunks)")
-        chunks_by_voice = asyncio.run(warm_up())
-        done(", ".join(f"{voice}: {chunks} chunks" for voice, chunks in chunks_by_voice.items()))
+    tts = remote_tts(settings, progress) or _local_tts(gpu, settings.piper_voice, progress)
     return Engines(stt=stt, llm=llm, tts=tts, vad=BatchedVADWorker(vad))
+
+
+def _local_stt(gpu: GPUSettings, progress: Progress) -> STTEngine:
+    """Batched Whisper, warmed up (a batch of 1 and of the maximum), in a process of
+    its own unless ``VOICEFORGE_STT_PROCESS=0``."""
+    from pipeline.engines.hosted import hosted_stt
+    from pipeline.engines.process_host import EngineSpec
+    from pipeline.engines.whisper_batch import BatchedWhisperSTT
+
+    options: dict[str, Any] = {
+        "model": gpu.whisper_model,
+        "device": gpu.whisper_device,
+        "compute_type": gpu.whisper_compute_type,
+        "cpu_threads": gpu.threads,
+        "batch_window_ms": gpu.stt_batch_window_ms,
+        "max_batch_size": gpu.stt_max_batch,
+    }
+    where = "in its own process" if gpu.stt_process else "in the server's process"
+    done = _timed(progress, f"STT (faster-whisper, batched across calls, {where})")
+    if gpu.stt_process:
+        stt: Any = hosted_stt(
+            EngineSpec("pipeline.engines.whisper_batch:BatchedWhisperSTT", options, "stt"),
+            progress=progress,
+        )
+        sizes = stt.warmed
+    else:
+        stt = BatchedWhisperSTT(**options)
+        sizes = stt.warm_up()
+    done(f"{gpu.whisper_model}, batches of up to {gpu.stt_max_batch}; warmed up: "
+         f"batches of {' and '.join(map(str, sizes))} decoded")
+    return cast(STTEngine, stt)
+
+
+def _local_tts(gpu: GPUSettings, piper_voice: str | None, progress: Progress) -> TTSEngine:
+    """The TTS, warmed up (every voice through its first and later chunks), in
+    ``VOICEFORGE_TTS_PROCESSES`` processes of its own (0: in the server's)."""
+    from pipeline.engines.hosted import hosted_tts
+    from pipeline.engines.process_host import EngineSpec
+
+    processes = gpu.tts_processes
+    where = (f"in {processes} process{'es' if processes > 1 else ''} of its own"
+             if processes else "in the server's process")
+    done = _timed(progress, f"TTS ({gpu.tts}, {where})")
+    if processes:
+        spec = EngineSpec("agent.gpu:build_tts", {"gpu": gpu, "piper_voice": piper_voice}, "tts")
+        hosted = hosted_tts(spec, processes=processes, progress=progress)
+        tts: TTSEngine = hosted
+        warmed = hosted.warmed
+    else:
+        tts = build_tts(gpu, piper_voice)
+        warm_up = getattr(tts, "warm_up", None)
+        warmed = asyncio.run(warm_up()) if warm_up is not None else None
+    done(f"{tts.name} at {tts.sample_rate} Hz")
+    if warmed:
+        progress("TTS warmed up (every voice, first and later chunks): " + ", ".join(
+            f"{voice}: {chunks} chunks" for voice, chunks in warmed.items()))
+    return tts
 
 
 async def _warm_up_once(gpu: GPUSettings) -> None:
@@ -413,15 +463,14 @@ async def _warm_up_once(gpu: GPUSettings) -> None:
         await client.aclose()
 
 
-def _build_tts(gpu: GPUSettings, settings: Settings) -> TTSEngine:
-    remote = remote_tts(settings)
-    if remote is not None:
-        return remote
+def build_tts(gpu: GPUSettings, piper_voice: str | None = None) -> TTSEngine:
+    """The profile's local TTS engine (in whichever process calls this: the server's,
+    or a child of `_local_tts`)."""
     if gpu.tts == "piper":
         from pipeline import models
         from pipeline.engines.piper import PiperTTS
 
-        return PiperTTS(settings.piper_voice or str(models.piper_voice_paths()[0]))
+        return PiperTTS(piper_voice or str(models.piper_voice_paths()[0]))
     module = importlib.import_module("pipeline.engines.chatterbox")
     engine: TTSEngine = module.ChatterboxTTS(
         os.environ.get("VOICEFORGE_CHATTERBOX_DIR") or None,  # None: from_pretrained

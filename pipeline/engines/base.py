@@ -200,6 +200,17 @@ class CloningTTS(Protocol):
         ...
 
 
+@runtime_checkable
+class SupervisedEngine(Protocol):
+    """An engine that runs elsewhere and can be briefly out of service: a child
+    process restarting (hosted.py). While it is, new calls are refused with a
+    retry hint and ``/readyz`` says why, so a balancer sends them elsewhere."""
+
+    def unavailable(self) -> str | None:
+        """Why it cannot serve now, or None."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class TimedWord:
     word: str

@@ -7,13 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chatterbox.tiny_model import CHUNK_TOKENS, FIRST_CHUNK_TOKENS, TinyChatterbox
+from tests.chatterbox.tiny_model import TinyChatterbox
 
 
 @pytest.fixture(scope="package")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyChatterbox]:
-    from pipeline.engines.chatterbox import ChatterboxTTS
-    from tests.chatterbox.tiny_model import write_checkpoint, write_reference_wav
+    from tests.chatterbox.tiny_model import tiny_engine, write_checkpoint, write_reference_wav
 
     root = tmp_path_factory.mktemp("chatterbox")
     voices_dir = root / "voices"
@@ -22,18 +21,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyChatterbox]:
     write_reference_wav(voices_dir / "bob.wav", pitch_hz=110.0)
     builtin = write_reference_wav(root / "builtin.wav", pitch_hz=150.0)
     config = write_checkpoint(root / "checkpoint", builtin)
-    engine = ChatterboxTTS(
-        root / "checkpoint",
-        device="cpu",
-        voices_dir=voices_dir,
-        t3_config=config,
-        first_chunk_tokens=FIRST_CHUNK_TOKENS,
-        chunk_tokens=CHUNK_TOKENS,
-        left_context_tokens=12,
-        cfm_steps=2,
-        max_new_tokens=45,
-        seed=1234,
-    )
+    engine = tiny_engine(root / "checkpoint", voices_dir)
     yield TinyChatterbox(root / "checkpoint", voices_dir, config, engine)
     engine.close()
 

@@ -9,6 +9,7 @@ the streaming mechanics, not the sound.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,42 @@ def write_checkpoint(folder: Path, voice_wav: Path) -> Any:
     model.prepare_conditionals(str(voice_wav), exaggeration=0.5)
     save_checkpoint(model, folder, tokenizer_json=tokenizer_json)
     return config
+
+
+def tiny_engine(checkpoint: Path | str, voices_dir: Path | str) -> Any:
+    """The shared tiny engine's settings (conftest.py); importable, so a child
+    process can build the same engine (tests/chatterbox/test_hosted.py)."""
+    from pipeline.engines.chatterbox import ChatterboxTTS
+
+    return ChatterboxTTS(
+        Path(checkpoint),
+        device="cpu",
+        voices_dir=Path(voices_dir),
+        t3_config=tiny_t3_config(),
+        first_chunk_tokens=FIRST_CHUNK_TOKENS,
+        chunk_tokens=CHUNK_TOKENS,
+        left_context_tokens=12,
+        cfm_steps=2,
+        max_new_tokens=45,
+        seed=1234,
+    )
+
+
+async def speech_tokens(engine: Any, text: str, voice: str | None = None) -> list[int]:
+    """Synthesise ``text`` whole; the speech tokens T3 sampled for it. The audio
+    itself differs run to run (HiFT draws its source noise from torch's global
+    generator); a seeded engine's tokens do not."""
+    async for _ in engine.synthesize(text, voice=voice):
+        pass
+    return list(engine.last_progress.speech_tokens)
+
+
+def tiny_token_engine(checkpoint: Path | str, voices_dir: Path | str) -> Any:
+    """`tiny_engine` that also answers ``speech_tokens(text, voice)``, for a child
+    process's tokens to be compared with the server's."""
+    engine = tiny_engine(checkpoint, voices_dir)
+    engine.speech_tokens = functools.partial(speech_tokens, engine)
+    return engine
 
 
 TINY_GPT2 = "voiceforge_test_tiny_gpt2"

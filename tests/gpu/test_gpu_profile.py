@@ -126,13 +126,16 @@ async def test_the_cli_prints_every_problem_without_a_traceback() -> None:
 async def test_the_profile_builds_on_cpu_and_routes_each_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every engine of the profile for real, except the GPU: Whisper on CPU, Piper."""
+    """Every engine of the profile for real, except the GPU: Whisper on CPU, Piper,
+    both in the server's process here (the next test has them in their own)."""
     async with OpenAICompatServer(["llama-3.1-8b"], max_tokens=2) as server:
         for name, value in {
             "VOICEFORGE_WHISPER_DEVICE": "cpu",
             "VOICEFORGE_WHISPER_COMPUTE_TYPE": "int8",
             "VOICEFORGE_TTS": "piper",
             "VOICEFORGE_LLM_SESSION_HEADER": "x-call",
+            "VOICEFORGE_TTS_PROCESSES": "0",
+            "VOICEFORGE_STT_PROCESS": "0",
         }.items():
             monkeypatch.setenv(name, value)
         settings = Settings(
@@ -144,8 +147,8 @@ async def test_the_profile_builds_on_cpu_and_routes_each_call(
         lines: list[str] = []
         warmed: list[str] = []
 
-        def build_warmed_tts(gpu: GPUSettings, settings: Settings) -> object:
-            tts = build_tts(gpu, settings)
+        def build_warmed_tts(gpu: GPUSettings, piper_voice: str | None = None) -> object:
+            tts = build_tts(gpu, piper_voice)
 
             async def warm_up() -> dict[str, int]:
                 warmed.append(tts.name)
@@ -154,8 +157,8 @@ async def test_the_profile_builds_on_cpu_and_routes_each_call(
             tts.warm_up = warm_up  # type: ignore[attr-defined]
             return tts
 
-        build_tts = agent_gpu._build_tts
-        monkeypatch.setattr(agent_gpu, "_build_tts", build_warmed_tts)
+        build_tts = agent_gpu.build_tts
+        monkeypatch.setattr(agent_gpu, "build_tts", build_warmed_tts)
         engines = await asyncio.to_thread(build_gpu, settings, lines.append)
         try:
             assert engines.stt.name.startswith("faster-whisper-batched:")
@@ -174,8 +177,54 @@ async def test_the_profile_builds_on_cpu_and_routes_each_call(
     assert any("routing header x-call" in line for line in lines)
     # Warmed up before the builder returns, i.e. before /readyz: one STT batch of 1
     # and one of the maximum, and the TTS's own warm-up.
+    assert any("in the server's process" in line for line in lines), lines
     assert any("batches of 1 and 8 decoded" in line for line in lines), lines
     assert warmed and any("default: 3 chunks" in line for line in lines), lines
+
+
+async def test_by_default_speech_and_stt_run_in_processes_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default: Whisper in one child, the TTS in ``VOICEFORGE_TTS_PROCESSES``
+    (two here), each warm before the builder returns; the server's process holds
+    stand-ins that speak and transcribe through them."""
+    from pipeline.engines.hosted import HostedSTT, HostedTTS
+    from tests.speech import espeak_available, speak
+
+    async with OpenAICompatServer(["llama-3.1-8b"], max_tokens=2) as server:
+        for name, value in {
+            "VOICEFORGE_WHISPER_DEVICE": "cpu",
+            "VOICEFORGE_WHISPER_COMPUTE_TYPE": "int8",
+            "VOICEFORGE_TTS": "piper",
+            "VOICEFORGE_TTS_PROCESSES": "2",
+            "VOICEFORGE_STT_MAX_BATCH": "2",
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(
+            profile="gpu", llm_url=server.url, llm_model="llama-3.1-8b",
+            whisper_model=str(models.whisper_model_dir()),
+        )  # fmt: skip
+        lines: list[str] = []
+        engines = await asyncio.to_thread(build_gpu, settings, lines.append)
+        try:
+            assert isinstance(engines.stt, HostedSTT) and isinstance(engines.tts, HostedTTS)
+            assert len(engines.tts.hosts) == 2
+            pids = {host.pid for host in engines.tts.hosts} | {engines.stt.host.pid}
+            assert len(pids) == 3 and os.getpid() not in pids
+            assert engines.tts.name.startswith("piper") and engines.tts.sample_rate > 0
+            audio = [chunk async for chunk in engines.tts.synthesize("Hello there.")]
+            assert sum(len(chunk) for chunk in audio) > engines.tts.sample_rate // 4
+            if espeak_available():
+                heard = await engines.stt.transcribe(speak("Turn on the lights in the kitchen."))
+                assert "kitchen" in heard.text.lower()
+        finally:
+            await asyncio.to_thread(engines.stt.close)  # type: ignore[attr-defined]
+            await asyncio.to_thread(engines.tts.close)  # type: ignore[attr-defined]
+            await engines.llm.aclose()  # type: ignore[attr-defined]
+    assert any("STT (faster-whisper, batched across calls, in its own process)" in line
+               for line in lines), lines
+    assert any("batches of 1 and 2 decoded" in line for line in lines), lines
+    assert any("TTS (piper, in 2 processes of its own)" in line for line in lines), lines
 
 
 def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
@@ -187,7 +236,8 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     assert (defaults.tts_cfm_steps, defaults.tts_max_tokens) == (None, 1000)
     assert defaults.tts_chunk_schedule == "fixed" and defaults.tts_max_streams == 16
     assert defaults.tts_reference_seconds is None, "the whole reference, as the library"
-    assert check_tts_settings(defaults) == []
+    assert (defaults.tts_processes, defaults.stt_process) == (1, True)
+    assert check_tts_settings(defaults) == [] and check_tts(defaults) == []
     for name, value in {
         "VOICEFORGE_TTS_BF16": "1",
         "VOICEFORGE_TTS_COMPILE": "true",
@@ -223,6 +273,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
                  "TOKENS_PER_CHAR=0.0", "CHUNK_SCHEDULE='ramp'", "MAX_STREAMS=0",
                  "REFERENCE_SECONDS=0.0"):  # fmt: skip
         assert f"VOICEFORGE_TTS_{name}" in problems
+    assert "VOICEFORGE_TTS_PROCESSES=17" in " ".join(check_tts(GPUSettings(tts_processes=17)))
     monkeypatch.setenv("VOICEFORGE_TTS_BF16", "maybe")
     with pytest.raises(ConfigurationError, match="VOICEFORGE_TTS_BF16 must be 1 or 0"):
         GPUSettings.from_settings(Settings(profile="gpu"))

@@ -87,3 +87,29 @@ def test_warm_up_decodes_a_batch_of_one_and_of_the_maximum(
     monkeypatch.setattr(stt._pipeline, "transcribe", spy)
     assert stt.warm_up(seconds=0.5) == [1, 8]
     assert decoded == [1, 8]
+
+
+async def test_in_a_process_of_its_own_it_batches_and_transcribes_the_same(
+    stt: BatchedWhisperSTT, utterances: list[np.ndarray]
+) -> None:
+    """The gpu profile's ``VOICEFORGE_STT_PROCESS``: Whisper in a child, warmed up
+    before it is ready, every call's audio batched there as here."""
+    from pipeline.engines.base import SegmentingSTT
+    from pipeline.engines.hosted import hosted_stt
+    from pipeline.engines.process_host import EngineSpec
+
+    spec = EngineSpec(
+        "pipeline.engines.whisper_batch:BatchedWhisperSTT",
+        {"batch_window_ms": 200, "max_batch_size": 4},
+        "stt",
+    )
+    hosted = await asyncio.to_thread(hosted_stt, spec, progress=lambda line: None)
+    try:
+        assert hosted.warmed == [1, 4]
+        assert hosted.name == stt.name and not isinstance(hosted, SegmentingSTT)
+        there = await asyncio.gather(*(hosted.transcribe(audio) for audio in utterances))
+        here = [await stt.transcribe(audio) for audio in utterances]
+        assert [t.text for t in there] == [t.text for t in here]
+        assert [t.audio_ms for t in there] == [t.audio_ms for t in here]
+    finally:
+        await asyncio.to_thread(hosted.close)
