@@ -182,3 +182,26 @@ async def test_an_stt_in_a_child_gets_the_audio_whole() -> None:
         assert not empty.value.transient
     finally:
         await asyncio.to_thread(stt.close)
+
+
+async def test_the_placement_benchmark_measures_both_placements(folder: Path) -> None:
+    """loadtest/speech_process.py's measurement, on the counting engine: the probe
+    ticks for the whole run, does its work, and the speech is counted."""
+    from loadtest.speech_process import calibrate, measure
+    from tests.hosting.engines import CountingTTS
+
+    iterations = calibrate(2.0)
+    here = await measure(CountingTTS(str(folder), delay_s=0.01), 2, 1.0, iterations)
+    tts = await asyncio.to_thread(
+        hosted_tts, EngineSpec(COUNTING, {"folder": str(folder), "delay_s": 0.01}, "bench"),
+        progress=lambda line: None,
+    )
+    try:
+        there = await measure(tts, 2, 1.0, iterations)
+    finally:
+        await asyncio.to_thread(tts.close)
+    for figures in (here, there):
+        assert 40 <= figures["ticks"] <= 50
+        assert 0 <= figures["lateness_p50_ms"] <= figures["lateness_max_ms"]
+        assert figures["tick_work_p50_ms"] >= 1.0
+        assert figures["audio_s_per_s"] > 0.1  # 10 ms of audio per 10 ms, per stream
