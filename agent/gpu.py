@@ -18,7 +18,8 @@ Settings (environment; docs/deploy-gpu.md has the full table):
   ``VOICEFORGE_TTS_DEVICE`` (``cuda``).
 - ``VOICEFORGE_VOCODER`` (``hift`` or ``vocos``), ``VOICEFORGE_VOCOS_WEIGHTS`` (folder or hub id).
 - Chatterbox's fast paths, all off or at the library's values by default:
-  ``VOICEFORGE_TTS_BF16``, ``VOICEFORGE_TTS_COMPILE``, ``VOICEFORGE_TTS_TF32`` (``0``/``1``),
+  ``VOICEFORGE_TTS_BF16``, ``VOICEFORGE_TTS_COMPILE``, ``VOICEFORGE_TTS_TF32``,
+  ``VOICEFORGE_TTS_CUDA_GRAPHS`` (``0``/``1``),
   ``VOICEFORGE_TTS_CFM_STEPS`` (10; Turbo 2), ``VOICEFORGE_TTS_FIRST_CHUNK_TOKENS`` (10),
   ``VOICEFORGE_TTS_CHUNK_TOKENS`` (25), ``VOICEFORGE_TTS_MAX_TOKENS`` (1000),
   ``VOICEFORGE_TTS_TOKENS_PER_CHAR`` (4).
@@ -87,6 +88,7 @@ class GPUSettings:
     tts_bf16: bool = False
     tts_compile: bool = False
     tts_tf32: bool = False
+    tts_cuda_graphs: bool = False
     tts_cfm_steps: int | None = None
     """None: the engine's own (10, Turbo 2)."""
     tts_first_chunk_tokens: int = 10
@@ -128,6 +130,7 @@ class GPUSettings:
         gpu.tts_bf16 = _env_bool("VOICEFORGE_TTS_BF16", gpu.tts_bf16)
         gpu.tts_compile = _env_bool("VOICEFORGE_TTS_COMPILE", gpu.tts_compile)
         gpu.tts_tf32 = _env_bool("VOICEFORGE_TTS_TF32", gpu.tts_tf32)
+        gpu.tts_cuda_graphs = _env_bool("VOICEFORGE_TTS_CUDA_GRAPHS", gpu.tts_cuda_graphs)
         if os.environ.get("VOICEFORGE_TTS_CFM_STEPS"):
             gpu.tts_cfm_steps = _env_int("VOICEFORGE_TTS_CFM_STEPS", 0)
         gpu.tts_first_chunk_tokens = _env_int(
@@ -282,12 +285,13 @@ def check_tts_settings(gpu: GPUSettings) -> list[str]:
             for name, on in (
                 ("VOICEFORGE_TTS_BF16", gpu.tts_bf16),
                 ("VOICEFORGE_TTS_TF32", gpu.tts_tf32),
+                ("VOICEFORGE_TTS_CUDA_GRAPHS", gpu.tts_cuda_graphs),
             )
             if on
         ]
         if named:
             problems.append(
-                f"{' and '.join(named)} need Chatterbox on cuda, not {gpu.tts_device!r}:"
+                f"{', '.join(named)} need Chatterbox on cuda, not {gpu.tts_device!r}:"
                 " turn them off or set VOICEFORGE_TTS_DEVICE=cuda"
             )
     if gpu.tts_first_chunk_tokens < 5:
@@ -483,6 +487,7 @@ def build_tts(gpu: GPUSettings, piper_voice: str | None = None) -> TTSEngine:
         bf16=gpu.tts_bf16,
         compile=gpu.tts_compile,
         tf32=gpu.tts_tf32,
+        cuda_graphs=gpu.tts_cuda_graphs,
         cfm_steps=gpu.tts_cfm_steps,
         first_chunk_tokens=gpu.tts_first_chunk_tokens,
         chunk_tokens=gpu.tts_chunk_tokens,

@@ -62,7 +62,8 @@ class Inputs:
     faster (conservative), on a GPU far slower than an H200's."""
     our_t3_efficiency: float = 1 / 3
     """Our batched HF loop (eager, growing cache, no CUDA graphs) against vLLM's
-    (assumed: a third; the vLLM port reports 4x over the library's loop unbatched)."""
+    (assumed: a third; the vLLM port reports 4x over the library's loop unbatched).
+    With ``VOICEFORGE_TTS_CUDA_GRAPHS=1`` (captured slot buckets) taken as vLLM's."""
     unbatched_s3_efficiency: float = 1 / 2
     """S3Gen per chunk, one call at a time, against the batched figure (assumed)."""
     prompt_s: float = 10.0
@@ -103,7 +104,8 @@ CONFIGURATIONS = (
     Configuration("Turbo, T3 batched", True, True, False, False, 10.0),
     Configuration("Turbo, T3 batched, 3 s reference", True, True, False, False, 3.0),
     Configuration("Turbo, T3 and S3Gen batched, 3 s (built)", True, True, False, True, 3.0),
-    Configuration("Turbo, T3 with CUDA graphs, S3Gen batched, 3 s", True, True, True, True, 3.0),
+    Configuration("Turbo, T3 with CUDA graphs (built, not run on a GPU), S3Gen batched, 3 s",
+                  True, True, True, True, 3.0),
 )
 
 

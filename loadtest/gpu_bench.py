@@ -4,6 +4,8 @@
     python -m loadtest.gpu_bench --skip-llm --tts-device cuda --json out/gpu-bench.json
     python -m loadtest.gpu_bench --skip-llm --tts chatterbox-turbo
     python -m loadtest.gpu_bench --skip-llm --concurrency 1,8,16,32,64 --json out/gpu-calls.json
+    python -m loadtest.gpu_bench --skip-llm --skip-tts --tts chatterbox-turbo \
+        --concurrency 1,8,16,32,64 --reference-seconds 3 --cuda-graphs --bf16
 
 LLM: ``--requests`` streamed chat completions (a voice-agent prompt), each timed
 from request to first token and to the end, sequentially; report p50/p95.
@@ -183,11 +185,13 @@ def _whole_rtf(sentence: str, device: str, turbo: bool = False) -> dict[str, flo
 
 
 async def _concurrency(
-    device: str, turbo: bool, counts: list[int], arrival_s: float
+    device: str, turbo: bool, counts: list[int], arrival_s: float, **fast_paths: Any
 ) -> dict[str, Any]:
+    """``fast_paths``: the engine's ``cuda_graphs``, ``bf16``, ``reference_seconds``
+    (the capacity model's configurations, docs/deploy-gpu.md)."""
     from pipeline.engines.chatterbox import ChatterboxTTS
 
-    engine = ChatterboxTTS(device=device, turbo=turbo, max_streams=max(counts))
+    engine = ChatterboxTTS(device=device, turbo=turbo, max_streams=max(counts), **fast_paths)
     try:
         await engine.warm_up()
         rows = await bench_concurrency(engine, counts, arrival_s=arrival_s)
@@ -210,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated call counts: concurrent utterances on one engine",
     )  # fmt: skip
     parser.add_argument("--arrival-s", type=float, default=1.0)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="--concurrency: T3 on captured slot buckets")
+    parser.add_argument("--bf16", action="store_true", help="--concurrency: T3 in bfloat16")
+    parser.add_argument("--reference-seconds", type=float, default=None,
+                        help="--concurrency: S3Gen's voice prompt cut to this many seconds")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
@@ -221,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency:
         counts = [int(count) for count in args.concurrency.split(",")]
         results["concurrency"] = asyncio.run(
-            _concurrency(args.tts_device, turbo, counts, args.arrival_s)
+            _concurrency(args.tts_device, turbo, counts, args.arrival_s,
+                         cuda_graphs=args.cuda_graphs, bf16=args.bf16,
+                         reference_seconds=args.reference_seconds)
         )
     text = json.dumps(results, indent=2)
     print(text)

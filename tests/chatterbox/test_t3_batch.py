@@ -9,6 +9,7 @@ Turbo's GPT-2 T3).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -50,10 +51,12 @@ def _batched(
     *,
     join_every: int = 3,
     leave: dict[int, int] | None = None,
+    make: Callable[..., T3Batch] = T3Batch,
 ) -> tuple[dict[int, list[int]], T3Batch]:
     """Stream i joins at step ``join_every * i``; ``leave`` maps a stream to the
-    number of its tokens after which it is cancelled."""
-    batch = T3Batch(t3, SETTINGS, turbo=turbo)
+    number of its tokens after which it is cancelled. ``make`` builds the batch
+    (``T3Batch``, or test_t3_slots.py's slots)."""
+    batch = make(t3, SETTINGS, turbo=turbo)
     got: dict[int, list[int]] = {index: [] for index in caps}
     pending = sorted(caps)
     for _ in range(1000):

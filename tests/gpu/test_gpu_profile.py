@@ -242,6 +242,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
         "VOICEFORGE_TTS_BF16": "1",
         "VOICEFORGE_TTS_COMPILE": "true",
         "VOICEFORGE_TTS_TF32": "on",
+        "VOICEFORGE_TTS_CUDA_GRAPHS": "yes",
         "VOICEFORGE_TTS_CFM_STEPS": "6",
         "VOICEFORGE_TTS_FIRST_CHUNK_TOKENS": "8",
         "VOICEFORGE_TTS_CHUNK_TOKENS": "20",
@@ -254,6 +255,7 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
         monkeypatch.setenv(name, value)
     fast = GPUSettings.from_settings(Settings(profile="gpu"))
     assert (fast.tts_bf16, fast.tts_compile, fast.tts_tf32) == (True, True, True)
+    assert fast.tts_cuda_graphs and not defaults.tts_cuda_graphs
     assert (fast.tts_cfm_steps, fast.tts_first_chunk_tokens, fast.tts_chunk_tokens) == (6, 8, 20)
     assert (fast.tts_max_tokens, fast.tts_tokens_per_char) == (600, 3.5)
     assert fast.tts_chunk_schedule == "adaptive" and fast.tts_max_streams == 32
@@ -261,7 +263,8 @@ def test_chatterbox_fast_paths_are_settings_with_safe_defaults(
     assert check_tts_settings(fast) == []
     fast.tts_device = "cpu"
     [cpu] = check_tts_settings(fast)
-    assert "VOICEFORGE_TTS_BF16 and VOICEFORGE_TTS_TF32 need Chatterbox on cuda" in cpu
+    assert ("VOICEFORGE_TTS_BF16, VOICEFORGE_TTS_TF32, VOICEFORGE_TTS_CUDA_GRAPHS need"
+            " Chatterbox on cuda") in cpu
 
     bad = GPUSettings(
         tts_first_chunk_tokens=2, tts_chunk_tokens=0, tts_cfm_steps=0,

@@ -11,13 +11,14 @@ before the next step; nothing of it runs after the step in progress.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from pipeline.engines.chatterbox.prompt import flow_prompt
 from pipeline.engines.chatterbox.s3gen_stream import S3GenStream, decode_together
 from pipeline.engines.chatterbox.schedule import SCHEDULES, ChunkSchedule
 from pipeline.engines.chatterbox.t3_batch import SPEECH_VOCAB_SIZE, SamplingSettings, T3Batch
+from pipeline.engines.chatterbox.t3_slots import T3Slots
 from pipeline.engines.chatterbox.vocoder import VOCODERS, Vocoder, build_vocoder
 from pipeline.engines.chatterbox.voices import BUILTIN_VOICE, voice_library
 from pipeline.engines.chatterbox.worker import SpeechWorker
@@ -35,6 +37,10 @@ from pipeline.engines.threaded import pick_voice
 from pipeline.errors import ConfigurationError, ModelLoadError, TTSError
 
 SAMPLE_RATE = 24_000
+SLOT_PROMPT_POSITIONS = 1024
+"""Columns of a T3 slot for the prompt (voice conditioning, text, start tokens),
+beyond ``max_new_tokens``: the chunker cuts a chunk at 500 characters."""
+_log = logging.getLogger("voiceforge.tts")
 S3GEN_SILENCE_TOKEN = 4299
 """``chatterbox.models.s3gen.const.S3GEN_SIL``."""
 WARM_UP_TEXT = "Hello, thanks for calling. This sentence warms the voice up before the first call."
@@ -106,6 +112,7 @@ class ChatterboxTTS:
         turbo: bool = False,
         top_k: int = 1000,
         max_streams: int = 16,
+        cuda_graphs: bool = False,
     ) -> None:
         """Load Chatterbox and prepare every voice of the library.
 
@@ -144,6 +151,9 @@ class ChatterboxTTS:
         ``ResembleAI/chatterbox-turbo`` when ``checkpoint_dir`` is None).
         ``max_streams``: utterances whose T3 decodes together, one batched step
         for all (``t3_batch``, ``worker``); more wait for a free place.
+        ``cuda_graphs``: T3 on ``max_streams`` fixed slots (``t3_slots``) whose
+        decode step is captured as a CUDA graph per bucket during the warm-up and
+        replayed (on CUDA; elsewhere the same slots run eagerly).
         """
         if first_chunk_tokens < 5 or chunk_tokens < 1:
             raise ConfigurationError(
@@ -200,6 +210,9 @@ class ChatterboxTTS:
         self.cfm_steps = cfm_steps
         self._bf16 = bf16
         self._seed = seed
+        self._cuda_graphs = cuda_graphs
+        self._max_streams = max_streams
+        self._slots: T3Slots | None = None
         self.last_progress = SynthesisProgress()
         library = voice_library(voices_dir)
         # Fail fast and loud, before minutes of model loading.
@@ -345,13 +358,30 @@ class ChatterboxTTS:
         return min(self.sampling.max_new_tokens, by_length)
 
     def _new_batch(self) -> T3Batch:
-        return T3Batch(
-            self._model.t3,
-            self.sampling,
-            turbo=self.turbo,
-            top_k=self.top_k,
-            backbone=self._backbone,
-        )
+        if not self._cuda_graphs:
+            return T3Batch(
+                self._model.t3,
+                self.sampling,
+                turbo=self.turbo,
+                top_k=self.top_k,
+                backbone=self._backbone,
+            )
+        # The slots (their buffers and captured graphs) are kept while they are
+        # empty and the sampling settings unchanged; a batch left with streams in it
+        # (a failed step) is not trusted again.
+        slots = self._slots
+        if slots is None or len(slots) or slots.settings != self.sampling:
+            slots = self._slots = T3Slots(
+                self._model.t3,
+                self.sampling,
+                turbo=self.turbo,
+                top_k=self.top_k,
+                backbone=self._backbone,
+                capacity=self._max_streams,
+                max_positions=self.sampling.max_new_tokens + SLOT_PROMPT_POSITIONS,
+                cuda_graphs=True,
+            )
+        return slots
 
     def _decode_chunks(self, jobs: list[_Utterance]) -> list[StreamedChunk | BaseException]:
         """The due chunks of several utterances, their flow passes batched where the
@@ -402,6 +432,11 @@ class ChatterboxTTS:
                 chunks_by_voice[name] = len([chunk async for chunk in chunks])
             finally:
                 await chunks.aclose()
+        if self._cuda_graphs:
+            slots = await self._worker.call(self._new_batch)
+            buckets = await self._worker.call(cast(T3Slots, slots).warm_buckets)
+            _log.info("%s: T3 decode ran in %d slot buckets (captured on CUDA)",
+                      self.name, buckets)
         return chunks_by_voice
 
     async def wait_idle(self) -> None:

@@ -233,7 +233,8 @@ class T3Batch:
         self._fresh = torch.cat([self._fresh, fresh])
         self._padded = length != columns or self._padded
 
-    def _drop(self, indices: list[int]) -> None:
+    def _drop(self, indices: list[int]) -> list[int]:
+        """Drop these streams; the others' old indices, in their new order."""
         gone = set(indices)
         keep = [i for i in range(len(self._streams)) if i not in gone]
         self._streams = [self._streams[i] for i in keep]
@@ -241,7 +242,7 @@ class T3Batch:
             self._cache = self._mask = self._hidden = None
             self._positions = self._seen = self._fresh = None
             self._padded = False
-            return
+            return keep
         assert self._mask is not None and self._hidden is not None
         assert self._positions is not None and self._seen is not None
         assert self._fresh is not None
@@ -264,6 +265,7 @@ class T3Batch:
             self._positions = self._positions.index_select(0, row_index)
             self._seen = self._seen.index_select(0, streams)
             self._fresh = self._fresh.index_select(0, streams)
+        return keep
 
     # -- one step ----------------------------------------------------------------------
 
@@ -298,10 +300,8 @@ class T3Batch:
             if done:
                 leaving.append(index)
         if leaving:
-            gone = set(leaving)
-            keep = [i for i in range(len(self._streams)) if i not in gone]
-            tokens = tokens[keep] if keep else tokens[:0]
-            self._drop(leaving)
+            order = self._drop(leaving)
+            tokens = tokens[order] if order else tokens[:0]
         if self._streams:
             self._forward(tokens)
         return results
