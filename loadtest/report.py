@@ -148,7 +148,7 @@ def to_json(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot_distribution(report: dict[str, Any], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     turns: list[TurnResult] = report["_turns"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, values in (
@@ -174,7 +174,7 @@ def plot_distribution(report: dict[str, Any], path: Path) -> None:
 def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, path: Path) -> None:
     """Left: the budget metric against its budget; right: end-of-speech latency
     (where an input path falling behind shows) and errors, against callers."""
-    plt = _pyplot()
+    plt = pyplot()
     callers = [r["callers"] for r in reports]
     fig, (left, middle) = plt.subplots(1, 2, figsize=(13, 4.5))
     panels = ((left, (metric,)), (middle, ("latency_ms", "acoustic_latency_ms")))
@@ -202,10 +202,20 @@ def plot_sweep(reports: list[dict[str, Any]], metric: str, budget_ms: float, pat
     plt.close(fig)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Lay ``figure`` out, write it to ``path`` (folders made) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot().close(figure)
+

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.chatterbox_tiny import tiny_engine, write_checkpoint, write_reference_wav
+from loadtest.latency import percentile
 
 TICK_S = 0.020
 TEXTS = (
@@ -53,11 +54,6 @@ def bench_engine(checkpoint: str, voices_dir: str, threads: int) -> Any:
 
     torch.set_num_threads(threads)
     return tiny_engine(checkpoint, voices_dir)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _speak(tts: Any, index: int, until: float, produced: list[float]) -> None:
@@ -114,13 +110,13 @@ async def measure(tts: Any, streams: int, seconds: float, iterations: int) -> di
     await asyncio.gather(*speakers)
     wall = time.perf_counter() - start
     return {
-        "lateness_p50_ms": round(_percentile(lateness, 0.50), 2),
-        "lateness_p95_ms": round(_percentile(lateness, 0.95), 2),
-        "lateness_p99_ms": round(_percentile(lateness, 0.99), 2),
+        "lateness_p50_ms": round(percentile(lateness, 50), 2),
+        "lateness_p95_ms": round(percentile(lateness, 95), 2),
+        "lateness_p99_ms": round(percentile(lateness, 99), 2),
         "lateness_max_ms": round(max(lateness), 2),
         "ticks": len(lateness),
         "tick_work_p50_ms": round(statistics.median(work), 2) if work else 0.0,
-        "tick_work_p95_ms": round(_percentile(work, 0.95), 2) if work else 0.0,
+        "tick_work_p95_ms": round(percentile(work, 95), 2) if work else 0.0,
         "audio_s_per_s": round(sum(produced) / wall, 3),
     }
 
@@ -178,12 +174,9 @@ def run(streams: int, seconds: float, rounds: int, threads: int, loop_load: floa
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from loadtest.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure, axis = pyplot().subplots(figsize=(6.4, 4.0))
     for placement in PLACEMENTS:
         rows = results["rounds_measured"][placement]
         keys = ("lateness_p50_ms", "lateness_p95_ms", "lateness_p99_ms", "lateness_max_ms")
@@ -194,10 +187,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     axis.set_title(f"{results['streams']} Chatterbox utterances speaking (tiny random weights)")
     axis.legend()
     axis.grid(True, alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,12 +252,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from loadtest.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    figure, axis = pyplot().subplots(figsize=(6.4, 4.0))
     for model, figures in results["models"].items():
         sizes = [int(size) for size in figures["by_batch"]]
         rates = [row["tokens_per_s"] for row in figures["by_batch"].values()]
@@ -270,10 +267,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axis.set_title("Chatterbox T3 on this CPU, random weights, library sizes")
     axis.legend()
     axis.grid(True, alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,15 +205,13 @@ class T3Batch:
         rows = hidden.shape[0]
         positions = torch.full((rows,), length, dtype=torch.long, device=self._device)
         mask = torch.ones(rows, length, dtype=torch.long, device=self._device)
-        fresh = torch.ones(1, dtype=torch.bool, device=self._device)
         if self._cache is None or not self._streams:
-            self._cache, self._mask, self._hidden = cache, mask, hidden
-            self._positions, self._seen, self._fresh = positions, seen, fresh
+            self._cache, self._mask, self._positions = cache, mask, positions
+            self._hidden = self._seen = self._fresh = None
+            self._append_sampling_rows(hidden, seen)
             self._padded = False
             return
-        assert self._mask is not None and self._hidden is not None
-        assert self._positions is not None and self._seen is not None
-        assert self._fresh is not None
+        assert self._mask is not None and self._positions is not None
         columns = int(self._mask.shape[1])
         if length < columns:
             cache_rows(cache, lambda t: _pad_left(t, columns - length))
@@ -227,10 +225,8 @@ class T3Batch:
                 torch.cat([ours.values, theirs.values], dim=0),
             )
         self._mask = torch.cat([self._mask, mask], dim=0)
-        self._hidden = torch.cat([self._hidden, hidden], dim=0)
         self._positions = torch.cat([self._positions, positions])
-        self._seen = torch.cat([self._seen, seen])
-        self._fresh = torch.cat([self._fresh, fresh])
+        self._append_sampling_rows(hidden, seen)
         self._padded = length != columns or self._padded
 
     def _drop(self, indices: list[int]) -> list[int]:
@@ -243,9 +239,7 @@ class T3Batch:
             self._positions = self._seen = self._fresh = None
             self._padded = False
             return keep
-        assert self._mask is not None and self._hidden is not None
-        assert self._positions is not None and self._seen is not None
-        assert self._fresh is not None
+        assert self._mask is not None and self._positions is not None
         rows = self.rows_per_stream
         streams = torch.tensor(keep, dtype=torch.long, device=self._device)
         row_index = (streams.unsqueeze(1) * rows + torch.arange(rows, device=self._device))
@@ -261,10 +255,8 @@ class T3Batch:
                 mask = mask[:, first:]
             self._mask = mask
             self._padded = not bool(mask.all())
-            self._hidden = self._hidden.index_select(0, row_index)
             self._positions = self._positions.index_select(0, row_index)
-            self._seen = self._seen.index_select(0, streams)
-            self._fresh = self._fresh.index_select(0, streams)
+            self._keep_sampling_rows(streams, row_index)
         return keep
 
     # -- one step ----------------------------------------------------------------------
@@ -370,18 +362,40 @@ class T3Batch:
             )[0]
         return tokens
 
+    def _token_embeds(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, width): each stream's sampled token embedded (with its speech
+        position for the standard T3), repeated over the stream's rows."""
+        t3, rows = self._t3, self.rows_per_stream
+        embeds = t3.speech_emb(tokens)
+        if not self._turbo:
+            sampled = torch.tensor([stream.sampled for stream in self._streams],
+                                   device=self._device)  # fmt: skip
+            embeds = embeds + t3.speech_pos_emb.get_fixed_embedding(sampled.unsqueeze(1))
+        repeated: torch.Tensor = embeds.repeat_interleave(rows, dim=0) if rows > 1 else embeds
+        return repeated
+
+    def _append_sampling_rows(self, hidden: torch.Tensor, seen: torch.Tensor) -> None:
+        """A joining stream's last hidden state and penalty history, after the others'."""
+        fresh = torch.ones(1, dtype=torch.bool, device=self._device)
+        if self._hidden is None or self._seen is None or self._fresh is None:
+            self._hidden, self._seen, self._fresh = hidden, seen, fresh
+            return
+        self._hidden = torch.cat([self._hidden, hidden], dim=0)
+        self._seen = torch.cat([self._seen, seen])
+        self._fresh = torch.cat([self._fresh, fresh])
+
+    def _keep_sampling_rows(self, streams: torch.Tensor, rows: torch.Tensor) -> None:
+        """Keep these streams' (and their ``rows``') sampling state, in this order."""
+        assert self._hidden is not None and self._seen is not None
+        assert self._fresh is not None
+        self._hidden = self._hidden.index_select(0, rows)
+        self._seen = self._seen.index_select(0, streams)
+        self._fresh = self._fresh.index_select(0, streams)
+
     def _forward(self, tokens: torch.Tensor) -> None:
         assert self._mask is not None and self._positions is not None
-        t3, rows = self._t3, self.rows_per_stream
         with torch.inference_mode():
-            embeds = t3.speech_emb(tokens)
-            if not self._turbo:
-                sampled = torch.tensor(
-                    [stream.sampled for stream in self._streams], device=self._device
-                )
-                embeds = embeds + t3.speech_pos_emb.get_fixed_embedding(sampled.unsqueeze(1))
-            if rows > 1:
-                embeds = embeds.repeat_interleave(rows, dim=0)
+            embeds = self._token_embeds(tokens)
             self._mask = torch.nn.functional.pad(self._mask, (0, 1), value=1)
             output = self._model(
                 inputs_embeds=embeds,

@@ -223,14 +223,9 @@ class T3Slots(T3Batch):
         self._mask_in[first : first + rows] = torch.finfo(self._mask_in.dtype).min
         self._mask_in[first : first + rows, ..., :length] = 0.0
         self._lengths.append(length)
-        fresh = torch.ones(1, dtype=torch.bool, device=self._device)
-        if self._hidden is None or not self._streams:
-            self._hidden, self._seen, self._fresh = hidden, seen, fresh
-        else:
-            assert self._seen is not None and self._fresh is not None
-            self._hidden = torch.cat([self._hidden, hidden], dim=0)
-            self._seen = torch.cat([self._seen, seen])
-            self._fresh = torch.cat([self._fresh, fresh])
+        if not self._streams:
+            self._hidden = self._seen = self._fresh = None
+        self._append_sampling_rows(hidden, seen)
 
     def join(self, key: Hashable, t3_cond: Any, text_tokens: torch.Tensor, *,
              max_tokens: int, generator: torch.Generator | None = None) -> None:
@@ -274,32 +269,21 @@ class T3Slots(T3Batch):
         if not order:
             self._hidden = self._seen = self._fresh = None
             return order
-        assert self._hidden is not None and self._seen is not None
-        assert self._fresh is not None
         streams = torch.tensor(order, dtype=torch.long, device=self._device)
         row_index = (streams.unsqueeze(1) * rows + torch.arange(rows, device=self._device))
         with torch.inference_mode():
-            self._hidden = self._hidden.index_select(0, row_index.reshape(-1))
-            self._seen = self._seen.index_select(0, streams)
-            self._fresh = self._fresh.index_select(0, streams)
+            self._keep_sampling_rows(streams, row_index.reshape(-1))
         return order
 
     # -- one step ----------------------------------------------------------------------
 
     def _forward(self, tokens: torch.Tensor) -> None:
-        t3, rows = self._t3, self.rows_per_stream
+        rows = self.rows_per_stream
         active = len(self._streams) * rows
         streams, columns = self.bucket()
         bucket_rows = streams * rows
         with torch.inference_mode():
-            embeds = t3.speech_emb(tokens)
-            if not self._turbo:
-                sampled = torch.tensor(
-                    [stream.sampled for stream in self._streams], device=self._device
-                )
-                embeds = embeds + t3.speech_pos_emb.get_fixed_embedding(sampled.unsqueeze(1))
-            if rows > 1:
-                embeds = embeds.repeat_interleave(rows, dim=0)
+            embeds = self._token_embeds(tokens)
             lengths = torch.tensor(
                 [length for length in self._lengths for _ in range(rows)], device=self._device
             )
