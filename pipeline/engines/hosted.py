@@ -76,18 +76,32 @@ class HostedCloningTTS(HostedTTS):
         return str(self._hosts[0].info["default_voice"])
 
     async def add_voice(self, name: str, reference: Path) -> None:
-        await self._on_every_child("add_voice", name, reference)
+        """On every child, or on none: a child that fails (or is restarting) undoes
+        it on the others, so no child keeps a voice the library did not store."""
+        added, failures = await self._on_every_child("add_voice", name, reference)
+        if failures:
+            await asyncio.gather(*(host.call("remove_voice", name) for host in added),
+                                 return_exceptions=True)  # fmt: skip
+            raise failures[0]
 
     async def remove_voice(self, name: str) -> None:
-        await self._on_every_child("remove_voice", name)
+        _, failures = await self._on_every_child("remove_voice", name)
+        if failures:
+            raise failures[0]
 
-    async def _on_every_child(self, method: str, *args: Any) -> None:
+    async def _on_every_child(
+        self, method: str, *args: Any
+    ) -> tuple[list[EngineProcess], list[BaseException]]:
+        """Call ``method`` on every child at once: the children where it worked, and
+        the failures. (A restarted child loads the voice library's folder afresh, so
+        what was stored there is on it again.)"""
         results = await asyncio.gather(
             *(host.call(method, *args) for host in self._hosts), return_exceptions=True
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        failures = [result for result in results if isinstance(result, BaseException)]
+        worked = [host for host, result in zip(self._hosts, results, strict=True)
+                  if not isinstance(result, BaseException)]  # fmt: skip
+        return worked, failures
 
 
 def hosted_tts(spec: EngineSpec, *, processes: int = 1, progress: Progress = print

@@ -110,6 +110,13 @@ def _child_main(conn: Connection, spec: EngineSpec) -> None:
     or the parent goes (the pipe closes)."""
     # The parent decides when we stop (a terminal's Ctrl-C reaches the whole group).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A spawned child starts with no logging set up: its lines go to the parent's
+    # stderr, named after the process.
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(asctime)s voiceforge-{spec.label} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("voiceforge").setLevel(logging.INFO)
     send_lock = threading.Lock()
 
     def send(message: Message) -> None:

@@ -127,8 +127,14 @@ async def test_a_child_that_dies_fails_its_requests_and_is_replaced(folder: Path
             async for _ in streams[0]:
                 pass
         assert in_flight.value.transient
-        # While the first restarts, new utterances go to the second.
+        # While the first restarts, new utterances go to the second, and a voice
+        # cannot be added to one child only: the second's is undone.
         assert not first.ready
+        reference = folder / "eve.wav"
+        reference.write_bytes(b"RIFF")
+        with pytest.raises(TTSError, match="restarting"):
+            await tts.add_voice("eve", reference)  # type: ignore[attr-defined]
+        assert "eve" not in second.info["voices"]
         stream = tts.synthesize("2 c")
         assert len([chunk async for chunk in stream]) == 2
         assert await asyncio.to_thread(wait_for, lambda: first.ready, 60)
