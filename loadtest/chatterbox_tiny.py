@@ -25,8 +25,6 @@ TINY_LLAMA = "voiceforge_test_tiny"
 SAMPLE_RATE = 24_000
 
 
-
-
 def tiny_t3_config() -> Any:
     from chatterbox.models.t3.llama_configs import LLAMA_520M_CONFIG_DICT, LLAMA_CONFIGS
     from chatterbox.models.t3.modules.t3_config import T3Config
