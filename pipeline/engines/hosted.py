@@ -15,7 +15,7 @@ Each stand-in offers exactly the optional protocols its engine has (`CloningTTS`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,15 @@ class HostedTTS:
         return min(ready, key=lambda host: host.in_flight)
 
     async def synthesize(self, text: str, *, voice: str | None = None
-                         ) -> AsyncIterator[FloatAudio]:
+                         ) -> AsyncGenerator[FloatAudio, None]:
+        # The child is picked when the first chunk is asked for, not when the
+        # generator is made: several made at once must not all see the same counts.
         chunks = self._least_busy().stream("synthesize", text, voice=voice)
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
 
     def voices(self) -> Sequence[str]:
         return tuple(self._hosts[0].info.get("voices", ()))
@@ -156,7 +158,7 @@ class HostedSegmentingSTT(HostedSTT):
     def multilingual(self) -> bool:
         return bool(self._host.info.get("multilingual", False))
 
-    async def transcribe_segments(
+    def transcribe_segments(
         self,
         audio: FloatAudio,
         *,
@@ -164,17 +166,12 @@ class HostedSegmentingSTT(HostedSTT):
         prompt: str | None,
         temperature: float | None,
         word_timestamps: bool,
-    ) -> AsyncIterator[TranscriptSegment]:
-        segments = self._host.stream(
+    ) -> AsyncGenerator[TranscriptSegment, None]:
+        return self._host.stream(
             "transcribe_segments", np.ascontiguousarray(audio, dtype=np.float32),
             language=language, prompt=prompt, temperature=temperature,
             word_timestamps=word_timestamps,
         )
-        try:
-            async for segment in segments:
-                yield segment
-        finally:
-            await segments.aclose()  # type: ignore[attr-defined]
 
 
 def hosted_stt(spec: EngineSpec, *, progress: Progress = print) -> HostedSTT:

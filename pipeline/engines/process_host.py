@@ -45,7 +45,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -434,7 +434,7 @@ class EngineProcess:
         self.info = message[3]
         return message[2]
 
-    async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         """``async for item in engine.method(*args, **kwargs)`` in the child; closing
         this generator (or cancelling its task) cancels it there."""
         rid, request = self._open("stream", method, args, kwargs)

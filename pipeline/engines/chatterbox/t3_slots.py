@@ -57,7 +57,7 @@ def buckets(limit: int, first: int = 1) -> list[int]:
     return [*sizes, limit]
 
 
-class _SlotLayer(CacheLayerMixin):
+class _FixedLayer(CacheLayerMixin):
     """One layer's keys and values: fixed buffers, written at each row's column."""
 
     is_compileable = True
@@ -103,7 +103,7 @@ class _SlotLayer(CacheLayerMixin):
 class _BucketCache(Cache):
     """The backbone's view of the first ``rows`` rows and ``columns`` columns."""
 
-    def __init__(self, layers: list[_SlotLayer]) -> None:
+    def __init__(self, layers: list[_FixedLayer]) -> None:
         super().__init__(layers=list(layers))
 
 
@@ -195,7 +195,7 @@ class T3Slots(T3Batch):
             rows = streams * self.rows_per_stream
             write = self._write[:rows]
             layers = [
-                _SlotLayer(keys[:rows, :, :columns], values[:rows, :, :columns], write)
+                _FixedLayer(keys[:rows, :, :columns], values[:rows, :, :columns], write)
                 for keys, values in self._buffers
             ]
             self._views[key] = (_BucketCache(layers), self._mask_in[:rows, :, :, :columns])
