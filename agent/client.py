@@ -44,6 +44,7 @@ Used by ``voiceforge talk``, the tests and the load generator.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import inspect
@@ -59,6 +60,7 @@ from typing import Any
 import numpy as np
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
 
 from agent.playback import PlaybackClock
 from agent.protocol import (
@@ -95,7 +97,7 @@ from pipeline.events import (
 from pipeline.tools.executor import MAX_CLIENT_OUTPUT_CHARS
 from pipeline.tools.spec import Executor, ToolError, ToolSpec
 
-__all__ = ["ClientError", "ClientTool", "PlaybackClock", "VoiceForgeClient"]
+__all__ = ["ClientError", "ClientTool", "PlaybackClock", "VoiceForgeClient", "encode_audio"]
 
 logger = logging.getLogger("voiceforge.client")
 
@@ -111,6 +113,16 @@ EMPTY_PARAMETERS: Mapping[str, Any] = {"type": "object", "properties": {}}
 RESUME_FIRST_DELAY_S = 0.1
 RESUME_MAX_DELAY_S = 2.0
 RESUME_OPEN_TIMEOUT_S = 10.0
+NOWAIT_BUFFER_BYTES = 32 * 1024
+"""``send_encoded_audio_nowait`` writes only below this much unsent data (websockets'
+default ``write_limit``, where ``send()`` starts waiting), so a peer that stops reading
+is waited for."""
+
+
+def encode_audio(pcm: bytes) -> bytes:
+    """An ``input_audio.append`` of PCM16 ``pcm`` as it goes on the wire."""
+    return encode_client_message(InputAudioAppend(pcm))
+
 
 ToolHandler = Callable[..., Any]
 """A client tool's function: called with the call's arguments as keyword arguments;
@@ -240,7 +252,9 @@ class VoiceForgeClient:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, message: Any) -> None:
-        data = encode_client_message(message)
+        await self._send_bytes(encode_client_message(message))
+
+    async def _send_bytes(self, data: bytes) -> None:
         while True:
             connection = self._ws
             try:
@@ -270,9 +284,40 @@ class VoiceForgeClient:
         """Send one chunk of PCM (float32 samples or PCM16 bytes) at the session's input rate."""
         rate = sample_rate or int(self.session["input_sample_rate"])
         pcm = audio if isinstance(audio, bytes) else float_to_pcm16(audio)
-        self._sent_audio_ms += len(pcm) / 2 * 1000.0 / rate
+        await self.send_encoded_audio(encode_audio(pcm), len(pcm) // 2, rate)
+
+    async def send_encoded_audio(self, data: bytes, samples: int, rate: int) -> None:
+        """Send an ``input_audio.append`` made once by ``encode_audio`` (a microphone
+        sends the same silence frame, and a script the same utterance, many times)."""
+        if not self.send_encoded_audio_nowait(data, samples, rate):
+            self._count_sent(samples, rate)
+            await self._send_bytes(data)
+
+    def send_encoded_audio_nowait(self, data: bytes, samples: int, rate: int) -> bool:
+        """Write an encoded frame now, without a task switch, when the connection is
+        open and its write buffer is below ``NOWAIT_BUFFER_BYTES``; False, with nothing
+        sent, otherwise (closed, dropped, or the peer not reading: then
+        ``send_encoded_audio`` waits, resumes and raises as ``send`` does).
+
+        This is websockets' own sans-I/O framing and the connection's transport,
+        without ``send()``'s flow-control coroutine: what lets one process drive
+        hundreds of real-time microphones (``agent.caller.FrameClock``)."""
+        connection = self._ws
+        if (
+            connection is self._lost
+            or connection.protocol.state is not State.OPEN
+            or connection.transport.get_write_buffer_size() > NOWAIT_BUFFER_BYTES
+        ):
+            return False
+        connection.protocol.send_binary(data)
+        for chunk in connection.protocol.data_to_send():
+            connection.transport.write(chunk)
+        self._count_sent(samples, rate)
+        return True
+
+    def _count_sent(self, samples: int, rate: int) -> None:
+        self._sent_audio_ms += samples * 1000.0 / rate
         self._send_times.append((self._sent_audio_ms, time.monotonic()))
-        await self._send(InputAudioAppend(pcm))
 
     async def stream_audio(
         self,
@@ -537,10 +582,8 @@ class VoiceForgeClient:
 
     def sent_at(self, audio_ms: float) -> float | None:
         """Wall time at which the input audio up to ``audio_ms`` had been sent."""
-        for end_ms, sent in self._send_times:
-            if end_ms >= audio_ms:
-                return sent
-        return None
+        index = bisect.bisect_left(self._send_times, audio_ms, key=lambda sent: sent[0])
+        return self._send_times[index][1] if index < len(self._send_times) else None
 
     def _wait_for(self, kinds: tuple[type, ...]) -> asyncio.Future[ServerMessage]:
         future: asyncio.Future[ServerMessage] = asyncio.get_running_loop().create_future()

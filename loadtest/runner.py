@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from agent.caller import FrameClock
 from agent.client import VoiceForgeClient
 from loadtest.acoustic import TimedCaller
 from loadtest.latency import QUESTIONS, percentile
@@ -108,6 +109,8 @@ class _Run:
         self.deadline = self.started + config.ramp_s + config.duration_s
         self.session_counter = 0
         self.rss_max = 0.0
+        self.clock = FrameClock()
+        """Every caller's microphone on one timer (agent.caller.FrameClock)."""
 
     def _variant(self) -> tuple[str, dict[str, Any]]:
         self.session_counter += 1
@@ -137,7 +140,7 @@ class _Run:
             return
         stats.sessions += 1
         stats.sessions_active += 1
-        caller = TimedCaller(client)
+        caller = TimedCaller(client, clock=self.clock)
         session = Session(
             caller, client, stats, self.speech, variant, self.deadline, config.turn_timeout_s
         )
