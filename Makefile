@@ -89,8 +89,14 @@ bench: setup models system-deps
 	$(PY) -m loadtest.latency --turns 20 --json out/latency.json --plot out/latency.png
 
 # Capacity of the bench profile (docs/benchmarks.md); the command starts the server.
+# Each capacity series writes its call records to a fresh SQLite file: the default
+# one grows with every run, and its size moves the figures (docs/benchmarks.md).
+BENCH_DB = $(CURDIR)/out/bench-calls.sqlite3
+
 bench-load: setup system-deps
 	mkdir -p out
+	rm -f $(BENCH_DB)*
+	VOICEFORGE_DATABASE_URL=sqlite:///$(BENCH_DB) \
 	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
 	  $(PY) -m loadtest --sweep 50,100,150,200,250,300 --duration 60 --ramp 10 --budget-ms 50 \
 	  --budget-metric server_overhead_ms --max-input-lag-ms 100 \
@@ -101,9 +107,13 @@ bench-load: setup system-deps
 # the same criterion (docs/deploy-k8s.md); run it on a quiet machine.
 bench-workers: setup system-deps
 	mkdir -p out
+	rm -f $(BENCH_DB)*
+	VOICEFORGE_DATABASE_URL=sqlite:///$(BENCH_DB) \
 	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
 	  $(PY) -m loadtest --workers 1 --sweep 100,150,200,250,300 --duration 60 --ramp 10 \
 	  --budget-ms 50 --json out/capacity-1-worker.json
+	rm -f $(BENCH_DB)*
+	VOICEFORGE_DATABASE_URL=sqlite:///$(BENCH_DB) \
 	VOICEFORGE_MAX_SESSIONS=500 VOICEFORGE_LATENCY_BUDGET_MS=0 \
 	  $(PY) -m loadtest --workers 2 --sweep 100,150,200,250,300,350,400 --duration 60 --ramp 10 \
 	  --budget-ms 50 --json out/capacity-2-workers.json
