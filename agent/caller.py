@@ -151,9 +151,8 @@ def encode_frames(audio: np.ndarray, frame: int) -> list[tuple[bytes, int]]:
     """``audio`` as the ``input_audio.append`` frames of ``frame`` samples that send it,
     encoded, with their sample counts."""
     pcm = float_to_pcm16(audio)
-    step = 2 * frame
-    return [(encode_audio(pcm[i : i + step]), len(pcm[i : i + step]) // 2)
-            for i in range(0, len(pcm), step)]
+    pieces = (pcm[i : i + 2 * frame] for i in range(0, len(pcm), 2 * frame))
+    return [(encode_audio(piece), len(piece) // 2) for piece in pieces]
 
 
 ENCODED_KEPT = 64
@@ -206,7 +205,6 @@ class FrameClock:
 
     def __init__(self) -> None:
         self._slots: list[dict[int, _Feed]] = [{} for _ in range(SLOTS)]
-        self._count = 0
         self._next_tick = 0
         self._task: asyncio.Task[None] | None = None
         self._encoded: OrderedDict[tuple[int, int], tuple[np.ndarray, list[tuple[bytes, int]]]]
@@ -232,12 +230,15 @@ class FrameClock:
             self._task = asyncio.create_task(self._run())
         tick = self._next_tick
         self._slots[tick % SLOTS][id(caller)] = _Feed(caller, tick)
-        self._count += 1
+
+    @property
+    def _count(self) -> int:
+        """Microphones on the clock."""
+        return sum(map(len, self._slots))
 
     async def remove(self, caller: Caller) -> None:
         for slot in self._slots:
             if (feed := slot.pop(id(caller), None)) is not None:
-                self._count -= 1
                 if feed.waiting is not None:
                     feed.waiting.cancel()
                     await asyncio.gather(feed.waiting, return_exceptions=True)
@@ -259,6 +260,5 @@ class FrameClock:
                     except Exception:  # closed for good: the caller's own code sees it
                         logger.debug("microphone %s stopped", key, exc_info=True)
                         del slot[key]
-                        self._count -= 1
             self._next_tick = now_tick + 1
             await asyncio.sleep(max(0.0, started + self._next_tick * slot_s - time.monotonic()))
