@@ -174,7 +174,11 @@ class ResponseRunner:
     def release(self, draft: Response, timings: dict[str, float]) -> None:
         """The turn ended as speculated: the held reply becomes the response."""
         emit = self._call.emit
-        draft.timings = {**timings, **draft.timings, "speculative_response": 1.0}
+        # In place: the reply's tool runner writes its counts into this same dict
+        # (a replaced dict would lose every figure written after the release).
+        merged = {**timings, **draft.timings, "speculative_response": 1.0}
+        draft.timings.clear()
+        draft.timings.update(merged)
         if draft.phase is not ResponsePhase.DONE:
             self.current = draft
         emit(ResponseCreated(draft.response_id))

@@ -87,6 +87,9 @@ async def test_a_held_reply_runs_no_tool_until_its_turn_is_confirmed(
     assert done.status is ResponseStatus.COMPLETED and done.text == "Done: booked for Friday."
     assert len([e for e in events if isinstance(e, ResponseCreated)]) == 1
     assert bookings == ["Friday"]  # once, for the confirmed turn
+    # The figures the tool runner wrote after the release are the reply's.
+    assert done.timings["speculative_response"] == 1.0
+    assert done.timings["tool_calls"] == 1.0 and done.timings["tool_ms"] >= 0
     history = conversation.history.messages()
     assert history[1] == {"role": "user", "content": "Book a table for Friday please"}
     assert [m["role"] for m in history[2:]] == ["assistant", "tool", "assistant"]
