@@ -22,6 +22,7 @@ class TrialLike(Protocol):
     server_ms: float | None
     cancelled: bool | None
     stop_ms: float | None
+    tool_calls: int | None
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -60,6 +61,10 @@ def policy_figures(trials: Sequence[TrialLike]) -> dict[str, Any]:
             [t.latency_ms for t in paused if t.latency_ms is not None and not t.cut_off]
         ),
         "server_latency_ms": _quantiles([t.server_ms for t in turns if t.server_ms is not None]),
+        "turns_calling_a_tool": sum(bool(t.tool_calls) for t in turns),
+        "latency_complete_no_tool_ms": _quantiles(
+            [t.latency_ms for t in complete if t.latency_ms is not None and not t.tool_calls]
+        ),
         "backchannels": len(backchannels),
         "backchannels_cancelling": bc_cancelled,
         "backchannel_cancel_rate": _rate(bc_cancelled, len(backchannels)),
@@ -103,6 +108,9 @@ def print_table(report: dict[str, Any]) -> None:
             f" {f['interruptions_missed']:>4d}/{f['interruptions']:<5d}"
             f" {_pair(f['interruption_stop_ms']):>13s}"
         )
+    for name, f in report["per_policy"].items():
+        print(f"{name}: {f['turns_calling_a_tool']} turns' replies called a tool; complete"
+              f" turns without a call p50/p95 {_pair(f['latency_complete_no_tool_ms'])} ms")
     print("latency: acoustic end of speech (sent) -> first reply audio (received), ms;"
           " stop: interruption onset -> agent audio stopped at the client, ms")
     skipped = report.get("skipped_policies") or {}

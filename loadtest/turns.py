@@ -147,6 +147,9 @@ class Trial:
     stop_ms: float | None = None
     """Interruption onset (acoustic) sent → the reply's audio stopped at the client."""
     stop_source: str | None = None
+    tool_calls: int | None = None
+    """Turn items: tool calls the reply made (the embedded model calls the clock for
+    some statements; each call is a second model turn, seconds on a CPU)."""
 
 
 @dataclass
@@ -247,6 +250,7 @@ async def turn_trial(caller: TimedCaller, item: Item, trial: Trial, config: Conf
         trial.latency_ms = elapsed_ms(end_sent, client.first_audio_at[response_id])
     done = await _finish(caller, response_id)
     trial.server_ms = done.timings.get("end_of_speech_to_first_audio_ms")
+    trial.tool_calls = int(done.timings.get("tool_calls", 0))
 
 
 async def over_speech_trial(
@@ -354,9 +358,20 @@ async def accepted_policies(
 
 
 def schedule(items: Sequence[Item], policies: Sequence[Policy]) -> list[tuple[Item, Policy]]:
-    """Every item under every policy, policy order rotated item by item (interleaved)."""
+    """Every item under every policy, policy order rotated item by item (interleaved).
+
+    The rotation counts items of the same kind: the kinds take turns too
+    (``interleave_kinds``), and counted over the whole run, four kinds and two
+    policies put the same policy first on every item of a kind. Going first
+    matters: that trial's call follows another kind's call (a reply that called a
+    tool leaves the model holding another prompt, and the next call re-reads its
+    instructions and tools: ~1.7 s at the median here, docs/benchmarks.md).
+    """
     order = []
-    for position, item in enumerate(items):
+    seen: dict[str, int] = {}
+    for item in items:
+        position = seen.get(item.kind, 0)
+        seen[item.kind] = position + 1
         shift = position % len(policies)
         for policy in [*policies[shift:], *policies[:shift]]:
             order.append((item, policy))
@@ -412,7 +427,8 @@ def _progress_line(done: int, total: int, elapsed: float, trial: Trial) -> str:
     elif trial.kind in ("paused", "complete"):
         cut = " CUT OFF" if trial.cut_off else ""
         latency = "-" if trial.latency_ms is None else f"{trial.latency_ms:.0f} ms"
-        outcome = f"latency {latency}{cut}{' ' + trial.note if trial.note else ''}"
+        called = " (tool call)" if trial.tool_calls else ""
+        outcome = f"latency {latency}{cut}{called}{' ' + trial.note if trial.note else ''}"
     else:
         outcome = "cancelled" if trial.cancelled else "not cancelled"
         if trial.stop_ms is not None:

@@ -6,6 +6,7 @@ consistency — never their values, which depend on the machine."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,15 +89,33 @@ def test_policies_come_from_json_and_get_names() -> None:
             parse_policies(bad)
 
 
+@dataclass(frozen=True)
+class _Item:
+    name: str
+    kind: str = "complete"
+
+
 def test_every_item_runs_under_every_policy_interleaved() -> None:
     policies = [Policy("a", {}), Policy("b", {}), Policy("c", {})]
-    items = ["x", "y", "z", "w"]
+    items = [_Item("x"), _Item("y"), _Item("z"), _Item("w")]
     plan = schedule(items, policies)  # type: ignore[arg-type]
     assert len(plan) == 12
     # Item by item, each policy once, the first policy rotating.
     assert [p.name for _, p in plan[:6]] == ["a", "b", "c", "b", "c", "a"]
     for item in items:
         assert sorted(p.name for i, p in plan if i == item) == ["a", "b", "c"]
+
+
+def test_each_policy_goes_first_as_often_within_every_kind() -> None:
+    """Four kinds taking turns and two policies: rotating over the whole run would
+    put the same policy first on every item of a kind."""
+    policies = [Policy("a", {}), Policy("b", {})]
+    kinds = ["paused", "complete", "backchannel", "interruption"]
+    items = [_Item(f"{kind}-{n}", kind) for n in range(4) for kind in kinds]
+    plan = schedule(items, policies)  # type: ignore[arg-type]
+    for kind in kinds:
+        firsts = [plan[i][1].name for i in range(0, len(plan), 2) if plan[i][0].kind == kind]
+        assert sorted(firsts) == ["a", "a", "b", "b"], (kind, firsts)
 
 
 def test_figures_count_only_valid_trials() -> None:
@@ -116,6 +135,20 @@ def test_figures_count_only_valid_trials() -> None:
     assert figures["backchannels_cancelling"] == 1
     assert figures["interruptions"] == 1 and figures["interruptions_missed"] == 1
     assert figures["invalid"] == 1
+
+
+def test_turns_whose_reply_called_a_tool_are_counted_and_set_apart() -> None:
+    trials = [
+        Trial("c1", "complete", "joe", "s", replied=True, latency_ms=800.0, tool_calls=0),
+        Trial("c2", "complete", "joe", "s", replied=True, latency_ms=2900.0, tool_calls=1),
+        Trial("c3", "complete", "joe", "s", replied=True, latency_ms=1000.0, tool_calls=0),
+        Trial("p1", "paused", "joe", "s", cut_off=False, replied=True, latency_ms=3100.0,
+              tool_calls=2),
+    ]
+    figures = policy_figures(trials)
+    assert figures["turns_calling_a_tool"] == 2
+    assert figures["latency_complete_no_tool_ms"]["p50"] == 900.0
+    assert figures["latency_complete_ms"]["p50"] == 1000.0  # every complete turn
 
 
 def test_quick_run_over_the_real_protocol(tmp_path: Path) -> None:
