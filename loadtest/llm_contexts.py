@@ -11,6 +11,11 @@ A second part measures the first reply of calls that set their own instructions
 (as every deployed agent does): alternately with the instructions read ahead
 (``warm``, as ``Conversation.update`` does while the caller is still speaking)
 and without, each call's instructions new to the model.
+
+A third part measures a new call with the default instructions and the built-in
+tools after a tool answer (the plain-words prompt that follows a tool call, run
+outside any call), alternately starting from the last read-ahead (the base) and
+from what the model holds: the read-ahead's time and the tokens it read.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ async def run(calls: int, rounds: int, max_tokens: int) -> dict[str, Any]:
         }
         report["contexts_restored"] = engine.contexts.restored
         report["instructions_read_ahead"] = await _first_replies(engine, rounds)
+        report["new_call_after_tool_answer"] = await _after_tool_answers(engine, rounds)
         return report
     finally:
         engine.close()
@@ -141,6 +147,49 @@ async def _first_replies(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
     }
     report["ratio_on_off_first_token_p50"] = round(
         report["on"]["first_token_ms"]["p50"] / report["off"]["first_token_ms"]["p50"], 2
+    )
+    return report
+
+
+async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
+    from pipeline.tools.builtin import builtin_tools
+
+    tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
+    system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    tokens: dict[str, list[float]] = {"on": [], "off": []}
+    for index in range(rounds * 2 + 1):
+        side = "on" if index % 2 == 0 else "off"
+        # The read-ahead keeps the base only while on: each "on" call starts from the
+        # one before the last (the same instructions and tools).
+        engine.contexts.base_enabled = side == "on"
+        session = f"tools-{index}"
+        started = time.perf_counter()
+        engine.warm(DEFAULT_INSTRUCTIONS, session, tools)
+        await engine.until_idle(120)
+        read_ms = (time.perf_counter() - started) * 1000.0
+        if index > 0:  # the first call reads everything: nothing was read ahead before
+            times[side].append(read_ms)
+            tokens[side].append(float(engine.last_prompt_tokens))
+        question: list[ChatMessage] = [system, {"role": "user", "content": "What time is it?"}]
+        for choice in ("auto", "none"):  # the turn, then a tool answer's plain prompt
+            async for _ in engine.stream_with_tools(
+                question, tools=tools, max_tokens=8, temperature=0.0, session=session,
+                tool_choice=choice,
+            ):
+                pass
+        engine.release(session)
+        print(f"new call after a tool answer {index + 1}/{rounds * 2 + 1} ({side}): "
+              f"read ahead in {read_ms:.0f} ms", file=sys.stderr, flush=True)
+    engine.contexts.base_enabled = False
+    report: dict[str, Any] = {
+        side: {"read_ahead_ms": {"p50": round(percentile(values, 50), 1),
+                                 "p95": round(percentile(values, 95), 1), "n": len(values)},
+               "prompt_tokens_p50": round(percentile(tokens[side], 50), 1)}
+        for side, values in times.items()
+    }
+    report["ratio_on_off_read_ahead_p50"] = round(
+        report["on"]["read_ahead_ms"]["p50"] / report["off"]["read_ahead_ms"]["p50"], 2
     )
     return report
 

@@ -14,6 +14,14 @@ shares and evaluates the rest. Nothing is saved while one call keeps the model,
 so a single caller pays nothing for this. Saved contexts are bounded in bytes
 (least recently used dropped first) and dropped when their call ends.
 
+A new call has no context of its own, and starts from whatever the model holds:
+after another call's turn that shares its instructions, but after an answer round
+(the plain prompt that follows a tool call, run outside any call) or a call with
+other instructions, it would re-read its instructions and tools (~250 tokens with
+the built-in tools: 1–2 s on two cores). So the last call read-ahead (``warm``)
+is kept as the *base*, and a new call whose model holds less of it starts from it
+(``base_enabled``, off by default for now).
+
 All methods run on the model's worker thread (``forget`` takes a lock: calls end
 on the event loop).
 """
@@ -30,6 +38,10 @@ import numpy as np
 
 NO_CALL = ""
 """Requests outside any call (warm-up, probes): their context is never kept."""
+
+BASE_SLACK_TOKENS = 16
+"""A model holding all of the base but its last few tokens (the read-ahead's
+placeholder turn) is not worth a restore."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +71,14 @@ class CallContexts:
         self.restored = 0
         """Contexts brought back (a call's turn after another call's)."""
         self.saved = 0
+        self._base: _Saved | None = None
+        self.base_enabled = False
+        """True: a new call starts from the base. Off by default until the figures it
+        moves (turn-taking, tools latency in docs/benchmarks.md) are re-measured with
+        it; loadtest/llm_contexts.py measures it on and off."""
+        self.based = 0
+        """New calls started from the base (the last read-ahead) rather than from
+        what the model held."""
 
     @property
     def bytes_held(self) -> int:
@@ -79,6 +99,17 @@ class CallContexts:
         if saved is not None:
             _restore(model, saved)
             self.restored += 1
+        elif call != NO_CALL and self.base_enabled and (base := self._base) is not None and _shared(
+            model, base.tokens
+        ) < len(base.tokens) - BASE_SLACK_TOKENS:
+            _restore(model, base)
+            self.based += 1
+
+    def keep_base(self, model: Any) -> None:
+        """The model has just read a call's instructions and tools ahead of its first
+        turn: keep that for the next new call (worker thread)."""
+        if self.enabled and self.base_enabled:
+            self._base = _capture(model)
 
     def forget(self, call: str) -> None:
         """``call`` has ended: drop its context (thread-safe). If the model still holds
@@ -119,6 +150,14 @@ def _capture(model: Any) -> _Saved:
         tokens=np.array(model.input_ids[: model.n_tokens], dtype=np.intc),
         state=ctypes.string_at(buffer, written),
     )
+
+
+def _shared(model: Any, tokens: np.ndarray) -> int:
+    """How many of ``tokens`` the model holds as the start of its context."""
+    count = min(int(model.n_tokens), len(tokens))
+    held = np.asarray(model.input_ids[:count], dtype=np.intc)
+    differ = np.flatnonzero(held != tokens[:count])
+    return int(differ[0]) if len(differ) else count
 
 
 def _restore(model: Any, saved: _Saved) -> None:

@@ -104,7 +104,8 @@ class LlamaCppLLM:
         self._gates: dict[str, threading.Event] = {}
         """Per call: cleared while the call's first audio is synthesised."""
         self.last_prompt_tokens = 0
-        """Prompt tokens the last generation evaluated (those not already in the context)."""
+        """Prompt tokens the last generation or read-ahead evaluated (those not already
+        in the context)."""
         self._prompt_pending = False
         self._template_tools: TemplateTools | None = None
         self._queue_size = queue_size
@@ -423,6 +424,7 @@ class LlamaCppLLM:
         try:
             fitted = self.fit(messages, max_tokens=1, tools=tools)
             self.contexts.take(self._model, session)
+            self._prompt_pending = True
             if tools:
                 prompt = self.template_tools().prompt(fitted, tools)
                 self._model.create_completion(prompt, max_tokens=1, temperature=0.0)
@@ -430,6 +432,7 @@ class LlamaCppLLM:
                 self._model.create_chat_completion(
                     messages=[dict(m) for m in fitted], max_tokens=1, temperature=0.0
                 )
+            self.contexts.keep_base(self._model)
             self.warm_ups += 1
         except Exception:
             logger.debug("warming the instructions failed", exc_info=True)

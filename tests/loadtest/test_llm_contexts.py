@@ -21,3 +21,7 @@ def test_the_benchmark_measures_both_sides_and_the_kept_contexts_read_less(
     ahead = report["instructions_read_ahead"]
     assert ahead["on"]["prompt_tokens_p50"] < ahead["off"]["prompt_tokens_p50"] / 3
     assert ahead["on"]["first_token_ms"]["n"] == 3
+    # A new call after a tool answer: from the base it reads almost nothing ahead.
+    base = report["new_call_after_tool_answer"]
+    assert base["on"]["read_ahead_ms"]["n"] == base["off"]["read_ahead_ms"]["n"] == 3
+    assert base["on"]["prompt_tokens_p50"] < 20 < 200 < base["off"]["prompt_tokens_p50"]

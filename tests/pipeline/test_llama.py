@@ -419,6 +419,49 @@ async def test_a_calls_next_turn_after_a_tool_answer_reads_only_its_new_words() 
         engine.close()
 
 
+async def test_a_new_call_after_a_tool_answer_starts_from_the_read_ahead() -> None:
+    """A tool answer (plain prompt, outside any call) leaves the model holding no
+    instructions or tools: the next new call starts from the last read-ahead instead
+    of re-reading ~250 tokens before its first reply."""
+    from pipeline.session import DEFAULT_INSTRUCTIONS
+    from pipeline.tools.builtin import builtin_tools
+
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
+    system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+    engine.contexts.base_enabled = True  # off by default for now
+
+    async def first_turn(session: str, question: str, choice: str = "auto") -> None:
+        history: list[ChatMessage] = [system, {"role": "user", "content": question}]
+        async for _ in engine.stream_with_tools(
+            history, tools=tools, max_tokens=8, temperature=0.0, session=session,
+            tool_choice=choice,
+        ):
+            pass
+
+    async def read_ahead(session: str) -> int:
+        engine.for_session(session).warm(DEFAULT_INSTRUCTIONS, tools)  # type: ignore[attr-defined]
+        await engine.until_idle(120)
+        return engine.last_prompt_tokens
+
+    try:
+        reads = {}
+        for session in ("a", "b", "c"):
+            reads[session] = await read_ahead(session)
+            await first_turn(session, "What is the capital of France?")
+            assert engine.last_prompt_tokens < 40  # the caller's words only
+            await first_turn(session, "", choice="none")  # a tool answer: plain prompt
+        # A read its instructions and tools; B and C started from A's read-ahead,
+        # not from the plain prompt the tool answers left in the model.
+        assert reads["a"] > 200 and reads["b"] < 20 and reads["c"] < 20, reads
+        assert engine.contexts.based == 2
+        engine.contexts.enabled = False  # off: the read-ahead re-reads it all
+        assert await read_ahead("d") > 200
+        assert engine.contexts.based == 2
+    finally:
+        engine.close()
+
+
 async def test_a_call_that_ended_holding_the_model_is_not_parked() -> None:
     engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
     try:
