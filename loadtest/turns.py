@@ -365,7 +365,8 @@ def schedule(items: Sequence[Item], policies: Sequence[Policy]) -> list[tuple[It
     policies put the same policy first on every item of a kind. Going first
     matters: that trial's call follows another kind's call (a reply that called a
     tool leaves the model holding another prompt, and the next call re-reads its
-    instructions and tools: ~1.7 s at the median here, docs/benchmarks.md).
+    instructions and tools: 1.5 s more to the first token at the median in the
+    2026-11-30 run, docs/benchmarks.md).
     """
     order = []
     seen: dict[str, int] = {}

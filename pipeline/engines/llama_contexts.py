@@ -99,11 +99,18 @@ class CallContexts:
         if saved is not None:
             _restore(model, saved)
             self.restored += 1
-        elif call != NO_CALL and self.base_enabled and (base := self._base) is not None and _shared(
-            model, base.tokens
-        ) < len(base.tokens) - BASE_SLACK_TOKENS:
+        elif call != NO_CALL and (base := self._base_for(model)) is not None:
             _restore(model, base)
             self.based += 1
+
+    def _base_for(self, model: Any) -> _Saved | None:
+        """The base, if a new call would read less from it than from what the model holds."""
+        base = self._base
+        if not self.base_enabled or base is None:
+            return None
+        if _shared(model, base.tokens) >= len(base.tokens) - BASE_SLACK_TOKENS:
+            return None
+        return base
 
     def keep_base(self, model: Any) -> None:
         """The model has just read a call's instructions and tools ahead of its first
