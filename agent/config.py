@@ -53,6 +53,17 @@ def _env_float(name: str, default: float) -> float:
         raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
 
 
+def _env_switch(name: str, default: bool) -> bool:
+    value = _env(name)
+    if value is None:
+        return default
+    if value.lower() in ("on", "1", "true", "yes"):
+        return True
+    if value.lower() in ("off", "0", "false", "no"):
+        return False
+    raise ConfigurationError(f"{name} must be on or off, got {value!r}")
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     value = _env(name)
     return tuple(item.strip() for item in value.split(",") if item.strip()) if value else ()
@@ -232,6 +243,9 @@ class Settings:
     """Built-in tools every call's model is offered (``none``: none of them)."""
     tool_modules: tuple[str, ...] = ()
     """Python modules whose ``@tool`` functions are the operator's server tools."""
+    tool_cues: bool = True
+    """The embedded model may call a built-in tool only on a turn holding one of its
+    cue words (pipeline/tools/cues.py); off, it decides on every turn."""
     timezone: str = "UTC"
     """The time zone the agent tells the time in when the caller names none."""
     # Call records: docs/calls.md.
@@ -381,6 +395,7 @@ class Settings:
             names = _env_list("VOICEFORGE_TOOLS")
             settings.builtin_tools = () if names in ((), ("none",)) else names
         settings.tool_modules = _env_list("VOICEFORGE_TOOL_MODULES")
+        settings.tool_cues = _env_switch("VOICEFORGE_TOOL_CUES", settings.tool_cues)
         settings.timezone = _env("VOICEFORGE_TIMEZONE", settings.timezone) or settings.timezone
         settings.allowed_hosts = _env_list("VOICEFORGE_ALLOWED_HOSTS")
         settings.metrics_key = _read_secret(

@@ -1,11 +1,14 @@
 """Spoken questions answered: transcript WER, answer accuracy and latency of configurations.
 
-    python -m loadtest.accuracy [--variants small/previous,small,medium,large]
+    python -m loadtest.accuracy [--variants small,medium+first_chunk_max_words=4,large]
         [--url ws://…/ws] [--voices espeak-us,espeak-gb,piper] [--every-voice]
         [--json out.json]
 
 A variant is a tier (``VOICEFORGE_TIER``), optionally with ``/previous``: the
-instructions VoiceForge had before issue 18 instead of the server's default. One
+instructions VoiceForge had before issue 18 instead of the server's default, and
+any ``+FIELD=VALUE``: a ``session.update`` field of its sessions (variants of one
+tier share its server, so ``medium,medium+first_chunk_max_words=4`` measures one
+switch on the same server, interleaved). One
 ``voiceforge serve --port 0`` per tier is started in its own process (or, with
 ``--url``, the one server given is asked, as variant ``server``). Each of the 48
 questions of ``loadtest.spoken_questions`` (facts, arithmetic, yes/no,
@@ -100,18 +103,32 @@ class Variant:
     name: str
     tier: str
     instructions: str | None = None
+    session: tuple[tuple[str, Any], ...] = ()
+    """``session.update`` fields of this variant's sessions (``+FIELD=VALUE``)."""
 
 
 def parse_variant(spec: str) -> Variant:
-    """``TIER`` or ``TIER/previous``; ``server`` is the one server of ``--url``."""
-    tier, _, prompt = spec.partition("/")
+    """``TIER`` or ``TIER/previous``, then any ``+FIELD=VALUE`` (a session field, the
+    value JSON or a plain word: ``medium+first_chunk_max_words=4``); ``server`` is the
+    one server of ``--url``. Variants of one tier share its server."""
+    head, *settings = spec.split("+")
+    session: list[tuple[str, Any]] = []
+    for setting in settings:
+        field, equals, value = setting.partition("=")
+        if not field or not equals:
+            raise ValueError(f"variant {spec!r}: {setting!r} is not FIELD=VALUE")
+        try:
+            session.append((field, json.loads(value)))
+        except ValueError:
+            session.append((field, value))
+    tier, _, prompt = head.partition("/")
     if prompt not in ("", "previous"):
         raise ValueError(f"variant {spec!r}: after the tier only /previous is known")
     if tier != "server":
         from pipeline.tiers import tier_named
 
         tier_named(tier)
-    return Variant(spec, tier, PREVIOUS_INSTRUCTIONS if prompt else None)
+    return Variant(spec, tier, PREVIOUS_INSTRUCTIONS if prompt else None, tuple(session))
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +259,7 @@ async def ask_all(
         fields = dict(session)
         if variant.instructions is not None:
             fields["instructions"] = variant.instructions
+        fields.update(variant.session)
         async with await VoiceForgeClient.connect(url) as client:
             if fields:
                 await client.update_session(**fields)
@@ -375,6 +393,7 @@ def summarize_variants(
         result = summarize([a for a in answers if a.variant == variant.name])
         result["tier"] = variant.tier
         result["instructions"] = "previous" if variant.instructions else "default"
+        result["session"] = dict(variant.session)
         result["rss_mb_max"] = rss.get(variant.tier, 0.0) / 2**20
         result["setup_bytes"] = _setup_bytes(variant.tier)
         results[variant.name] = result

@@ -15,7 +15,10 @@ and without, each call's instructions new to the model.
 A third part measures a new call with the default instructions and the built-in
 tools after a tool answer (the plain-words prompt that follows a tool call, run
 outside any call), alternately starting from the last read-ahead (the base) and
-from what the model holds: the read-ahead's time and the tokens it read.
+from what the model holds: the read-ahead's time and the tokens it read. That
+part runs with cue words off (read-aheads list the tools); with them on (the
+default) a read-ahead is the plain prompt, which the tool answer shares, and
+``with_cues`` reports the tokens such a read-ahead reads with the base off.
 """
 
 from __future__ import annotations
@@ -158,6 +161,10 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
     system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
     times: dict[str, list[float]] = {"on": [], "off": []}
     tokens: dict[str, list[float]] = {"on": [], "off": []}
+    # The base is for read-aheads that list the tools: with cue words off. (With cues
+    # on, the default, a read-ahead is the plain prompt, which a tool answer's prompt
+    # shares: measured below as "with_cues".)
+    cues, engine.tool_cues = engine.tool_cues, False
     for index in range(rounds * 2 + 1):
         side = "on" if index % 2 == 0 else "off"
         # The read-ahead keeps the base only while on: each "on" call starts from the
@@ -182,6 +189,24 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
         print(f"new call after a tool answer {index + 1}/{rounds * 2 + 1} ({side}): "
               f"read ahead in {read_ms:.0f} ms", file=sys.stderr, flush=True)
     engine.contexts.base_enabled = False
+    engine.tool_cues = True
+    with_cues: list[float] = []
+    for index in range(rounds):
+        session = f"cues-{index}"
+        started = time.perf_counter()
+        engine.warm(DEFAULT_INSTRUCTIONS, session, tools)
+        await engine.until_idle(120)
+        if index > 0:
+            with_cues.append(float(engine.last_prompt_tokens))
+        question = [system, {"role": "user", "content": "What time is it?"}]
+        for choice in ("auto", "none"):
+            async for _ in engine.stream_with_tools(
+                question, tools=tools, max_tokens=8, temperature=0.0, session=session,
+                tool_choice=choice,
+            ):
+                pass
+        engine.release(session)
+    engine.tool_cues = cues
     report: dict[str, Any] = {
         side: {"read_ahead_ms": {"p50": round(percentile(values, 50), 1),
                                  "p95": round(percentile(values, 95), 1), "n": len(values)},
@@ -191,6 +216,7 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
     report["ratio_on_off_read_ahead_p50"] = round(
         report["on"]["read_ahead_ms"]["p50"] / report["off"]["read_ahead_ms"]["p50"], 2
     )
+    report["with_cues"] = {"base": "off", "prompt_tokens_p50": percentile(with_cues, 50)}
     return report
 
 

@@ -38,6 +38,7 @@ from pipeline.engines.llama_contexts import NO_CALL, CallContexts
 from pipeline.engines.llama_tools import TemplateTools, earlier_calls_dropped, plain_messages
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
+from pipeline.tools.cues import call_plausible, last_user_text
 from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.llm")
@@ -82,6 +83,7 @@ class LlamaCppLLM:
         max_instruction_tokens: int | None = None,
         max_jobs_per_session: int = 4,
         context_cache_bytes: int = 256 * 2**20,
+        tool_cues: bool = True,
     ) -> None:
         from llama_cpp import Llama
 
@@ -96,6 +98,11 @@ class LlamaCppLLM:
         """Generations the worker began (each one a prefill): a withdrawn job is not one."""
         self.contexts = CallContexts(context_cache_bytes)
         """Each call's context kept between its turns; ``context_cache_bytes=0`` is off."""
+        self.tool_cues = tool_cues
+        """A built-in tool may be called only on a turn holding one of its cue words
+        (pipeline/tools/cues.py); off, the model decides every turn."""
+        self.calls_ruled_out = 0
+        """Model turns whose call openings were ruled out for want of a cue."""
         self.warm_ups = 0
         """Instruction reads run ahead of a call's reply (``warm``)."""
         self._warm_jobs: dict[str, Job] = {}
@@ -320,11 +327,16 @@ class LlamaCppLLM:
         error: BaseException | None = None
         self._generating.set()
         try:
+            tools = self._offered_now(messages, tools, tool_choice)
             fitted = self.fit(messages, max_tokens, tools)
             self.generations_started += 1
-            self.contexts.take(self._model, _context_key(session, tools, tool_choice))
+            self.contexts.take(
+                self._model, _context_key(session, tools, tool_choice, split=self.tool_cues)
+            )
             self._prompt_pending = True
-            items = self._items(fitted, max_tokens, temperature, tools, stop, tool_choice)
+            items = self._items(
+                fitted, max_tokens, temperature, tools, stop, tool_choice, session
+            )
             gate = self._gates.setdefault(session, _open_gate())
             try:
                 for item in items:
@@ -341,6 +353,49 @@ class LlamaCppLLM:
             self._generating.clear()
         emit(_End(error))
 
+    def _cue_turn_call(
+        self,
+        messages: list[ChatMessage],
+        temperature: float,
+        tools: Sequence[dict[str, Any]],
+        stop: threading.Event,
+    ) -> ToolCall | None:
+        """A turn with a cue (cues on): whether the model calls a tool, asked in the
+        tools prompt with the instructions and this turn only. With the history in
+        it, the 0.5B model answered "what time is it?" with a made-up time instead
+        of calling the clock (tests/pipeline/test_llama.py); on a turn of its own it
+        calls. Its words, if it starts answering, are not kept: the answer is asked
+        in the plain prompt with the whole history (the call's usual context)."""
+        last_user = max(
+            (i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages)
+        )
+        asked = [m for m in messages[:1] if m["role"] == "system"] + messages[last_user:]
+        writer = self.template_tools()
+        items = writer.stream(
+            writer.prompt(earlier_calls_dropped(asked), tools), max_tokens=MAX_DECISION_TOKENS,
+            temperature=temperature, tools=tools, stopped=stop.is_set,
+        )
+        try:
+            for item in items:
+                return item if isinstance(item, ToolCall) else None
+        finally:
+            items.close()
+        return None
+
+    def _offered_now(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]], tool_choice: str
+    ) -> Sequence[dict[str, Any]]:
+        """The tools this model turn is shown: none when cues are on and the caller's
+        last words hold no cue of any offered tool (pipeline/tools/cues.py). Shown
+        tools the 0.5B model cannot call, it talks about ("you can call the function
+        get_current_time…"), so such a turn is asked in the plain prompt instead."""
+        if not tools or tool_choice != "auto" or not self.tool_cues:
+            return tools
+        if call_plausible(last_user_text(messages), tools):
+            return tools
+        self.calls_ruled_out += 1
+        return ()
+
     def _items(
         self,
         messages: list[ChatMessage],
@@ -349,9 +404,18 @@ class LlamaCppLLM:
         tools: Sequence[dict[str, Any]],
         stop: threading.Event,
         tool_choice: str = "auto",
+        session: str = NO_CALL,
     ) -> Generator[str | ToolCall, None, None]:
         """What one generation yields (worker thread): text deltas, then any call."""
-        if tools and tool_choice != "none":
+        if tools and tool_choice == "auto" and self.tool_cues:
+            call = self._cue_turn_call(messages, temperature, tools, stop)
+            if call is not None:
+                yield call
+                return
+            # Words, not a call: asked again in the plain prompt, with the history.
+            self.contexts.take(self._model, _context_key(session, (), tool_choice))
+            self._prompt_pending = True
+        elif tools and tool_choice != "none":
             yield from self.template_tools().stream(
                 self.template_tools().prompt(earlier_calls_dropped(messages), tools),
                 max_tokens=max_tokens, temperature=temperature, tools=tools,
@@ -422,6 +486,8 @@ class LlamaCppLLM:
         the worker thread; a failure is left to the reply, which reports it."""
         self._generating.set()
         try:
+            if self.tool_cues:
+                tools = ()  # most turns hold no cue: they are asked in the plain prompt
             fitted = self.fit(messages, max_tokens=1, tools=tools)
             self.contexts.take(self._model, session)
             self._prompt_pending = True
@@ -458,6 +524,7 @@ class LlamaCppLLM:
         if waiting is not None:
             self._jobs.withdraw(waiting)
         self.contexts.forget(session_id)
+        self.contexts.forget(session_id + TOOLS_CONTEXT)
 
     def close(self) -> None:
         """Wait for the generation in progress, then free the model."""
@@ -468,7 +535,9 @@ class LlamaCppLLM:
         self._model.close()
 
 
-def _context_key(session: str, tools: Sequence[dict[str, Any]], tool_choice: str) -> str:
+def _context_key(
+    session: str, tools: Sequence[dict[str, Any]], tool_choice: str, split: bool = False
+) -> str:
     """Whose context a generation runs in.
 
     A call offered tools has its turns read in the template's prompt with the tools
@@ -479,9 +548,22 @@ def _context_key(session: str, tools: Sequence[dict[str, Any]], tool_choice: str
     runs outside the call (``NO_CALL``, never kept): the call's context is parked
     with its tool call in it and comes back for its next turn, which shares all of
     it up to the reply.
+
+    With cues on (``split``), most of a call's turns are asked in the plain prompt
+    and only those with a cue list the tools: each kind keeps a context of its own
+    (``TOOLS_CONTEXT``), so neither makes the other re-read the call's history.
     """
     answer_round = bool(tools) and tool_choice == "none"
-    return NO_CALL if answer_round else session
+    if answer_round or session == NO_CALL:
+        return NO_CALL
+    return session + TOOLS_CONTEXT if split and tools else session
+
+
+MAX_DECISION_TOKENS = 16
+"""What a cue turn's call decision may write before it is known not to be a call
+(the call itself is written under its grammar, with its own budget)."""
+TOOLS_CONTEXT = "\x1ftools"
+"""Suffix of a call's second context, for its turns that list the tools."""
 
 
 def _open_gate() -> threading.Event:

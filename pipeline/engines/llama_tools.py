@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,7 +110,7 @@ class TemplateTools:
         temperature: float,
         tools: Sequence[dict[str, Any]],
         stopped: Callable[[], bool],
-    ) -> Iterator[str | ToolCall]:
+    ) -> Generator[str | ToolCall, None, None]:
         """Text deltas until the model starts a call; then the call, written under the
         grammar. Runs on the model's worker thread."""
         from llama_cpp import LogitsProcessorList, StoppingCriteriaList

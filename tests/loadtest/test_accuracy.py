@@ -179,6 +179,14 @@ def test_parse_variant() -> None:
         parse_variant("small/other")
     with pytest.raises(ConfigurationError, match="unknown tier"):
         parse_variant("huge")
+    # Session fields after the tier: the variant shares the tier's server.
+    chunked = parse_variant("medium/previous+first_chunk_max_words=4+voice=joe")
+    assert chunked.tier == "medium" and chunked.name.endswith("+voice=joe")
+    assert chunked.instructions == PREVIOUS_INSTRUCTIONS
+    assert dict(chunked.session) == {"first_chunk_max_words": 4, "voice": "joe"}
+    assert parse_variant("small").session == ()
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_variant("small+first_chunk_max_words")
 
 
 def test_interleave_asks_each_block_of_every_variant_in_rotating_order() -> None:

@@ -25,3 +25,5 @@ def test_the_benchmark_measures_both_sides_and_the_kept_contexts_read_less(
     base = report["new_call_after_tool_answer"]
     assert base["on"]["read_ahead_ms"]["n"] == base["off"]["read_ahead_ms"]["n"] == 3
     assert base["on"]["prompt_tokens_p50"] < 20 < 200 < base["off"]["prompt_tokens_p50"]
+    # Cues on: the read-ahead is the plain prompt a tool answer shares; no base needed.
+    assert base["with_cues"]["prompt_tokens_p50"] < 20

@@ -15,6 +15,7 @@ from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM, YieldingL
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.errors import LLMRequestError, ModelLoadError
 from pipeline.models import ensure_default_gguf
+from pipeline.tools.spec import ToolCall
 
 QUESTION: list[ChatMessage] = [
     {"role": "system", "content": "You are a voice assistant. Answer in one short sentence."},
@@ -390,7 +391,8 @@ async def test_a_calls_next_turn_after_a_tool_answer_reads_only_its_new_words() 
     from pipeline.session import DEFAULT_INSTRUCTIONS
     from pipeline.tools.builtin import builtin_tools
 
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    # Cues off: every turn lists the tools (with cues on, this turn would be plain).
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     history: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS}]
 
@@ -426,7 +428,7 @@ async def test_a_new_call_after_a_tool_answer_starts_from_the_read_ahead() -> No
     from pipeline.session import DEFAULT_INSTRUCTIONS
     from pipeline.tools.builtin import builtin_tools
 
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
     engine.contexts.base_enabled = True  # off by default for now
@@ -458,6 +460,68 @@ async def test_a_new_call_after_a_tool_answer_starts_from_the_read_ahead() -> No
         engine.contexts.enabled = False  # off: the read-ahead re-reads it all
         assert await read_ahead("d") > 200
         assert engine.contexts.based == 2
+    finally:
+        engine.close()
+
+
+async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own() -> None:
+    """Cues on (the default): a turn without a cue is asked in the plain prompt; one
+    with a cue is asked whether it calls in the tools prompt with that turn alone (with
+    the history in it the 0.5B model makes up a time instead of calling: checked
+    below with cues off); each kind keeps its own context, so alternating never
+    re-reads the call's history."""
+    from pipeline.session import DEFAULT_INSTRUCTIONS
+    from pipeline.tools.builtin import builtin_tools
+
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
+    history: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS}]
+
+    async def turn(question: str) -> tuple[str, list[ToolCall]]:
+        history.append({"role": "user", "content": question})
+        items = [
+            item async for item in engine.stream_with_tools(
+                history, tools=tools, max_tokens=12, temperature=0.0, session="a",
+            )
+        ]
+        text = "".join(item for item in items if isinstance(item, str))
+        history.append({"role": "assistant", "content": text})
+        return text, [item for item in items if isinstance(item, ToolCall)]
+
+    try:
+        engine.for_session("a").warm(DEFAULT_INSTRUCTIONS, tools)  # type: ignore[attr-defined]
+        await engine.until_idle(120)
+        assert engine.last_prompt_tokens < 120  # the instructions, not the tools block
+        text, calls = await turn("What is the capital of France?")
+        assert calls == [] and "paris" in text.lower()
+        assert engine.last_prompt_tokens < 40 and engine.calls_ruled_out == 1
+        _, calls = await turn("What time is it?")  # a cue: the tools are listed
+        assert [c.name for c in calls] == ["get_current_time"]
+        assert engine.last_prompt_tokens > 150 and engine.calls_ruled_out == 1
+        history.pop()  # the call's turn is not the plain history's
+        text, _ = await turn("And what is the capital of Spain?")
+        assert "madrid" in text.lower()
+        assert engine.last_prompt_tokens < 60, engine.last_prompt_tokens
+        _, calls = await turn("Thanks, goodbye.")
+        assert [c.name for c in calls] == ["end_call"]
+        assert engine.last_prompt_tokens < 40, engine.last_prompt_tokens  # this turn only
+        history.pop()
+        _, calls = await turn("Can you tell me the time?")  # the plain turns did not matter
+        assert [c.name for c in calls] == ["get_current_time"]
+    finally:
+        engine.release("a")
+        engine.close()
+    # The same history with cues off: the tools prompt holds the history, and the
+    # model answers with a made-up time instead of calling.
+    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
+    try:
+        del history[3:]  # the instructions, France and its answer, "What time is it?"
+        items = [
+            item async for item in engine.stream_with_tools(
+                history, tools=tools, max_tokens=12, temperature=0.0, session="b",
+            )
+        ]
+        assert not any(isinstance(item, ToolCall) for item in items), items
     finally:
         engine.close()
 

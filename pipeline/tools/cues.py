@@ -1,0 +1,78 @@
+"""Words without which a small model may not call a built-in tool this turn.
+
+The embedded 0.5B model, offered ``get_current_time``, calls it for turns that have
+nothing to do with the clock: two thirds of the turn-taking set's turns ("my phone
+number is four one five…", "I need butter, two lemons") in the 2026-11-30 run, each
+call ~2 s before the first word (docs/benchmarks.md, "Turn-taking"). Its first-token
+probability of opening a call does not separate needed from needless calls
+(docs/decisions.md, "Cues before a built-in call"), but the caller's words do: a turn
+that asks for the time says "time", "day", "date", "o'clock"…; one that ends the call
+says "bye", "hang up", "that's all"…
+
+So a built-in tool carries cue words, and a model turn may open a call only when the
+caller's last turn holds a cue of at least one offered tool, or one offered tool has
+no cues (an operator's or a client's tool: the model decides, as before). The prompt
+is the same either way (the tools stay listed, so the call's cached prefix is kept);
+only the call's opening tokens are ruled out. The cues are the tools' vocabulary, not
+the benchmark's phrasings, and they are generous: a cue lets the model decide, it
+never makes a call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pipeline.engines.base import ChatMessage
+
+
+def _words(*cues: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![\w'])(?:" + "|".join(cues) + r")(?![\w'])", re.IGNORECASE)
+
+
+CUES: Mapping[str, re.Pattern[str]] = {
+    "get_current_time": _words(
+        r"time", r"times", r"clock", r"o'?clock", r"hours?", r"minutes?", r"date", r"dates",
+        r"days?", r"today'?s?", r"tonight", r"tomorrow", r"yesterday", r"weekday", r"weekend",
+        r"week", r"month", r"year", r"morning", r"afternoon", r"evening", r"noon",
+        r"midnight", r"late", r"early", r"am", r"pm", r"a\.m\.?", r"p\.m\.?",
+        r"monday|tuesday|wednesday|thursday|friday|saturday|sunday",
+    ),
+    "end_call": _words(
+        r"bye", r"goodbye", r"good-bye", r"bye-bye", r"hang", r"hung", r"end", r"ending",
+        r"done", r"finished", r"that'?s all", r"that is all", r"that'?ll be all",
+        r"that'?s it", r"(?:gotta|got to|have to|need to|must|better) go", r"leave",
+        r"later", r"see you", r"see ya", r"farewell", r"good ?night", r"take care",
+        r"cheers", r"nothing else", r"no more",
+    ),
+    "transfer_call": _words(
+        r"transfer", r"speak", r"talk", r"person", r"people", r"human", r"agent",
+        r"representative", r"operator", r"manager", r"supervisor", r"department",
+        r"someone", r"somebody", r"connect", r"put me through", r"sales", r"support",
+        r"billing", r"desk", r"team",
+    ),
+}
+"""Cue words of each built-in tool (docs/tools.md). A tool not named here has none."""
+
+
+def last_user_text(messages: Sequence[ChatMessage]) -> str:
+    """What the caller said last: the newest user message's text."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            return message["content"] or ""
+    return ""
+
+
+def call_plausible(
+    utterance: str,
+    tools: Sequence[dict[str, Any]],
+    cues: Mapping[str, re.Pattern[str]] = CUES,
+) -> bool:
+    """Whether a model turn answering ``utterance`` may call one of ``tools`` (OpenAI's
+    format): some offered tool has no cues, or the utterance holds one of its cues."""
+    for tool in tools:
+        pattern = cues.get(tool.get("function", {}).get("name", ""))
+        if pattern is None or pattern.search(utterance):
+            return True
+    return False
