@@ -17,8 +17,9 @@ tools after a tool answer (the plain-words prompt that follows a tool call, run
 outside any call), alternately starting from the last read-ahead (the base) and
 from what the model holds: the read-ahead's time and the tokens it read. That
 part runs with cue words off (read-aheads list the tools); with them on (the
-default) a read-ahead is the plain prompt, which the tool answer shares, and
-``with_cues`` reports the tokens such a read-ahead reads with the base off.
+default) a read-ahead reads the tools prompt in the call's tools context (from the
+base) and then the plain prompt, which the tool answer shares: ``with_cues``
+reports its time and the plain prompt's tokens.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
     # on, the default, a read-ahead is the plain prompt, which a tool answer's prompt
     # shares: measured below as "with_cues".)
     cues, engine.tool_cues = engine.tool_cues, False
+    base_default = engine.contexts.base_enabled
     for index in range(rounds * 2 + 1):
         side = "on" if index % 2 == 0 else "off"
         # The read-ahead keeps the base only while on: each "on" call starts from the
@@ -188,9 +190,10 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
         engine.release(session)
         print(f"new call after a tool answer {index + 1}/{rounds * 2 + 1} ({side}): "
               f"read ahead in {read_ms:.0f} ms", file=sys.stderr, flush=True)
-    engine.contexts.base_enabled = False
+    engine.contexts.base_enabled = True
     engine.tool_cues = True
     with_cues: list[float] = []
+    with_cues_ms: list[float] = []
     for index in range(rounds):
         session = f"cues-{index}"
         started = time.perf_counter()
@@ -198,6 +201,7 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
         await engine.until_idle(120)
         if index > 0:
             with_cues.append(float(engine.last_prompt_tokens))
+            with_cues_ms.append((time.perf_counter() - started) * 1000.0)
         question = [system, {"role": "user", "content": "What time is it?"}]
         for choice in ("auto", "none"):
             async for _ in engine.stream_with_tools(
@@ -207,6 +211,7 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
                 pass
         engine.release(session)
     engine.tool_cues = cues
+    engine.contexts.base_enabled = base_default
     report: dict[str, Any] = {
         side: {"read_ahead_ms": {"p50": round(percentile(values, 50), 1),
                                  "p95": round(percentile(values, 95), 1), "n": len(values)},
@@ -216,7 +221,12 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
     report["ratio_on_off_read_ahead_p50"] = round(
         report["on"]["read_ahead_ms"]["p50"] / report["off"]["read_ahead_ms"]["p50"], 2
     )
-    report["with_cues"] = {"base": "off", "prompt_tokens_p50": percentile(with_cues, 50)}
+    report["with_cues"] = {
+        "base": "on",
+        "read_ahead_ms": {"p50": round(percentile(with_cues_ms, 50), 1),
+                          "p95": round(percentile(with_cues_ms, 95), 1), "n": len(with_cues_ms)},
+        "plain_prompt_tokens_p50": percentile(with_cues, 50),
+    }
     return report
 
 

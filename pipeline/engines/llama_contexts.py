@@ -20,7 +20,8 @@ after another call's turn that shares its instructions, but after an answer roun
 other instructions, it would re-read its instructions and tools (~250 tokens with
 the built-in tools: 1–2 s on two cores). So the last call read-ahead (``warm``)
 is kept as the *base*, and a new call whose model holds less of it starts from it
-(``base_enabled``, off by default for now).
+(``base_enabled``). With cue words on (pipeline/tools/cues.py) the base is the
+tools prompt read ahead, which every call's first cue turn starts from.
 
 All methods run on the model's worker thread (``forget`` takes a lock: calls end
 on the event loop).
@@ -72,10 +73,9 @@ class CallContexts:
         """Contexts brought back (a call's turn after another call's)."""
         self.saved = 0
         self._base: _Saved | None = None
-        self.base_enabled = False
-        """True: a new call starts from the base. Off by default until the figures it
-        moves (turn-taking, tools latency in docs/benchmarks.md) are re-measured with
-        it; loadtest/llm_contexts.py measures it on and off."""
+        self.base_enabled = True
+        """True: a new call starts from the base (loadtest/llm_contexts.py measures it
+        on and off)."""
         self.based = 0
         """New calls started from the base (the last read-ahead) rather than from
         what the model held."""

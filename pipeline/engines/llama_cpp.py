@@ -486,8 +486,19 @@ class LlamaCppLLM:
         the worker thread; a failure is left to the reply, which reports it."""
         self._generating.set()
         try:
-            if self.tool_cues:
-                tools = ()  # most turns hold no cue: they are asked in the plain prompt
+            if tools and self.tool_cues:
+                # Cue turns are asked in the tools prompt in a context of their own:
+                # read it there (from the base, the last call's, when the instructions
+                # are the same: one token), then the plain prompt most turns use.
+                fitted = self.fit(messages, max_tokens=1, tools=tools)
+                self.contexts.take(self._model, session + TOOLS_CONTEXT)
+                self._model.create_completion(
+                    self.template_tools().prompt(fitted, tools), max_tokens=1, temperature=0.0
+                )
+                self.contexts.keep_base(self._model)
+                tools, based = (), True
+            else:
+                based = False
             fitted = self.fit(messages, max_tokens=1, tools=tools)
             self.contexts.take(self._model, session)
             self._prompt_pending = True
@@ -498,7 +509,8 @@ class LlamaCppLLM:
                 self._model.create_chat_completion(
                     messages=[dict(m) for m in fitted], max_tokens=1, temperature=0.0
                 )
-            self.contexts.keep_base(self._model)
+            if not based:
+                self.contexts.keep_base(self._model)
             self.warm_ups += 1
         except Exception:
             logger.debug("warming the instructions failed", exc_info=True)

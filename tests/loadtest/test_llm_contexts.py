@@ -26,4 +26,5 @@ def test_the_benchmark_measures_both_sides_and_the_kept_contexts_read_less(
     assert base["on"]["read_ahead_ms"]["n"] == base["off"]["read_ahead_ms"]["n"] == 3
     assert base["on"]["prompt_tokens_p50"] < 20 < 200 < base["off"]["prompt_tokens_p50"]
     # Cues on: the read-ahead is the plain prompt a tool answer shares; no base needed.
-    assert base["with_cues"]["prompt_tokens_p50"] < 20
+    assert base["with_cues"]["plain_prompt_tokens_p50"] < 20
+    assert base["with_cues"]["read_ahead_ms"]["n"] == 2

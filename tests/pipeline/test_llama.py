@@ -431,7 +431,6 @@ async def test_a_new_call_after_a_tool_answer_starts_from_the_read_ahead() -> No
     engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
-    engine.contexts.base_enabled = True  # off by default for now
 
     async def first_turn(session: str, question: str, choice: str = "auto") -> None:
         history: list[ChatMessage] = [system, {"role": "user", "content": question}]
@@ -497,7 +496,8 @@ async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own()
         assert engine.last_prompt_tokens < 40 and engine.calls_ruled_out == 1
         _, calls = await turn("What time is it?")  # a cue: the tools are listed
         assert [c.name for c in calls] == ["get_current_time"]
-        assert engine.last_prompt_tokens > 150 and engine.calls_ruled_out == 1
+        # The tools prompt was read ahead in the call's tools context: this turn only.
+        assert engine.last_prompt_tokens < 40 and engine.calls_ruled_out == 1
         history.pop()  # the call's turn is not the plain history's
         text, _ = await turn("And what is the capital of Spain?")
         assert "madrid" in text.lower()
@@ -508,6 +508,13 @@ async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own()
         history.pop()
         _, calls = await turn("Can you tell me the time?")  # the plain turns did not matter
         assert [c.name for c in calls] == ["get_current_time"]
+        history.pop()
+        await turn("And of Italy?")  # the model holds the plain prompt again
+        # A second call reads its tools prompt from the first call's (the base).
+        based = engine.contexts.based
+        engine.for_session("b").warm(DEFAULT_INSTRUCTIONS, tools)  # type: ignore[attr-defined]
+        await engine.until_idle(120)
+        assert engine.contexts.based == based + 1
     finally:
         engine.release("a")
         engine.close()
