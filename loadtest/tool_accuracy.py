@@ -229,11 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=2,
                         help="times the set is asked, each time by the next voice")
     parser.add_argument("--url", help="an already running server (default: spawn one)")
+    parser.add_argument("--env", action="append", default=[], metavar="VOICEFORGE_X=VALUE",
+                        help="a setting of the spawned server (repeatable): "
+                        "--env VOICEFORGE_TOOL_CUES=off")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     requests = [r for r in REQUESTS if args.tools == "demo" or not r.demo]
     env = {"VOICEFORGE_TOOL_MODULES": "loadtest.demo_tools"} if args.tools == "demo" else {}
+    for setting in args.env:
+        name, equals, value = setting.partition("=")
+        if not equals or not name.startswith("VOICEFORGE_"):
+            parser.error(f"--env {setting!r}: expected VOICEFORGE_NAME=VALUE")
+        env[name] = value
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     if args.url:
@@ -246,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     summary.update({
         "tools": args.tools,
         "passes": args.passes,
+        "server_env": env,
         "seconds": round(time.monotonic() - started),
         "load_average": {"before": load_before, "after": os.getloadavg()[0]},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

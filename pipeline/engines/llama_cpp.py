@@ -38,7 +38,7 @@ from pipeline.engines.llama_contexts import NO_CALL, CallContexts
 from pipeline.engines.llama_tools import TemplateTools, earlier_calls_dropped, plain_messages
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
-from pipeline.tools.cues import call_plausible, last_user_text
+from pipeline.tools.cues import call_plausible, cued, last_user_text
 from pipeline.tools.spec import ToolCall
 
 logger = logging.getLogger("voiceforge.llm")
@@ -371,9 +371,12 @@ class LlamaCppLLM:
         )
         asked = [m for m in messages[:1] if m["role"] == "system"] + messages[last_user:]
         writer = self.template_tools()
+        # Every offered tool is listed (the prompt stays the one read ahead), but the
+        # call may name only a tool whose cue was heard: its grammar holds only those.
         items = writer.stream(
             writer.prompt(earlier_calls_dropped(asked), tools), max_tokens=MAX_DECISION_TOKENS,
-            temperature=temperature, tools=tools, stopped=stop.is_set,
+            temperature=temperature, tools=cued(last_user_text(messages), tools),
+            stopped=stop.is_set,
         )
         try:
             for item in items:

@@ -6,8 +6,10 @@ number is four one five…", "I need butter, two lemons") in the 2026-11-30 run,
 call ~2 s before the first word (docs/benchmarks.md, "Turn-taking"). Its first-token
 probability of opening a call does not separate needed from needless calls
 (docs/decisions.md, "Cues before a built-in call"), but the caller's words do: a turn
-that asks for the time says "time", "day", "date", "o'clock"…; one that ends the call
-says "bye", "hang up", "that's all"…
+that asks for the time says "what time", "the date", "what day", "is it Monday"…; one
+that ends the call says "bye", "hang up", "that's all"… Single words such as "days"
+or "minutes" were tried first and let the model call the clock for "how many days
+are there in a week?": the cues are the ways of *asking* for the tool.
 
 So a built-in tool carries cue words, and a model turn may open a call only when the
 caller's last turn holds a cue of at least one offered tool, or one offered tool has
@@ -15,7 +17,8 @@ no cues (an operator's or a client's tool: the model decides, as before). The pr
 is the same either way (the tools stay listed, so the call's cached prefix is kept);
 only the call's opening tokens are ruled out. The cues are the tools' vocabulary, not
 the benchmark's phrasings, and they are generous: a cue lets the model decide, it
-never makes a call.
+never makes a call. A call may name only a tool whose cue was heard (or one without
+cues): the grammar it is written under is built from those (``cued``).
 """
 
 from __future__ import annotations
@@ -33,24 +36,26 @@ def _words(*cues: str) -> re.Pattern[str]:
 
 CUES: Mapping[str, re.Pattern[str]] = {
     "get_current_time": _words(
-        r"time", r"times", r"clock", r"o'?clock", r"hours?", r"minutes?", r"date", r"dates",
-        r"days?", r"today'?s?", r"tonight", r"tomorrow", r"yesterday", r"weekday", r"weekend",
-        r"week", r"month", r"year", r"morning", r"afternoon", r"evening", r"noon",
-        r"midnight", r"late", r"early", r"am", r"pm", r"a\.m\.?", r"p\.m\.?",
-        r"monday|tuesday|wednesday|thursday|friday|saturday|sunday",
+        r"what time", r"the time", r"time is it", r"clock", r"o'?clock",
+        r"what (?:day|date|year|month)", r"which day", r"the date", r"today'?s date",
+        r"what'?s today", r"what is today", r"is it (?:still )?(?:morning|afternoon|evening|"
+        r"night|day|late|early|monday|tuesday|wednesday|thursday|friday|saturday|sunday)",
+        r"how late", r"current (?:time|date|day|year)", r"time (?:right )?now",
+        r"what hour", r"[ap]\.m\.?",
+        r"(?:day|date) (?:is it|today)",
     ),
     "end_call": _words(
-        r"bye", r"goodbye", r"good-bye", r"bye-bye", r"hang", r"hung", r"end", r"ending",
-        r"done", r"finished", r"that'?s all", r"that is all", r"that'?ll be all",
-        r"that'?s it", r"(?:gotta|got to|have to|need to|must|better) go", r"leave",
-        r"later", r"see you", r"see ya", r"farewell", r"good ?night", r"take care",
-        r"cheers", r"nothing else", r"no more",
+        r"bye", r"goodbye", r"good-bye", r"bye-bye", r"hang up", r"hung up",
+        r"end (?:the|this|our) call", r"that'?s all", r"that is all", r"that'?ll be all",
+        r"that'?s it", r"(?:gotta|got to|have to|need to|must|better) go",
+        r"talk (?:to you )?later", r"see you", r"see ya", r"farewell", r"good ?night",
+        r"take care",
     ),
     "transfer_call": _words(
-        r"transfer", r"speak", r"talk", r"person", r"people", r"human", r"agent",
-        r"representative", r"operator", r"manager", r"supervisor", r"department",
-        r"someone", r"somebody", r"connect", r"put me through", r"sales", r"support",
-        r"billing", r"desk", r"team",
+        r"transfer", r"speak (?:to|with)", r"talk (?:to|with)", r"person", r"human",
+        r"agent", r"representative", r"operator", r"manager", r"supervisor", r"department",
+        r"someone", r"somebody", r"connect me", r"put me through", r"sales", r"support",
+        r"billing",
     ),
 }
 """Cue words of each built-in tool (docs/tools.md). A tool not named here has none."""
@@ -64,6 +69,21 @@ def last_user_text(messages: Sequence[ChatMessage]) -> str:
     return ""
 
 
+def cued(
+    utterance: str,
+    tools: Sequence[dict[str, Any]],
+    cues: Mapping[str, re.Pattern[str]] = CUES,
+) -> list[dict[str, Any]]:
+    """The tools of ``tools`` (OpenAI's format) a call answering ``utterance`` may name:
+    those without cues, and those whose cue the utterance holds."""
+    kept = []
+    for tool in tools:
+        pattern = cues.get(tool.get("function", {}).get("name", ""))
+        if pattern is None or pattern.search(utterance):
+            kept.append(tool)
+    return kept
+
+
 def call_plausible(
     utterance: str,
     tools: Sequence[dict[str, Any]],
@@ -71,8 +91,4 @@ def call_plausible(
 ) -> bool:
     """Whether a model turn answering ``utterance`` may call one of ``tools`` (OpenAI's
     format): some offered tool has no cues, or the utterance holds one of its cues."""
-    for tool in tools:
-        pattern = cues.get(tool.get("function", {}).get("name", ""))
-        if pattern is None or pattern.search(utterance):
-            return True
-    return False
+    return bool(cued(utterance, tools, cues))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from loadtest.tool_accuracy import REQUESTS, Request, Result, judge, summarize
+import pytest
+
+from loadtest.tool_accuracy import REQUESTS, Request, Result, judge, main, summarize
 
 
 def test_a_request_is_right_with_the_needed_tool_and_fitting_arguments() -> None:
@@ -43,3 +45,11 @@ def test_the_summary_separates_tool_turns_from_plain_ones() -> None:
     assert summary["latency_ms"]["tool_turns"]["n"] == 2
     assert summary["latency_ms"]["plain_turns"]["p50"] == 950.0
     assert summary["added_latency_ms"]["p50"] == 1350.0 - 950.0
+
+
+def test_a_server_setting_must_be_a_voiceforge_variable() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--env", "PATH=/tmp", "--passes", "1"])
+    assert exited.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["--env", "VOICEFORGE_TOOL_CUES"])

@@ -12,7 +12,7 @@ from agent.config import Settings
 from pipeline.errors import ConfigurationError
 from pipeline.tools import server_tool
 from pipeline.tools.builtin import builtin_tools
-from pipeline.tools.cues import CUES, call_plausible, last_user_text
+from pipeline.tools.cues import CUES, call_plausible, cued, last_user_text
 
 
 async def lookup_order(order_id: str) -> str:
@@ -47,9 +47,19 @@ def test_goodbyes_hold_a_cue_of_end_call(said: str) -> None:
     "My phone number is four one five, two two three.", "I need butter, two lemons.",
     "What is two plus two?", "Hello, can you hear me?", "Help me find the nearest pharmacy.",
     "Timely answers please",  # a cue inside a longer word is not one
+    "How many days are there in a week?", "How many minutes are in an hour?",
+    "I am ready.",  # words that mention time without asking for it
 ])
 def test_turns_without_a_cue_may_not_call_a_builtin(said: str) -> None:
     assert not call_plausible(said, BUILTIN)
+
+
+def test_a_call_may_name_only_the_tools_whose_cue_was_heard() -> None:
+    names = [t["function"]["name"] for t in cued("I have to go now, bye bye.", BUILTIN)]
+    assert names == ["end_call"]
+    names = [t["function"]["name"] for t in cued("What day is it? Bye.", [*BUILTIN, ORDER])]
+    assert names == ["get_current_time", "end_call", "lookup_order"]
+    assert cued("How are you?", BUILTIN) == []
 
 
 def test_a_tool_without_cues_leaves_the_choice_to_the_model() -> None:
