@@ -99,6 +99,8 @@ class Result:
     acoustic_ms: float | None = None
     right: bool = False
     error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """The server's ``response.done`` timings (where the time went)."""
 
 
 def judge(request: Request, called: list[tuple[str, str]]) -> bool:
@@ -135,6 +137,7 @@ async def ask(url: str, request: Request, voice: str, rate: int) -> Result:
                 if isinstance(m, ResponseToolCall)
             ]
             result.reply = done.text.strip()
+            result.timings = dict(done.timings)
             result.acoustic_ms = elapsed_ms(
                 caller.acoustic_end_sent_at(spoken), client.first_audio_at.get(done.response_id)
             )
