@@ -102,7 +102,7 @@ class LlamaCppLLM:
         """A built-in tool may be called only on a turn holding one of its cue words
         (pipeline/tools/cues.py); off, the model decides every turn."""
         self.calls_ruled_out = 0
-        """Model turns whose call openings were ruled out for want of a cue."""
+        """Model turns asked in the plain prompt, no tool callable, for want of a cue."""
         self.warm_ups = 0
         """Instruction reads run ahead of a call's reply (``warm``)."""
         self._warm_jobs: dict[str, Job] = {}
@@ -414,6 +414,8 @@ class LlamaCppLLM:
             call = self._cue_turn_call(messages, temperature, tools, stop)
             if call is not None:
                 yield call
+                return
+            if stop.is_set():
                 return
             # Words, not a call: asked again in the plain prompt, with the history.
             self.contexts.take(self._model, _context_key(session, (), tool_choice))

@@ -1,4 +1,4 @@
-"""Words without which a small model may not call a built-in tool this turn.
+"""Words without which a small model may not call a built-in tool on a turn.
 
 The embedded 0.5B model, offered ``get_current_time``, calls it for turns that have
 nothing to do with the clock: two thirds of the turn-taking set's turns ("my phone
@@ -11,14 +11,15 @@ that ends the call says "bye", "hang up", "that's all"… Single words such as "
 or "minutes" were tried first and let the model call the clock for "how many days
 are there in a week?": the cues are the ways of *asking* for the tool.
 
-So a built-in tool carries cue words, and a model turn may open a call only when the
+So a built-in tool carries cue words, and a model turn may call a tool only when the
 caller's last turn holds a cue of at least one offered tool, or one offered tool has
-no cues (an operator's or a client's tool: the model decides, as before). The prompt
-is the same either way (the tools stay listed, so the call's cached prefix is kept);
-only the call's opening tokens are ruled out. The cues are the tools' vocabulary, not
-the benchmark's phrasings, and they are generous: a cue lets the model decide, it
-never makes a call. A call may name only a tool whose cue was heard (or one without
-cues): the grammar it is written under is built from those (``cued``).
+no cues (an operator's or a client's tool: the model decides, as before). A turn
+without one is asked in the plain prompt, no tools listed (the embedded engine,
+pipeline/engines/llama_cpp.py, keeps a context for each prompt). The cues are the
+tools' ways of being asked for, not the benchmark's phrasings, and they are generous:
+a cue lets the model decide, it never makes a call. A call may name only a tool whose
+cue was heard (or one without cues): the grammar it is written under is built from
+those (``cued``).
 """
 
 from __future__ import annotations
