@@ -155,11 +155,32 @@ async def _first_replies(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
     return report
 
 
+async def _call_ending_in_a_tool_answer(
+    engine: LlamaCppLLM, session: str, tools: Any
+) -> tuple[float, float]:
+    """One call: its read-ahead (timed; the prompt tokens it read), then "What time is
+    it?" and a tool answer's plain prompt, then its end. Returns (ms, tokens)."""
+    system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
+    started = time.perf_counter()
+    engine.warm(DEFAULT_INSTRUCTIONS, session, tools)
+    await engine.until_idle(120)
+    read_ms = (time.perf_counter() - started) * 1000.0
+    read = float(engine.last_prompt_tokens)
+    question: list[ChatMessage] = [system, {"role": "user", "content": "What time is it?"}]
+    for choice in ("auto", "none"):  # the turn, then a tool answer's plain prompt
+        async for _ in engine.stream_with_tools(
+            question, tools=tools, max_tokens=8, temperature=0.0, session=session,
+            tool_choice=choice,
+        ):
+            pass
+    engine.release(session)
+    return read_ms, read
+
+
 async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any]:
     from pipeline.tools.builtin import builtin_tools
 
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
-    system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
     times: dict[str, list[float]] = {"on": [], "off": []}
     tokens: dict[str, list[float]] = {"on": [], "off": []}
     # The base is for read-aheads that list the tools: with cue words off. (With cues
@@ -172,22 +193,10 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
         # The read-ahead keeps the base only while on: each "on" call starts from the
         # one before the last (the same instructions and tools).
         engine.contexts.base_enabled = side == "on"
-        session = f"tools-{index}"
-        started = time.perf_counter()
-        engine.warm(DEFAULT_INSTRUCTIONS, session, tools)
-        await engine.until_idle(120)
-        read_ms = (time.perf_counter() - started) * 1000.0
+        read_ms, read = await _call_ending_in_a_tool_answer(engine, f"tools-{index}", tools)
         if index > 0:  # the first call reads everything: nothing was read ahead before
             times[side].append(read_ms)
-            tokens[side].append(float(engine.last_prompt_tokens))
-        question: list[ChatMessage] = [system, {"role": "user", "content": "What time is it?"}]
-        for choice in ("auto", "none"):  # the turn, then a tool answer's plain prompt
-            async for _ in engine.stream_with_tools(
-                question, tools=tools, max_tokens=8, temperature=0.0, session=session,
-                tool_choice=choice,
-            ):
-                pass
-        engine.release(session)
+            tokens[side].append(read)
         print(f"new call after a tool answer {index + 1}/{rounds * 2 + 1} ({side}): "
               f"read ahead in {read_ms:.0f} ms", file=sys.stderr, flush=True)
     engine.contexts.base_enabled = True
@@ -195,21 +204,10 @@ async def _after_tool_answers(engine: LlamaCppLLM, rounds: int) -> dict[str, Any
     with_cues: list[float] = []
     with_cues_ms: list[float] = []
     for index in range(rounds):
-        session = f"cues-{index}"
-        started = time.perf_counter()
-        engine.warm(DEFAULT_INSTRUCTIONS, session, tools)
-        await engine.until_idle(120)
+        read_ms, read = await _call_ending_in_a_tool_answer(engine, f"cues-{index}", tools)
         if index > 0:
-            with_cues.append(float(engine.last_prompt_tokens))
-            with_cues_ms.append((time.perf_counter() - started) * 1000.0)
-        question = [system, {"role": "user", "content": "What time is it?"}]
-        for choice in ("auto", "none"):
-            async for _ in engine.stream_with_tools(
-                question, tools=tools, max_tokens=8, temperature=0.0, session=session,
-                tool_choice=choice,
-            ):
-                pass
-        engine.release(session)
+            with_cues.append(read)
+            with_cues_ms.append(read_ms)
     engine.tool_cues = cues
     engine.contexts.base_enabled = base_default
     report: dict[str, Any] = {

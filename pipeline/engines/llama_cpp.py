@@ -35,7 +35,12 @@ from typing import Any
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
 from pipeline.engines.llama_contexts import NO_CALL, CallContexts
-from pipeline.engines.llama_tools import TemplateTools, earlier_calls_dropped, plain_messages
+from pipeline.engines.llama_tools import (
+    TemplateTools,
+    earlier_calls_dropped,
+    last_user_index,
+    plain_messages,
+)
 from pipeline.errors import LLMError, LLMRequestError, ModelLoadError
 from pipeline.history import fit_to_context
 from pipeline.tools.cues import call_plausible, cued, last_user_text
@@ -366,15 +371,15 @@ class LlamaCppLLM:
         of calling the clock (tests/pipeline/test_llama.py); on a turn of its own it
         calls. Its words, if it starts answering, are not kept: the answer is asked
         in the plain prompt with the whole history (the call's usual context)."""
-        last_user = max(
-            (i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages)
-        )
-        asked = [m for m in messages[:1] if m["role"] == "system"] + messages[last_user:]
+        last_user = last_user_index(messages)
+        asked = [m for m in messages[:1] if m["role"] == "system"]
+        if last_user >= 0:
+            asked += messages[last_user:]  # no earlier turn, so no earlier call, to drop
         writer = self.template_tools()
         # Every offered tool is listed (the prompt stays the one read ahead), but the
         # call may name only a tool whose cue was heard: its grammar holds only those.
         items = writer.stream(
-            writer.prompt(earlier_calls_dropped(asked), tools), max_tokens=MAX_DECISION_TOKENS,
+            writer.prompt(asked, tools), max_tokens=MAX_DECISION_TOKENS,
             temperature=temperature, tools=cued(last_user_text(messages), tools),
             stopped=stop.is_set,
         )

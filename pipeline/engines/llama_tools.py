@@ -260,11 +260,16 @@ def _as_object(call: dict[str, Any]) -> Any:
         return {}
 
 
+def last_user_index(messages: Sequence[ChatMessage]) -> int:
+    """Where the caller's newest message is in ``messages``; -1 when there is none."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+
+
 def plain_messages(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     """``messages`` for a model turn that answers in words: tool calls left out, the
     results of this turn's calls told in the instructions, older results dropped (the
     answer that followed them carries what the caller was told)."""
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    last_user = last_user_index(messages)
     kept: list[ChatMessage] = []
     learned: list[str] = []
     for index, message in enumerate(messages):
@@ -286,7 +291,7 @@ def plain_messages(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
 def earlier_calls_dropped(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
     """``messages`` for a turn that may call a tool: the calls and results of earlier
     turns left out (the small model copies them), this turn's kept."""
-    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    last_user = last_user_index(messages)
     return [
         m.copy() for i, m in enumerate(messages)
         if i > last_user or not (m["role"] == "tool" or (m.get("tool_calls") and not m["content"]))
