@@ -11,7 +11,7 @@ machine may be shared. Examples: the probability that the
 turn is complete for each complete question and its cut-off version
 (loadtest/turn_examples.py), at several lengths of trailing silence; with
 ``--transcripts``, also what tiny.en hears in each and whether the words end open
-(``pipeline.turn_policy.ends_open``), the learned policy's transcript cue.
+(``pipeline.turn_words.ends_open``), the learned policy's transcript cue.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 
 from loadtest.turn_examples import turn_examples, with_silence
 from pipeline.smart_turn import SmartTurnModel, last_window
-from pipeline.turn_policy import ends_open
+from pipeline.turn_words import ends_open
 
 CUE_SILENCE_MS = 200.0
 """Where the transcript cue is judged: the learned policy's first question."""

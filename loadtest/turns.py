@@ -150,6 +150,9 @@ class Trial:
     tool_calls: int | None = None
     """Turn items: tool calls the reply made (the embedded model calls the clock for
     some statements; each call is a second model turn, seconds on a CPU)."""
+    transcripts: list[str] = field(default_factory=list)
+    """Turn items: the server's final transcripts of the utterance, in order (more
+    than one when it was cut off): what the policy's word cue read."""
 
 
 @dataclass
@@ -223,6 +226,7 @@ async def _finish(caller: TimedCaller, response_id: str, timeout_s: float = 5.0)
 
 async def turn_trial(caller: TimedCaller, item: Item, trial: Trial, config: Config) -> None:
     client = caller.client
+    log_start = len(caller.log)
     index = caller.utter(item.audio)
     await caller.wait_sent(index, len(item.audio) / 16000 + config.turn_timeout_s)
     last_stream_ms = caller.stream_ms(index, item.last_segment_ms)
@@ -237,6 +241,8 @@ async def turn_trial(caller: TimedCaller, item: Item, trial: Trial, config: Conf
         return ignored or (response_id is not None and response_id in client.first_audio_at)
 
     await _wait_until(answered, config.turn_timeout_s)
+    trial.transcripts = [message.text for _, message in caller.log[log_start:]
+                         if isinstance(message, TranscriptFinal)]
     cut_off, response_id, ignored = state
     trial.cut_off = cut_off if item.kind == "paused" else None
     trial.replied = response_id is not None and response_id in client.first_audio_at

@@ -18,8 +18,9 @@ far sound finished, and:
   garbage (NaN, outside [0, 1]);
 * reads the speculative transcript when the caller says one is coming: a
   "complete" waits for it (the reply needs it anyway), and a transcript that ends
-  open — on "and", "the", "to", a digit … (``ends_open``) — holds the turn to the
-  maximum whatever the model says. The model leans on the silence and lets many
+  open — on "and", "the", "to", a digit, a verb still waiting for its object, inside
+  a list (``pipeline.turn_words.ends_open``) — holds the turn to the maximum
+  whatever the model says. The model leans on the silence and lets many
   cut-off sentences through; the words catch most of them (docs/decisions.md).
 
 Everything runs on the audio clock, like the detector: the caller feeds the
@@ -37,10 +38,10 @@ from __future__ import annotations
 
 import enum
 import math
-import re
 from dataclasses import dataclass
 
 from pipeline.turn import DEFAULT_TURN_CONFIG, TurnConfig
+from pipeline.turn_words import ends_open
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,25 +71,6 @@ class EndTurn:
 
 
 PolicyAction = AskModel | EndTurn
-
-OPEN_ENDINGS = frozenset(
-    "and or but because the a an my your our their his her to of for with um uh".split()
-)
-"""Last words after which an English sentence is almost never finished. "in", "on",
-"at" and "is" are left out: questions end on them ("what is it in?")."""
-SPOKEN_DIGITS = frozenset("zero oh one two three four five six seven eight nine".split())
-_WORD = re.compile(r"[a-z0-9']+")
-
-
-def ends_open(text: str) -> bool:
-    """True when ``text`` stops on a word that needs more after it, or on a digit
-    (a number being read out): "my number is four one five", "bread and"."""
-    words = _WORD.findall(text.lower())
-    if not words:
-        return False
-    last = words[-1]
-    return last in OPEN_ENDINGS or last in SPOKEN_DIGITS or last[-1].isdigit()
-
 
 class PolicyPhase(enum.Enum):
     NO_PAUSE = "no_pause"

@@ -31,7 +31,6 @@ from pipeline.turn_policy import (
     EndTurn,
     PolicyAction,
     PolicyPhase,
-    ends_open,
 )
 
 FRAME = 32.0
@@ -298,28 +297,6 @@ def test_a_config_change_mid_pause_applies_at_the_next_frame() -> None:
 
 
 # ------------------------------------------------------------ transcript cues
-
-
-@pytest.mark.parametrize(
-    ("text", "open_"),
-    [
-        ("Where can I buy fresh bread and", True),
-        ("I need to buy eggs, milk, and...", True),
-        ("What is the capital of?", True),
-        ("I would like to book a table for", True),
-        ("My phone number is 415.", True),
-        ("my number is four one five", True),
-        ("So, um", True),
-        ("What is the capital of Australia?", False),
-        ("Can you set an alarm for 7.30 tomorrow morning?", False),
-        ("What is it in?", False),
-        ("Yes.", False),
-        ("", False),
-        ("...", False),
-    ],
-)
-def test_ends_open(text: str, open_: bool) -> None:
-    assert ends_open(text) is open_
 
 
 def test_a_complete_answer_waits_for_the_coming_transcript() -> None:
