@@ -32,8 +32,8 @@ def _timed(progress: Progress, what: str) -> Callable[[str], None]:
 
 
 def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
-    """The CPU default: Silero VAD, Smart Turn, faster-whisper and a llama.cpp GGUF of
-    the chosen tier (pipeline/tiers.py), Piper joe.
+    """The CPU default: Silero VAD, Smart Turn, faster-whisper (or Moonshine) and a
+    llama.cpp GGUF of the chosen tier (pipeline/tiers.py), Piper joe.
 
     Every weight comes from an installed package or a local path; nothing is
     downloaded at run time (the GGUF and the Smart Turn model are fetched by
@@ -54,6 +54,14 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
     tier = tier_named(settings.tier)
     progress(f"tier {tier.name}: {tier.summary}")
     stt = remote_stt(settings, progress)
+    use_moonshine = stt is None and not settings.whisper_model and bool(tier.moonshine)
+    moonshine = models.ensure_tier_moonshine(tier, progress) if use_moonshine else None
+    if moonshine is not None:
+        from pipeline.engines.moonshine import MoonshineSTT
+
+        done = _timed(progress, "STT (Moonshine)")
+        stt = MoonshineSTT(moonshine, cpu_threads=settings.threads)
+        done(f"{moonshine} [cpu, onnxruntime]")
     if stt is None:
         whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
         done = _timed(progress, "STT (faster-whisper)")

@@ -385,6 +385,14 @@ def ensure_tier_whisper(tier: Tier, progress: Progress | None = print) -> Path:
     return paths[0].parent
 
 
+def ensure_tier_moonshine(tier: Tier, progress: Progress | None = print) -> Path | None:
+    """The tier's Moonshine folder, or None when the tier transcribes with Whisper."""
+    if not tier.moonshine:
+        return None
+    paths = [ensure_file(file, progress) for file in tier.moonshine]
+    return paths[0].parent
+
+
 def ensure_default_gguf(progress: Progress | None = print) -> Path:
     """The default tier's GGUF (what the LLM tests load)."""
     return ensure_tier_llm(tier_named(None), progress)
@@ -424,9 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for tier in chosen:
             size = tier.setup_bytes() / 2**20
             print(f"tier {tier.name}: {tier.summary} ({size:.0f} MiB to set up)")
-            whisper = ensure_tier_whisper(tier)
+            moonshine = ensure_tier_moonshine(tier)
+            stt = moonshine if moonshine is not None else ensure_tier_whisper(tier)
             gguf = ensure_tier_llm(tier)
-            print(f"whisper: {whisper}")
+            print(f"{'moonshine' if moonshine else 'whisper'}: {stt}")
             print(f"llm:     {gguf}")
         print(f"turn:    {ensure_smart_turn_model()}")
         onnx, voice_config = piper_voice_paths()

