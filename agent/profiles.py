@@ -13,7 +13,7 @@ from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine, STTEngine, TTSEngine
 from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
-from pipeline.tiers import tier_named
+from pipeline.tiers import Tier, tier_named
 from pipeline.tools.builtin import builtin_tools
 from pipeline.tools.registry import ToolRegistry, tools_in_modules
 from pipeline.vad import BatchedVADWorker, SileroVAD
@@ -41,7 +41,6 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
     """
     from pipeline import models
     from pipeline.engines.piper import PiperTTS
-    from pipeline.engines.whisper import WhisperSTT
 
     done = _timed(progress, "VAD (Silero ONNX)")
     vad = SileroVAD()
@@ -53,26 +52,7 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
 
     tier = tier_named(settings.tier)
     progress(f"tier {tier.name}: {tier.summary}")
-    stt = remote_stt(settings, progress)
-    use_moonshine = stt is None and not settings.whisper_model and bool(tier.moonshine)
-    moonshine = models.ensure_tier_moonshine(tier, progress) if use_moonshine else None
-    if moonshine is not None:
-        from pipeline.engines.moonshine import MoonshineSTT
-
-        done = _timed(progress, "STT (Moonshine)")
-        stt = MoonshineSTT(moonshine, cpu_threads=settings.threads)
-        done(f"{moonshine} [cpu, onnxruntime]")
-    if stt is None:
-        whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
-        done = _timed(progress, "STT (faster-whisper)")
-        stt = WhisperSTT(
-            whisper,
-            device=settings.whisper_device,
-            compute_type=settings.whisper_compute_type,
-            cpu_threads=settings.threads,
-            beam_size=settings.whisper_beam_size,
-        )
-        done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
+    stt = build_stt(settings, tier, progress)
 
     llm = build_llm(settings, progress)
 
@@ -89,6 +69,37 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
         vad=BatchedVADWorker(vad),
         smart_turn=BatchedSmartTurnWorker(smart_turn),
     )
+
+
+def build_stt(settings: Settings, tier: Tier, progress: Progress = print) -> STTEngine:
+    """The remote STT if one is set; else the tier's recogniser: Moonshine on a
+    Moonshine tier (unless ``whisper_model`` names a Whisper), else faster-whisper."""
+    from pipeline import models
+
+    stt = remote_stt(settings, progress)
+    if stt is not None:
+        return stt
+    moonshine = None if settings.whisper_model else models.ensure_tier_moonshine(tier, progress)
+    if moonshine is not None:
+        from pipeline.engines.moonshine import MoonshineSTT
+
+        done = _timed(progress, "STT (Moonshine)")
+        engine = MoonshineSTT(moonshine, cpu_threads=settings.threads)
+        done(f"{moonshine} [cpu, onnxruntime]")
+        return engine
+    from pipeline.engines.whisper import WhisperSTT
+
+    whisper = settings.whisper_model or str(models.ensure_tier_whisper(tier, progress))
+    done = _timed(progress, "STT (faster-whisper)")
+    whisper_stt = WhisperSTT(
+        whisper,
+        device=settings.whisper_device,
+        compute_type=settings.whisper_compute_type,
+        cpu_threads=settings.threads,
+        beam_size=settings.whisper_beam_size,
+    )
+    done(f"{whisper} [{settings.whisper_device}, {settings.whisper_compute_type}]")
+    return whisper_stt
 
 
 def remote_tts(settings: Settings, progress: Progress = print) -> TTSEngine | None:

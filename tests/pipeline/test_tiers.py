@@ -345,3 +345,44 @@ def test_the_server_loads_the_tiers_gguf_unless_one_is_named(
     llm = build_llm(settings, progress=lambda line: None)
     assert isinstance(llm, _FakeLlama)
     assert llm.path == (expected if gguf else f"/cache/{expected}.gguf")
+
+
+class _FakeSTT:
+    """Stands in for WhisperSTT and MoonshineSTT: records what it was given."""
+
+    def __init__(self, model: object, **options: object) -> None:
+        self.model = model
+
+
+@pytest.mark.parametrize(
+    ("tier", "whisper", "expected"),
+    [
+        ("small", None, ("whisper", "tiny")),
+        ("large", None, ("whisper", "/cache/whisper-base")),
+        ("small-moonshine", None, ("moonshine", "/cache/moonshine")),
+        # A Whisper named explicitly replaces the tier's recogniser, Moonshine too.
+        ("medium-moonshine", "/models/whisper-small", ("whisper", "/models/whisper-small")),
+    ],
+)
+def test_the_server_uses_the_tiers_recogniser_unless_a_whisper_is_named(
+    monkeypatch: pytest.MonkeyPatch, tier: str, whisper: str | None,
+    expected: tuple[str, str],
+) -> None:
+    from agent.config import Settings
+    from agent.profiles import build_stt
+    from pipeline.engines import moonshine
+    from pipeline.engines import whisper as whisper_engine
+
+    monkeypatch.setattr(models, "ensure_tier_whisper",
+                        lambda chosen, progress: Path("/cache/whisper-base")
+                        if chosen.whisper else Path("tiny"))
+    monkeypatch.setattr(models, "ensure_tier_moonshine",
+                        lambda chosen, progress: Path("/cache/moonshine")
+                        if chosen.moonshine else None)
+    monkeypatch.setattr(moonshine, "MoonshineSTT", type("M", (_FakeSTT,), {}))
+    monkeypatch.setattr(whisper_engine, "WhisperSTT", type("W", (_FakeSTT,), {}))
+    stt = build_stt(Settings(tier=tier, whisper_model=whisper), tier_named(tier),
+                    progress=lambda line: None)
+    kind = "moonshine" if type(stt).__name__ == "M" else "whisper"
+    assert isinstance(stt, _FakeSTT)
+    assert (kind, str(stt.model)) == expected
