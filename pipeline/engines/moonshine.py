@@ -29,20 +29,19 @@ a decoder step. A whole sentence said again right after itself is kept once
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.audio import PIPELINE_SAMPLE_RATE, duration_ms
+from pipeline.audio import PIPELINE_SAMPLE_RATE
 from pipeline.engines.base import FloatAudio, Transcript
-from pipeline.errors import ModelLoadError, STTError
+from pipeline.engines.threaded import transcribe_in_thread
+from pipeline.errors import ModelLoadError
 
 ENCODER_FILE = "encoder_model.ort"
 DECODER_FILE = "decoder_model_merged.ort"
@@ -163,21 +162,8 @@ class MoonshineSTT:
 
     async def transcribe(self, audio: FloatAudio) -> Transcript:
         """Transcribe a whole utterance. Raises STTError."""
-        if audio.ndim != 1:
-            raise STTError(f"{self.name}: expected mono audio, got shape {audio.shape}")
-        if self._closed:
-            raise STTError(f"{self.name}: engine is closed", transient=False)
-        samples = np.ascontiguousarray(audio, dtype=np.float32)
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        try:
-            text = await loop.run_in_executor(self._executor, self._transcribe_blocking, samples)
-        except Exception as error:
-            raise STTError(f"{self.name}: transcription failed: {error}") from error
-        return Transcript(
-            text=text,
-            audio_ms=duration_ms(len(samples), PIPELINE_SAMPLE_RATE),
-            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+        return await transcribe_in_thread(
+            self._executor, self.name, self._closed, audio, self._transcribe_blocking
         )
 
     def _transcribe_blocking(self, samples: FloatAudio) -> str:

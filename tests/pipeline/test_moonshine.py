@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import models
+from pipeline.engines.base import STTEngine
 from pipeline.engines.moonshine import (
     DECODER_FILE,
     MoonshineSTT,
@@ -35,6 +36,11 @@ def stt(folder: Path):  # type: ignore[no-untyped-def]
     engine = MoonshineSTT(folder)
     yield engine
     engine.close()
+
+
+def test_satisfies_the_seam(stt: MoonshineSTT) -> None:
+    engine: STTEngine = stt  # checked by mypy
+    assert engine.name == "moonshine:moonshine-base-en"
 
 
 def test_the_whisper_tiers_have_no_moonshine() -> None:
