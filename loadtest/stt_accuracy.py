@@ -123,6 +123,14 @@ async def transcribe_all(
     return heard
 
 
+def voice_family(voice: str) -> str:
+    """The turn corpus's voice names by kind, as the questions name theirs: ``joe`` is
+    ``piper``, ``espeak:en-gb+m3:150:73`` is ``espeak-gb``."""
+    if not voice.startswith("espeak:"):
+        return "piper"
+    return "espeak-" + voice.split(":")[1].split("+")[0].removeprefix("en-")
+
+
 def turn_speech(seed: int) -> tuple[list[tuple[str, str]], list[Any]]:
     """The paused and complete utterances of the turn-taking corpus, whole."""
     import numpy as np
@@ -130,7 +138,7 @@ def turn_speech(seed: int) -> tuple[list[tuple[str, str]], list[Any]]:
     from loadtest.turn_corpus import build_corpus
 
     items, _ = build_corpus(seed=seed, backchannels=0, interruptions=0)
-    said = [(" ".join(item.segments), item.voice) for item in items]
+    said = [(" ".join(item.segments), voice_family(item.voice)) for item in items]
     return said, [np.asarray(item.audio, dtype=np.float32) for item in items]
 
 

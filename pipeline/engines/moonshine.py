@@ -55,6 +55,12 @@ DECODE_MIN_TOKENS = 12
 MIN_AUDIO_S = 0.5
 """Shorter utterances are padded with silence to this: the encoder's strided
 convolutions need some length, and "no" is ~0.3 s."""
+TAIL_SILENCE_S = 0.25
+"""Silence added after every utterance. A turn's audio can end right at the last
+sound (the server cuts it where the VAD heard the speech stop, plus what has
+arrived of the pad), and there the model may end its transcript before the first
+word: "Hello, can you hear me?" cut 30 ms after its last sound decoded to nothing,
+and with 0.2 s of silence after it to the whole sentence."""
 REPEAT_MIN_PHRASE = 4
 """Shorter repeats are speech: digits are one token each ("555-5555"), and callers
 say "no, no, no"."""
@@ -169,9 +175,9 @@ class MoonshineSTT:
     def _transcribe_blocking(self, samples: FloatAudio) -> str:
         if samples.size == 0:
             return ""
+        tail = int(TAIL_SILENCE_S * PIPELINE_SAMPLE_RATE)
         shortest = int(MIN_AUDIO_S * PIPELINE_SAMPLE_RATE)
-        if samples.size < shortest:
-            samples = np.pad(samples, (0, shortest - samples.size))
+        samples = np.pad(samples, (0, max(tail, shortest - samples.size)))
         hidden = self._encoder.run(None, {"input_values": samples[None, :]})[0]
         tokens = self._decode(hidden, decode_token_budget(samples.size / PIPELINE_SAMPLE_RATE))
         text = without_repeated_sentences(
@@ -193,7 +199,13 @@ class MoonshineSTT:
                 "use_cache_branch": np.array([step > 0]),
                 **cache,
             })
-            last = int(np.argmax(outputs[0][0, -1]))
+            logits = outputs[0][0, -1]
+            if step == 0:
+                # The VAD heard speech here: a transcript that ends before its first
+                # word is the model's mistake, not silence (see TAIL_SILENCE_S).
+                logits = logits.copy()
+                logits[END_TOKEN] = -np.inf
+            last = int(np.argmax(logits))
             if last == END_TOKEN:
                 break
             tokens.append(last)

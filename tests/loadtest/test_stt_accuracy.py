@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.speech import espeak_available
-from loadtest.stt_accuracy import Heard, main, render, summarize
+from loadtest.stt_accuracy import Heard, main, render, summarize, voice_family
 
 
 def test_summary_is_per_recogniser_with_wer_by_voice_and_time() -> None:
@@ -45,3 +45,9 @@ def test_a_short_run_transcribes_each_question_at_each_width(tmp_path: Path) -> 
     assert all(item["transcript"] for item in report["heard"])
     # Clear espeak-ng speech of two short questions: most words come through.
     assert all(row["wer"] < 0.5 for row in report["summary"].values())
+
+
+def test_the_turn_corpus_voices_are_grouped_by_kind() -> None:
+    assert voice_family("joe") == "piper"
+    assert voice_family("espeak:en-gb+m3:150:73") == "espeak-gb"
+    assert voice_family("espeak:en-us:183:43") == "espeak-us"
