@@ -377,20 +377,24 @@ def ensure_tier_llm(tier: Tier, progress: Progress | None = print) -> Path:
     return ensure_file(tier.llm, progress)
 
 
+def _ensure_folder(files: Sequence[AssembledFile], progress: Progress | None) -> Path:
+    """The folder that ``files`` (all in one, as the tier table checks) are assembled in."""
+    paths = [ensure_file(file, progress) for file in files]  # every file, not the first only
+    return paths[0].parent
+
+
 def ensure_tier_whisper(tier: Tier, progress: Progress | None = print) -> Path:
     """The tier's CTranslate2 Whisper folder (tiny.en: the installed package's)."""
     if not tier.whisper:
         return whisper_model_dir()
-    paths = [ensure_file(file, progress) for file in tier.whisper]
-    return paths[0].parent
+    return _ensure_folder(tier.whisper, progress)
 
 
 def ensure_tier_moonshine(tier: Tier, progress: Progress | None = print) -> Path | None:
     """The tier's Moonshine folder, or None when the tier transcribes with Whisper."""
     if not tier.moonshine:
         return None
-    paths = [ensure_file(file, progress) for file in tier.moonshine]
-    return paths[0].parent
+    return _ensure_folder(tier.moonshine, progress)
 
 
 def ensure_default_gguf(progress: Progress | None = print) -> Path:

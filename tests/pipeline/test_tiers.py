@@ -77,8 +77,12 @@ def _put_wheels(cache: Path, file: AssembledFile, contents: list[bytes]) -> None
 
 
 def test_every_tier_file_is_its_parts() -> None:
-    """Sizes add up, no two files share a path, each Whisper tier is one folder."""
-    files = {file.name: file for tier in TIERS.values() for file in (tier.llm, *tier.whisper)}
+    """Sizes add up, no two files share a path, each Whisper or Moonshine tier's
+    recogniser is one folder."""
+    files = {
+        file.name: file
+        for tier in TIERS.values() for file in (tier.llm, *tier.whisper, *tier.moonshine)
+    }
     for file in files.values():
         assert sum(part.size for part in file.parts) == file.size, file.name
         assert len({(part.project, part.member) for part in file.parts}) == len(file.parts)
@@ -88,6 +92,11 @@ def test_every_tier_file_is_its_parts() -> None:
         if tier.whisper:
             assert {Path(file.name).name for file in tier.whisper} >= {
                 "model.bin", "config.json", "tokenizer.json", "vocabulary.txt"
+            }
+        assert len({Path(file.name).parent for file in tier.moonshine}) <= 1
+        if tier.moonshine:
+            assert {Path(file.name).name for file in tier.moonshine} == {
+                "encoder_model.ort", "decoder_model_merged.ort", "tokenizer.json"
             }
     assert DEFAULT_TIER in TIERS
     assert TIERS["small"].setup_bytes() == TIERS["small"].llm.size
