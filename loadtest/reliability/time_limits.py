@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from agent.config import Settings
 from agent.server import SWEEP_INTERVAL_S
@@ -28,7 +29,11 @@ async def idle_timeout(ctx: Context) -> Result:
                   "talking_calls": calls, "talking": "output_audio.played every 0.3 s",
                   "engines": BENCH}
 
-    async def idle() -> tuple[float | None, float, int | None, list[str]]:
+    # The server's clocks start when it accepts the call, between the client's connect
+    # and its session.created: a close is checked against the connect for the lower
+    # bound (never before the limit) and against session.created for the upper one.
+    async def idle() -> tuple[float | None, float, int | None, list[str], float]:
+        connecting = time.monotonic()
         call = await RawCall.open(server.url)
         try:
             closed = await call.until_closed(15)
@@ -36,9 +41,11 @@ async def idle_timeout(ctx: Context) -> Result:
             await call.close()
         errors = [(t, m) for t, m in call.log if m["type"] == "error"]
         return ((errors[0][0] - call.opened_at) if errors else None,
-                closed.at - call.opened_at, closed.code, [m["code"] for _, m in errors])
+                closed.at - call.opened_at, closed.code, [m["code"] for _, m in errors],
+                closed.at - connecting)
 
-    async def talking() -> tuple[float | None, float, int | None, list[str]]:
+    async def talking() -> tuple[float | None, float, int | None, list[str], float]:
+        connecting = time.monotonic()
         call = await RawCall.open(server.url)
 
         async def talk() -> None:
@@ -56,7 +63,8 @@ async def idle_timeout(ctx: Context) -> Result:
             await call.close()
         errors = [(t, m) for t, m in call.log if m["type"] == "error"]
         return ((errors[0][0] - call.opened_at) if errors else None,
-                closed.at - call.opened_at, closed.code, [m["code"] for _, m in errors])
+                closed.at - call.opened_at, closed.code, [m["code"] for _, m in errors],
+                closed.at - connecting)
 
     async with serving(settings, bench_engines()) as server:
         ctx.step(f"{calls} silent and {calls} talking calls at once")
@@ -83,10 +91,12 @@ async def idle_timeout(ctx: Context) -> Result:
     r.check("silent calls: idle_timeout, then close 1000",
             all(o[3] == ["idle_timeout"] and o[2] == 1000 for o in silent), silent)
     r.check(f"silent calls closed between idle_timeout_s and idle_timeout_s + {slack:g} s",
-            all(2.0 <= o[1] <= 2.0 + slack for o in silent), [o[1] for o in silent])
+            all(2.0 <= o[4] and o[1] <= 2.0 + slack for o in silent),
+            [(o[4], o[1]) for o in silent])
     r.check("talking calls: call_time_limit, then close 1000",
             all(o[3] == ["call_time_limit"] and o[2] == 1000 for o in busy), busy)
     r.check(f"talking calls closed between max_call_s and max_call_s + {slack:g} s",
-            all(3.0 <= o[1] <= 3.0 + slack for o in busy), [o[1] for o in busy])
+            all(3.0 <= o[4] and o[1] <= 3.0 + slack for o in busy),
+            [(o[4], o[1]) for o in busy])
     r.check("no session left", gone is not None)
     return r

@@ -379,6 +379,10 @@ class SessionModel:
     limits: dict[str, Any] = field(default_factory=dict)
     """``session.created.limits``: the operator's caps lower ``max_response_tokens``,
     raise a non-zero ``partial_transcript_interval_ms`` and bound ``instructions``."""
+    records_calls: bool = False
+    """Whether the server records calls: one with ``VOICEFORGE_RECORDINGS=off`` (the
+    default) refuses ``record_audio: true``; the protocol's own parser, which knows
+    no server, takes either boolean."""
 
     def field_codes(self, key: Any, value: Any) -> set[str]:
         """The codes one ``session.update`` field earns on its own (§3.2)."""
@@ -404,7 +408,7 @@ class SessionModel:
         elif key == "tool_choice":
             good = isinstance(value, str) and value in TOOL_CHOICES
         elif key == "record_audio":
-            good = value is False  # a server that records no calls refuses true
+            good = value is False or (self.records_calls and value is True)
         elif key in BOOL_FIELDS:
             good = isinstance(value, bool)
         elif key in NUMBER_FIELDS:

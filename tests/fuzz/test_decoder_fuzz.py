@@ -270,11 +270,12 @@ random_sessions = st.one_of(
 @example({"voice": Deep(995, None, as_map=False)}, ["tone"])
 @example({"turn": {"speech_threshold": math.nan}}, ["tone"])
 @example({"temperature": True}, ["tone"])
+@example({"record_audio": True}, [])  # the parser knows no server's recording policy
 def test_parse_session_fields_returns_changes_or_raises_protocol_error(
     drawn: dict[Any, Any], voices: list[str]
 ) -> None:
     session = {k: v.build() if isinstance(v, Deep) else v for k, v in drawn.items()}
-    model = SessionModel(view={}, voices=voices)
+    model = SessionModel(view={}, voices=voices, records_calls=True)
     expected: set[str] = set()
     for key, value in session.items():
         expected |= model.field_codes(key, value)
