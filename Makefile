@@ -14,12 +14,12 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test setup test-setup models system-deps lint typecheck bench bench-load bench-workers clean
+.PHONY: run test setup test-setup models test-models system-deps lint typecheck bench bench-load bench-workers clean
 
 run: setup models
 	$(VENV)/bin/voiceforge serve --host $(HOST) --port $(PORT)
 
-test: setup test-setup models system-deps lint typecheck
+test: setup test-setup models test-models system-deps lint typecheck
 	@# pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
@@ -53,9 +53,15 @@ $(CHATTERBOX_STAMP): $(STAMP) $(CHATTERBOX_INPUTS)
 	rm -f $(VENV)/.chatterbox-*
 	touch $(CHATTERBOX_STAMP)
 
-# Assemble and verify the default GGUF (Qwen2.5-Coder 0.5B Instruct) once.
+# Assemble and verify the default tier's models once (pipeline/tiers.py: Moonshine
+# base + Qwen2.5-Coder 1.5B Instruct; VOICEFORGE_TIER picks another).
 models: setup
 	$(PY) -m pipeline.models
+
+# The suite's engine mechanics run on the fast tier (Whisper tiny.en + Qwen2.5-Coder
+# 0.5B); the README path's end-to-end test runs the default tier's.
+test-models: setup
+	$(PY) -m pipeline.models --tier small
 
 # Packages the tests need from Debian, as command:package pairs: espeak-ng speaks the
 # test questions; chromium runs the voice chat page in tests/web (playwright drives

@@ -211,7 +211,11 @@ class Settings:
     twilio_api_url: str = "https://api.twilio.com"
     # Engines.
     tier: str = DEFAULT_TIER
-    """The embedded profile's models (pipeline/tiers.py): ``small``, ``medium``, ``large``."""
+    """The embedded profile's models (pipeline/tiers.py): ``small``, ``medium``, ``large``,
+    ``small-moonshine``, ``medium-moonshine`` (the default)."""
+    first_chunk_max_words: int | None = None
+    """A new call's ``first_chunk_max_words`` (0–64; a session may change it); None: the
+    embedded tier's (4 on ``medium-moonshine``, else 0), 0 on the other profiles."""
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
     gguf_path: str | None = None
@@ -317,6 +321,8 @@ class Settings:
                 )
             settings.api_key = settings.api_keys[0].secret
         settings.tier = _env("VOICEFORGE_TIER", settings.tier) or settings.tier
+        if _env("VOICEFORGE_FIRST_CHUNK_MAX_WORDS") is not None:
+            settings.first_chunk_max_words = _env_int("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", 0)
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
         settings.gguf_path = _env("VOICEFORGE_GGUF")
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
@@ -463,6 +469,12 @@ class Settings:
         if self.api_keys and self.api_key is None:
             self.api_key = self.api_keys[0].secret
 
+    def session_first_chunk_max_words(self) -> int:
+        """A new call's ``first_chunk_max_words``: the operator's, else the tier's."""
+        if self.first_chunk_max_words is not None:
+            return self.first_chunk_max_words
+        return tier_named(self.tier).first_chunk_max_words if self.profile == "embedded" else 0
+
     def recordings_path(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else cache_dir() / "recordings"
 
@@ -497,6 +509,8 @@ class Settings:
         if self.profile not in PROFILES:
             raise ConfigurationError(f"unknown profile {self.profile!r}; known: {PROFILES}")
         tier_named(self.tier)
+        if self.first_chunk_max_words is not None and not 0 <= self.first_chunk_max_words <= 64:
+            raise ConfigurationError("first_chunk_max_words must be within 0..64")
         if self.llm_backend not in ("llama_cpp", "openai"):
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:

@@ -21,6 +21,7 @@ from agent.metrics import Metrics
 from agent.protocol import SessionCaps
 from agent.records import CallRecords
 from agent.voice_library import VoiceLibrary
+from pipeline.chunker import ChunkerConfig
 from pipeline.conversation import Conversation, Engines, SessionConfig
 
 if TYPE_CHECKING:
@@ -197,6 +198,9 @@ class AppState:
             max_history_chars=settings.max_history_chars,
             engine_retries=settings.engine_retries,
             record_audio=settings.recordings == "all",
+            chunker=ChunkerConfig(
+                first_chunk_max_words=settings.session_first_chunk_max_words()
+            ),
             max_response_tokens=min(
                 SessionConfig().max_response_tokens, settings.max_response_tokens
             ),

@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.engines.llama_tools import MAX_CALL_TOKENS, TemplateTools
-from pipeline.models import ensure_default_gguf
+from pipeline.models import ensure_fast_gguf
 from pipeline.session import DEFAULT_INSTRUCTIONS
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     print("loading the embedded model ...", flush=True)
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048)
     try:
         writer = TemplateTools(engine._model)
         messages: Any = [{"role": "system", "content": DEFAULT_INSTRUCTIONS},

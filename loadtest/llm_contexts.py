@@ -36,7 +36,7 @@ from typing import Any
 from loadtest.latency import percentile
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.llama_cpp import LlamaCppLLM
-from pipeline.models import ensure_default_gguf
+from pipeline.models import ensure_fast_gguf
 from pipeline.session import DEFAULT_INSTRUCTIONS
 
 QUESTIONS = [
@@ -69,7 +69,7 @@ async def _turn(
 
 
 async def run(calls: int, rounds: int, max_tokens: int) -> dict[str, Any]:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None))
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None))
     try:
         views = [engine.for_session(f"call-{index}") for index in range(calls)]
         histories: list[list[ChatMessage]] = [

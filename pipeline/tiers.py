@@ -32,6 +32,9 @@ class WheelPart:
     """The member's path inside the wheel."""
     size: int
     sha256: str
+    platform: str | None = None
+    """The wheel's platform tag when it has one (``pip download --platform``): the
+    member is data, the same on every host, so any host fetches that one wheel."""
 
     @property
     def requirement(self) -> str:
@@ -65,6 +68,10 @@ class Tier:
     moonshine: tuple[AssembledFile, ...] = ()
     """The files of a Moonshine folder (``pipeline.engines.moonshine``); when set, the
     tier transcribes with Moonshine and ``whisper`` is unused."""
+    first_chunk_max_words: int = 0
+    """A new call's ``first_chunk_max_words`` on this tier (a session may change it):
+    the 1.5B model takes ~3x the 0.5B's time a token, so a first sentence waited for
+    whole delays the first audio three times as much (docs/benchmarks.md)."""
 
     def setup_bytes(self) -> int:
         """Bytes this tier assembles into the cache (tiny.en, installed, not counted)."""
@@ -187,7 +194,8 @@ def _moonshine_file(
     project: str, version: str, member: str, size: int, sha256: str
 ) -> AssembledFile:
     name = member.rsplit("/", 1)[-1]
-    part = WheelPart(project, version, member, size, sha256)
+    platform = "manylinux2014_x86_64" if project == "moonshine-cpp" else None
+    part = WheelPart(project, version, member, size, sha256, platform)
     return AssembledFile(f"moonshine-base-en/{name}", size, sha256, (part,))
 
 
@@ -206,8 +214,9 @@ MOONSHINE_BASE = (
     ),
 )
 """Moonshine base, English (MIT), in ONNX Runtime's ORT format as Moonshine AI ships it
-inside its ``moonshine-cpp`` wheel (a manylinux x86_64 wheel: the set-up fetches it
-on x86_64 Linux), and its tokenizer from ``useful-moonshine-onnx``."""
+inside its ``moonshine-cpp`` wheel (a manylinux x86_64 wheel; the ORT files in it
+run under onnxruntime on any host, so the set-up fetches that wheel everywhere),
+and its tokenizer from ``useful-moonshine-onnx``."""
 
 TIERS: dict[str, Tier] = {
     tier.name: tier
@@ -218,11 +227,16 @@ TIERS: dict[str, Tier] = {
         Tier("small-moonshine", "Moonshine base + Qwen2.5-Coder 0.5B Instruct", QWEN_05B_GGUF,
              moonshine=MOONSHINE_BASE),
         Tier("medium-moonshine", "Moonshine base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF,
-             moonshine=MOONSHINE_BASE),
+             moonshine=MOONSHINE_BASE, first_chunk_max_words=4),
     )
 }
 
-DEFAULT_TIER = "small"
+DEFAULT_TIER = "medium-moonshine"
+"""Issue 18's rule: the most accurate tier whose reply latency on a 2-core machine is
+within 1.15x of the previous default's (``small``); docs/benchmarks.md has the runs."""
+
+FAST_TIER = "small"
+"""The quickest tier to load and run: what the test suite's engine mechanics run on."""
 
 
 def tier_named(name: str | None) -> Tier:

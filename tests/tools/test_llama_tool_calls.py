@@ -18,7 +18,7 @@ from pipeline.engines.llama_tools import (
     earlier_calls_dropped,
     plain_messages,
 )
-from pipeline.models import ensure_default_gguf
+from pipeline.models import ensure_fast_gguf
 from pipeline.session import DEFAULT_INSTRUCTIONS
 from pipeline.tools import ToolCall, ToolSpec, server_tool
 from pipeline.tools.builtin import builtin_tools
@@ -37,7 +37,7 @@ ORDER: ToolSpec = server_tool(lookup_order).spec
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[LlamaCppLLM]:
-    engine = LlamaCppLLM(ensure_default_gguf(progress=None), n_ctx=2048)
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048)
     yield engine
     engine.close()
 
