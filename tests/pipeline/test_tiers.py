@@ -427,8 +427,8 @@ def test_the_server_uses_the_tiers_recogniser_unless_a_whisper_is_named(
 def test_a_new_calls_first_chunk_cut_follows_the_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     """medium-moonshine's 1.5B model starts speaking after 4 words by default; small
     waits for a clause as before; the operator's setting wins; other profiles: 0."""
-    from agent.config import Settings
     from agent.bridge import session_view
+    from agent.config import Settings
     from agent.state import AppState
     from pipeline.conversation import Engines
 
@@ -449,7 +449,7 @@ def test_a_new_calls_first_chunk_cut_follows_the_tier(monkeypatch: pytest.Monkey
     monkeypatch.setenv("VOICEFORGE_TIER", "small")
     assert first_chunk(Settings.from_env()) == 6
     monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "65")
-    with pytest.raises(ConfigurationError, match="first_chunk_max_words must be within 0..64"):
+    with pytest.raises(ConfigurationError, match=r"first_chunk_max_words must be within 0\.\.64"):
         Settings.from_env().validate()
     monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "four")
     with pytest.raises(ConfigurationError, match="must be an integer"):
