@@ -15,7 +15,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
 from pipeline.tiers import Tier, tier_named
 from pipeline.tools.builtin import builtin_tools
-from pipeline.tools.registry import ToolRegistry, tools_in_modules
+from pipeline.tools.registry import ToolContext, ToolRegistry, tools_in_modules
 from pipeline.vad import BatchedVADWorker, SileroVAD
 
 Progress = Callable[[str], None]
@@ -186,7 +186,25 @@ def build_engines(settings: Settings, progress: Progress = print) -> Engines:
     engines.tools = tools
     if len(tools):
         progress(f"tools: {', '.join(tools.names())} (time zone {tools.timezone})")
+    _read_ahead(engines, progress)
     return engines
+
+
+def _read_ahead(engines: Engines, progress: Progress) -> None:
+    """The in-process model reads a new call's instructions and tools before the first
+    caller (``LlamaCppLLM.read_ahead``), as it does for every later call from the base."""
+    from pipeline.engines.llama_cpp import LlamaCppLLM
+
+    llm = engines.llm
+    if not isinstance(llm, LlamaCppLLM):
+        return
+    context = ToolContext("read-ahead", engines.tools.timezone)
+    offered = [each.spec.openai() for each in engines.tools.offered(context)]
+    if not offered or not llm.tool_cues:
+        return  # the load's warm-up read the plain prompt, all a call reads first
+    done = _timed(progress, "LLM read-ahead (instructions and tools)")
+    kept = llm.read_ahead(DEFAULT_INSTRUCTIONS, offered)
+    done("kept for new calls" if kept else "not kept: the first call reads them")
 
 
 def build_tools(settings: Settings) -> ToolRegistry:

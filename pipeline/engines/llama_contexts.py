@@ -84,6 +84,11 @@ class CallContexts:
     def bytes_held(self) -> int:
         return self._bytes
 
+    @property
+    def has_base(self) -> bool:
+        """A read-ahead is kept for the next new call."""
+        return self._base is not None
+
     def take(self, model: Any, call: str) -> None:
         """Before ``call`` generates: park the current owner's context, bring back ``call``'s."""
         with self._lock:

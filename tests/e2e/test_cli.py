@@ -1,7 +1,9 @@
 """The README path: ``voiceforge serve``, then ``voiceforge talk question.wav``.
 
 Both commands run as real subprocesses (``python -m agent.cli``); the question is
-a stereo 44.1 kHz WAV, as a user's recording might be.
+a stereo 44.1 kHz WAV, as a user's recording might be. The server runs the default
+tier (``pipeline.tiers.DEFAULT_TIER``), the one a new user meets; the rest of the
+suite's engine tests run the fast ``small`` tier.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _drain(stream: IO[str], lines: queue.Queue[str]) -> None:
 @pytest.fixture(scope="module")
 def served_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("serve") / "stderr.log"
-    env = {k: v for k, v in os.environ.items() if k != "VOICEFORGE_API_KEY"}
+    unset = ("VOICEFORGE_API_KEY", "VOICEFORGE_TIER", "VOICEFORGE_FIRST_CHUNK_MAX_WORDS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     with log.open("w") as stderr:
         process = subprocess.Popen(
             _cli("serve", "--port", "0"),
@@ -121,6 +124,7 @@ def test_talk_sends_a_stereo_wav_and_saves_the_spoken_answer(
     assert "capital" in you[0].lower() and "france" in you[0].lower(), output
     agent = [line for line in result.stdout.splitlines() if line.startswith("agent:")]
     assert agent and agent[0].removeprefix("agent:").strip(), output
+    assert "paris" in agent[0].lower(), output  # the default tier knows it
     assert "end_of_speech_to_first_audio_ms" in result.stdout, output
 
     audio, reply_rate = soundfile.read(reply, dtype="float32")

@@ -547,3 +547,43 @@ async def test_a_call_that_ended_holding_the_model_is_not_parked() -> None:
         assert engine.contexts.saved == 0
     finally:
         engine.close()
+
+
+def test_the_load_reads_a_new_calls_prompt_ahead_so_the_first_call_starts_from_it() -> None:
+    """The server's load reads the default instructions with the built-in tools (the
+    base every new call starts from) before any caller: the first call's read-ahead
+    then starts from it, as every later call's does, instead of reading it all while
+    the caller's first question waits (7 s on the 1.5B model)."""
+    from agent.config import Settings
+    from agent.profiles import _read_ahead, build_tools
+    from pipeline.session import DEFAULT_INSTRUCTIONS, Engines
+    from pipeline.tools.registry import ToolContext
+
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=2048)
+    try:
+        tools = build_tools(Settings())
+        assert len(tools) and engine.tool_cues
+        engines = Engines(stt=None, llm=engine, tts=None, vad=None, tools=tools)  # type: ignore[arg-type]
+        lines: list[str] = []
+        assert not engine.contexts.has_base
+        _read_ahead(engines, lines.append)
+        assert engine.contexts.has_base
+        assert lines[-1].startswith("loaded LLM read-ahead") and "kept for new calls" in lines[-1]
+        assert engine.contexts.based == 0
+        offered = [each.spec.openai() for each in tools.offered(ToolContext("x", "UTC"))]
+        engine.for_session("first").warm(DEFAULT_INSTRUCTIONS, offered)  # type: ignore[attr-defined]
+        asyncio.run(engine.until_idle(120))
+        assert engine.contexts.based == 1  # the first call's tools prompt: from the base
+        assert engine.last_prompt_tokens < 40, engine.last_prompt_tokens  # then the plain one
+        engine.release("first")
+    finally:
+        engine.close()
+    # An engine without tools to read (VOICEFORGE_TOOLS=none) reads nothing more.
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=1024)
+    try:
+        lines = []
+        none = Engines(stt=None, llm=engine, tts=None, vad=None)  # type: ignore[arg-type]
+        _read_ahead(none, lines.append)
+        assert lines == [] and not engine.contexts.has_base
+    finally:
+        engine.close()
