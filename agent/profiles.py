@@ -147,6 +147,7 @@ def build_llm(settings: Settings, progress: Progress = print) -> LLMEngine:
         max_instruction_tokens=settings.max_instructions_tokens,
         context_cache_bytes=settings.llm_context_cache_mb * 2**20,
         tool_cues=settings.tool_cues,
+        call_confidence=tier_named(settings.tier).call_confidence,
     )
     # Evaluate the default system prompt once: llama.cpp reuses the cached prefix,
     # so no caller pays for it on their first turn.

