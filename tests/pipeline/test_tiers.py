@@ -351,6 +351,7 @@ class _FakeLlama:
 
     def __init__(self, path: str, **options: object) -> None:
         self.path = path
+        self.options = options
 
     async def stream(self, messages: object, *, max_tokens: int, temperature: float):  # type: ignore[no-untyped-def]
         yield "ok"
@@ -381,6 +382,19 @@ def test_the_server_loads_the_tiers_gguf_unless_one_is_named(
     llm = build_llm(settings, progress=lambda line: None)
     assert isinstance(llm, _FakeLlama)
     assert llm.path == (expected if gguf else f"/cache/{expected}.gguf")
+    # The tier's call threshold goes with it: the 1.5B model's scale is not the 0.5B's.
+    assert llm.options["call_confidence"] == tier_named(tier).call_confidence
+
+
+def test_each_model_has_its_own_call_threshold() -> None:
+    from pipeline.engines.llama_tools import CALL_CONFIDENCE
+
+    assert TIERS["small"].call_confidence == TIERS["small-moonshine"].call_confidence
+    assert TIERS["small"].call_confidence == CALL_CONFIDENCE  # the engine's own default
+    for tier in TIERS.values():
+        same_model = [other for other in TIERS.values() if other.llm == tier.llm]
+        assert {other.call_confidence for other in same_model} == {tier.call_confidence}
+    assert TIERS["medium-moonshine"].call_confidence < TIERS["small"].call_confidence
 
 
 class _FakeSTT:

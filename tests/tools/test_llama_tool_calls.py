@@ -129,14 +129,23 @@ def test_a_call_opens_only_when_the_model_is_confident_enough(llm: LlamaCppLLM) 
     # Nine tenths of the probability on opening a call.
     scores[openings] = np.log(9.0 * len(others) / len(openings))
     assert call_probability(scores, openings) == pytest.approx(0.9, abs=1e-4)
-    for threshold, allowed in ((0.85, True), (0.95, False)):
+    sure = tools._sure_openings
+    assert 0 < len(sure) < len(openings)  # "`the" opens no call; "```" and "{" do
+    for threshold, called in ((0.85, True), (0.95, False)):
         tools.call_confidence = threshold
         gate = tools.first_token_gate()
         gated = gate(None, scores.copy())
-        assert np.isfinite(gated[openings]).all() == allowed
+        if called:  # the threshold decides: only a sure opening may come next
+            assert np.isfinite(gated[sure]).all()
+            assert not np.isfinite(np.delete(gated, sure)).any()
+        else:
+            assert not np.isfinite(gated[openings]).any() and np.isfinite(gated[others]).all()
         second = gate(None, scores.copy())  # only the first token is judged
-        assert np.isfinite(second[openings]).all()
+        assert np.isfinite(second).all()
     tools.call_confidence = CALL_CONFIDENCE
+    for token in sure:
+        text = llm._model.detokenize([int(token)], special=True).decode("utf-8", "ignore")
+        assert text.lstrip().startswith(("{", "`", "<tool_call>"))
 
 
 def test_call_grammars_are_kept_per_tool_set_within_a_bound(llm: LlamaCppLLM) -> None:
