@@ -137,6 +137,26 @@ def test_models_main_takes_the_tier_from_the_environment(
     assert "unknown tier 'huge'" in capsys.readouterr().err
 
 
+def test_models_main_sets_up_several_tiers_once_each(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``make test`` sets up the default tier and the fast one (``--tier a,b``)."""
+    asked: list[str] = []
+
+    def ensure(tier: Tier, progress: object = None) -> Path:
+        asked.append(tier.name)
+        return Path(f"/cache/{tier.name}")
+
+    monkeypatch.setattr(models, "ensure_tier_llm", ensure)
+    monkeypatch.setattr(models, "ensure_tier_moonshine", lambda tier, progress=None: None)
+    monkeypatch.setattr(models, "ensure_tier_whisper", lambda tier, progress=None: Path("/w"))
+    monkeypatch.setattr(models, "ensure_smart_turn_model", lambda progress=None: Path("/t"))
+    monkeypatch.setattr(models, "piper_voice_paths", lambda: (Path("/p"), Path("/p.json")))
+    assert models.main(["--tier", f"small,{DEFAULT_TIER},small"]) == 0
+    assert asked == ["small", DEFAULT_TIER]
+    assert f"tier {DEFAULT_TIER}:" in capsys.readouterr().out
+
+
 # Assembly.
 
 
