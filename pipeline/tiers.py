@@ -71,10 +71,10 @@ class Tier:
     call_confidence: float = 0.8
     """The first token's probability of a call opening that a built-in tool's call
     needs on a cue turn (``LlamaCppLLM.call_confidence``): each model has its own
-    scale. Calibrated on phrasings of asking and of merely mentioning (docs/tools.md,
-    "Calling on a larger model"): the 0.5B gives needed calls 0.68-0.99 and others
-    up to 0.79; the 1.5B gives needed calls 0.12-0.87 and others up to 0.14, so at
-    0.8 it never called."""
+    scale. Calibrated on phrasings of asking and of merely mentioning
+    (``python -m loadtest.call_confidence``, docs/benchmarks.md "Tools"): the 0.5B
+    gives most needed calls 0.68-0.99 and others up to 0.79; the 1.5B gives most
+    needed calls 0.12-0.87 and others up to 0.14, so at 0.8 it never called."""
     first_chunk_max_words: int = 0
     """A new call's ``first_chunk_max_words`` on this tier (a session may change it):
     the 1.5B model takes ~3x the 0.5B's time a token, so a first sentence waited for

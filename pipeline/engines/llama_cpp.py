@@ -611,9 +611,9 @@ MAX_DECISION_TOKENS = 16
 """What a cue turn's call decision may write before it is known not to be a call
 (the call itself is written under its grammar, with its own budget)."""
 TOOLS_CONTEXT = "\x1ftools"
+"""Suffix of a call's second context, for its turns that list the tools."""
 _READ_AHEAD = "\x1fread-ahead"
 """The load-time read-ahead's session (``read_ahead``): no call has that name."""
-"""Suffix of a call's second context, for its turns that list the tools."""
 
 
 def _open_gate() -> threading.Event:

@@ -176,7 +176,7 @@ class TemplateTools:
                 first = False
                 if call_probability(scores, openings) < self.call_confidence:
                     scores[openings] = -np.inf
-                else:
+                elif len(self._sure_openings):
                     sure = self._sure_openings
                     kept = scores[sure].copy()
                     scores[:] = -np.inf
