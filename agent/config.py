@@ -215,7 +215,8 @@ class Settings:
     ``small-moonshine``, ``medium-moonshine`` (the default)."""
     first_chunk_max_words: int | None = None
     """A new call's ``first_chunk_max_words`` (0–64; a session may change it); None: the
-    embedded tier's (4 on ``medium-moonshine``, else 0), 0 on the other profiles."""
+    engines' own (``Engines.first_chunk_max_words``: the embedded tier's, 4 on
+    ``medium-moonshine``; 0 for the other tiers and profiles)."""
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
     gguf_path: str | None = None
@@ -468,12 +469,6 @@ class Settings:
     def __post_init__(self) -> None:
         if self.api_keys and self.api_key is None:
             self.api_key = self.api_keys[0].secret
-
-    def session_first_chunk_max_words(self) -> int:
-        """A new call's ``first_chunk_max_words``: the operator's, else the tier's."""
-        if self.first_chunk_max_words is not None:
-            return self.first_chunk_max_words
-        return tier_named(self.tier).first_chunk_max_words if self.profile == "embedded" else 0
 
     def recordings_path(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else cache_dir() / "recordings"

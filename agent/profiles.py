@@ -68,6 +68,9 @@ def build_embedded(settings: Settings, progress: Progress = print) -> Engines:
         tts=tts,
         vad=BatchedVADWorker(vad),
         smart_turn=BatchedSmartTurnWorker(smart_turn),
+        # The cut suits the tier's model; a remote LLM is not it.
+        first_chunk_max_words=tier.first_chunk_max_words if settings.llm_backend == "llama_cpp"
+        else 0,
     )
 
 

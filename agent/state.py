@@ -198,13 +198,18 @@ class AppState:
             max_history_chars=settings.max_history_chars,
             engine_retries=settings.engine_retries,
             record_audio=settings.recordings == "all",
-            chunker=ChunkerConfig(
-                first_chunk_max_words=settings.session_first_chunk_max_words()
-            ),
+            chunker=ChunkerConfig(first_chunk_max_words=self.first_chunk_max_words()),
             max_response_tokens=min(
                 SessionConfig().max_response_tokens, settings.max_response_tokens
             ),
         )
+
+    def first_chunk_max_words(self) -> int:
+        """A new call's first-chunk cut: the operator's setting, else what the engines
+        serving it ask for (the embedded tier's), else none."""
+        if self.settings.first_chunk_max_words is not None:
+            return self.settings.first_chunk_max_words
+        return self._engines.first_chunk_max_words if self._engines is not None else 0
 
     def session_caps(self) -> SessionCaps:
         """What ``session.update`` may ask of the shared engines on this server."""

@@ -132,6 +132,9 @@ class Engines:
     is not available on this server."""
     tools: ToolRegistry = field(default_factory=ToolRegistry)
     """The server's tools, shared by every call (pipeline/tools/)."""
+    first_chunk_max_words: int = 0
+    """A new call's first-chunk cut for these models (``ChunkerConfig``): the embedded
+    tier's (pipeline/tiers.py), so it follows the model that writes the replies."""
 
     async def start_workers(self) -> None:
         """Start the shared batching workers (VAD, end-of-turn model)."""

@@ -22,7 +22,7 @@ from agent.server import AppState, create_app
 from agent.serving import VoiceForgeServer, transport_limits
 from pipeline.conversation import Engines
 from pipeline.engines.base import LLMEngine
-from pipeline.tiers import DEFAULT_TIER, FAST_TIER
+from pipeline.tiers import FAST_TIER
 from pipeline.vad import BatchedVADWorker, SileroVAD
 from tests.speech import espeak_available
 
@@ -77,12 +77,8 @@ def start_server(
 
     Test servers share two cores with the whole suite, so a latency p95 measured
     there says more about the test run than about the server: admission control
-    is off unless a test asks for it (``admission=True``). The engines are the fast
-    tier's (or fakes), so the settings name that tier too: a new call's defaults
-    that depend on the tier (its first chunk) then match the models serving it.
+    is off unless a test asks for it (``admission=True``).
     """
-    if settings.tier == DEFAULT_TIER:
-        settings = replace(settings, tier=FAST_TIER)
     if not admission:
         settings = replace(settings, latency_budget_ms=0.0)
     app = create_app(settings, engines)

@@ -460,31 +460,54 @@ def test_the_server_uses_the_tiers_recogniser_unless_a_whisper_is_named(
 
 def test_a_new_calls_first_chunk_cut_follows_the_tier(monkeypatch: pytest.MonkeyPatch) -> None:
     """medium-moonshine's 1.5B model starts speaking after 4 words by default; small
-    waits for a clause as before; the operator's setting wins; other profiles: 0."""
+    waits for a clause as before. The cut follows the engines that serve the call
+    (bench engines, a remote LLM: none), and the operator's setting wins."""
     from agent.bridge import session_view
     from agent.config import Settings
     from agent.state import AppState
     from pipeline.conversation import Engines
 
-    def first_chunk(settings: Settings) -> int:
-        none = Engines(stt=None, llm=None, tts=None, vad=None)  # type: ignore[arg-type]
-        config = AppState(settings, none).session_config()
+    def first_chunk(settings: Settings, engines_cut: int | None) -> int:
+        engines = None if engines_cut is None else Engines(
+            stt=None, llm=None, tts=None, vad=None,  # type: ignore[arg-type]
+            first_chunk_max_words=engines_cut,
+        )
+        config = AppState(settings, engines).session_config()
         view: int = session_view(config)["first_chunk_max_words"]
         assert view == config.chunker.first_chunk_max_words
         return view
 
     assert TIERS["medium-moonshine"].first_chunk_max_words == 4
-    assert first_chunk(Settings(tier="medium-moonshine")) == 4
-    assert first_chunk(Settings(tier="small")) == 0
-    assert first_chunk(Settings(tier=DEFAULT_TIER)) == TIERS[DEFAULT_TIER].first_chunk_max_words
-    assert first_chunk(Settings(tier="medium-moonshine", first_chunk_max_words=0)) == 0
-    assert first_chunk(Settings(tier="medium-moonshine", profile="bench")) == 0
+    assert TIERS["small"].first_chunk_max_words == 0
+    assert first_chunk(Settings(), 4) == 4
+    assert first_chunk(Settings(), 0) == 0  # e.g. the bench profile's engines
+    assert first_chunk(Settings(), None) == 0  # not loaded yet
+    assert first_chunk(Settings(first_chunk_max_words=0), 4) == 0
+    assert first_chunk(Settings(first_chunk_max_words=6), 0) == 6
     monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "6")
-    monkeypatch.setenv("VOICEFORGE_TIER", "small")
-    assert first_chunk(Settings.from_env()) == 6
+    assert Settings.from_env().first_chunk_max_words == 6
     monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "65")
     with pytest.raises(ConfigurationError, match=r"first_chunk_max_words must be within 0\.\.64"):
         Settings.from_env().validate()
     monkeypatch.setenv("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", "four")
     with pytest.raises(ConfigurationError, match="must be an integer"):
         Settings.from_env()
+
+@pytest.mark.parametrize(
+    ("tier", "backend", "cut"),
+    [("medium-moonshine", "llama_cpp", 4), ("small", "llama_cpp", 0),
+     ("medium-moonshine", "openai", 0)],
+)
+def test_the_embedded_engines_carry_their_tiers_first_chunk_cut(
+    monkeypatch: pytest.MonkeyPatch, tier: str, backend: str, cut: int
+) -> None:
+    from agent import profiles
+    from agent.config import Settings
+    from pipeline.engines import piper
+
+    monkeypatch.setattr(profiles, "build_stt", lambda *args: object())
+    monkeypatch.setattr(profiles, "build_llm", lambda *args: object())
+    monkeypatch.setattr(piper, "PiperTTS", lambda voice: type("T", (), {"sample_rate": 22050})())
+    settings = Settings(tier=tier, llm_backend=backend, llm_url="http://127.0.0.1:9/v1")
+    engines = profiles.build_embedded(settings, progress=lambda line: None)
+    assert engines.first_chunk_max_words == cut
