@@ -18,7 +18,6 @@ import json
 from typing import Any
 
 from pipeline import models
-from pipeline.engines import llama_tools
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.session import DEFAULT_INSTRUCTIONS
 from pipeline.tiers import tier_named
@@ -50,30 +49,21 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.8)
 async def probabilities(engine: LlamaCppLLM, phrases: tuple[str, ...]) -> dict[str, float]:
     """The first token's call probability on each phrase's cue turn."""
     tools = [t.spec.openai() for t in builtin_tools(["get_current_time", "end_call"])]
-    seen: list[float] = []
-    measured = llama_tools.call_probability
-
-    def recorded(scores: Any, openings: Any) -> float:
-        probability = float(measured(scores, openings))
-        seen.append(probability)
-        return probability
-
     found: dict[str, float] = {}
-    llama_tools.call_probability = recorded  # type: ignore[assignment]
-    try:
-        for phrase in phrases:
-            if not call_plausible(phrase, tools):
-                raise ValueError(f"{phrase!r} holds no cue: it would never reach the gate")
-            seen.clear()
-            messages: Any = [{"role": "system", "content": DEFAULT_INSTRUCTIONS},
-                             {"role": "user", "content": phrase}]
-            async for _ in engine.stream_with_tools(
-                messages, tools=tools, max_tokens=2, temperature=0.0, session="calibration"
-            ):
-                pass
-            found[phrase] = seen[0]
-    finally:
-        llama_tools.call_probability = measured
+    for phrase in phrases:
+        if not call_plausible(phrase, tools):
+            raise ValueError(f"{phrase!r} holds no cue: it would never reach the gate")
+        messages: Any = [{"role": "system", "content": DEFAULT_INSTRUCTIONS},
+                         {"role": "user", "content": phrase}]
+        async for _ in engine.stream_with_tools(
+            messages, tools=tools, max_tokens=2, temperature=0.0, session="calibration"
+        ):
+            pass
+        writer = engine.template_tools()  # made by that stream, on the worker thread
+        if writer.last_call_probability is None:
+            raise RuntimeError(f"{phrase!r}: the call gate was not asked")
+        found[phrase] = writer.last_call_probability
+        writer.last_call_probability = None
     return found
 
 
@@ -121,4 +111,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -102,6 +102,9 @@ class TemplateTools:
         the first token of a call the threshold decided on is one of them."""
         self._grammars: dict[str, Any] = {}
         """Call grammars by tool set, the least recently used first."""
+        self.last_call_probability: float | None = None
+        """What the last generation's first token gave a call's opening (the gate's
+        input; ``loadtest.call_confidence`` calibrates thresholds on it)."""
 
     def prompt(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]]) -> str:
         template_messages: Any = [_template_message(m) for m in messages]
@@ -174,7 +177,8 @@ class TemplateTools:
             nonlocal first
             if first:
                 first = False
-                if call_probability(scores, openings) < self.call_confidence:
+                self.last_call_probability = call_probability(scores, openings)
+                if self.last_call_probability < self.call_confidence:
                     scores[openings] = -np.inf
                 elif len(self._sure_openings):
                     sure = self._sure_openings
@@ -249,11 +253,15 @@ class TemplateTools:
 _OPENING_BYTES = tuple(opening.encode() for opening in ("{", "`", TOOL_CALL_TAG))
 
 
+_CALL_START_BYTES = tuple(opening.encode() for opening in CALL_STARTS)
+
+
 def _opens_a_call(text: bytes) -> bool:
     """A token's text (stripped) that ``TemplateTools.stream`` reads as a call's start,
     or as a start it waits on ("`", "``"): a decided call cannot become speech."""
-    starts = tuple(opening.encode() for opening in CALL_STARTS)
-    return text.startswith(starts) or any(opening.startswith(text) for opening in starts)
+    return text.startswith(_CALL_START_BYTES) or any(
+        opening.startswith(text) for opening in _CALL_START_BYTES
+    )
 
 
 def call_probability(scores: npt.NDArray[np.float32], openings: npt.NDArray[np.intp]) -> float:

@@ -51,8 +51,8 @@ def embedded_engines() -> Engines:
 @functools.cache
 def load_embedded_engines() -> Engines:
     """Loaded once per test run, whichever test folder asks first (tests/bridges too):
-    the fast tier's models, for the mechanics (tests/e2e/test_default_tier.py runs the
-    default tier's)."""
+    the fast tier's models, for the mechanics (tests/e2e/test_cli.py serves the default
+    tier's)."""
     return build_embedded(Settings(tier=FAST_TIER), progress=lambda line: None)
 
 

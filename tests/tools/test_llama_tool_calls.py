@@ -135,6 +135,7 @@ def test_a_call_opens_only_when_the_model_is_confident_enough(llm: LlamaCppLLM) 
         tools.call_confidence = threshold
         gate = tools.first_token_gate()
         gated = gate(None, scores.copy())
+        assert tools.last_call_probability == pytest.approx(0.9, abs=1e-4)
         if called:  # the threshold decides: only a sure opening may come next
             assert np.isfinite(gated[sure]).all()
             assert not np.isfinite(np.delete(gated, sure)).any()
