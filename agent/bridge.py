@@ -47,6 +47,7 @@ def session_view(config: SessionConfig) -> dict[str, Any]:
         "max_response_tokens": config.max_response_tokens,
         "temperature": config.temperature,
         "partial_transcript_interval_ms": config.partial_transcript_interval_ms,
+        "read_ahead_interval_ms": config.read_ahead_interval_ms,
         "speculative_response": config.speculative_response,
         "speculative_transcript": config.speculative_transcript,
         "first_chunk_at_clause": config.chunker.first_chunk_at_clause,

@@ -217,6 +217,10 @@ class Settings:
     """A new call's ``first_chunk_max_words`` (0–64; a session may change it); None: the
     engines' own (``Engines.first_chunk_max_words``: the embedded tier's, 4 on
     ``medium-moonshine``; 0 for the other tiers and profiles)."""
+    read_ahead_interval_ms: float | None = None
+    """A new call's ``read_ahead_interval_ms`` (0–10000; a session may change it); None:
+    ``DEFAULT_READ_AHEAD_INTERVAL_MS`` where the LLM reads ahead (in-process llama.cpp),
+    else 0 (pipeline/read_ahead.py)."""
     llm_backend: str = "llama_cpp"
     """``llama_cpp`` (in-process GGUF) or ``openai`` (any /v1/chat/completions server)."""
     gguf_path: str | None = None
@@ -324,6 +328,8 @@ class Settings:
         settings.tier = _env("VOICEFORGE_TIER", settings.tier) or settings.tier
         if _env("VOICEFORGE_FIRST_CHUNK_MAX_WORDS") is not None:
             settings.first_chunk_max_words = _env_int("VOICEFORGE_FIRST_CHUNK_MAX_WORDS", 0)
+        if _env("VOICEFORGE_READ_AHEAD_INTERVAL_MS") is not None:
+            settings.read_ahead_interval_ms = _env_float("VOICEFORGE_READ_AHEAD_INTERVAL_MS", 0.0)
         settings.llm_backend = _env("VOICEFORGE_LLM_BACKEND", settings.llm_backend) or "llama_cpp"
         settings.gguf_path = _env("VOICEFORGE_GGUF")
         settings.llm_url = _env("VOICEFORGE_LLM_URL")
@@ -506,6 +512,9 @@ class Settings:
         tier_named(self.tier)
         if self.first_chunk_max_words is not None and not 0 <= self.first_chunk_max_words <= 64:
             raise ConfigurationError("first_chunk_max_words must be within 0..64")
+        ahead = self.read_ahead_interval_ms
+        if ahead is not None and not 0 <= ahead <= 10_000:
+            raise ConfigurationError("read_ahead_interval_ms must be within 0..10000")
         if self.llm_backend not in ("llama_cpp", "openai"):
             raise ConfigurationError("llm backend must be 'llama_cpp' or 'openai'")
         if self.llm_backend == "openai" and not self.llm_url:

@@ -42,7 +42,7 @@ from pipeline.tools.executor import MAX_CLIENT_OUTPUT_CHARS
 from pipeline.tools.spec import Executor, ToolError, ToolSpec
 
 PROTOCOL_VERSION = 1
-PROTOCOL_MINOR = 3
+PROTOCOL_MINOR = 4
 """Additions a version-1 client may ignore: 1 = ``response.audio.pause`` / ``resume``
 (sent only to a client that sets ``session.playback_pause``); 2 = tools
 (``response.tool_call`` / ``response.tool_result``, ``tool.result``,
@@ -453,10 +453,14 @@ _TURN_TEXT_FIELDS = {"end_of_turn_policy"}
 _NUMBER_FIELDS: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
     "partial_transcript_interval_ms": (0.0, 10_000.0),
+    "read_ahead_interval_ms": (0.0, 10_000.0),
     "tool_timeout_ms": (100.0, 60_000.0),
     "tool_filler_ms": (0.0, 10_000.0),
     "end_call_grace_ms": (0.0, 10_000.0),
 }
+_TRANSCRIBING_INTERVALS = {"partial_transcript_interval_ms", "read_ahead_interval_ms"}
+"""Intervals of whole-turn transcripts while the caller speaks: the operator's floor
+(``min_partial_transcript_interval_ms``) bounds both."""
 TOOL_CHOICES = ("auto", "none")
 _INT_FIELDS: dict[str, tuple[int, int]] = {
     "max_response_tokens": (1, 2048),
@@ -553,7 +557,7 @@ def parse_session_fields(
             ):
                 raise ProtocolError("invalid_session", f"{key} must be a number in [{low}, {high}]")
             changes[key] = float(value)
-            if key == "partial_transcript_interval_ms" and value:
+            if key in _TRANSCRIBING_INTERVALS and value:
                 changes[key] = max(float(value), caps.min_partial_transcript_interval_ms)
         elif key in _INT_FIELDS:
             ilow, ihigh = _INT_FIELDS[key]

@@ -23,6 +23,7 @@ from agent.records import CallRecords
 from agent.voice_library import VoiceLibrary
 from pipeline.chunker import ChunkerConfig
 from pipeline.conversation import Conversation, Engines, SessionConfig
+from pipeline.read_ahead import DEFAULT_READ_AHEAD_INTERVAL_MS
 
 if TYPE_CHECKING:
     from agent.resume import Resumer
@@ -199,6 +200,7 @@ class AppState:
             engine_retries=settings.engine_retries,
             record_audio=settings.recordings == "all",
             chunker=ChunkerConfig(first_chunk_max_words=self.first_chunk_max_words()),
+            read_ahead_interval_ms=self.read_ahead_interval_ms(),
             max_response_tokens=min(
                 SessionConfig().max_response_tokens, settings.max_response_tokens
             ),
@@ -210,6 +212,16 @@ class AppState:
         if self.settings.first_chunk_max_words is not None:
             return self.settings.first_chunk_max_words
         return self._engines.first_chunk_max_words if self._engines is not None else 0
+
+    def read_ahead_interval_ms(self) -> float:
+        """A new call's reading of the caller's words ahead (pipeline/read_ahead.py): the
+        operator's setting, else the default where the LLM can read ahead, else off; never
+        under the floor of partial transcripts, which it makes."""
+        interval = self.settings.read_ahead_interval_ms
+        if interval is None:
+            llm = self._engines.llm if self._engines is not None else None
+            interval = DEFAULT_READ_AHEAD_INTERVAL_MS if hasattr(llm, "read_words") else 0.0
+        return max(interval, self.settings.min_partial_transcript_interval_ms) if interval else 0.0
 
     def session_caps(self) -> SessionCaps:
         """What ``session.update`` may ask of the shared engines on this server."""

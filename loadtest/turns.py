@@ -153,6 +153,9 @@ class Trial:
     transcripts: list[str] = field(default_factory=list)
     """Turn items: the server's final transcripts of the utterance, in order (more
     than one when it was cut off): what the policy's word cue read."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Turn items: the reply's ``response.done`` timings (the server's stages:
+    ``end_of_turn_wait_ms``, ``stt_ms``, ``llm_first_token_ms``, ...)."""
 
 
 @dataclass
@@ -257,6 +260,7 @@ async def turn_trial(caller: TimedCaller, item: Item, trial: Trial, config: Conf
     done = await _finish(caller, response_id)
     trial.server_ms = done.timings.get("end_of_speech_to_first_audio_ms")
     trial.tool_calls = int(done.timings.get("tool_calls", 0))
+    trial.timings = dict(done.timings)
 
 
 async def over_speech_trial(

@@ -52,6 +52,11 @@ class SessionConfig:
     partial_transcript_interval_ms: float = 0.0
     """0 turns partial transcripts off: on two cores a partial in flight when the
     caller stops delays the final transcript (docs/decisions.md)."""
+    read_ahead_interval_ms: float = 0.0
+    """While the caller speaks, every this many ms of speech the turn so far is
+    transcribed and an in-process LLM reads those words ahead of the turn's end
+    (``WordReadingLLM``), only while that model is idle; 0 = off. The server's
+    default is ``DEFAULT_READ_AHEAD_INTERVAL_MS`` where its LLM can read ahead."""
     speech_pad_ms: float = 200.0
     """Audio kept before speech start and after speech end for transcription."""
     max_turn_ms: float = 30_000.0

@@ -25,18 +25,10 @@ Where the end of the turn is decided
 ------------------------------------
 Deciding and answering meet at one method, ``TurnTaking.end_turn(start_ms, end_ms)``:
 everything before it decides *whether* the caller has finished, everything after it
-answers. Today the decision is the silence rule: the detector emits ``EndOfTurn`` once
-``end_of_turn_silence_ms`` of silence follow speech, and ``_on_turn_event`` passes it to
-``end_turn``. A learned end-of-turn policy (e.g. Smart Turn: after a short silence,
-ask a model whether the turn sounds complete) plugs in at this seam only:
-
-* its input is here: ``SpeechStopped`` marks the pause, ``audio.slice_ms`` gives the
-  turn's audio (16 kHz, on the audio timeline), ``audio.end_sample`` the silence so far;
-* to end the turn early it calls ``end_turn`` with the turn's speech start and end (and
-  tells the detector the turn is over so no second ``EndOfTurn`` follows);
-* to hold the turn longer it keeps the detector's ``EndOfTurn`` back (a longer
-  silence in the detector) — a ``SpeechResumed`` then throws the speculation away as
-  it does today.
+answers. Under the silence rule the detector emits ``EndOfTurn`` once
+``end_of_turn_silence_ms`` of silence follow speech, and ``_on_turn_event`` passes it
+to ``end_turn``; a policy that decides otherwise ends the turn early through the
+detector (``TurnDetector.end_turn``) or holds it by keeping ``EndOfTurn`` back.
 
 The learned policy is wired in exactly so (pipeline/turn_policy.py decides, this
 module carries out): ``SpeechStopped``/``SpeechResumed``/the end of a turn and the
@@ -46,8 +38,8 @@ now (``TurnDetector.end_turn``), which reaches ``end_turn`` like any ``EndOfTurn
 Under the silence policy it never asks or ends anything.
 
 The speculative transcript and the held reply already start at ``SpeechStopped``, so
-an early end releases a reply that is mostly ready. Nothing in the response runner
-(pipeline/responses.py) changes: it only ever sees ``answer`` / ``release``.
+an early end releases a reply that is mostly ready; while the caller speaks, partial
+transcripts let an in-process model read their words ahead (pipeline/read_ahead.py).
 """
 
 from __future__ import annotations
@@ -73,6 +65,7 @@ from pipeline.events import (
     TurnIgnored,
 )
 from pipeline.overlap_handling import OverlapHandling
+from pipeline.read_ahead import read_ahead, reader, stop_reading, transcribing_interval_ms
 from pipeline.reply_state import Response, ResponsePhase, ResponseRequest, error_category
 from pipeline.responses import ResponseRunner
 from pipeline.session import CallContext
@@ -146,6 +139,7 @@ class TurnTaking:
         self._turn_start_ms: float | None = None
         self._speech_end_ms: float | None = None
         self._last_partial_ms = 0.0
+        self._last_delta_ms = 0.0
         self._stt_lock = asyncio.Lock()
         self._speculative: asyncio.Task[tuple[str, float]] | None = None
         self._speculative_end_ms: float | None = None
@@ -282,7 +276,7 @@ class TurnTaking:
         emit = self._call.emit
         if isinstance(event, TurnSpeechStarted):
             self._turn_start_ms = event.start_ms
-            self._last_partial_ms = event.start_ms
+            self._last_partial_ms = self._last_delta_ms = event.start_ms
             emit(SpeechStarted(audio_start_ms=event.start_ms))
             self._responses.keep_call()
             response = self._responses.current
@@ -296,6 +290,7 @@ class TurnTaking:
             self._speech_end_ms = event.end_ms
             self.overlaps.speech_stopped(event.end_ms)
             emit(SpeechStopped(audio_end_ms=event.end_ms))
+            stop_reading(self._call.engines.llm)
             speculate = self._call.config.speculative_transcript
             pause = self.policy.pause_started(event.end_ms, transcript_coming=speculate)
             if speculate:
@@ -470,7 +465,10 @@ class TurnTaking:
         self.overlaps.transcript(text, self.detector.now_ms)
 
     def _maybe_partial(self) -> None:
-        interval = self._call.config.partial_transcript_interval_ms
+        """While the caller speaks: the turn so far, transcribed for ``transcript.delta``
+        and for the model to read ahead (pipeline/read_ahead.py)."""
+        config, llm = self._call.config, self._call.engines.llm
+        interval = transcribing_interval_ms(llm, config)
         if interval <= 0 or self._turn_start_ms is None or self._speech_end_ms is not None:
             return
         now_ms = self.audio.end_sample / 16
@@ -478,17 +476,29 @@ class TurnTaking:
             return
         if self._partial_task is not None and not self._partial_task.done():
             return
+        model = reader(llm, config)
+        deltas = config.partial_transcript_interval_ms
+        wanted = deltas > 0 and now_ms - self._last_delta_ms >= deltas
+        if not wanted and (model is None or not model.idle or not self._reply_may_start()):
+            return  # only for reading, and the model could not read it now
         self._last_partial_ms = now_ms
+        if wanted:
+            self._last_delta_ms = now_ms
         start, end = self._turn_window(now_ms)
-        self._partial_task = asyncio.create_task(self._partial(start, end))
+        self._partial_task = asyncio.create_task(self._partial(start, end, wanted))
 
-    async def _partial(self, start_ms: float, end_ms: float) -> None:
+    async def _partial(self, start_ms: float, end_ms: float, delta: bool) -> None:
         try:
             text, _ = await self._transcribe(start_ms, end_ms)
         except EngineError:
             return  # the final transcript reports failures
-        if text and self._speech_end_ms is None:
+        if not text or self._speech_end_ms is not None:
+            return
+        if delta:
             self._call.emit(TranscriptDelta(text))
+        model = reader(self._call.engines.llm, self._call.config)
+        if model is not None and self._reply_may_start():
+            read_ahead(model, self._call.history, text)
 
     # ------------------------------------------------------------- held reply
 
@@ -502,16 +512,7 @@ class TurnTaking:
             return
         self._draft_transcript = None
         text = task.result()[0]
-        if (
-            not text
-            or not self.accepting
-            or self._responses.current is not None
-            or self._responses.finishers
-            or self._waiting is not None
-            or self._handing_over is not None
-            or self._call.closed
-            or not self._call.config.auto_reply
-        ):
+        if not text or not self._reply_may_start():
             return
         self._draft_base = self._call.history.messages()
         preview = copy.deepcopy(self._call.history)
@@ -520,6 +521,18 @@ class TurnTaking:
             preview.messages(),
             self.audio.arrival_time(int(self._speech_end_ms * 16)),
             task,
+        )
+
+    def _reply_may_start(self) -> bool:
+        """No reply runs, finishes or waits, and this turn would get one."""
+        return not (
+            not self.accepting
+            or self._responses.current is not None
+            or self._responses.finishers
+            or self._waiting is not None
+            or self._handing_over is not None
+            or self._call.closed
+            or not self._call.config.auto_reply
         )
 
     def _discard_draft(self) -> None:

@@ -1,4 +1,4 @@
-// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.3
+// VoiceForge JS SDK: a browser caller on the VoiceForge wire protocol, version 1.4
 // (docs/protocol.md). No framework, no build step: an ES module.
 //
 //   import { VoiceChat } from "./voiceforge.js";
@@ -51,7 +51,7 @@
 import { decode, encode } from "./vendor/msgpack/index.mjs";
 
 export const PROTOCOL_VERSION = 1;
-export const PROTOCOL_MINOR = 3;
+export const PROTOCOL_MINOR = 4;
 const RESUME_FIRST_DELAY_MS = 100;
 const RESUME_MAX_DELAY_MS = 2000;
 const TOOLS_MINOR = 2; // the minor version that brought client tools

@@ -144,6 +144,33 @@ class WarmableLLM(Protocol):
 
 
 @runtime_checkable
+class WordReadingLLM(Protocol):
+    """A per-call LLM view that can read the caller's words while they still speak
+    (optional).
+
+    An in-process model reads the new words of a turn before it writes its first
+    token (~0.45 s for a question on the 1.5B model on two cores). Given the words
+    of a partial transcript while the caller is still talking, it reads them into
+    the call's context then, and the reply, whose prompt shares them, reads only
+    the turn's last words (pipeline/turns.py, ``read_ahead_interval_ms``).
+    """
+
+    @property
+    def idle(self) -> bool:
+        """Nothing runs or waits on the model: reading now delays nobody."""
+        ...
+
+    def read_words(self, messages: Sequence[ChatMessage]) -> bool:
+        """Queue the read of ``messages`` (history, then the words so far as the last
+        user turn); returns at once, False when not queued. Best effort."""
+        ...
+
+    def stop_reading(self) -> None:
+        """The caller stopped: stop reading soon, leaving the cores to the transcript."""
+        ...
+
+
+@runtime_checkable
 class YieldingLLM(Protocol):
     """A per-call LLM view that can stand aside while its call's first audio is
     synthesised (optional).

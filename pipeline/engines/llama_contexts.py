@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ import numpy as np
 
 NO_CALL = ""
 """Requests outside any call (warm-up, probes): their context is never kept."""
+
+TOOLS_CONTEXT = "\x1ftools"
+"""Suffix of a call's second context, for its turns that list the tools."""
 
 BASE_SLACK_TOKENS = 16
 """A model holding all of the base but its last few tokens (the read-ahead's
@@ -186,3 +190,27 @@ def _restore(model: Any, saved: _Saved) -> None:
     # The restored logits are not a live decode: the library re-evaluates at least
     # the last prompt token before sampling.
     model._requires_eval = True
+
+
+def context_key(
+    session: str, tools: Sequence[dict[str, Any]], tool_choice: str, split: bool = False
+) -> str:
+    """Whose context a generation runs in.
+
+    A call offered tools has its turns read in the template's prompt with the tools
+    listed, but the answer after a tool call is asked in a different prompt (plain
+    words, no tools: ``plain_messages``). Run in the call's own context, that answer
+    would leave the plain prompt behind, and the call's next turn would re-read its
+    tools block and whole history (~300 tokens: 1–2 s on two cores). So the answer
+    runs outside the call (``NO_CALL``, never kept): the call's context is parked
+    with its tool call in it and comes back for its next turn, which shares all of
+    it up to the reply.
+
+    With cues on (``split``), most of a call's turns are asked in the plain prompt
+    and only those with a cue list the tools: each kind keeps a context of its own
+    (``TOOLS_CONTEXT``), so neither makes the other re-read the call's history.
+    """
+    answer_round = bool(tools) and tool_choice == "none"
+    if answer_round or session == NO_CALL:
+        return NO_CALL
+    return session + TOOLS_CONTEXT if split and tools else session

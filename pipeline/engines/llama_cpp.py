@@ -34,7 +34,8 @@ from typing import Any
 
 from pipeline.engines.base import ChatMessage, LLMEngine
 from pipeline.engines.fair_queue import FairJobQueue, Job
-from pipeline.engines.llama_contexts import NO_CALL, CallContexts
+from pipeline.engines.llama_contexts import NO_CALL, TOOLS_CONTEXT, CallContexts, context_key
+from pipeline.engines.llama_session import LlamaSessionView
 from pipeline.engines.llama_tools import (
     CALL_CONFIDENCE,
     TemplateTools,
@@ -60,6 +61,10 @@ MESSAGE_OVERHEAD_TOKENS = 8
 CONTEXT_MARGIN_TOKENS = 32
 """Room kept free besides the reply: the assistant header and any template extras."""
 TOOLS_TEMPLATE_TOKENS = 120
+"""The chat template's words around the tools it lists (Qwen2.5's: ~100 tokens)."""
+READ_STEP_TOKENS = 8
+"""A read of the caller's words evaluates this many tokens at a time, and can stop
+between steps (~0.1 s each for the 1.5B model on two cores)."""
 """The chat template's words around the tools it lists (Qwen2.5's: ~100 tokens)."""
 
 
@@ -116,6 +121,10 @@ class LlamaCppLLM:
         self.warm_ups = 0
         """Instruction reads run ahead of a call's reply (``warm``)."""
         self._warm_jobs: dict[str, Job] = {}
+        self.words_read = 0
+        """Reads of a caller's words ahead of the end of their turn (``read_words``)."""
+        self._word_jobs: dict[str, Job] = {}
+        self._word_stops: dict[str, threading.Event] = {}
         self.pauses = 0
         """Times a generation stood aside for its call's first audio."""
         self._gates: dict[str, threading.Event] = {}
@@ -174,7 +183,7 @@ class LlamaCppLLM:
 
     def for_session(self, session_id: str) -> LLMEngine:
         """A call's view: its streams queue as that call's, served round robin."""
-        return _SessionView(self, session_id)
+        return LlamaSessionView(self, session_id)
 
     async def stream(
         self,
@@ -247,6 +256,9 @@ class LlamaCppLLM:
                     loop.call_soon_threadsafe(_resolve, finished)
 
         job = Job(session, run)
+        words = self._word_jobs.pop(session, None)
+        if words is not None:  # the reply reads those words (and the rest) itself
+            self._jobs.withdraw(words)
         if not self._jobs.put(job):
             raise LLMRequestError(
                 f"{self.name}: this call already has {self._jobs.max_per_key} requests waiting"
@@ -341,7 +353,7 @@ class LlamaCppLLM:
             fitted = self.fit(messages, max_tokens, tools)
             self.generations_started += 1
             self.contexts.take(
-                self._model, _context_key(session, tools, tool_choice, split=self.tool_cues)
+                self._model, context_key(session, tools, tool_choice, split=self.tool_cues)
             )
             self._prompt_pending = True
             items = self._items(
@@ -428,7 +440,7 @@ class LlamaCppLLM:
             if stop.is_set():
                 return
             # Words, not a call: asked again in the plain prompt, with the history.
-            self.contexts.take(self._model, _context_key(session, (), tool_choice))
+            self.contexts.take(self._model, context_key(session, (), tool_choice))
             self._prompt_pending = True
         elif tools and tool_choice != "none":
             yield from self.template_tools().stream(
@@ -476,25 +488,100 @@ class LlamaCppLLM:
         ]
 
         offered = [dict(tool) for tool in tools]
+        return self._queue_ahead(
+            self._warm_jobs, session, lambda: self._warm(messages, session, offered)
+        )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing generating or waiting: work queued now delays no call's reply."""
+        return not self.busy and len(self._jobs) == 0
+
+    def read_words(self, messages: Sequence[ChatMessage], session: str) -> bool:
+        """While the caller is still speaking: read ``messages`` (the call's history
+        and their words so far as its last user turn) into the call's plain context,
+        up to the end of those words, so that the reply, whose prompt shares them,
+        reads only the turn's last words (pipeline/read_ahead.py).
+
+        Only when the model is idle (another call's reply never waits for it); a read
+        still waiting is replaced, and ``stop_reading`` or the call's next stream
+        withdraws it. Returns at once; False when not queued."""
+        if self._closed or session == NO_CALL or not self.idle:
+            return False
+        request = [m.copy() for m in messages]
+        stop = threading.Event()
+        self._word_stops[session] = stop
+        return self._queue_ahead(
+            self._word_jobs, session, lambda: self._read_words(request, session, stop)
+        )
+
+    def stop_reading(self, session: str) -> None:
+        """The caller stopped speaking: a read of their words still waiting is dropped
+        and one running stops within ``READ_STEP_TOKENS``, leaving the cores to the
+        final transcript (what it read so far stays in the call's context)."""
+        waiting = self._word_jobs.pop(session, None)
+        if waiting is not None:
+            self._jobs.withdraw(waiting)
+        stop = self._word_stops.pop(session, None)
+        if stop is not None:
+            stop.set()
+
+    def _queue_ahead(self, jobs: dict[str, Job], session: str, work: Callable[[], None]) -> bool:
+        """Queue a read ahead of the call's reply (a warm-up, the caller's words) as the
+        call's job, replacing the one of its kind still waiting."""
 
         def run() -> None:
-            self._warm_jobs.pop(session, None)
-            self._warm(messages, session, offered)
+            if jobs.get(session) is job:
+                del jobs[session]
+            work()
 
         job = Job(session, run)
-        waiting = self._warm_jobs.pop(session, None)
+        waiting = jobs.pop(session, None)
         if waiting is not None:
             self._jobs.withdraw(waiting)
         if not self._jobs.put(job):
             return False
-        self._warm_jobs[session] = job
+        jobs[session] = job
         try:
             self._executor.submit(self._run_next)
         except RuntimeError:  # shut down by close() meanwhile
             self._jobs.withdraw(job)
-            self._warm_jobs.pop(session, None)
+            jobs.pop(session, None)
             return False
         return True
+
+    def _read_words(
+        self, messages: list[ChatMessage], session: str, stop: threading.Event
+    ) -> None:
+        """Evaluate the plain prompt of ``messages`` up to the end of the last user
+        turn's words, in steps that ``stop`` can end (worker thread). Best effort."""
+        self._generating.set()
+        try:
+            fitted = self.fit(messages, max_tokens=1)
+            words = fitted[-1]["content"]
+            prompt = self.template_tools().prompt(plain_messages(fitted), ())
+            cut = prompt.rfind(words)
+            if fitted[-1]["role"] != "user" or not words or cut < 0:
+                return
+            self.contexts.take(self._model, context_key(session, (), "auto"))
+            model = self._model
+            tokens = model.tokenize(prompt[: cut + len(words)].encode("utf-8"), special=True)
+            held = model.input_ids[: model.n_tokens]
+            shared = next(
+                (i for i, (a, b) in enumerate(zip(held, tokens, strict=False)) if a != b),
+                min(len(held), len(tokens)),
+            )
+            for end in range(shared + READ_STEP_TOKENS, len(tokens) + READ_STEP_TOKENS,
+                             READ_STEP_TOKENS):
+                if stop.is_set():
+                    break
+                # One token sampled and dropped: the step is the prompt's evaluation.
+                model.create_completion(tokens[:end], max_tokens=1, temperature=0.0)
+            self.words_read += 1
+        except Exception:
+            logger.debug("reading the caller's words ahead failed", exc_info=True)
+        finally:
+            self._generating.clear()
 
     def read_ahead(
         self, instructions: str, tools: Sequence[dict[str, Any]], timeout_s: float = 300.0
@@ -571,6 +658,7 @@ class LlamaCppLLM:
         waiting = self._warm_jobs.pop(session_id, None)
         if waiting is not None:
             self._jobs.withdraw(waiting)
+        self.stop_reading(session_id)
         self.contexts.forget(session_id)
         self.contexts.forget(session_id + TOOLS_CONTEXT)
 
@@ -583,35 +671,9 @@ class LlamaCppLLM:
         self._model.close()
 
 
-def _context_key(
-    session: str, tools: Sequence[dict[str, Any]], tool_choice: str, split: bool = False
-) -> str:
-    """Whose context a generation runs in.
-
-    A call offered tools has its turns read in the template's prompt with the tools
-    listed, but the answer after a tool call is asked in a different prompt (plain
-    words, no tools: ``plain_messages``). Run in the call's own context, that answer
-    would leave the plain prompt behind, and the call's next turn would re-read its
-    tools block and whole history (~300 tokens: 1–2 s on two cores). So the answer
-    runs outside the call (``NO_CALL``, never kept): the call's context is parked
-    with its tool call in it and comes back for its next turn, which shares all of
-    it up to the reply.
-
-    With cues on (``split``), most of a call's turns are asked in the plain prompt
-    and only those with a cue list the tools: each kind keeps a context of its own
-    (``TOOLS_CONTEXT``), so neither makes the other re-read the call's history.
-    """
-    answer_round = bool(tools) and tool_choice == "none"
-    if answer_round or session == NO_CALL:
-        return NO_CALL
-    return session + TOOLS_CONTEXT if split and tools else session
-
-
 MAX_DECISION_TOKENS = 16
 """What a cue turn's call decision may write before it is known not to be a call
 (the call itself is written under its grammar, with its own budget)."""
-TOOLS_CONTEXT = "\x1ftools"
-"""Suffix of a call's second context, for its turns that list the tools."""
 _READ_AHEAD = "\x1fread-ahead"
 """The load-time read-ahead's session (``read_ahead``): no call has that name."""
 
@@ -634,52 +696,3 @@ def _wait_for_gate(gate: threading.Event, stop: threading.Event) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-class _SessionView:
-    """One call's view of the shared model: its streams are queued as that call's."""
-
-    def __init__(self, engine: LlamaCppLLM, session_id: str) -> None:
-        self._engine = engine
-        self._session = session_id
-        self.name = engine.name
-        self.max_tool_rounds = engine.max_tool_rounds
-
-    def stream(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-    ) -> AsyncGenerator[str, None]:
-        return self._engine.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, session=self._session
-        )
-
-    def stream_with_tools(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        tools: Sequence[dict[str, Any]],
-        max_tokens: int,
-        temperature: float,
-        tool_choice: str = "auto",
-    ) -> AsyncGenerator[str | ToolCall, None]:
-        return self._engine.stream_with_tools(
-            messages, tools=tools, max_tokens=max_tokens, temperature=temperature,
-            session=self._session, tool_choice=tool_choice,
-        )
-
-    def release(self) -> None:
-        """The call has ended (``Conversation.close``)."""
-        self._engine.release(self._session)
-
-    def warm(self, instructions: str, tools: Sequence[dict[str, Any]] = ()) -> None:
-        """The call set new instructions: read them (and its tools) before its first reply."""
-        self._engine.warm(instructions, self._session, tools)
-
-    def pause_generation(self) -> None:
-        self._engine.pause_generation(self._session)
-
-    def resume_generation(self) -> None:
-        self._engine.resume_generation(self._session)

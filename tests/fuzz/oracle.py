@@ -122,6 +122,7 @@ BOOL_FIELDS = (
 NUMBER_FIELDS = {
     "temperature": (0.0, 2.0),
     "partial_transcript_interval_ms": (0.0, 10_000.0),
+    "read_ahead_interval_ms": (0.0, 10_000.0),
     "tool_timeout_ms": (100.0, 60_000.0),
     "tool_filler_ms": (0.0, 10_000.0),
     "end_call_grace_ms": (0.0, 10_000.0),
@@ -443,7 +444,8 @@ class SessionModel:
             elif key in NUMBER_FIELDS:
                 view[key] = float(value)
                 floor = self.limits.get("min_partial_transcript_interval_ms", 0.0)
-                if key == "partial_transcript_interval_ms" and value:
+                transcribing = ("partial_transcript_interval_ms", "read_ahead_interval_ms")
+                if key in transcribing and value:
                     view[key] = max(float(value), float(floor))
             elif key == "max_response_tokens":
                 view[key] = min(value, self.limits.get("max_response_tokens", value))

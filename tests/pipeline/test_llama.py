@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from pipeline.engines import llama_cpp as llama_cpp_engine
-from pipeline.engines.base import ChatMessage, LLMEngine, WarmableLLM, YieldingLLM
+from pipeline.engines.base import (
+    ChatMessage,
+    LLMEngine,
+    WarmableLLM,
+    WordReadingLLM,
+    YieldingLLM,
+)
 from pipeline.engines.llama_cpp import LlamaCppLLM
 from pipeline.errors import LLMRequestError, ModelLoadError
 from pipeline.models import ensure_fast_gguf
@@ -585,5 +591,42 @@ def test_the_load_reads_a_new_calls_prompt_ahead_so_the_first_call_starts_from_i
         none = Engines(stt=None, llm=engine, tts=None, vad=None)  # type: ignore[arg-type]
         _read_ahead(none, lines.append)
         assert lines == [] and not engine.contexts.has_base
+    finally:
+        engine.close()
+
+
+async def test_the_callers_words_read_ahead_leave_the_reply_only_the_last_ones() -> None:
+    """The same second turn in two calls: the one whose words so far were read while
+    the caller spoke reads fewer tokens for its reply; a read cannot be queued while
+    the model is busy."""
+    engine = LlamaCppLLM(ensure_fast_gguf(progress=None), n_ctx=1024)
+    system = "You are a voice assistant. Answer in one short sentence."
+    question = "Could you please tell me which city is the capital of France?"
+    partial = "Could you please tell me which city is the"
+    try:
+        read: dict[str, int] = {}
+        for name, reads in (("plain", False), ("read", True)):
+            view = engine.for_session(name)
+            assert isinstance(view, WordReadingLLM)
+            history: list[ChatMessage] = [{"role": "system", "content": system}]
+            await _turn(view, history, "Hello there.")
+            if reads:
+                assert view.idle
+                assert view.read_words([*history, {"role": "user", "content": partial}])
+                await engine.until_idle(60)
+                assert engine.words_read == 1
+            await _turn(view, history, question)
+            read[name] = engine.last_prompt_tokens
+        assert read["read"] <= read["plain"] - 8, read
+
+        view = engine.for_session("busy")
+        assert isinstance(view, WordReadingLLM)
+        reply = view.stream(LONG_ANSWER, max_tokens=64, temperature=0.0)
+        async for _ in reply:  # the first delta: the model is busy with this call
+            assert not view.idle
+            assert not view.read_words([{"role": "user", "content": partial}])
+            break
+        await reply.aclose()
+        assert engine.words_read == 1
     finally:
         engine.close()
