@@ -35,6 +35,7 @@ import numpy.typing as npt
 import onnxruntime
 
 from pipeline.errors import ConfigurationError, EngineError, ModelLoadError
+from pipeline.onnx_int8 import SHIPPED, exact_int8_session
 from pipeline.thread_worker import BatchedThreadWorker
 
 SAMPLE_RATE = 16000
@@ -102,6 +103,19 @@ def default_model_path() -> Path:
     return models.ensure_smart_turn_model(progress=None)
 
 
+def _probe_clips() -> list[FloatArray]:
+    """Noise and a chord of tones, 3 s each: loud, varied features on which a
+    saturating int8 kernel answers differently (``exact_int8_session``)."""
+    rng = np.random.default_rng(0)
+    time_s = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    tones = (220.0, 330.0, 1250.0, 3100.0)
+    chord = np.sum([np.sin(2 * np.pi * hz * time_s) for hz in tones], axis=0)
+    return [
+        (0.1 * rng.standard_normal(3 * SAMPLE_RATE)).astype(np.float32),
+        (0.1 * chord).astype(np.float32),
+    ]
+
+
 class SmartTurnModel:
     """Smart Turn v3.2: audio windows in, end-of-turn probabilities out.
 
@@ -139,6 +153,24 @@ class SmartTurnModel:
                 f"{[model_input.name for model_input in inputs]})"
             )
         self._features = SmartTurnFeatures()
+        probe = {"input_features": np.stack([self._features(clip) for clip in _probe_clips()])}
+        try:
+            self._session, self.int8_kernels = exact_int8_session(
+                self._session, self.model_path, options, probe
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not check the Smart Turn model's int8 kernels: {exc}"
+            ) from exc
+        if self.int8_kernels != SHIPPED:
+            logger.info(
+                "Smart Turn runs with unsigned int8 weights: this CPU's signed int8 "
+                "kernels saturate (no VNNI) and would change its answers"
+            )
+
+    int8_kernels: str
+    """``"u8s8"``: the model as shipped; ``"u8u8"``: its weights made unsigned,
+    because this CPU's u8s8 kernels saturate (pipeline/onnx_int8.py)."""
 
     def features(self, audio: FloatArray) -> FloatArray:
         return self._features(audio)

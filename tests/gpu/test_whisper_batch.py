@@ -70,7 +70,11 @@ async def test_silence_and_empty_audio_are_nothing_and_long_turns_are_split(
     # 34 s: more than one Whisper window; the question sits in the second clip.
     long_turn = np.concatenate([silence(31.0), utterances[0], silence(1.0)]).astype(np.float32)
     transcript = await stt.transcribe(long_turn)
-    assert "france" in transcript.text.lower()
+    # The question's words prove the second window was decoded. Its last word is
+    # not asked for: after 31 s of silence tiny.en's int8 decode heard "France" as
+    # "friends" on one CI machine and not on others (CTranslate2's int8 kernels
+    # differ with the CPU's instruction set).
+    assert "capital" in transcript.text.lower(), transcript.text
     assert transcript.audio_ms == pytest.approx(len(long_turn) / 16.0)
 
 

@@ -145,14 +145,18 @@ def test_complete_questions_score_high(answers: list[tuple[str, float, float]]) 
 def test_questions_cut_mid_sentence_score_lower(answers: list[tuple[str, float, float]]) -> None:
     """Measured: the cut scores below its complete question in 13 of 14 pairs, and
     0.32 lower on average; but only 5 of 14 cuts fall below 0.5, which is why the
-    learned policy is not the default (docs/decisions.md)."""
+    learned policy is not the default (docs/decisions.md). The same voice 10 %
+    faster or slower (Piper's length_scale 0.9-1.1, seven rates) gave 11-13 of 14
+    lower, 0.32-0.45 on average, and 2-3 of the 3 trailing "and"s: the bounds
+    leave that much room for audio a CPU renders a little differently. (Exact
+    int8 kernels on every CPU: tests/pipeline/test_onnx_int8.py.)"""
     lower = [prefix for prefix, complete, cut in answers if cut < complete]
-    assert len(lower) >= 12, answers
+    assert len(lower) >= 10, answers
     gap = statistics.mean(c for _, c, _ in answers) - statistics.mean(k for _, _, k in answers)
     assert gap >= 0.2, answers
     trailing_and = [(complete, cut) for prefix, complete, cut in answers if prefix.endswith("and")]
     assert len(trailing_and) == 3
-    assert all(cut < complete for complete, cut in trailing_and), answers
+    assert sum(cut < complete for complete, cut in trailing_and) >= 2, answers
 
 
 def test_batched_probabilities_equal_single_runs(
