@@ -13,6 +13,7 @@ from pipeline.conversation import DEFAULT_INSTRUCTIONS, Engines
 from pipeline.engines.base import ChatMessage, LLMEngine, STTEngine, TTSEngine
 from pipeline.errors import ConfigurationError
 from pipeline.smart_turn import BatchedSmartTurnWorker, SmartTurnModel
+from pipeline.thread_worker import single_threaded_blas
 from pipeline.tiers import Tier, tier_named
 from pipeline.tools.builtin import builtin_tools
 from pipeline.tools.registry import ToolContext, ToolRegistry, tools_in_modules
@@ -185,6 +186,7 @@ BUILDERS: dict[str, Callable[[Settings, Progress], Engines]] = {
 
 def build_engines(settings: Settings, progress: Progress = print) -> Engines:
     settings.validate()
+    single_threaded_blas()  # before any model: their own pools do the heavy work
     tools = build_tools(settings)
     engines = BUILDERS[settings.profile](settings, progress)
     engines.tools = tools

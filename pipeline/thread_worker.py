@@ -7,6 +7,27 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+from threadpoolctl import threadpool_limits
+
+
+def single_threaded_blas() -> int | None:
+    """Give numpy's BLAS (OpenBLAS here) one thread for the rest of the process;
+    returns its thread count before (None: no BLAS library is loaded yet, so call
+    this after numpy's import, as every caller does).
+
+    The models run on thread pools of their own (onnxruntime, llama.cpp, CTranslate2);
+    numpy's BLAS serves only small products such as the mel projection of Smart
+    Turn's and faster-whisper's features (80 x 201 by 201 x 800). With its default
+    pool, OpenBLAS's threads keep spinning after each product: one Smart Turn
+    inference cost 182 ms of CPU for 92 ms of wall time on a quiet 2-core machine,
+    against 112 ms of both with one thread (features 12 ms either way), and on a
+    busy one that spin takes its core from the transcript and the reply
+    (docs/decisions.md, "numpy's BLAS gets one thread"). Process-wide, because
+    OpenBLAS's thread count is."""
+    before = threadpool_limits(limits=1, user_api="blas").get_original_num_threads()
+    threads = before.get("blas")
+    return int(threads) if threads is not None else None
+
 
 class BatchedThreadWorker:
     """Start, stop and the model thread; a subclass serves its queue in ``_serve``

@@ -7,7 +7,7 @@ import asyncio
 import importlib.util
 import statistics
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from pipeline.smart_turn import (
     SmartTurnModel,
     last_window,
 )
+from pipeline.thread_worker import single_threaded_blas
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -320,3 +321,68 @@ async def test_observers_see_each_model_call_and_a_broken_one_is_contained(
     assert all(seconds > 0.0 for _, seconds in seen)
     assert removed == []
     assert "observer failed" in caplog.text
+
+
+@pytest.fixture
+def restored_blas() -> Iterator[None]:
+    """Whatever a test does to numpy's BLAS threads is undone after it."""
+    from threadpoolctl import threadpool_limits
+
+    before = threadpool_limits(limits=None, user_api="blas")
+    try:
+        yield
+    finally:
+        before.restore_original_limits()
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [int(info["num_threads"]) for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+def test_numpys_blas_gets_one_thread_and_the_features_are_unchanged(
+    restored_blas: None, model: SmartTurnModel, examples: tuple[TurnExample, ...],
+) -> None:
+    """Smart Turn's mel projection is numpy's only heavy BLAS use; one thread keeps
+    its pool from spinning beside the models (docs/decisions.md)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=2, user_api="blas")
+    before = model.features(examples[0].complete)
+    assert single_threaded_blas() == 2
+    assert _blas_threads() and set(_blas_threads()) == {1}
+    np.testing.assert_allclose(model.features(examples[0].complete), before, rtol=1e-5, atol=1e-5)
+    assert single_threaded_blas() == 1  # idempotent
+
+
+def test_the_servers_engine_build_gives_blas_one_thread(restored_blas: None) -> None:
+    """``build_engines`` (every profile; the bench one is cheap to build) sets it
+    before any model loads."""
+    from threadpoolctl import threadpool_limits
+
+    from agent.config import Settings
+    from agent.profiles import build_engines
+
+    threadpool_limits(limits=2, user_api="blas")
+    build_engines(Settings(profile="bench", builtin_tools=()), progress=lambda line: None)
+    assert set(_blas_threads()) == {1}
+
+
+def test_the_cost_benchmark_alternates_blas_threads_and_restores_them(
+    restored_blas: None, model: SmartTurnModel,
+) -> None:
+    """``python -m loadtest.smart_turn_cost --blas-threads default,1``: one row per
+    setting, the library's own count named, and the process left as it was."""
+    from threadpoolctl import threadpool_limits
+
+    from loadtest.smart_turn_cost import measure_cost
+
+    threadpool_limits(limits=2, user_api="blas")
+    rows = measure_cost({1: model}, [1], rounds=2, blas_threads=[None, 1])
+    assert [(row["blas_threads"], row["threads"], row["batch"]) for row in rows] == [
+        (2, 1, 1), (1, 1, 1)]
+    for row in rows:
+        assert row["rounds"] == 2
+        assert row["total_cpu_ms_per_request_p50"] >= row["model_cpu_ms_per_request_p50"] > 0
+    assert set(_blas_threads()) == {2}
