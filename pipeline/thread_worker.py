@@ -19,9 +19,9 @@ def single_threaded_blas() -> int | None:
     numpy's BLAS serves only small products such as the mel projection of Smart
     Turn's and faster-whisper's features (80 x 201 by 201 x 800). With its default
     pool, OpenBLAS's threads keep spinning after each product: one Smart Turn
-    inference cost 182 ms of CPU for 92 ms of wall time on a quiet 2-core machine,
-    against 112 ms of both with one thread (features 12 ms either way), and on a
-    busy one that spin takes its core from the transcript and the reply
+    inference cost 121 ms of CPU for 64 ms of wall time on a 2-core machine,
+    against 65 ms of both with one thread (features 5 ms either way), and on a
+    busy machine that spin takes its core from the transcript and the reply
     (docs/decisions.md, "numpy's BLAS gets one thread"). Process-wide, because
     OpenBLAS's thread count is."""
     before = threadpool_limits(limits=1, user_api="blas").get_original_num_threads()
